@@ -1,0 +1,1 @@
+"""Instance generators (in progress)."""
