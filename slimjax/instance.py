@@ -45,7 +45,7 @@ _SUM_TOL = {np.dtype("float16"): 1e-2, np.dtype("float32"): 1e-4, np.dtype("floa
 
 def _float_dtype(*arrays: Any) -> Any:
     """float64 when any input is float64 and x64 is on, else the default float (float32)."""
-    want64 = any(np.asarray(a).dtype == np.float64 for a in arrays if a is not None and hasattr(a, "dtype"))
+    want64 = any(getattr(a, "dtype", None) == np.float64 for a in arrays if a is not None)
     if want64 and jax.config.jax_enable_x64:
         return jnp.float64
     return jnp.float32
@@ -103,19 +103,24 @@ class Instance:
         normalize: bool = False,
         validate: bool = True,
     ):
-        lat_np = np.asarray(latency)
-        if lat_np.ndim < 4:
-            raise ValueError(f"latency: expected shape [..., U, N, L, E] (4 trailing dims), got {lat_np.shape}")
-        batch = lat_np.shape[:-4]
-        U = lat_np.shape[-4]
+        traced = any(
+            isinstance(a, jax.core.Tracer) for a in (latency, fallback, size, capacity, patterns, weight, traffic, base)
+        )
+        if traced:  # inside jit/grad: no host-side validation is possible
+            validate = False
+        lat_shape = jnp.shape(latency)
+        if len(lat_shape) < 4:
+            raise ValueError(f"latency: expected shape [..., U, N, L, E] (4 trailing dims), got {lat_shape}")
+        batch = tuple(lat_shape[:-4])
+        U = lat_shape[-4]
         fdt = _float_dtype(latency, fallback, size, capacity, weight, traffic, base)
         if traffic is None:
             traffic = np.full(batch + (U,), 1.0 / max(U, 1))
         if base is None:
             base = np.zeros(batch + (U,))
-        weight_np = np.asarray(weight, dtype=np.float64)
-        traffic_np = np.asarray(traffic, dtype=np.float64)
         if normalize:
+            weight_np = np.asarray(weight, dtype=np.float64)
+            traffic_np = np.asarray(traffic, dtype=np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 weight_np = weight_np / weight_np.sum(-1, keepdims=True)
                 traffic_np = traffic_np / traffic_np.sum(-1, keepdims=True)
@@ -159,11 +164,14 @@ class Instance:
         M, K = self.patterns.shape[-2:]
         return (U, N, L, E, M, K)
 
-    def replace(self, **changes) -> "Instance":
-        """A copy with some fields replaced (validated)."""
+    def replace(self, *, validate: bool = True, **changes) -> "Instance":
+        """A copy with some fields replaced (validated unless traced or ``validate=False``)."""
+        unknown = set(changes) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"replace: unknown field(s) {sorted(unknown)}; fields are {list(FIELDS)}")
         values = {f: getattr(self, f) for f in FIELDS}
         values.update(changes)
-        return Instance(**values)
+        return Instance(**values, validate=validate)
 
     def __getitem__(self, index) -> "Instance":
         """Index the batch axis: ``batch[3]`` or ``batch[:10]``."""

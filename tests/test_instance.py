@@ -1,0 +1,158 @@
+"""Instance construction, pytree behaviour, batching, the storage grid and every validation rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slimjax
+from slimjax.instance import FIELDS, capacity_grid
+from tests.helpers import random_instance
+
+
+def fields(inst):
+    return {f: np.array(getattr(inst, f)) for f in FIELDS}
+
+
+def test_shape_and_defaults():
+    inst = random_instance(0, U=2, N=3, L=4, E=5, M=6, K=2)
+    assert inst.shape == (2, 3, 4, 5, 6, 2)
+    assert inst.batch_shape == ()
+    v = fields(inst)
+    d = slimjax.Instance(**{k: v[k] for k in FIELDS if k not in ("traffic", "base")})
+    np.testing.assert_allclose(np.array(d.traffic), [0.5, 0.5])
+    np.testing.assert_array_equal(np.array(d.base), [0.0, 0.0])
+    assert d.patterns.dtype == jnp.int32 and d.latency.dtype == jnp.float32
+
+
+def test_pytree_roundtrip_and_jit():
+    inst = random_instance(1)
+    leaves, tree = jax.tree_util.tree_flatten(inst)
+    assert len(leaves) == len(FIELDS)
+    back = jax.tree_util.tree_unflatten(tree, leaves)
+    assert back.shape == inst.shape
+    out = jax.jit(lambda i: i.latency.sum())(inst)
+    assert np.isfinite(float(out))
+
+
+def test_stack_unstack_index():
+    insts = [random_instance(s) for s in range(3)]
+    b = slimjax.stack(insts)
+    assert b.batch_shape == (3,) and len(b) == 3 and b.shape == insts[0].shape
+    for i, inst in enumerate(slimjax.unstack(b)):
+        for f in FIELDS:
+            np.testing.assert_array_equal(np.array(getattr(inst, f)), np.array(getattr(insts[i], f)))
+    assert b[1:].batch_shape == (2,)
+    with pytest.raises(ValueError, match="same shape"):
+        slimjax.stack([random_instance(0, E=4), random_instance(0, E=5)])
+    with pytest.raises(ValueError, match="at least one"):
+        slimjax.stack([])
+
+
+def test_batched_construction_validates():
+    b = slimjax.stack([random_instance(s) for s in range(2)])
+    v = fields(b)
+    slimjax.Instance(**v)  # a batch validates too
+    v["weight"][1, 0, 0, 0] += 0.5
+    with pytest.raises(ValueError, match=r"weight: must sum to 1.*index \(1, 0, 0\)"):
+        slimjax.Instance(**v)
+
+
+def test_float64_kept_with_x64(x64):
+    inst = random_instance(0, dtype=np.float64)
+    assert inst.latency.dtype == jnp.float64
+
+
+def test_grid_rounding():
+    inst = random_instance(0, L=3, E=2)
+    v = fields(inst)
+    v["size"] = np.array([[1.0, 1.0], [2.5, 2.5], [1.5, 1.5]], np.float32)
+    v["capacity"] = np.array([3.9, 0.0], np.float32)
+    g = capacity_grid(slimjax.Instance(**v))
+    np.testing.assert_array_equal(g.size_units, [1, 3, 2])  # sizes rounded up (unit = 1.0)
+    np.testing.assert_array_equal(g.capacity_units, [3, 0])  # capacities rounded down
+    assert g.max_units == 3
+    g2 = capacity_grid(slimjax.Instance(**v), unit=0.5)
+    np.testing.assert_array_equal(g2.size_units, [2, 5, 3])
+    np.testing.assert_array_equal(g2.capacity_units, [7, 0])
+    # a placement feasible on the grid is feasible in real units
+    assert (g2.size_units * g2.unit[..., None] >= v["size"][:, 0] - 1e-6).all()
+
+
+def test_grid_clips_to_full_storage():
+    inst = random_instance(0, L=2, E=3, equal_sizes=True)
+    v = fields(inst)
+    v["capacity"] = np.array([1e6, 2.0], np.float32)
+    g = capacity_grid(slimjax.Instance(**v))
+    np.testing.assert_array_equal(g.capacity_units, [6, 2])
+
+
+def test_normalize():
+    v = fields(random_instance(0, U=2))
+    v["weight"] = v["weight"] * 3
+    v["traffic"] = np.array([1.0, 3.0], np.float32)
+    inst = slimjax.Instance(**v, normalize=True)
+    np.testing.assert_allclose(np.array(inst.weight).sum(-1), 1, rtol=1e-6)
+    np.testing.assert_allclose(np.array(inst.traffic), [0.25, 0.75], rtol=1e-6)
+
+
+BAD = [
+    ("latency", lambda v: v["latency"].__setitem__((0, 0, 0, 0), np.nan), r"latency: NaN at index \(0, 0, 0, 0\)"),
+    ("latency", lambda v: v["latency"].__setitem__((0, 1, 0, 2), -1.0), r"latency: must be >= 0.*\(0, 1, 0, 2\)"),
+    ("fallback", lambda v: v["fallback"].__setitem__((0, 1, 1), np.inf), r"fallback: must be finite.*\(0, 1, 1\)"),
+    ("fallback", lambda v: v["fallback"].__setitem__((0, 0, 1), -2.0), r"fallback: must be >= 0"),
+    ("size", lambda v: v["size"].__setitem__((1, 0), 0.0), r"size: must be finite and > 0"),
+    ("size", lambda v: v["size"].__setitem__((1, 2), v["size"][1, 2] + 1), r"size: all experts of one layer.*\(1, 2\)"),
+    ("capacity", lambda v: v["capacity"].__setitem__(1, -1.0), r"capacity: must be finite and >= 0.*\(1,\)"),
+    ("capacity", lambda v: v["capacity"].__setitem__(0, np.nan), r"capacity: NaN"),
+    ("patterns", lambda v: v["patterns"].__setitem__((0, 1, 2, 0), 4), r"patterns: expert ids must be in \[0, E=4\).*\(0, 1, 2, 0\)"),
+    ("patterns", lambda v: v["patterns"].__setitem__((0, 0, 0, 1), -1), r"patterns: expert ids"),
+    ("weight", lambda v: v["weight"].__setitem__((0, 1, 0), v["weight"][0, 1, 0] + 0.1), r"weight: must sum to 1.*\(0, 1\)"),
+    ("weight", lambda v: v["weight"].__setitem__((0, 0, 0), -0.1), r"weight: must be finite and >= 0"),
+    ("traffic", lambda v: v["traffic"].__setitem__(0, 2.0), r"traffic: must sum to 1"),
+    ("base", lambda v: v["base"].__setitem__(0, np.inf), r"base: must be finite"),
+]
+
+
+@pytest.mark.parametrize("field,mutate,msg", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_validation_rules(field, mutate, msg):
+    v = fields(random_instance(3, U=1, N=2, L=2, E=4, M=3, K=2))
+    mutate(v)
+    with pytest.raises(ValueError, match=msg):
+        slimjax.Instance(**v)
+
+
+def test_validation_shapes_and_k():
+    v = fields(random_instance(0, E=4, K=2))
+    bad = dict(v, fallback=v["fallback"][:, :, :3])
+    with pytest.raises(ValueError, match="fallback: shape"):
+        slimjax.Instance(**bad)
+    bad = dict(v, capacity=v["capacity"][None])
+    with pytest.raises(ValueError, match="capacity: expected 1 dims"):
+        slimjax.Instance(**bad)
+    with pytest.raises(ValueError, match="latency: expected shape"):
+        slimjax.Instance(**dict(v, latency=v["latency"][0]))
+    v3 = fields(random_instance(0, E=2, K=2))
+    pats = np.concatenate([v3["patterns"], v3["patterns"][..., :1]], -1)
+    with pytest.raises(ValueError, match="K <= E"):
+        slimjax.Instance(**dict(v3, patterns=pats))
+
+
+def test_validate_false_skips():
+    v = fields(random_instance(0))
+    v["weight"] = v["weight"] * 2
+    inst = slimjax.Instance(**v, validate=False)
+    assert inst.shape[0] == 1
+
+
+def test_inf_latency_allowed():
+    v = fields(random_instance(0, U=2, N=3))
+    v["latency"][0, 2] = np.inf
+    slimjax.Instance(**v)
+
+
+def test_replace_validates():
+    inst = random_instance(0)
+    with pytest.raises(ValueError, match="capacity"):
+        inst.replace(capacity=np.array([-1.0, 1.0]))
+    assert inst.replace(capacity=np.array([5.0, 1.0])).capacity[0] == 5.0
