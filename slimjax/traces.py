@@ -278,9 +278,16 @@ def load(path: str | os.PathLike | Sequence[str | os.PathLike], **options: Any) 
         # One JSON document (counts) or one JSON object per line (per-token log)?
         try:
             with open(path, encoding="utf-8") as f:
+                first = next((ln for ln in f if ln.strip()), "")
+                f.seek(0)
                 doc = json.load(f)
-        except json.JSONDecodeError:
-            doc = None
+        except json.JSONDecodeError as err:
+            try:
+                json.loads(first)
+            except json.JSONDecodeError:
+                # neither one JSON document nor one object per line: report the document's error
+                raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+            doc = None  # the first line parses: JSON lines
         except UnicodeDecodeError as err:
             raise ValueError(f"{path}: not UTF-8 text ({err})") from None
         if isinstance(doc, dict) and "expert_usage_by_layer" in doc:
