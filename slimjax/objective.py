@@ -25,6 +25,7 @@ __all__ = [
     "pattern_latency",
     "layer_latency",
     "storage_used",
+    "multilinear",
     "AGGREGATIONS",
 ]
 
@@ -136,3 +137,93 @@ def _check_placement(inst: Instance, placement) -> None:
     want = tuple(inst.latency.shape[-3:])
     if shp != want:
         raise ValueError(f"placement: expected shape [N, L, E] = {want}, got {shp}")
+
+
+# -- the multilinear extension (DESIGN §4.6) -------------------------------------------------
+#
+# For independent Bernoulli placements x ~ p, the latency of expert (l, e) for user u is the min
+# over the nodes that cache it and the fallback. With the node values clipped to the fallback
+# (``inf`` = unreachable and nodes slower than the fallback never matter) and the fallback added
+# as one more "node" that always holds the expert, sorting the N + 1 values ascending gives the
+# CDF at the j-th value as 1 − Π_{i ≤ j}(1 − p_i). A pattern's latency is the max over its
+# distinct members, independent experts, so its CDF is the product of the members' CDFs at the
+# merged sorted breakpoints t_j, and  E[max] = Σ_j t_j (G(t_j) − G(t_{j−1})).  This "jump" form
+# equals ``latency`` bit for bit at every 0/1 point (one term is t_J · 1, the others are 0).
+# The breakpoints and their ranks do not depend on p: :func:`_multilinear_plan` computes them
+# once and :func:`_multilinear_eval` is the cheap, differentiable part (a solver reuses a plan).
+
+
+def _multilinear_plan(inst: Instance, aggregation: Aggregation = "max") -> dict:
+    """The p-independent part of the multilinear extension of one (unbatched) instance.
+
+    Returns a dict of arrays: ``perm`` int32 [U, L, E, N+1] (ascending order of the clipped node
+    values, the fallback last among ties), ``s`` [U, L, E, N+1] the sorted values; for "max" also
+    ``t`` [U, L, M, B] the sorted breakpoints of every pattern (B = K·(N+1)), ``rank`` int32
+    [U, L, M, K, B] how many of member k's values are ≤ t_j, and ``dup`` bool [U, L, M, K]
+    (member k repeats an earlier member).
+    """
+    _check_aggregation(aggregation)
+    U, N, L, E = inst.latency.shape
+    fb = inst.fallback  # [U, L, E]
+    v = jnp.minimum(inst.latency, fb[:, None])  # [U, N, L, E], inf -> fallback
+    v = jnp.concatenate([jnp.moveaxis(v, 1, -1), fb[..., None]], axis=-1)  # [U, L, E, N+1]
+    perm = jnp.argsort(v, axis=-1, stable=True).astype(jnp.int32)
+    s = jnp.take_along_axis(v, perm, axis=-1)
+    plan = {"perm": perm, "s": s}
+    if aggregation == "max":
+        pat = inst.patterns  # [U, L, M, K]
+        M, K = pat.shape[-2:]
+        s_mem = jax.vmap(jax.vmap(lambda s_le, p_lm: s_le[p_lm]))(s, pat)  # [U, L, M, K, N+1]
+        t = jnp.sort(s_mem.reshape(U, L, M, K * (N + 1)), axis=-1)  # [U, L, M, B]
+        rank = (s_mem[..., None, :] <= t[..., None, :, None]).sum(-1).astype(jnp.int32)  # [U,L,M,K,B]
+        earlier = jnp.tril(jnp.ones((K, K), bool), k=-1)  # earlier[k, k'] = k' < k
+        dup = ((pat[..., :, None] == pat[..., None, :]) & earlier).any(-1)  # [U, L, M, K]
+        plan.update(t=t, rank=rank, dup=dup)
+    return plan
+
+
+def _multilinear_eval(
+    inst: Instance, plan: dict, p: Float[Array, "N L E"], aggregation: Aggregation = "max"
+) -> Float[Array, ""]:
+    """E_{x~Bernoulli(p)} J(x) of one instance from its :func:`_multilinear_plan`."""
+    U, L, E, N1 = plan["s"].shape
+    p = jnp.asarray(p, dtype=plan["s"].dtype)
+    one = jnp.ones(p.shape[1:] + (1,), p.dtype)
+    q = jnp.concatenate([jnp.moveaxis(p, 0, -1), one], axis=-1)  # [L, E, N+1], the fallback always holds
+    q = jnp.take_along_axis(jnp.broadcast_to(q, (U, L, E, N1)), plan["perm"], axis=-1)
+    cdf = 1.0 - jnp.cumprod(1.0 - q, axis=-1)  # [U, L, E, N+1] P(latency <= s_i)
+    cdf_prev = jnp.concatenate([jnp.zeros_like(cdf[..., :1]), cdf[..., :-1]], axis=-1)
+    if aggregation == "sum":
+        mean_d = (plan["s"] * (cdf - cdf_prev)).sum(-1)  # [U, L, E] = E[d]
+        pl = pattern_latency_from(mean_d, inst.patterns, "sum")
+    else:
+        cdf0 = jnp.concatenate([jnp.zeros_like(cdf[..., :1]), cdf], axis=-1)  # [U, L, E, N+2], rank 0 -> 0
+        pat = inst.patterns
+        c_mem = jax.vmap(jax.vmap(lambda c_le, p_lm: c_le[p_lm]))(cdf0, pat)  # [U, L, M, K, N+2]
+        F = jnp.take_along_axis(c_mem, plan["rank"], axis=-1)  # [U, L, M, K, B]
+        F = jnp.where(plan["dup"][..., None], 1.0, F)
+        G = F.prod(axis=-2)  # [U, L, M, B] CDF of the pattern's max at t_j
+        G_prev = jnp.concatenate([jnp.zeros_like(G[..., :1]), G[..., :-1]], axis=-1)
+        pl = (plan["t"] * (G - G_prev)).sum(-1)  # [U, L, M]
+    per_user = (inst.weight * pl).sum(axis=(-1, -2))
+    return (inst.traffic * per_user).sum()
+
+
+@_batched
+def multilinear(inst: Instance, p: Float[Array, "N L E"], aggregation: Aggregation = "max") -> Float[Array, ""]:
+    """The multilinear extension of J: E_{x~Bernoulli(p)} J(x), exact and differentiable.
+
+    Every x[n, l, e] is cached independently with probability p[n, l, e]. Equals
+    :func:`latency` at every 0/1 point (bit for bit in float64) and is linear in each coordinate.
+
+    Args:
+      inst: an instance or a batch.
+      p: probabilities in [0, 1], [N, L, E] ([batch, N, L, E] for a batch).
+      aggregation: "max" or "sum" (static).
+
+    Returns:
+      a scalar ([batch] for a batch).
+    """
+    _check_placement(inst, p)
+    _check_aggregation(aggregation)
+    return _multilinear_eval(inst, _multilinear_plan(inst, aggregation), p, aggregation)
