@@ -17,6 +17,19 @@ import numpy as np
 __all__ = ["instance_from_trace", "model_for_trace"]
 
 
+def _sample_network_jit(key, preset, cfg, dtype):
+    """``sample_network`` compiled once per (model, network config, dtype)."""
+    global _JIT
+    if _JIT is None:
+        from slimjax.generate.network import sample_network
+
+        _JIT = jax.jit(sample_network, static_argnums=(1, 2, 3))
+    return _JIT(key, preset, cfg, dtype)
+
+
+_JIT = None
+
+
 def model_for_trace(trace, model: Any = None):
     """The model preset for ``trace``: ``model`` (name, preset or mapping) with L/E/K set from the trace.
 
@@ -73,7 +86,7 @@ def instance_from_trace(
     """
     import jax.numpy as jnp
 
-    from slimjax.generate.network import as_network_config, sample_network
+    from slimjax.generate.network import as_network_config
     from slimjax.instance import Instance
     from slimjax import traces as _traces
 
@@ -84,7 +97,7 @@ def instance_from_trace(
     if isinstance(key, (int, np.integer)):
         key = jax.random.key(int(key))
     dtype = jnp.float32 if dtype is None else dtype
-    net = sample_network(key, preset, cfg, dtype)
+    net = _sample_network_jit(key, preset, cfg, dtype)
     U = cfg.users
     traffic = net.traffic
     if U == 1:
