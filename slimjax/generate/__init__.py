@@ -1,1 +1,36 @@
-"""Instance generators (in progress)."""
+"""Instance generators (DESIGN §5): model presets, the edge network model, routing generators.
+
+    >>> import jax, slimjax
+    >>> batch = slimjax.generate.instances(jax.random.key(0), 256, model="mixtral_8x7b",
+    ...                                    network={"servers": 4}, routing="latent")
+
+Units: latency, fallback and base in seconds; size and capacity in bytes. Every default and
+its unit is documented in ``docs/generators.md``.
+"""
+
+from slimjax.generate.models import MODELS, ModelPreset, get_model, model_names
+from slimjax.generate.network import Network, NetworkConfig, as_network_config, sample_network, shannon_rate
+from slimjax.generate.routing import ROUTING_KINDS, RoutingConfig, as_routing_config, sample_routing
+from slimjax.generate.instances import instance, instances, resolve, sample_fields  # noqa: E402  (shadows the module)
+from slimjax.generate.from_trace import instance_from_trace
+
+__all__ = [
+    "MODELS",
+    "ModelPreset",
+    "Network",
+    "NetworkConfig",
+    "ROUTING_KINDS",
+    "RoutingConfig",
+    "as_network_config",
+    "as_routing_config",
+    "get_model",
+    "instance",
+    "instance_from_trace",
+    "instances",
+    "model_names",
+    "resolve",
+    "sample_fields",
+    "sample_network",
+    "sample_routing",
+    "shannon_rate",
+]

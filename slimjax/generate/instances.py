@@ -1,0 +1,154 @@
+"""Random SlimCaching instances: a model preset + a sampled network + sampled routing.
+
+``instances(key, batch)`` draws a whole batch on the accelerator in one compiled call
+(``jax.jit(jax.vmap(...))`` over ``jax.random.split(key, batch)``; batches larger than
+``chunk_size`` are drawn in equal chunks to bound memory, compiled once) and returns a validated
+:class:`~slimjax.Instance` with a leading batch axis. The
+``i``-th instance depends only on ``key`` and ``i``: ``instances(key, 8)[:4]`` equals
+``instances(key, 4)``, and ``instance(key)`` equals ``instances(key, 1)[0]``.
+
+Units: latency, fallback and base in seconds; size and capacity in bytes.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from slimjax.generate.models import ModelPreset, get_model
+from slimjax.generate.network import NetworkConfig, as_network_config, sample_network
+from slimjax.generate.routing import RoutingConfig, as_routing_config, sample_routing
+from slimjax.instance import Instance
+
+__all__ = ["instances", "instance", "sample_fields", "resolve"]
+
+# Instances drawn per vmapped chunk; larger batches are scanned over chunks to bound memory.
+GEN_CHUNK = 1024
+
+
+def resolve(
+    model: str | ModelPreset | Mapping[str, Any] = "mixtral_8x7b",
+    network: NetworkConfig | Mapping[str, Any] | None = None,
+    routing: RoutingConfig | Mapping[str, Any] | str | None = None,
+) -> tuple[ModelPreset, NetworkConfig, RoutingConfig]:
+    """Turn names / mappings / ``None`` into the three frozen configurations."""
+    return get_model(model), as_network_config(network), as_routing_config(routing)
+
+
+def sample_fields(key: Array, model: ModelPreset, network: NetworkConfig, routing: RoutingConfig, dtype=jnp.float32):
+    """The fields of one instance as a dict of arrays (pure JAX; vmappable and jittable).
+
+    Returns:
+      dict with ``latency [U, N, L, E]``, ``fallback [U, L, E]``, ``size [L, E]``,
+      ``capacity [N]``, ``patterns [U, L, M, K]`` (int32), ``weight [U, L, M]``,
+      ``traffic [U]``, ``base [U]``.
+    """
+    knet, krout = jax.random.split(key)
+    net = sample_network(knet, model, network, dtype)
+    patterns, weight = sample_routing(
+        krout, routing, model.layers, model.experts, model.top_k, network.users, dtype
+    )
+    return dict(net._asdict(), patterns=patterns, weight=weight)
+
+
+@partial(jax.jit, static_argnames=("model", "network", "routing", "dtype"))
+def _generate(keys, model: ModelPreset, network: NetworkConfig, routing: RoutingConfig, dtype):
+    """``sample_fields`` vmapped over a vector of keys, compiled once per configuration and size."""
+    return jax.vmap(partial(sample_fields, model=model, network=network, routing=routing, dtype=dtype))(keys)
+
+
+def _generate_batch(key, batch: int, model, network, routing, dtype, chunk: int) -> dict:
+    if batch <= chunk:
+        return _generate(jax.random.split(key, batch), model, network, routing, dtype)
+    # Whole chunks of one static size (one compilation); split(key, n)[:batch] == split(key, batch).
+    n_chunks = -(-batch // chunk)
+    keys = jax.random.split(key, n_chunks * chunk)
+    parts = [_generate(keys[i * chunk : (i + 1) * chunk], model, network, routing, dtype) for i in range(n_chunks)]
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:batch], *parts)
+
+
+def _as_key(key) -> Array:
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key: expected a single PRNG key, got shape {key.shape}")
+        return key
+    if key.shape != (2,) or key.dtype != jnp.uint32:
+        raise ValueError(f"key: expected a PRNG key (jax.random.key) or an int seed, got {key.dtype}{key.shape}")
+    return key
+
+
+def _resolve_dtype(dtype) -> Any:
+    dt = jnp.dtype(jnp.float32 if dtype is None else dtype)
+    if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+        raise ValueError(f"dtype: must be float32 or float64, got {dt}")
+    if dt == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("dtype: float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
+    return dt.type
+
+
+def instances(
+    key: Array | int,
+    batch: int,
+    model: str | ModelPreset | Mapping[str, Any] = "mixtral_8x7b",
+    network: NetworkConfig | Mapping[str, Any] | None = None,
+    routing: RoutingConfig | Mapping[str, Any] | str | None = None,
+    dtype: Any = jnp.float32,
+    *,
+    validate: bool = True,
+    chunk_size: int = GEN_CHUNK,
+) -> Instance:
+    """Draw ``batch`` random instances in one compiled call.
+
+    Args:
+      key: a PRNG key (``jax.random.key(0)``) or an int seed.
+      batch: number of instances (>= 1).
+      model: a preset name (see ``slimjax.generate.MODELS``), a :class:`ModelPreset` or a mapping.
+      network: a :class:`NetworkConfig`, a mapping of its fields, or ``None`` (defaults:
+        1 device + 4 servers).
+      routing: a :class:`RoutingConfig`, a mapping, a kind name (``"latent"``, ``"zipf"``,
+        ``"uniform"``) or ``None`` (latent, 256 tokens).
+      dtype: float32 (default) or float64 (needs x64).
+      validate: check the result (DESIGN §10) on the host.
+      chunk_size: instances drawn per vmapped chunk (bounds memory; the result does not
+        depend on it).
+
+    Returns:
+      an :class:`~slimjax.Instance` with a leading batch axis ``[batch, ...]``; shapes
+      ``U = network.users``, ``N = users + servers``, ``L, E, K`` of the model,
+      ``M = routing.tokens``. Seconds and bytes.
+
+    Examples:
+      >>> import jax, slimjax
+      >>> batch = slimjax.generate.instances(jax.random.key(0), 16)
+      >>> batch.latency.shape
+      (16, 1, 5, 32, 8)
+    """
+    if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch: must be an integer >= 1, got {batch!r}")
+    m, net, rout = resolve(model, network, routing)
+    dt = _resolve_dtype(dtype)
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size: must be an integer >= 1, got {chunk_size!r}")
+    fields = _generate_batch(_as_key(key), int(batch), m, net, rout, dt, int(chunk_size))
+    return Instance(**fields, validate=validate)
+
+
+def instance(
+    key: Array | int,
+    model: str | ModelPreset | Mapping[str, Any] = "mixtral_8x7b",
+    network: NetworkConfig | Mapping[str, Any] | None = None,
+    routing: RoutingConfig | Mapping[str, Any] | str | None = None,
+    dtype: Any = jnp.float32,
+    *,
+    validate: bool = True,
+) -> Instance:
+    """One random instance (no batch axis); equals ``instances(key, 1, ...)[0]``."""
+    return instances(key, 1, model, network, routing, dtype, validate=validate)[0]
