@@ -616,7 +616,7 @@ def collect(root: Path | str, *, x: str | None = None, y: str = "J", logx: bool 
 
 
 def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
 
 class CollectCallback(Callback):
