@@ -1,1 +1,388 @@
-"""(in progress)"""
+"""Successive decomposition — SlimCaching's method for K ≥ 1 (DESIGN §4.4) — methods
+``successive`` and ``successive-fast``.
+
+Nodes are taken one after another (a fixed-trip ``lax.scan`` over a computed node order). For
+each node, given what earlier nodes cache (the current expert latencies ``d``):
+
+1. a layer oracle (:mod:`slimjax.solvers.oracle`) gives ``g[l, c]``, the best gain with at most
+   ``c`` experts of layer ``l`` on this node, and the sets behind it;
+2. the capacity DP over layers (:func:`slimjax.maxconv.capacity_dp`) splits the node's storage;
+3. the chosen sets are committed and ``d`` is updated.
+
+Options (``slimjax.solve(inst, method="successive", **options)``):
+
+- ``order``: ``"fastest-first"`` (traffic-weighted mean latency over the users that reach the
+  node), ``"largest-first"`` (capacity), ``"given"`` (index order), an explicit tuple of node ids,
+  or ``"best-of"``: every order in ``best_of`` run in parallel (vmapped), the best J kept.
+- ``oracle``: ``"exact"`` (2^E subsets), ``"greedy"`` (chain), ``"auto"`` (exact when E ≤ 12).
+- ``maxconv``: ``"dense"`` (exact DP) or ``"hull"`` (concave envelopes; reports the LP bound).
+- ``union_first``: ``"on"``, ``"off"`` or ``"auto"`` (= an extra best-of candidate when
+  ``order="best-of"``, else off). Nodes whose capacity is below K experts of every layer cannot
+  complete a pattern alone, so a pure per-node pass gains ~nothing from them; union-first treats
+  them as one virtual node (capacity = their sum, latency = the slowest of them), chooses the
+  union, splits it over them fastest-node-first by expert importance, then runs the per-node pass
+  over all nodes with the capacity left.
+- ``polish``: rounds of the §4.9 local search applied to the kept placement (0 = none).
+
+The plain paper method is ``order="fastest-first", polish=0`` (``union_first`` is then off).
+``successive-fast`` = ``maxconv="hull"``, ``oracle="greedy"``, fastest-first, no polish.
+
+``info``: ``order`` int [B, N] (the kept node order), ``candidate`` int [B] (its index among the
+best-of candidates), ``node_gain`` [B, N] (DP value per node), ``node_bound`` [B, N] (LP bound for
+``hull``, = node_gain for ``dense``), ``node_gap`` [B, N], ``latency_before_polish`` [B],
+``polish_moves`` [B].
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Bool, Int
+
+from slimjax.instance import Instance
+from slimjax.maxconv import BACKENDS, capacity_dp
+from slimjax.objective import AGGREGATIONS, expert_latency_from, objective_from_d
+from slimjax.solvers.oracle import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
+from slimjax.solvers.registry import register
+
+__all__ = ["SuccessiveConfig", "successive_instance", "successive_batch", "node_orders", "bucket_units", "ORDERS"]
+
+ORDERS = ("fastest-first", "largest-first", "given", "slowest-first", "smallest-first")
+ORACLES = ("auto", "exact", "greedy")
+UNION = ("auto", "on", "off")
+AUTO_EXACT_MAX_E = 12
+
+
+class SuccessiveConfig(NamedTuple):
+    """Static (hashable) configuration of one compiled successive solver."""
+
+    Qmax: int  # DP table size (grid units)
+    orders: tuple  # candidate orders: names or tuples of node ids
+    unions: tuple  # per candidate: union-first on/off
+    oracle: str  # "exact" | "greedy"
+    maxconv: str  # "dense" | "hull"
+    polish: int  # polish rounds (0 = none)
+    aggregation: str
+
+
+def bucket_units(q: int) -> int:
+    """Round a DP size up to m·2^k, m ∈ {4..7} (≤ 25 % larger; few distinct compiled shapes)."""
+    q = int(q)
+    if q <= 8:
+        return max(q, 0)
+    k = q.bit_length() - 3
+    m = -(-q // (1 << k))
+    return m << k
+
+
+def node_orders(inst: Instance, capacity_units: Int[Array, "N"]) -> dict[str, Int[Array, "N"]]:
+    """Node orders of one instance: ``{name: int32 [N]}`` for every name in :data:`ORDERS`.
+
+    fastest-first sorts by the traffic-weighted mean latency over the users that reach the node
+    (unreachable nodes last); largest-first by capacity (ties fastest first).
+    """
+    lat = inst.latency
+    N = lat.shape[1]
+    fin = jnp.isfinite(lat)
+    cnt = fin.sum(axis=(2, 3))
+    reach = cnt > 0  # [U, N]
+    mean = jnp.where(fin, lat, 0).sum(axis=(2, 3)) / jnp.maximum(cnt, 1)
+    w = inst.traffic[:, None] * reach
+    wsum = w.sum(0)
+    key = jnp.where(wsum > 0, (w * mean).sum(0) / jnp.where(wsum > 0, wsum, 1), jnp.inf)
+    cap = jnp.asarray(capacity_units)
+    fastest = jnp.argsort(key, stable=True)
+    slow_key = jnp.where(jnp.isfinite(key), -key, jnp.inf)
+    return {
+        "fastest-first": fastest.astype(jnp.int32),
+        "largest-first": jnp.lexsort((key, -cap)).astype(jnp.int32),
+        "given": jnp.arange(N, dtype=jnp.int32),
+        "slowest-first": jnp.argsort(slow_key, stable=True).astype(jnp.int32),
+        "smallest-first": jnp.lexsort((key, cap)).astype(jnp.int32),
+    }
+
+
+def _oracle_fn(cfg: SuccessiveConfig, patterns, tw, dup):
+    def fn(d, newp):
+        if cfg.oracle == "exact":
+            return exact_oracle(d, newp, patterns, tw, dup, cfg.aggregation)
+        return greedy_oracle(d, newp, patterns, tw, dup, cfg.aggregation, steps=min(d.shape[-1], max(cfg.Qmax, 1)))
+
+    return fn
+
+
+def _node_pass(inst, s, cap, order, d0, x0, oracle, cfg: SuccessiveConfig):
+    """One successive pass over ``order``; returns (x, d, node_gain [N], node_bound [N])."""
+    N = inst.latency.shape[1]
+
+    def body(carry, n):
+        d, x = carry
+        lat_n = jnp.take(inst.latency, n, axis=1)  # [U, L, E]
+        newp = jnp.minimum(d, lat_n)
+        g, select = oracle(d, newp)
+        res = capacity_dp(g, s, cap[n], Qmax=cfg.Qmax, backend=cfg.maxconv)
+        chosen = select(res.counts)  # [L, E]
+        d = jnp.where(chosen[None], newp, d)
+        x = x.at[n].set(x[n] | chosen)
+        return (d, x), (res.value, res.bound)
+
+    (d, x), (vals, bounds) = lax.scan(body, (d0, x0), order)
+    gain = jnp.zeros((N,), vals.dtype).at[order].set(vals)
+    bound = jnp.zeros((N,), vals.dtype).at[order].set(bounds)
+    return x, d, gain, bound
+
+
+def _union_start(inst, s, cap, fastest, oracle, cfg: SuccessiveConfig, K: int):
+    """Union-first: choose a union for the nodes below K experts, split it by speed.
+
+    Returns (x0 [N, L, E], d0 [U, L, E], capacity left [N]).
+    """
+    U, N, L, E = inst.latency.shape
+    small = (cap < K * s.min()) & (cap > 0)  # cannot complete a pattern of any layer alone
+    lat = inst.latency
+    lat_g = jnp.where(small[None, :, None, None], lat, -jnp.inf).max(axis=1)  # slowest member of the group
+    lat_g = jnp.where(jnp.isneginf(lat_g), jnp.inf, lat_g)
+    qg = jnp.minimum(jnp.where(small, cap, 0).sum(), cfg.Qmax)
+    d0 = inst.fallback
+    newp = jnp.minimum(d0, lat_g)
+    g, select = oracle(d0, newp)
+    res = capacity_dp(g, s, qg, Qmax=cfg.Qmax, backend=cfg.maxconv)
+    chosen = select(res.counts)  # [L, E]
+    # importance of an expert: traffic-weighted pattern mass times its speed-up
+    onehot_w = jnp.zeros((L * E,), d0.dtype)
+    lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], inst.patterns.shape)
+    w = (inst.traffic[:, None, None] * inst.weight)[..., None] * (
+        jnp.take_along_axis((d0 - newp)[:, :, None, :], inst.patterns, axis=-1)
+    )
+    imp = onehot_w.at[(lidx * E + inst.patterns).reshape(-1)].add(w.reshape(-1))
+    prio = jnp.argsort(-imp, stable=True)  # items (l*E + e) most important first
+    item_size = jnp.repeat(s, E)[prio]
+    item_chosen = chosen.reshape(-1)[prio]
+
+    def place(carry, n):
+        assigned, x = carry
+        rem = jnp.where(small[n], cap[n], 0)
+        take_all = jnp.zeros_like(assigned)
+        for _ in range(2):  # prefix that fits, twice (catches smaller items after a large one)
+            elig = item_chosen & ~assigned & ~take_all & (item_size <= rem)
+            cum = jnp.cumsum(jnp.where(elig, item_size, 0))
+            take = elig & (cum <= rem)
+            rem = rem - jnp.where(take, item_size, 0).sum()
+            take_all = take_all | take
+        row = jnp.zeros((L * E,), bool).at[prio].set(take_all).reshape(L, E)
+        return (assigned | take_all, x.at[n].set(row)), None
+
+    x0 = jnp.zeros((N, L, E), bool)
+    (_, x0), _ = lax.scan(place, (jnp.zeros((L * E,), bool), x0), fastest)
+    d = expert_latency_from(lat, inst.fallback, x0)
+    used = (x0.astype(jnp.int32) * s[None, :, None]).sum(axis=(1, 2))
+    return x0, d, cap - used
+
+
+def successive_instance(
+    inst: Instance,
+    size_units: Int[Array, "L"],
+    capacity_units: Int[Array, "N"],
+    cfg: SuccessiveConfig,
+) -> tuple[Bool[Array, "N L E"], dict]:
+    """Successive decomposition on one instance (pure JAX; vmap it over a batch).
+
+    Args:
+      inst: one unbatched :class:`~slimjax.Instance`.
+      size_units: int32 [L] expert size of each layer in grid units (>= 1).
+      capacity_units: int32 [N] node capacities in grid units (<= cfg.Qmax).
+      cfg: a :class:`SuccessiveConfig` (static).
+
+    Returns:
+      (placement bool [N, L, E], info dict of arrays; see the module docstring).
+    """
+    U, N, L, E = inst.latency.shape
+    K = inst.patterns.shape[-1]
+    s = jnp.asarray(size_units, jnp.int32)
+    cap = jnp.minimum(jnp.asarray(capacity_units, jnp.int32), cfg.Qmax)
+    tw, dup = pattern_prep(inst.patterns, inst.weight, inst.traffic)
+    oracle = _oracle_fn(cfg, inst.patterns, tw, dup)
+    named = node_orders(inst, cap)
+    orders = jnp.stack(
+        [named[o] if isinstance(o, str) else jnp.asarray(o, jnp.int32) for o in cfg.orders]
+    )  # [C, N]
+    x_empty = jnp.zeros((N, L, E), bool)
+    d_empty = inst.fallback
+    if any(cfg.unions):
+        xu, du, capu = _union_start(inst, s, cap, named["fastest-first"], oracle, cfg, K)
+        flags = jnp.asarray(cfg.unions)
+        x0 = jnp.where(flags[:, None, None, None], xu[None], x_empty[None])
+        d0 = jnp.where(flags[:, None, None, None], du[None], d_empty[None])
+        c0 = jnp.where(flags[:, None], capu[None], cap[None])
+    else:
+        C = len(cfg.orders)
+        x0 = jnp.broadcast_to(x_empty, (C, N, L, E))
+        d0 = jnp.broadcast_to(d_empty, (C,) + d_empty.shape)
+        c0 = jnp.broadcast_to(cap, (C, N))
+
+    def run(order, xs, ds, cs):
+        x, d, gain, bound = _node_pass(inst, s, cs, order, ds, xs, oracle, cfg)
+        return x, objective_from_d(inst, d, cfg.aggregation), gain, bound
+
+    if len(cfg.orders) == 1:
+        x, J, gain, bound = run(orders[0], x0[0], d0[0], c0[0])
+        best = jnp.int32(0)
+    else:
+        xs, Js, gains, bounds = jax.vmap(run)(orders, x0, d0, c0)
+        best = jnp.argmin(Js).astype(jnp.int32)
+        x, J, gain, bound = xs[best], Js[best], gains[best], bounds[best]
+    moves = jnp.int32(0)
+    if cfg.polish > 0:
+        polish_instance = _polish_fn()
+        x, moves = polish_instance(inst, s, cap, x, rounds=cfg.polish, aggregation=cfg.aggregation)
+    info = {
+        "order": orders[best],
+        "candidate": best,
+        "node_gain": gain,
+        "node_bound": bound,
+        "node_gap": jnp.maximum(bound - gain, 0),
+        "latency_before_polish": J,
+        "polish_moves": jnp.asarray(moves, jnp.int32),
+    }
+    return x, info
+
+
+def _polish_fn():
+    try:
+        from slimjax.solvers.polish import polish_instance
+    except ImportError as err:  # pragma: no cover - depends on the polish module having landed
+        raise ValueError(
+            "polish: option polish > 0 needs slimjax.solvers.polish.polish_instance, which is not "
+            f"available ({err}); pass polish=0"
+        ) from None
+    return polish_instance
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def successive_batch(
+    batch: Instance, size_units: Int[Array, "B L"], capacity_units: Int[Array, "B N"], cfg: SuccessiveConfig
+):
+    """:func:`successive_instance` vmapped over a batch and jitted (one compile per shape and cfg)."""
+    return jax.vmap(lambda i, su, cu: successive_instance(i, su, cu, cfg))(batch, size_units, capacity_units)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry entries
+# ----------------------------------------------------------------------------------------------
+
+
+def _config(batch: Instance, grid, options) -> SuccessiveConfig:
+    U, N, L, E, M, K = batch.shape
+    agg = options["aggregation"]
+    if agg not in AGGREGATIONS:
+        raise ValueError(f"aggregation: must be one of {AGGREGATIONS}, got {agg!r}")
+    oracle = options["oracle"]
+    if oracle not in ORACLES:
+        raise ValueError(f"oracle: must be one of {ORACLES}, got {oracle!r}")
+    if oracle == "auto":
+        oracle = "exact" if E <= AUTO_EXACT_MAX_E else "greedy"
+    if oracle == "exact" and E > EXACT_MAX_E and agg == "max":
+        raise ValueError(f"oracle: 'exact' needs E <= {EXACT_MAX_E} (2^E subsets), got E={E}; use oracle='greedy'")
+    backend = options["maxconv"]
+    if backend not in BACKENDS:
+        raise ValueError(f"maxconv: must be one of {BACKENDS}, got {backend!r}")
+    polish = options["polish"]
+    if isinstance(polish, bool) or not isinstance(polish, (int, np.integer)) or polish < 0:
+        raise ValueError(f"polish: must be an int >= 0 (rounds), got {polish!r}")
+    union = options["union_first"]
+    if union not in UNION:
+        raise ValueError(f"union_first: must be one of {UNION}, got {union!r}")
+
+    def check_order(o, name):
+        if isinstance(o, str):
+            if o not in ORDERS:
+                raise ValueError(f"{name}: unknown order {o!r}; valid orders are {ORDERS} (or a tuple of node ids)")
+            return o
+        ids = tuple(int(i) for i in o)
+        if sorted(ids) != list(range(N)):
+            raise ValueError(f"{name}: an explicit order must be a permutation of 0..{N - 1}, got {ids}")
+        return ids
+
+    order = options["order"]
+    if order == "best-of":
+        best_of = options["best_of"]
+        if isinstance(best_of, str) or len(best_of) < 1:
+            raise ValueError(f"best_of: must be a non-empty tuple of orders, got {best_of!r}")
+        orders = tuple(check_order(o, "best_of") for o in best_of)
+        unions = (union == "on",) * len(orders)
+        if union == "auto" and agg == "max" and K >= 2:
+            orders = orders + ("fastest-first",)
+            unions = unions + (True,)
+    else:
+        orders = (check_order(order, "order"),)
+        unions = (union == "on",)
+    return SuccessiveConfig(
+        Qmax=bucket_units(grid.max_units),
+        orders=orders,
+        unions=unions,
+        oracle=oracle,
+        maxconv=backend,
+        polish=int(polish),
+        aggregation=agg,
+    )
+
+
+def _bytes(shape: tuple, max_units: int, options) -> float:
+    U, N, L, E, M, K = shape
+    q = bucket_units(max_units) + 1
+    C = len(options["best_of"]) + 1 if options["order"] == "best-of" else 1
+    exact = options["oracle"] == "exact" or (options["oracle"] == "auto" and E <= AUTO_EXACT_MAX_E)
+    oracle = 4 * (L * 2**E * (E + 2) + U * L * M * 2**K * 4) if exact else 4 * U * L * M * K * 16
+    dp = 4 * L * q * (E + 1) * 3 + 4 * L * q
+    inst = 4 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
+    pol = 4.0 * (16 * (U * N * L * E + U * L * M * K) + min(L, 16) * U * M * N * min(E, 8) ** 2 * 12)
+    return 4 * inst + C * (oracle + dp + 4 * N * L * E) + (pol if options["polish"] else 0)
+
+
+def _run(batch, grid, options):
+    cfg = _config(batch, grid, options)
+    x, info = successive_batch(
+        batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), cfg
+    )
+    return x, info
+
+
+@register(
+    "successive",
+    defaults={
+        "order": "best-of",
+        "best_of": ("fastest-first", "largest-first", "given"),
+        "oracle": "auto",
+        "maxconv": "dense",
+        "union_first": "auto",
+        "polish": 16,
+    },
+    description="SlimCaching successive decomposition: per-node layer oracle + (max,+) DP over layers, §4.4",
+    bytes_per_instance=_bytes,
+)
+def _successive_method(batch, grid, key, options, **extra):
+    """Successive decomposition (see the module docstring)."""
+    return _run(batch, grid, options)
+
+
+@register(
+    "successive-fast",
+    defaults={
+        "order": "fastest-first",
+        "best_of": ("fastest-first", "largest-first", "given"),
+        "oracle": "greedy",
+        "maxconv": "hull",
+        "union_first": "auto",
+        "polish": 0,
+    },
+    description="Successive decomposition with the hull (max,+) backend and the greedy layer oracle, §4.3-4.4",
+    bytes_per_instance=_bytes,
+)
+def _successive_fast_method(batch, grid, key, options, **extra):
+    """Accelerated successive decomposition (hull DP, greedy chain oracle)."""
+    return _run(batch, grid, options)

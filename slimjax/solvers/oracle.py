@@ -1,0 +1,249 @@
+"""Layer oracles of the successive decomposition (DESIGN §4.4, step 1).
+
+For one node, given the current expert latencies ``d [U, L, E]`` and what they would become if
+this node cached the expert, ``newp = min(d, latency[:, n]) [U, L, E]``, an oracle returns for
+every layer the curve ``g[l, c]`` = best gain with **at most** ``c`` experts of layer ``l`` on this
+node (``c = 0..E``, non-decreasing, ``g[:, 0] = 0``) and a ``select(counts [L]) -> bool [L, E]``
+that gives the expert set behind ``g[l, counts[l]]``. Gain = the layer's expected latency before
+minus after, summed over users with ``traffic`` (``tw = traffic · weight``).
+
+- :func:`exact_oracle`: every one of the 2^E subsets, vectorized. For "max" each pattern's gain
+  depends on the subset only through its own ≤ K members, so its Möbius coefficients live on the
+  2^K subsets of its members; they are scatter-added into a table over all 2^E expert sets and a
+  zeta (subset-sum) transform gives the gain of every subset: O(M·K·2^K + E·2^E) per layer instead
+  of O(2^E·M·K). For "sum" the gain is modular and the best sets are the top-c experts.
+- :func:`greedy_oracle`: a chain of growing sets. Each step adds the candidate with the best gain
+  per added expert; candidates are single experts (exact marginal gains) **and** completions of a
+  pattern (its members that this node would make faster and are not in the set yet; gain
+  estimated as the members' single gains plus the pattern's own co-activation term), so
+  co-activated pairs are found when single gains are 0. The chain's gains are exact.
+
+Ties: among sets of one size the smallest bit mask wins; a larger size is used only when its
+gain is strictly larger (so no expert without gain is ever added).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int
+
+__all__ = ["pattern_prep", "exact_oracle", "greedy_oracle", "modular_oracle", "EXACT_MAX_E"]
+
+#: The largest E the exact oracle accepts (its table has L·2^E entries).
+EXACT_MAX_E = 16
+
+Select = Callable[[Array], Array]
+
+
+def pattern_prep(patterns: Int[Array, "U L M K"], weight: Float[Array, "U L M"], traffic: Float[Array, "U"]):
+    """``tw [U, L, M]`` = traffic·weight and ``dup bool [U, L, M, K]`` (position repeats an earlier id)."""
+    K = patterns.shape[-1]
+    earlier = jnp.tril(jnp.ones((K, K), bool), -1)
+    dup = ((patterns[..., :, None] == patterns[..., None, :]) & earlier).any(-1)
+    tw = traffic[:, None, None] * weight
+    return tw, dup
+
+
+def _members(v: Float[Array, "U L E"], patterns: Int[Array, "U L M K"]) -> Float[Array, "U L M K"]:
+    return jnp.take_along_axis(v[:, :, None, :], patterns, axis=-1)
+
+
+def _prefix_best(g_exact: Float[Array, "L C1"]) -> tuple[Array, Array]:
+    """g[c] = max_{c' ≤ c} g_exact[c'] and the first c' attaining it."""
+    C1 = g_exact.shape[-1]
+    tri = jnp.arange(C1)[None, :] <= jnp.arange(C1)[:, None]  # [c, c']
+    vals = jnp.where(tri[None], g_exact[:, None, :], -jnp.inf)
+    idx = jnp.argmax(vals, axis=-1).astype(jnp.int32)  # [L, C1]
+    g = jnp.take_along_axis(g_exact, idx, axis=-1)
+    return g, idx
+
+
+def modular_oracle(
+    d: Float[Array, "U L E"],
+    newp: Float[Array, "U L E"],
+    patterns: Int[Array, "U L M K"],
+    tw: Float[Array, "U L M"],
+) -> tuple[Float[Array, "L E1"], Select]:
+    """Exact oracle for ``aggregation="sum"`` (J separates per expert): top-c experts by gain."""
+    U, L, M, K = patterns.shape
+    E = d.shape[-1]
+    imp = _members(d - newp, patterns)  # [U, L, M, K] (duplicates count twice, as in the sum)
+    contrib = tw[..., None] * imp
+    lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], patterns.shape)
+    ge = jnp.zeros((L * E,), d.dtype).at[(lidx * E + patterns).reshape(-1)].add(contrib.reshape(-1)).reshape(L, E)
+    order = jnp.argsort(-ge, axis=-1, stable=True)
+    rank = jnp.argsort(order, axis=-1).astype(jnp.int32)  # rank[l, e]
+    sorted_g = jnp.take_along_axis(ge, order, axis=-1)
+    g_exact = jnp.concatenate([jnp.zeros((L, 1), d.dtype), jnp.cumsum(sorted_g, axis=-1)], axis=-1)
+    g, idx = _prefix_best(g_exact)
+
+    def select(counts):
+        c = jnp.take_along_axis(idx, counts[:, None], axis=-1)  # [L, 1]
+        return rank < c
+
+    return g, select
+
+
+def exact_oracle(
+    d: Float[Array, "U L E"],
+    newp: Float[Array, "U L E"],
+    patterns: Int[Array, "U L M K"],
+    tw: Float[Array, "U L M"],
+    dup: Bool[Array, "U L M K"],
+    aggregation: str = "max",
+) -> tuple[Float[Array, "L E1"], Select]:
+    """Exact layer oracle by enumerating all 2^E subsets (see the module docstring).
+
+    Args:
+      d: current expert latencies [U, L, E].
+      newp: latencies if this node caches the expert, ``min(d, latency[:, n])`` [U, L, E].
+      patterns: [U, L, M, K]; tw: traffic·weight [U, L, M]; dup: repeated positions [U, L, M, K].
+      aggregation: "max" or "sum" (static).
+
+    Returns:
+      (g float [L, E+1], select: counts int [L] -> bool [L, E]).
+    """
+    if aggregation == "sum":
+        return modular_oracle(d, newp, patterns, tw)
+    U, L, M, K = patterns.shape
+    E = d.shape[-1]
+    if E > EXACT_MAX_E:
+        raise ValueError(f"oracle: 'exact' enumerates 2^E subsets and needs E <= {EXACT_MAX_E}, got E={E}; use 'greedy'")
+    dt = d.dtype
+    old = jnp.where(dup, 0, _members(d, patterns))  # latencies are >= 0: a zero never decides a max
+    new = jnp.where(dup, 0, _members(newp, patterns))
+    p_old = old.max(-1)  # [U, L, M]
+    # A[T] = max_{k∈T} new_k, C[T] = max_{k∈T} old_k, mask[T] = OR_{k∈T} bit(p_k) (bit k of T = position k).
+    A = jnp.zeros(p_old.shape + (1,), dt)
+    C = jnp.zeros(p_old.shape + (1,), dt)
+    mk = jnp.zeros(p_old.shape + (1,), jnp.int32)
+    for k in range(K):
+        A = jnp.concatenate([A, jnp.maximum(A, new[..., k : k + 1])], axis=-1)
+        C = jnp.concatenate([C, jnp.maximum(C, old[..., k : k + 1])], axis=-1)
+        mk = jnp.concatenate([mk, mk | (jnp.int32(1) << patterns[..., k : k + 1])], axis=-1)
+    val = jnp.maximum(A, C[..., ::-1])  # members in T new, the others old
+    f = tw[..., None] * (p_old[..., None] - val)  # [U, L, M, 2^K] gain of the pattern per member subset
+    for k in range(K):  # Möbius transform over the K positions
+        f = f.reshape(p_old.shape + (2 ** (K - 1 - k), 2, 2**k))
+        f = jnp.stack([f[..., 0, :], f[..., 1, :] - f[..., 0, :]], axis=-2).reshape(p_old.shape + (2**K,))
+    P = 2**E
+    lidx = jnp.arange(L, dtype=jnp.int32)[None, :, None, None]
+    H = jnp.zeros((L * P,), dt).at[(lidx * P + mk).reshape(-1)].add(f.reshape(-1)).reshape(L, P)
+    for i in range(E):  # zeta (subset-sum) transform over the E experts
+        H = H.reshape(L, 2 ** (E - 1 - i), 2, 2**i)
+        H = jnp.stack([H[:, :, 0, :], H[:, :, 1, :] + H[:, :, 0, :]], axis=2)
+    gain = H.reshape(L, P)
+    pop = np.array([bin(i).count("1") for i in range(P)], np.int32)
+    by_size = jnp.asarray(pop[None, :] == np.arange(E + 1)[:, None])  # [E+1, P]
+    vals = jnp.where(by_size[None], gain[:, None, :], -jnp.inf)  # [L, E+1, P]
+    m_exact = jnp.argmax(vals, axis=-1).astype(jnp.int32)
+    g_exact = jnp.take_along_axis(vals, m_exact[..., None], axis=-1)[..., 0]
+    g_exact = g_exact.at[:, 0].set(0.0)
+    g, idx = _prefix_best(g_exact)
+    sel_mask = jnp.take_along_axis(m_exact, idx, axis=-1)  # [L, E+1]
+
+    def select(counts):
+        m = jnp.take_along_axis(sel_mask, counts[:, None], axis=-1)  # [L, 1]
+        return ((m >> jnp.arange(E, dtype=jnp.int32)[None, :]) & 1).astype(bool)
+
+    return g, select
+
+
+def greedy_oracle(
+    d: Float[Array, "U L E"],
+    newp: Float[Array, "U L E"],
+    patterns: Int[Array, "U L M K"],
+    tw: Float[Array, "U L M"],
+    dup: Bool[Array, "U L M K"],
+    aggregation: str = "max",
+    steps: int | None = None,
+) -> tuple[Float[Array, "L E1"], Select]:
+    """Greedy chain layer oracle (see the module docstring).
+
+    Args:
+      d, newp, patterns, tw, dup, aggregation: as :func:`exact_oracle`.
+      steps: chain length (static; default E; at most E). Sets larger than ``steps`` experts are
+        never formed, so ``min(E, Qmax)`` loses nothing.
+
+    Returns:
+      (g float [L, E+1], select: counts int [L] -> bool [L, E]).
+    """
+    if aggregation == "sum":
+        return modular_oracle(d, newp, patterns, tw)
+    U, L, M, K = patterns.shape
+    E = d.shape[-1]
+    T = E if steps is None else max(1, min(int(steps), E))
+    dt = d.dtype
+    improv = (newp < d).any(0)  # [L, E]: this node makes the expert faster for some user
+    improv_u = _members((newp < d).astype(jnp.int32), patterns) > 0  # [U, L, M, K]
+    new = jnp.where(dup, 0, _members(newp, patterns))
+    lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], patterns.shape)
+    flat_idx = (lidx * E + patterns).reshape(-1)
+    kpos = jnp.arange(K, dtype=jnp.int32)
+
+    def p_of(cur):
+        cur_k = jnp.where(dup, 0, _members(cur, patterns))
+        return cur_k, cur_k.max(-1)
+
+    _, p0 = p_of(d)
+
+    def step(state, t):
+        inS, cur = state
+        cur_k, curP = p_of(cur)
+        gain_now = (tw * (p0 - curP)).sum(axis=(0, 2))  # [L] exact gain of the current set
+        size_now = inS.sum(-1).astype(jnp.int32)
+        # exact single-expert gains
+        i1 = jnp.argmax(cur_k, axis=-1)
+        is1 = kpos == i1[..., None]
+        top2 = jnp.where(is1, 0, cur_k).max(-1)
+        excl = jnp.where(is1, top2[..., None], curP[..., None])  # max over the other positions
+        alt = jnp.maximum(new, excl)  # pattern latency if only position k's expert is added
+        drop = jnp.where(dup, 0, curP[..., None] - alt)
+        single = jnp.zeros((L * E,), dt).at[flat_idx].add((tw[..., None] * drop).reshape(-1)).reshape(L, E)
+        # pattern completions
+        in_s = inS.reshape(-1)[flat_idx].reshape(patterns.shape)
+        A = ~dup & ~in_s & improv_u  # [U, L, M, K]
+        size_a = A.sum(-1)
+        full = jnp.where(A, new, cur_k).max(-1)
+        own = tw * ((curP - full) - jnp.where(A, drop, 0).sum(-1))
+        s_k = single.reshape(-1)[flat_idx].reshape(patterns.shape)
+        est = jnp.where(A, s_k, 0).sum(-1) + own
+        r_c = jnp.where(size_a > 0, est / jnp.maximum(size_a, 1).astype(dt), -jnp.inf)  # [U, L, M]
+        r_s = jnp.where(~inS & improv, single, -jnp.inf)  # [L, E]
+        cand = jnp.concatenate([r_s, jnp.moveaxis(r_c, 0, 1).reshape(L, U * M)], axis=-1)
+        best = jnp.argmax(cand, axis=-1)
+        go = jnp.take_along_axis(cand, best[:, None], axis=-1)[:, 0] > 0
+        is_single = best < E
+        ci = jnp.maximum(best - E, 0)
+        cu, cm = ci // M, ci % M
+        a_sel = A[cu, jnp.arange(L), cm]  # [L, K]
+        p_sel = patterns[cu, jnp.arange(L), cm]  # [L, K]
+        comp = (jax.nn.one_hot(p_sel, E, dtype=jnp.int32) * a_sel[..., None]).max(-2) > 0  # [L, E]
+        add = jnp.where(is_single[:, None], jax.nn.one_hot(best, E, dtype=bool), comp) & go[:, None]
+        inS = inS | add
+        cur = jnp.where(add[None], newp, cur)
+        return (inS, cur), (gain_now, size_now, add)
+
+    init = (jnp.zeros((L, E), bool), d)
+    (inS, cur), (gains, sizes, adds) = lax.scan(step, init, jnp.arange(T))
+    _, pT = p_of(cur)
+    gains = jnp.concatenate([gains.T, (tw * (p0 - pT)).sum(axis=(0, 2))[:, None]], axis=1)  # [L, T+1]
+    sizes = jnp.concatenate([sizes.T, inS.sum(-1).astype(jnp.int32)[:, None]], axis=1)  # [L, T+1]
+    gains = lax.cummax(gains, axis=1)  # exact gains are non-decreasing already; guard float noise
+    # state after step t holds the experts added in steps < t
+    added_at = jnp.where(adds.any(0), jnp.argmax(adds, axis=0) + 1, T + 1).astype(jnp.int32)  # [L, E]
+    c = jnp.arange(E + 1, dtype=jnp.int32)
+    t_of_c = (sizes[:, None, :] <= c[None, :, None]).sum(-1) - 1  # [L, E+1] largest t with size_t ≤ c
+    g = jnp.take_along_axis(gains, t_of_c, axis=-1)
+    g = g.at[:, 0].set(0.0)
+
+    def select(counts):
+        t = jnp.take_along_axis(t_of_c, counts[:, None], axis=-1)  # [L, 1]
+        return added_at <= t
+
+    return g, select
