@@ -1,0 +1,254 @@
+#!/usr/bin/env python
+"""slimjax benchmark suite: side-by-side ratios measured in one run (DESIGN §9, issue 7).
+
+Every timing is the median of repeated runs after a warm-up call (compile excluded), except
+``deepseek_v3_seconds`` which is end to end including compilation, as a user would see it.
+
+    python scripts/bench.py --quick --json OUT.json      # < 10 min on 2 CPU cores
+    python scripts/bench.py --json OUT.json             # full sizes
+
+Parts:
+  (a) objective: ``slimjax.latency`` on a batch of mixtral_8x7b instances vs the naive NumPy
+      reference loop (tests/reference.py::latency_ref, DESIGN §8); also reported: vs a per-instance
+      loop of a vectorized NumPy objective (tests/reference.py::latency_np), a harder baseline.
+  (b) ``solve_batch(method="successive")`` on mixtral_8x7b (1 device + 4 servers) vs the per-instance
+      NumPy reference of the same algorithm (tests/reference_successive.py) and vs HiGHS ``milp``.
+  (c) ``hull`` vs ``dense`` capacity DP at 8192 capacity units, L = 64, E = 64: speed and value lost.
+  (d) one deepseek_v3-scale instance (L=58, E=256, K=8, 9 nodes, 1024 tokens) with successive-fast.
+  (e) peak resident memory after each part (the process high-water mark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import slimjax  # noqa: E402
+from slimjax.maxconv import capacity_dp  # noqa: E402
+from tests.reference import latency_np  # noqa: E402
+
+TARGETS = {
+    "objective_speedup_vs_numpy": (">=", 50),
+    "successive_speedup_vs_numpy": (">=", 100),
+    "successive_speedup_vs_milp": (">=", 1000),
+    "hull_speedup_vs_dense": (">=", 20),
+    "hull_value_loss_median": ("<=", 0.01),
+    "deepseek_v3_seconds": ("<=", 30),
+}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+
+
+def median_time(fn, reps: int) -> float:
+    fn()  # warm-up (compile)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def block(x):
+    return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+
+
+def machine() -> dict:
+    dev = jax.devices()[0]
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": getattr(dev, "device_kind", str(dev)),
+        "device_count": jax.device_count(),
+    }
+
+
+def part_objective(B: int, ref_n: int, reps: int) -> dict:
+    """JAX batched objective vs the naive NumPy reference (DESIGN §8: what speed is measured
+    against) and, for context, vs a per-instance loop of a vectorized NumPy objective."""
+    from tests.reference import latency_ref
+
+    log(f"(a) objective: {B} mixtral_8x7b instances; naive NumPy reference on {ref_n}, vectorized NumPy on {4 * ref_n}")
+    batch = slimjax.generate.instances(jax.random.key(1), B, model="mixtral_8x7b")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((B,) + batch.latency.shape[-3:]) < 0.3)
+    f = jax.jit(slimjax.latency)
+    t_jax = median_time(lambda: f(batch, x).block_until_ready(), reps) / B
+    nv = 4 * ref_n
+    host = [jax.tree_util.tree_map(np.asarray, batch[i]) for i in range(nv)]
+    xh = np.asarray(x[:nv])
+    t0 = time.perf_counter()
+    Jn = np.array([latency_ref(host[i], xh[i]) for i in range(ref_n)])
+    t_naive = (time.perf_counter() - t0) / ref_n
+    t_vec = median_time(lambda: [latency_np(host[i], xh[i]) for i in range(nv)], 3) / nv
+    J = np.asarray(f(batch, x))[:ref_n]
+    err = float(np.max(np.abs(J - Jn) / np.abs(Jn)))
+    log(f"    jax {t_jax*1e6:.2f} us/inst; naive NumPy {t_naive*1e6:.0f} us/inst; vectorized NumPy {t_vec*1e6:.1f} us/inst; rel err {err:.1e}")
+    return {"objective_us_per_instance_jax": t_jax * 1e6, "objective_us_per_instance_numpy": t_naive * 1e6,
+            "objective_us_per_instance_numpy_vectorized": t_vec * 1e6,
+            "objective_speedup_vs_numpy": t_naive / t_jax, "objective_speedup_vs_numpy_vectorized": t_vec / t_jax,
+            "objective_max_rel_err": err}
+
+
+def part_successive(B: int, ref_n: int, milp_n: int, milp_limit: float, reps: int) -> dict:
+    from tests.reference_successive import successive_ref
+
+    log(f"(b) successive: {B} mixtral_8x7b instances; NumPy reference on {ref_n}; HiGHS milp on {milp_n}")
+    batch = slimjax.generate.instances(jax.random.key(2), B, model="mixtral_8x7b")
+    t_batch = median_time(lambda: slimjax.solve_batch(batch, "successive", progress=False), reps)
+    sol = slimjax.solve_batch(batch, "successive", progress=False)
+    t_jax = t_batch / B
+    # The NumPy reference of the same algorithm with the same options as the default method.
+    host = [jax.tree_util.tree_map(np.asarray, batch[i]) for i in range(ref_n)]
+    t0 = time.perf_counter()
+    ref_J = []
+    for h in host:
+        xr = successive_ref(h)
+        ref_J.append(latency_np(h, xr))
+    t_ref = (time.perf_counter() - t0) / ref_n
+    out = {"successive_instances": B, "successive_ms_per_instance": t_jax * 1e3,
+           "successive_instances_per_second": 1.0 / t_jax,
+           "successive_ref_ms_per_instance": t_ref * 1e3, "successive_speedup_vs_numpy": t_ref / t_jax,
+           "successive_ref_mean_J_ratio": float(np.mean(np.asarray(sol.latency[:ref_n]) / np.asarray(ref_J)))}
+    log(f"    jax {t_jax*1e3:.3f} ms/inst ({1/t_jax:.0f}/s), numpy ref {t_ref*1e3:.1f} ms/inst")
+    if milp_n:
+        ts, gaps, status = [], [], []
+        for i in range(milp_n):
+            m = slimjax.solve(batch[i], "milp", time_limit=milp_limit)
+            ts.append(m.seconds)
+            status.append(str(m.info.get("status")))
+            gaps.append(float(np.asarray(sol.latency[i]) / m.latency - 1))
+        t_milp = statistics.median(ts)
+        out.update({"milp_seconds_per_instance": t_milp, "milp_status": status,
+                    "successive_speedup_vs_milp": t_milp / t_jax,
+                    "successive_gap_to_milp_median": statistics.median(gaps)})
+        log(f"    milp {t_milp:.2f} s/inst (status {status}), successive/milp J - 1 = {statistics.median(gaps):.2e}")
+    return out
+
+
+def random_curves(key, P: int, L: int, E: int):
+    """P node problems: non-decreasing, mostly concave gain curves with some pair bumps [P, L, E+1]."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    inc = jnp.sort(jax.random.exponential(k1, (P, L, E)) * jax.random.uniform(k2, (P, L, 1), minval=0.2, maxval=2.0), axis=-1)[..., ::-1]
+    bump = (jax.random.uniform(k3, (P, L, E)) < 0.1) * inc * 0.5  # non-concave steps (co-activation)
+    g = jnp.concatenate([jnp.zeros((P, L, 1)), jnp.cumsum(inc + bump, axis=-1)], axis=-1)
+    return g
+
+
+def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64) -> dict:
+    log(f"(c) hull vs dense: {P} node problems, Q={Q}, L={L}, E={E}")
+    g = random_curves(jax.random.key(3), P, L, E)
+    s = jax.random.randint(jax.random.key(4), (P, L), 64, 257).astype(jnp.int32)
+    Qs = jnp.full((P,), Q, jnp.int32)
+    dense = jax.jit(jax.vmap(lambda g, s, q: capacity_dp(g, s, q, Qmax=Q, backend="dense").value))
+    hull = jax.jit(jax.vmap(lambda g, s, q: capacity_dp(g, s, q, Qmax=Q, backend="hull").value))
+    t_dense = median_time(lambda: dense(g, s, Qs).block_until_ready(), reps)
+    t_hull = median_time(lambda: hull(g, s, Qs).block_until_ready(), reps)
+    vd, vh = np.asarray(dense(g, s, Qs)), np.asarray(hull(g, s, Qs))
+    loss = (vd - vh) / vd
+    log(f"    dense {t_dense/P*1e3:.2f} ms/problem, hull {t_hull/P*1e3:.3f} ms/problem, loss median {np.median(loss):.2e} max {loss.max():.2e}")
+    return {"hull_ms_per_problem": t_hull / P * 1e3, "dense_ms_per_problem": t_dense / P * 1e3,
+            "hull_speedup_vs_dense": t_dense / t_hull, "hull_value_loss_median": float(np.median(loss)),
+            "hull_value_loss_max": float(loss.max()), "hull_value_loss_min": float(loss.min())}
+
+
+def part_deepseek(tokens: int = 1024) -> dict:
+    log(f"(d) deepseek_v3 scale: 1 instance, 8 servers + device, {tokens} tokens, successive-fast (end to end)")
+    t0 = time.perf_counter()
+    inst = slimjax.generate.instance(jax.random.key(5), model="deepseek_v3", network={"servers": 8},
+                                     routing={"tokens": tokens})
+    block(inst)
+    t_gen = time.perf_counter() - t0
+    sol = slimjax.solve(inst, "successive-fast")
+    t_total = time.perf_counter() - t0
+    pop = slimjax.solve(inst, "popularity")
+    U, N, L, E, M, K = inst.shape
+    log(f"    shape U={U} N={N} L={L} E={E} M={M} K={K}: generate {t_gen:.1f}s, end to end {t_total:.1f}s; "
+        f"J successive-fast {sol.latency:.4g} vs popularity {pop.latency:.4g}")
+    return {"deepseek_v3_seconds": t_total, "deepseek_v3_generate_seconds": t_gen,
+            "deepseek_v3_solve_seconds": sol.seconds, "deepseek_v3_J": float(sol.latency),
+            "deepseek_v3_J_popularity": float(pop.latency), "deepseek_v3_shape": [U, N, L, E, M, K]}
+
+
+def part_throughput(sizes) -> dict:
+    """Time per instance of solve_batch(successive) vs batch size (where batching saturates)."""
+    log(f"(t) successive throughput vs batch size {list(sizes)}")
+    big = slimjax.generate.instances(jax.random.key(6), max(sizes), model="mixtral_8x7b")
+    rows = []
+    for B in sizes:
+        b = big[:B]
+        t = median_time(lambda: slimjax.solve_batch(b, "successive", progress=False), 3)
+        rows.append({"batch": B, "seconds": t, "ms_per_instance": t / B * 1e3, "instances_per_second": B / t})
+        log(f"    B={B}: {t:.3f}s, {t/B*1e3:.3f} ms/inst, {B/t:.0f} inst/s")
+    return {"throughput": rows, "successive_max_instances_per_second": max(r["instances_per_second"] for r in rows)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller reference loops; < 10 min on 2 CPU cores")
+    ap.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    ap.add_argument("--parts", default="abcd", help="which parts to run (subset of 'abcdt'; t = throughput curve)")
+    ap.add_argument("--successive-batch", type=int, default=1024)
+    ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64, 256, 1024],
+                    help="batch sizes of the throughput part 't' (comma-separated)")
+    args = ap.parse_args(argv)
+    q = args.quick
+    res: dict = {"machine": machine(), "quick": q}
+    log(f"machine: {res['machine']}")
+    parts = {
+        "a": lambda: part_objective(4096, 8 if q else 32, 5 if q else 10),
+        "b": lambda: part_successive(args.successive_batch, 2 if q else 8, 1 if q else 3, 60.0 if q else 300.0, 3 if q else 5),
+        "c": lambda: part_hull(8 if q else 32, 3 if q else 5),
+        "d": lambda: part_deepseek(),
+        "t": lambda: part_throughput(args.sizes),
+    }
+    for p in args.parts:
+        t0 = time.perf_counter()
+        res.update(parts[p]())
+        res[f"peak_rss_mb_after_{p}"] = peak_rss_mb()
+        log(f"    part {p}: {time.perf_counter() - t0:.1f}s wall, peak RSS so far {peak_rss_mb():.0f} MB")
+    res["peak_rss_mb"] = peak_rss_mb()
+    log("\n| figure | value | target | met |\n|---|---|---|---|")
+    met_all = True
+    for k, (op, thr) in TARGETS.items():
+        if k not in res:
+            continue
+        v = res[k]
+        met = v >= thr if op == ">=" else v <= thr
+        met_all &= met
+        log(f"| {k} | {v:.4g} | {op} {thr} | {'yes' if met else 'NO'} |")
+    log(f"| peak_rss_mb | {res['peak_rss_mb']:.0f} | | |")
+    res["all_targets_met"] = bool(met_all)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
