@@ -1,1 +1,386 @@
-"""(in progress)"""
+"""Polish: batched best-improvement local search with add and swap moves (DESIGN §4.9).
+
+``polish_instance`` improves one placement by repeating, for at most ``rounds`` trips:
+
+1. evaluate, all at once, the exact change of J of
+   - every **add** ``(n, l, e)`` that fits on node ``n``,
+   - every **swap** on one node: drop a cached ``(n, l_i, e_i)`` and add ``(n, l_j, e_j)`` when the
+     node still fits afterwards;
+2. take the single best strictly improving move (the new J is recomputed exactly and the move is
+   kept only when J drops by more than a float tolerance), or stop when none improves.
+
+All deltas are exact (computed from the per-layer building blocks below, not estimated):
+
+- an add only changes the patterns whose slowest member is the added expert, so with the two
+  slowest *distinct* members of each pattern the gain is a gather plus a scatter-add;
+- a drop raises the expert to its second-best holder (or the fallback);
+- a swap across two layers is the sum of a drop and an add (J separates per layer);
+- a swap inside one layer is evaluated jointly with the three slowest distinct members of each
+  pattern ("max") or as the sum of both ("sum", separable).
+
+**Bounded neighbourhood.** Cross-layer swaps cost O(N·L²) (best drop and best add per layer).
+Same-layer swaps are evaluated for the ``swap_candidates`` cheapest drops × the
+``swap_candidates`` best adds of each (node, layer) (ranked by their single-move deltas), i.e.
+O(N·L·U·M·k²) per round. With ``E <= swap_candidates`` (default 8: every mixtral/moe-llava
+instance) the neighbourhood is complete and a finished run is a true local optimum for adds and
+swaps; for larger E the same-layer part is a restricted (top-k) neighbourhood.
+
+The loop is a ``lax.while_loop`` bounded by ``rounds`` (under ``vmap`` the batch runs until every
+instance has stopped or ``rounds`` is reached; finished instances are no-ops).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from slimjax.instance import Instance
+from slimjax.solvers.registry import register
+
+__all__ = ["polish_instance", "polish_batch", "pattern_top", "add_gain_layer", "drop_loss_layer", "second_best"]
+
+_NEG = -jnp.inf
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-layer building blocks (one layer of one instance; shared with greedy.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def pattern_top(d_l: Float[Array, "U E"], pat_l: Int[Array, "U M K"], k: int = 3):
+    """The ``k`` slowest *distinct* members of every pattern.
+
+    Returns:
+      values float [U, M, k] (descending, ``-inf`` padding), ids int32 [U, M, k] (-1 padding),
+      dup bool [U, M, K] (True where a position repeats an earlier id of its pattern).
+    """
+    K = pat_l.shape[-1]
+    vals = jnp.take_along_axis(d_l[:, None, :], pat_l, axis=-1)  # [U, M, K]
+    earlier = jnp.tril(jnp.ones((K, K), bool), -1)  # [k, k'] True when k' < k
+    dup = ((pat_l[..., :, None] == pat_l[..., None, :]) & earlier).any(-1)
+    vals = jnp.where(dup, _NEG, vals)
+    ids = pat_l
+    if K < k:
+        pad = k - K
+        vals = jnp.concatenate([vals, jnp.full(vals.shape[:-1] + (pad,), _NEG, vals.dtype)], -1)
+        ids = jnp.concatenate([ids, jnp.full(ids.shape[:-1] + (pad,), -1, ids.dtype)], -1)
+    v, idx = jax.lax.top_k(vals, k)
+    ids = jnp.take_along_axis(ids, idx, axis=-1)
+    ids = jnp.where(v == _NEG, -1, ids).astype(jnp.int32)
+    return v, ids, dup
+
+
+def _scatter_e(vals: Array, ids: Array, E: int) -> Array:
+    """Sum ``vals [N, *S]`` into ``[N, E]`` by ids ``[*S]`` (ids < 0 are dropped)."""
+    N = vals.shape[0]
+    flat = vals.reshape(N, -1).T  # [S, N]
+    idx = ids.reshape(-1)
+    flat = jnp.where((idx >= 0)[:, None], flat, 0)
+    return jax.ops.segment_sum(flat, jnp.maximum(idx, 0), num_segments=E).T  # [N, E]
+
+
+def add_gain_layer(
+    lat_l: Float[Array, "U N E"],
+    d_l: Float[Array, "U E"],
+    top_v: Float[Array, "U M 3"],
+    top_ids: Int[Array, "U M 3"],
+    w_l: Float[Array, "U M"],
+    traffic: Float[Array, "U"],
+) -> Float[Array, "N E"]:
+    """Exact decrease of the layer's J ("max") from caching expert e on node n, for all (n, e)."""
+    E = d_l.shape[-1]
+    new = jnp.minimum(d_l[:, None, :], lat_l)  # [U, N, E]
+    id1 = top_ids[..., 0]  # [U, M] (always a real id)
+    newval = jnp.take_along_axis(new, jnp.broadcast_to(id1[:, None, :], (new.shape[0], new.shape[1], id1.shape[1])), axis=-1)
+    after = jnp.maximum(top_v[..., 1][:, None, :], newval)  # [U, N, M]
+    g = (traffic[:, None] * w_l)[:, None, :] * (top_v[..., 0][:, None, :] - after)  # [U, N, M]
+    g = jnp.moveaxis(g, 1, 0)  # [N, U, M]
+    return _scatter_e(g, id1, E)
+
+
+def drop_loss_layer(
+    d_drop_l: Float[Array, "U N E"],
+    pat_l: Int[Array, "U M K"],
+    top_v: Float[Array, "U M 3"],
+    top_ids: Int[Array, "U M 3"],
+    dup: Bool[Array, "U M K"],
+    w_l: Float[Array, "U M"],
+    traffic: Float[Array, "U"],
+) -> Float[Array, "N E"]:
+    """Exact increase of the layer's J ("max") from removing (n, e) (0 where it is not cached)."""
+    U, N, E = d_drop_l.shape
+    M, K = pat_l.shape[1:]
+    idx = jnp.broadcast_to(pat_l.reshape(U, 1, M * K), (U, N, M * K))
+    dropped = jnp.take_along_axis(d_drop_l, idx, axis=-1).reshape(U, N, M, K)
+    rest = jnp.where(pat_l == top_ids[..., :1], top_v[..., 1:2], top_v[..., 0:1])  # [U, M, K]
+    after = jnp.maximum(rest[:, None], dropped)  # [U, N, M, K]
+    loss = (traffic[:, None] * w_l)[:, None, :, None] * (after - top_v[..., 0][:, None, :, None])
+    loss = jnp.where(dup[:, None], 0.0, loss)
+    return _scatter_e(jnp.moveaxis(loss, 1, 0), pat_l, E)
+
+
+def second_best(
+    lat_l: Float[Array, "U N E"], fb_l: Float[Array, "U E"], x_l: Bool[Array, "N E"]
+) -> Float[Array, "U N E"]:
+    """Expert latency after removing node n's copy: ``d_drop[u, n, e]``."""
+    N = lat_l.shape[1]
+    masked = jnp.where(x_l[None], lat_l, jnp.inf)
+    b = jnp.argmin(masked, axis=1)  # [U, E]
+    m1 = masked.min(axis=1)
+    is_b = jnp.arange(N)[None, :, None] == b[:, None, :]
+    m2 = jnp.where(is_b, jnp.inf, masked).min(axis=1)
+    return jnp.minimum(fb_l[:, None, :], jnp.where(is_b, m2[:, None, :], m1[:, None, :]))
+
+
+def expert_frequency(patterns: Int[Array, "U L M K"], weight: Float[Array, "U L M"], E: int, distinct: bool) -> Array:
+    """Σ_m weight · (number of times e is in pattern m) per [U, L, E] (``distinct``: count once)."""
+    U, L, M, K = patterns.shape
+    cnt = jax.nn.one_hot(patterns, E, dtype=weight.dtype)  # [U, L, M, K, E]
+    c = cnt.max(-2) if distinct else cnt.sum(-2)
+    return jnp.einsum("ulm,ulme->ule", weight, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# One round: all moves, exact deltas
+# ----------------------------------------------------------------------------------------------
+
+
+def _same_layer_swaps(lat_l, d_l, d_drop_l, x_l, pat_l, top_v, top_ids, w_l, traffic, add_l, drop_l, k):
+    """Best exact same-layer swap per node ("max"): (gain [N], drop id [N], add id [N])."""
+    U, N, E = lat_l.shape
+    dscore = jnp.where(x_l, -drop_l, _NEG)  # [N, E]
+    ds, di = jax.lax.top_k(dscore, k)  # [N, k]
+    ascore = jnp.where(x_l, _NEG, add_l)
+    as_, aj = jax.lax.top_k(ascore, k)
+    new_i = jnp.take_along_axis(d_drop_l, jnp.broadcast_to(di[None], (U, N, k)), axis=-1)  # [U, N, k]
+    newd = jnp.minimum(d_l[:, None, :], lat_l)
+    new_j = jnp.take_along_axis(newd, jnp.broadcast_to(aj[None], (U, N, k)), axis=-1)  # [U, N, k]
+    # membership [U, M, N, k]
+    in_i = (pat_l[:, :, None, None, :] == di[None, None, :, :, None]).any(-1)
+    in_j = (pat_l[:, :, None, None, :] == aj[None, None, :, :, None]).any(-1)
+    a = top_ids[:, :, None, None, None, :]  # [U, M, 1, 1, 1, 3]
+    excl = (a == di[None, None, :, :, None, None]) | (a == aj[None, None, :, None, :, None])
+    rest = jnp.where(excl, _NEG, top_v[:, :, None, None, None, :]).max(-1)  # [U, M, N, k, k]
+    vi = jnp.where(in_i, jnp.moveaxis(new_i, 0, 0)[:, None], _NEG)  # [U, M, N, k]
+    vj = jnp.where(in_j, new_j[:, None], _NEG)
+    after = jnp.maximum(rest, jnp.maximum(vi[..., :, None], vj[..., None, :]))
+    delta = jnp.einsum("um,umnij->nij", traffic[:, None] * w_l, after - top_v[..., 0][:, :, None, None, None])
+    valid = (ds > _NEG)[:, :, None] & (as_ > _NEG)[:, None, :]
+    gain = jnp.where(valid, -delta, _NEG).reshape(N, k * k)
+    best = jnp.argmax(gain, axis=-1)
+    g = jnp.take_along_axis(gain, best[:, None], -1)[:, 0]
+    ei = jnp.take_along_axis(di, (best // k)[:, None], -1)[:, 0]
+    ej = jnp.take_along_axis(aj, (best % k)[:, None], -1)[:, 0]
+    return g, ei, ej
+
+
+def _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq_l, traffic, aggregation, k):
+    """Per layer: add gains [N, E], drop losses [N, E], best same-layer swap per node."""
+    d_drop = second_best(lat_l, fb_l, x_l)
+    N = lat_l.shape[1]
+    if aggregation == "max":
+        top_v, top_ids, dup = pattern_top(d_l, pat_l, 3)
+        add = add_gain_layer(lat_l, d_l, top_v, top_ids, w_l, traffic)
+        drop = drop_loss_layer(d_drop, pat_l, top_v, top_ids, dup, w_l, traffic)
+        drop = jnp.where(x_l, drop, 0.0)
+        if k > 0:
+            sg, si, sj = _same_layer_swaps(lat_l, d_l, d_drop, x_l, pat_l, top_v, top_ids, w_l, traffic, add, drop, k)
+        else:
+            sg, si, sj = jnp.full((N,), _NEG, d_l.dtype), jnp.zeros(N, jnp.int32), jnp.zeros(N, jnp.int32)
+    else:  # "sum": J separates per expert
+        tf = traffic[:, None] * freq_l  # [U, E]
+        add = jnp.einsum("ue,une->ne", tf, d_l[:, None, :] - jnp.minimum(d_l[:, None, :], lat_l))
+        drop = jnp.where(x_l, jnp.einsum("ue,une->ne", tf, d_drop - d_l[:, None, :]), 0.0)
+        # separable: the best same-layer swap is the best add minus the cheapest drop
+        a = jnp.where(x_l, _NEG, add)
+        dd = jnp.where(x_l, -drop, _NEG)
+        sj = jnp.argmax(a, -1)
+        si = jnp.argmax(dd, -1)
+        sg = a.max(-1) + dd.max(-1)
+        sg = jnp.where(jnp.isfinite(sg), sg, _NEG)
+    return add, drop, sg, si.astype(jnp.int32), sj.astype(jnp.int32)
+
+
+def _tolerance(J: Array) -> Array:
+    return 64 * jnp.finfo(J.dtype).eps * (jnp.abs(J) + jnp.finfo(J.dtype).tiny)
+
+
+def polish_instance(
+    inst: Instance,
+    size_units: Int[Array, "L"],
+    capacity_units: Int[Array, "N"],
+    placement: Bool[Array, "N L E"],
+    *,
+    rounds: int,
+    aggregation: str = "max",
+    swap_candidates: int = 8,
+) -> tuple[Bool[Array, "N L E"], Int[Array, ""]]:
+    """Best-improvement add/swap local search on one instance (see the module docstring).
+
+    Args:
+      inst: one (unbatched) instance.
+      size_units: int32 [L] expert size of each layer in grid units.
+      capacity_units: int32 [N] node capacities in grid units.
+      placement: bool [N, L, E] start (feasible on the grid, or at least in real units; moves
+        never increase a node's grid usage beyond its capacity unless they keep it unchanged).
+      rounds: maximum number of moves (static).
+      aggregation: "max" or "sum" (static).
+      swap_candidates: k of the same-layer swap neighbourhood (static; 0 disables those swaps).
+
+    Returns:
+      (placement bool [N, L, E], moves int32 []) — J never increases.
+    """
+    N, L, E = placement.shape
+    k = int(min(E, swap_candidates))
+    su = jnp.asarray(size_units, jnp.int32)
+    cu = jnp.asarray(capacity_units, jnp.int32)
+    lat, fb, pat, w, tr = inst.latency, inst.fallback, inst.patterns, inst.weight, inst.traffic
+    freq = expert_frequency(pat, w, E, distinct=False) if aggregation == "sum" else jnp.zeros(fb.shape, fb.dtype)
+
+    def layer_eval(x, l):
+        """Everything about layer l under x: d_l, the layer's J and its move tables."""
+        lat_l, fb_l, pat_l, w_l, x_l = lat[:, :, l, :], fb[:, l], pat[:, l], w[:, l], x[:, l]
+        d_l = jnp.minimum(fb_l, jnp.where(x_l[None], lat_l, jnp.inf).min(axis=1))  # [U, E]
+        member = jnp.take_along_axis(d_l[:, None, :], pat_l, axis=-1)  # [U, M, K]
+        pl = member.max(-1) if aggregation == "max" else member.sum(-1)
+        J_l = (tr[:, None] * w_l * pl).sum()
+        add, drop, sg, si, sj = _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq[:, l], tr, aggregation, k)
+        return J_l, add, drop, sg, si, sj
+
+    def all_layers(x):
+        J_l, add, drop, sg, si, sj = jax.lax.map(lambda l: layer_eval(x, l), jnp.arange(L), batch_size=min(L, 16))
+        # [L, N, E] -> [N, L, E]; [L, N] -> [N, L]
+        return J_l, (jnp.moveaxis(add, 0, 1), jnp.moveaxis(drop, 0, 1), sg.T, si.T, sj.T)
+
+    def propose(x, tables):
+        """The best move under the current tables: (x_new, estimated gain, layers touched)."""
+        add, drop, sg, si, sj = tables
+        used = jnp.einsum("nle,l->n", x.astype(jnp.int32), su)
+        # adds that fit
+        fits = (used[:, None] + su[None, :]) <= cu[:, None]  # [N, L]
+        add_s = jnp.where(~x & fits[:, :, None], add, _NEG)
+        a_flat = jnp.argmax(add_s.reshape(-1))
+        a_gain = add_s.reshape(-1)[a_flat]
+        an, al, ae = jnp.unravel_index(a_flat, (N, L, E))
+        # same-layer swaps (size-neutral)
+        s_flat = jnp.argmax(sg.reshape(-1))
+        s_gain = sg.reshape(-1)[s_flat]
+        sn, sl = jnp.unravel_index(s_flat, (N, L))
+        s_i, s_j = si[sn, sl], sj[sn, sl]
+        # cross-layer swaps: best add of layer lj and cheapest drop of layer li on one node (exact:
+        # J separates per layer)
+        best_add = jnp.where(x, _NEG, add)
+        ba_e = jnp.argmax(best_add, -1)  # [N, L]
+        ba = best_add.max(-1)
+        cheap = jnp.where(x, -drop, _NEG)
+        cd_e = jnp.argmax(cheap, -1)
+        cd = cheap.max(-1)  # -loss
+        fit2 = (used[:, None, None] - su[None, :, None] + su[None, None, :]) <= cu[:, None, None]  # [N, li, lj]
+        ok = fit2 & ~jnp.eye(L, dtype=bool)[None] & (cd > _NEG)[:, :, None] & (ba > _NEG)[:, None, :]
+        pair = jnp.where(ok, cd[:, :, None] + ba[:, None, :], _NEG)
+        p_flat = jnp.argmax(pair.reshape(-1))
+        p_gain = pair.reshape(-1)[p_flat]
+        pn, pli, plj = jnp.unravel_index(p_flat, (N, L, L))
+        p_i, p_j = cd_e[pn, pli], ba_e[pn, plj]
+        gains = jnp.stack([a_gain, s_gain, p_gain])
+        which = jnp.argmax(gains)
+        x_add = x.at[an, al, ae].set(True)
+        x_swap = x.at[sn, sl, s_i].set(False).at[sn, sl, s_j].set(True)
+        x_pair = x.at[pn, pli, p_i].set(False).at[pn, plj, p_j].set(True)
+        x_new = jnp.where(which == 0, x_add, jnp.where(which == 1, x_swap, x_pair))
+        l1 = jnp.where(which == 0, al, jnp.where(which == 1, sl, pli))
+        l2 = jnp.where(which == 2, plj, l1)
+        return x_new, gains[which], l1, l2
+
+    def update(tables, J_l, x, ls):
+        """Recompute the tables of layers ``ls`` (int [2]) under x."""
+        J2, add2, drop2, sg2, si2, sj2 = jax.vmap(lambda l: layer_eval(x, l))(ls)
+        add, drop, sg, si, sj = tables
+        for j in range(2):  # static, two layers (the same one twice for adds / same-layer swaps)
+            l = ls[j]
+            J_l = J_l.at[l].set(J2[j])
+            add = add.at[:, l].set(add2[j])
+            drop = drop.at[:, l].set(drop2[j])
+            sg, si, sj = sg.at[:, l].set(sg2[j]), si.at[:, l].set(si2[j]), sj.at[:, l].set(sj2[j])
+        return (add, drop, sg, si, sj), J_l
+
+    x0 = jnp.asarray(placement, bool)
+    J_l0, tables0 = all_layers(x0)
+
+    def cond(c):
+        return c[-1] & (c[0] < rounds)
+
+    def body(c):
+        i, x, J_l, tables, moves, _ = c
+        J = J_l.sum()
+        x_new, g, l1, l2 = propose(x, tables)
+        tables_new, J_l_new = update(tables, J_l, x_new, jnp.stack([l1, l2]))
+        tol = _tolerance(J)
+        take = (g > tol) & (J_l_new.sum() < J - tol)
+        pick = lambda a, b: jax.tree_util.tree_map(lambda u, v: jnp.where(take, u, v), a, b)
+        return (i + 1, pick(x_new, x), pick(J_l_new, J_l), pick(tables_new, tables), moves + take.astype(jnp.int32), take)
+
+    init = (jnp.int32(0), x0, J_l0, tables0, jnp.int32(0), jnp.bool_(rounds > 0))
+    _, x, _, _, moves, _ = jax.lax.while_loop(cond, body, init)
+    return x, moves
+
+
+@partial(jax.jit, static_argnames=("rounds", "aggregation", "swap_candidates"))
+def polish_batch(
+    batch: Instance,
+    size_units: Int[Array, "B L"],
+    capacity_units: Int[Array, "B N"],
+    placement: Bool[Array, "B N L E"],
+    *,
+    rounds: int,
+    aggregation: str = "max",
+    swap_candidates: int = 8,
+):
+    """:func:`polish_instance` vmapped over a batch and jitted. Returns (placement, moves [B])."""
+
+    def f(i, s, c, p):
+        return polish_instance(i, s, c, p, rounds=rounds, aggregation=aggregation, swap_candidates=swap_candidates)
+
+    return jax.vmap(f)(batch, size_units, capacity_units, placement)
+
+
+def _polish_bytes(shape: tuple, max_units: int, options) -> float:
+    U, N, L, E, M, K = shape
+    k = min(E, int(options["swap_candidates"]))
+    per_layer_swap = U * M * N * k * k * 3
+    return 4.0 * (16 * (U * N * L * E + U * L * M * K) + min(L, 16) * per_layer_swap * 4 + N * L * L * 4)
+
+
+@register(
+    "polish",
+    defaults={"rounds": 64, "swap_candidates": 8},
+    description="Best-improvement add/swap local search (from empty, or after X in 'X+polish'), §4.9",
+    bytes_per_instance=_polish_bytes,
+)
+def _polish_method(batch, grid, key, options, placement=None, **extra):
+    """Registry entry: ``placement`` [B, N, L, E] from the previous method, else empty."""
+    rounds = int(options["rounds"])
+    k = int(options["swap_candidates"])
+    if rounds < 0:
+        raise ValueError(f"rounds: must be >= 0, got {rounds}")
+    if k < 0:
+        raise ValueError(f"swap_candidates: must be >= 0, got {k}")
+    B = batch.latency.shape[0]
+    N, L, E = batch.latency.shape[-3:]
+    if placement is None:
+        placement = jnp.zeros((B, N, L, E), bool)
+    x, moves = polish_batch(
+        batch,
+        jnp.asarray(grid.size_units, jnp.int32),
+        jnp.asarray(grid.capacity_units, jnp.int32),
+        jnp.asarray(placement, bool),
+        rounds=rounds,
+        aggregation=options["aggregation"],
+        swap_candidates=k,
+    )
+    return x, {"moves": moves}
