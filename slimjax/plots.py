@@ -60,8 +60,11 @@ def latency_per_solver(df: pd.DataFrame, path: Path, metric: str = "J", title: s
     return _save(fig, path)
 
 
-def placement_heatmap(placement: np.ndarray, path: Path, title: str = "") -> Path:
-    """Share of each layer's experts cached on each node, averaged over the batch [B, N, L, E]."""
+def placement_heatmap(placement: np.ndarray, path: Path, title: str = "", users: int = 1) -> Path:
+    """Share of each layer's experts cached on each node, averaged over the batch [B, N, L, E].
+
+    The first ``users`` nodes are the users' devices, the rest edge servers.
+    """
     plt = _plt()
     x = np.asarray(placement)
     share = x.reshape((-1,) + x.shape[-3:]).mean(axis=(0, 3))  # [N, L]
@@ -70,7 +73,8 @@ def placement_heatmap(placement: np.ndarray, path: Path, title: str = "") -> Pat
     im = ax.imshow(share, aspect="auto", cmap="viridis", vmin=0, vmax=max(share.max(), 1e-9), interpolation="nearest")
     ax.set_xlabel("MoE layer")
     ax.set_ylabel("node")
-    ax.set_yticks(range(N), ["device"] + [f"server {i}" for i in range(1, N)] if N > 1 else ["device"])
+    names = ["device"] if users == 1 else [f"device {u}" for u in range(users)]
+    ax.set_yticks(range(N), (names + [f"server {i}" for i in range(1, N - users + 1)])[:N])
     fig.colorbar(im, ax=ax, label="share of the layer's experts cached")
     ax.set_title(title or "placement: node x layer")
     return _save(fig, path)
@@ -133,7 +137,8 @@ def run_figures(df: pd.DataFrame, sols: dict, batch, out: Path, token_lat: dict 
     figs = {"latency_per_solver": latency_per_solver(df, out / f"latency_per_solver.{fmt}")}
     means = df.groupby("solver")["J"].mean()
     s = heatmap_solver if heatmap_solver in sols else means.idxmin()
-    figs["placement_heatmap"] = placement_heatmap(sols[s].placement, out / f"placement_heatmap.{fmt}", title=f"placement of {s}: node x layer (mean over {len(df[df.solver == s])} instances)")
+    figs["placement_heatmap"] = placement_heatmap(sols[s].placement, out / f"placement_heatmap.{fmt}", title=f"placement of {s}: node x layer (mean over {len(df[df.solver == s])} instances)",
+                                               users=int(batch.shape[0]))
     if token_lat:
         figs["token_cdf"] = token_cdf(token_lat, out / f"token_cdf.{fmt}")
     return figs
