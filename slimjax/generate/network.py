@@ -206,19 +206,25 @@ class Network(NamedTuple):
     base: Float[Array, " U"]
 
 
-def uniform_pool(key: Array, shapes: dict[str, tuple[int, ...]], dtype) -> dict[str, Array]:
-    """Uniforms in (0, 1) of the given shapes from ONE ``jax.random.uniform`` call.
+def uniform_pool(
+    key: Array, shapes: dict[str, tuple[int, ...]], dtype, normal: tuple[str, ...] = ()
+) -> dict[str, Array]:
+    """Random arrays of the given shapes from ONE ``jax.random.uniform`` call.
 
-    One draw compiles much faster than many (each draw inlines a threefry hash), which keeps
-    the first call of a new configuration quick.
+    Entries named in ``normal`` are standard normal (one inverse-CDF over their contiguous
+    block), the others uniform in (0, 1). One draw compiles much faster than many (each draw
+    inlines a threefry hash), which keeps the first call of a new configuration quick.
     """
-    sizes = [math.prod(s) for s in shapes.values()]
-    total = max(sum(sizes), 1)
+    names = [n for n in shapes if n in normal] + [n for n in shapes if n not in normal]
+    sizes = [math.prod(shapes[n]) for n in names]
+    n_normal = sum(sz for n, sz in zip(names, sizes) if n in normal)
     finfo = jnp.finfo(dtype)
-    u = jnp.clip(jax.random.uniform(key, (total,), dtype), finfo.tiny, 1 - finfo.epsneg)
+    u = jnp.clip(jax.random.uniform(key, (max(sum(sizes), 1),), dtype), finfo.tiny, 1 - finfo.epsneg)
+    if n_normal:
+        u = jnp.concatenate([jax.scipy.special.ndtri(u[:n_normal]), u[n_normal:]])
     out, start = {}, 0
-    for (name, shape), n in zip(shapes.items(), sizes):
-        out[name] = u[start : start + n].reshape(shape)
+    for name, n in zip(names, sizes):
+        out[name] = u[start : start + n].reshape(shapes[name])
         start += n
     return out
 
@@ -261,12 +267,13 @@ def sample_network(
     """
     U, S, L, E = cfg.users, cfg.servers, model.layers, model.experts
     N = U + S
-    k_uni, k_jit, k_traffic = jax.random.split(key, 3)
     shapes = dict(
         dev_tf=(U,), dev_bw=(U,), dev_gb=(U,), srv_tf=(S,), srv_bw=(S,), srv_gb=(S,), rtt=(U, S),
         rate=(U, S), upos=(U, 2), spos=(S, 2), c_rtt=(U,), c_rate=(U,),
     )
-    r = uniform_pool(k_uni, shapes, dtype)
+    if cfg.jitter > 0:
+        shapes["jitter"] = (U, N, L, E)
+    r = uniform_pool(key, shapes, dtype, normal=("jitter",))
     # -- nodes ---------------------------------------------------------------------------------
     dev_tf = _log_uniform(r["dev_tf"], cfg.device_tflops)
     dev_bw = _log_uniform(r["dev_bw"], cfg.device_bandwidth_gbs)
@@ -300,7 +307,7 @@ def sample_network(
     node_time = link + compute[None, :]  # [U, N]
     latency = jnp.broadcast_to(node_time[:, :, None, None], (U, N, L, E))
     if cfg.jitter > 0:
-        noise = jnp.exp(cfg.jitter * jax.random.normal(k_jit, (U, N, L, E), dtype))
+        noise = jnp.exp(cfg.jitter * r["jitter"])
         latency = latency * noise  # inf stays inf, 0 stays 0
 
     # -- cloud fallback ------------------------------------------------------------------------
@@ -316,7 +323,7 @@ def sample_network(
     if cfg.traffic_alpha is None:
         traffic = jnp.full((U,), 1.0 / U, dtype)
     else:
-        traffic = jax.random.dirichlet(k_traffic, jnp.full((U,), cfg.traffic_alpha, dtype)).astype(dtype)
+        traffic = jax.random.dirichlet(jax.random.fold_in(key, 1), jnp.full((U,), cfg.traffic_alpha, dtype)).astype(dtype)
     size = jnp.full((L, E), model.expert_bytes, dtype)
     return Network(
         latency=latency.astype(dtype),

@@ -6,8 +6,8 @@ MoE layer, router order: best first) and ``weight [U, L, M]`` with ``M = tokens`
 weights ``1 / M`` (the empirical distribution; identical patterns are not merged, so shapes stay
 static). Kinds:
 
-* ``latent`` (default): a synthetic router. Per layer a router ``W_l ∈ R^{r×E}`` (entries
-  ``N(0, 1/r)``) and a bias ``b_l ~ N(0, skew²)`` whose spread sets how skewed expert popularity
+* ``latent`` (default): a synthetic router. Per layer a router ``W_l ∈ R^{r×E}`` (random unit-norm
+  columns, one direction per expert) and a bias ``b_l ~ N(0, skew²)`` whose spread sets how skewed expert popularity
   is. ``clusters`` task centres ``c_j ~ N(0, I_r)``; each user has a task mix
   ``π_u ~ Dirichlet(task_alpha)``; a token draws a task ``j ~ π_u`` and a latent
   ``z = c_j + cluster_spread · ε`` (shared by all layers of the token, so routing is correlated
@@ -60,11 +60,11 @@ class RoutingConfig:
     kind: str = "latent"
     tokens: int = 256
     latent_dim: int = 16
-    clusters: int = 8
-    cluster_spread: float = 0.5
-    skew: float = 1.0
+    clusters: int = 64
+    cluster_spread: float = 0.6
+    skew: float = 0.1
     temperature: float = 0.0
-    task_spread: float = 1.0
+    task_spread: float = 0.5
     zipf_exponent: float = 1.0
 
     def __post_init__(self):
@@ -101,23 +101,19 @@ def as_routing_config(routing: RoutingConfig | Mapping[str, Any] | str | None) -
     raise ValueError(f"routing: expected a RoutingConfig, a kind name, a mapping or None, got {type(routing).__name__}")
 
 
-def _normal(u: Array) -> Array:
-    return jax.scipy.special.ndtri(u)
-
-
 def _gumbel(u: Array) -> Array:
     return -jnp.log(-jnp.log(u))
 
 
 def _latent_logits(r: dict, cfg: RoutingConfig, U: int, L: int, E: int) -> Array:
     rd, C = cfg.latent_dim, cfg.clusters
-    W = _normal(r["W"]) / math.sqrt(rd)  # [L, r, E]
-    b = cfg.skew * _normal(r["b"])  # [L, E]
-    centres = _normal(r["centres"])  # [C, r]
-    logmix = cfg.task_spread * _normal(r["mix"])  # [U, C] log task weights
+    W = r["W"] / jnp.linalg.norm(r["W"], axis=1, keepdims=True)  # [L, r, E] unit columns
+    b = cfg.skew * r["b"]  # [L, E]
+    centres = r["centres"]  # [C, r]
+    logmix = cfg.task_spread * r["mix"]  # [U, C] log task weights
     cdf = jnp.cumsum(jax.nn.softmax(logmix, axis=-1), axis=-1)  # [U, C]
     task = jnp.minimum((r["task"][:, :, None] > cdf[:, None, :]).sum(-1), C - 1)  # [U, M] inverse CDF
-    z = centres[task] + cfg.cluster_spread * _normal(r["z"])  # [U, M, r]
+    z = centres[task] + cfg.cluster_spread * r["z"]  # [U, M, r]
     M = z.shape[1]
     zw = (z.reshape(U * M, rd) @ W.transpose(1, 0, 2).reshape(rd, L * E)).reshape(U, M, L, E)  # one GEMM
     return zw.transpose(0, 2, 1, 3) + b[None, :, None, :]  # [U, L, M, E]
@@ -160,7 +156,7 @@ def sample_routing(
     noise_scale = cfg.temperature if cfg.kind == "latent" else 1.0
     if noise_scale > 0:
         shapes["gumbel"] = (U, L, M, E)
-    r = uniform_pool(key, shapes, dtype)
+    r = uniform_pool(key, shapes, dtype, normal=("W", "b", "centres", "mix", "z"))
     if cfg.kind == "latent":
         logits = _latent_logits(r, cfg, U, L, E)
     elif cfg.kind == "zipf":
