@@ -32,17 +32,15 @@ instance has stopped or ``rounds`` is reached; finished instances are no-ops).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from slimjax.instance import Instance
 from slimjax.solvers.registry import register
 
-__all__ = ["polish_instance", "polish_batch", "pattern_top", "add_gain_layer", "drop_loss_layer", "second_best"]
+__all__ = ["add_gain_layer", "drop_loss_layer", "pattern_top", "polish_batch", "polish_instance", "second_best"]
 
 _NEG = -jnp.inf
 
@@ -139,7 +137,6 @@ def second_best(
 
 def expert_frequency(patterns: Int[Array, "U L M K"], weight: Float[Array, "U L M"], E: int, distinct: bool) -> Array:
     """Σ_m weight · (number of times e is in pattern m) per [U, L, E] (``distinct``: count once)."""
-    U, L, M, K = patterns.shape
     cnt = jax.nn.one_hot(patterns, E, dtype=weight.dtype)  # [U, L, M, K, E]
     c = cnt.max(-2) if distinct else cnt.sum(-2)
     return jnp.einsum("ulm,ulme->ule", weight, c)
@@ -152,7 +149,7 @@ def expert_frequency(patterns: Int[Array, "U L M K"], weight: Float[Array, "U L 
 
 def _same_layer_swaps(lat_l, d_l, d_drop_l, x_l, pat_l, top_v, top_ids, w_l, traffic, add_l, drop_l, k):
     """Best exact same-layer swap per node ("max"): (gain [N], drop id [N], add id [N])."""
-    U, N, E = lat_l.shape
+    U, N, _ = lat_l.shape
     dscore = jnp.where(x_l, -drop_l, _NEG)  # [N, E]
     ds, di = jax.lax.top_k(dscore, k)  # [N, k]
     ascore = jnp.where(x_l, _NEG, add_l)
