@@ -49,7 +49,12 @@ def batch_mesh():
     n = jax.local_device_count()
     if n <= 1:
         return None
-    return jax.make_mesh((n,), ("batch",), devices=jax.local_devices())
+    # Auto axis: the partitioner propagates the batch sharding through the jitted method (the
+    # explicit-sharding mode of recent JAX would need sharding rules inside every solver).
+    kw = {}
+    if hasattr(jax.sharding, "AxisType"):
+        kw["axis_types"] = (jax.sharding.AxisType.Auto,)
+    return jax.make_mesh((n,), ("batch",), devices=jax.local_devices(), **kw)
 
 
 def _take(tree, start: int, stop: int, size: int):
