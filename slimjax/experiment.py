@@ -484,7 +484,7 @@ def run(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.get("resume", True) and is_complete(out, cfg):
         summary = pd.read_csv(out / SUMMARY) if (out / SUMMARY).is_file() else summarize(pd.read_parquet(out / RESULTS))
-        console.print(f"[dim]resume: {out} already holds complete results for this config; skipped[/dim]")
+        console.print(f"resume: {out} already holds complete results for this config; skipped", markup=False, style="dim")
         log.info("resume: skipped %s (complete)", out)
         return _result(out, summary, skipped=True)
     (out / MARKER).unlink(missing_ok=True)
@@ -514,7 +514,8 @@ def run(cfg: DictConfig) -> dict:
                 heatmap_solver=OmegaConf.select(cfg, "output.heatmap_solver"),
             )
         if OmegaConf.select(cfg, "output.summary", default=True):
-            print_summary(summary, f"slimjax: {batch.batch_shape[0]} instances, {cfg.model.name}, {out}", console)
+            print_summary(summary, f"slimjax: {batch.batch_shape[0]} x {cfg.model.name} (U,N,L,E,M,K={batch.shape}), J in s", console)
+            console.print(f"results: {out}", soft_wrap=True)
         logger.log_run(cfg, df, summary, figures)
         meta = {"config_hash": config_hash(cfg), "rows": len(df), "solvers": list(cfg.solvers), "finished": time.time()}
         _atomic_write_bytes(out / MARKER, json.dumps(meta).encode())
@@ -599,7 +600,8 @@ def collect(root: Path | str, *, x: str | None = None, y: str = "J", logx: bool 
     summary = summarize(df, by=swept + ["solver"])
     _atomic_csv(summary, root / "summary_all.csv")
     if not quiet:
-        print_summary(summary, f"slimjax-collect: {len(runs)} runs, {len(df)} rows, swept {swept or 'nothing'} ({root})", console)
+        print_summary(summary, f"slimjax-collect: {len(runs)} runs, {len(df)} rows, swept {swept or 'nothing'}", console)
+        (console or make_console()).print(f"merged: {root / MERGED}", soft_wrap=True)
     dests = [root]
     if out:
         out = Path(out)
@@ -629,3 +631,27 @@ class CollectCallback(Callback):
             collect(root, x=c.get("x"), y=c.get("y") or "J", logx=bool(c.get("logx", False)), out=c.get("out"))
         except ValueError as e:  # e.g. every job failed: the jobs' own errors matter more
             log.warning("collect after multirun: %s", e)
+
+
+def write_solver_configs(directory: Path | str | None = None, names: Iterable[str] | None = None) -> list[Path]:
+    """(Re)write ``conf/solver/<method>.yaml`` from the registry's defaults (maintenance helper).
+
+    ``python -c "import slimjax.experiment as e; e.write_solver_configs()"`` after a method's
+    options change; ``tests/test_config.py`` checks that the files match the registry.
+    """
+    from slimjax.solvers.registry import get_method, methods
+
+    directory = Path(directory) if directory else Path(__file__).with_name("conf") / "solver"
+    written = []
+    for name in names or methods():
+        m = get_method(name)
+        body = OmegaConf.to_yaml({name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in m.defaults.items()}})
+        head = (
+            f"# Options of method '{name}': {m.description}\n"
+            f"# (the registry's defaults; override with solver.{name}.<option>=..., see slimjax.methods()).\n"
+            f"# Common options (aggregation, capacity_unit, chunk_size, ...) are in solve_options.\n"
+        )
+        p = directory / f"{name}.yaml"
+        p.write_text(head + body)
+        written.append(p)
+    return written
