@@ -182,10 +182,10 @@ def _multilinear_plan(inst: Instance, aggregation: Aggregation = "max") -> dict:
     return plan
 
 
-def _multilinear_eval(
+def _multilinear_patterns(
     inst: Instance, plan: dict, p: Float[Array, "N L E"], aggregation: Aggregation = "max"
-) -> Float[Array, ""]:
-    """E_{x~Bernoulli(p)} J(x) of one instance from its :func:`_multilinear_plan`."""
+) -> Float[Array, "U L M"]:
+    """Expected latency of every pattern [U, L, M] of one instance from its plan."""
     U, L, E, N1 = plan["s"].shape
     p = jnp.asarray(p, dtype=plan["s"].dtype)
     one = jnp.ones(p.shape[1:] + (1,), p.dtype)
@@ -205,11 +205,30 @@ def _multilinear_eval(
         G = F.prod(axis=-2)  # [U, L, M, B] CDF of the pattern's max at t_j
         G_prev = jnp.concatenate([jnp.zeros_like(G[..., :1]), G[..., :-1]], axis=-1)
         pl = (plan["t"] * (G - G_prev)).sum(-1)  # [U, L, M]
+    return pl
+
+
+def _weighted_total(inst: Instance, pl: Float[Array, "U L M"]) -> Float[Array, ""]:
+    """Σ_u traffic Σ_{l,m} weight · pl, the same operations as :func:`objective_from_d`."""
     per_user = (inst.weight * pl).sum(axis=(-1, -2))
     return (inst.traffic * per_user).sum()
 
 
-@_batched
+def _multilinear_eval(
+    inst: Instance, plan: dict, p: Float[Array, "N L E"], aggregation: Aggregation = "max"
+) -> Float[Array, ""]:
+    """E_{x~Bernoulli(p)} J(x) of one instance from its :func:`_multilinear_plan`."""
+    return _weighted_total(inst, _multilinear_patterns(inst, plan, p, aggregation))
+
+
+@partial(jax.jit, static_argnames=("aggregation",))
+def _multilinear_jit(inst: Instance, p, aggregation: Aggregation):
+    """Pattern expectations [([batch,] U, L, M)]; the weighted total is taken outside the jit with
+    exactly the operations of :func:`latency`, so the two agree bit for bit at 0/1 points."""
+    one = lambda i, q: _multilinear_patterns(i, _multilinear_plan(i, aggregation), q, aggregation)  # noqa: E731
+    return jax.vmap(one)(inst, p) if is_batched(inst) else one(inst, p)
+
+
 def multilinear(inst: Instance, p: Float[Array, "N L E"], aggregation: Aggregation = "max") -> Float[Array, ""]:
     """The multilinear extension of J: E_{x~Bernoulli(p)} J(x), exact and differentiable.
 
@@ -224,6 +243,11 @@ def multilinear(inst: Instance, p: Float[Array, "N L E"], aggregation: Aggregati
     Returns:
       a scalar ([batch] for a batch).
     """
-    _check_placement(inst, p)
     _check_aggregation(aggregation)
-    return _multilinear_eval(inst, _multilinear_plan(inst, aggregation), p, aggregation)
+    want = tuple(inst.latency.shape[:-4]) + tuple(inst.latency.shape[-3:])
+    if tuple(jnp.shape(p)) != want:
+        raise ValueError(f"placement: p must have shape {list(want)} ([batch,] N, L, E), got {tuple(jnp.shape(p))}")
+    pl = _multilinear_jit(inst, p, aggregation)
+    if is_batched(inst):
+        return jax.vmap(_weighted_total)(inst, pl)
+    return _weighted_total(inst, pl)

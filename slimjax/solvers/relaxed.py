@@ -23,13 +23,15 @@ The result depends only on the key and the instance, so ``solve`` and ``solve_ba
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from slimjax.instance import Instance
+from slimjax.instance import Grid, Instance
 from slimjax.objective import _multilinear_eval, _multilinear_plan, expert_latency_from, objective_from_d
 from slimjax.projection import project_storage
 from slimjax.solvers.registry import Options, register
@@ -48,6 +50,8 @@ DEFAULTS = {
     "fill_steps": 16,  # greedy additions into the leftover storage after rounding
     "proj_iters": 40,  # bisection steps of the projection
     "center": True,  # center the gradient on full nodes (see _center); needed by adam
+    "resolution": 1024,  # storage grid of the rounding: units per smallest expert size (None: the
+    #                      common capacity_unit grid of the other methods, also used when it is set)
 }
 _EPS = 1e-6  # p below this counts as "not wanted" by the rounding
 
@@ -230,6 +234,65 @@ def _relax_batch(batch, size_units, capacity_units, key, cfg):
     return jax.vmap(lambda i, s, c: relax(i, s, c, key, cfg))(batch, size_units, capacity_units)
 
 
+def _merge_patterns(batch: Instance) -> Instance:
+    """Merge identical patterns (as multisets) of every (instance, user, layer), host NumPy.
+
+    J is invariant under reordering a pattern's members and merging equal patterns (their
+    weights add). The pattern axis shrinks to M' = min(M, C(E + K − 1, K)), the number of
+    multisets: a bound that depends on the shape only, so an instance gets the same merged
+    patterns alone or in any batch. Routing traces with many tokens (M ≫ distinct patterns)
+    evaluate far faster this way. Unused slots get pattern 0 and weight 0.
+    """
+    U, N, L, E, M, K = batch.shape
+    Mp = min(M, math.comb(E + K - 1, K))
+    if Mp >= M:
+        return batch
+    pat = np.sort(np.asarray(batch.patterns), axis=-1).reshape(-1, M, K)  # [G, M, K]
+    w = np.asarray(batch.weight, np.float64).reshape(-1, M)
+    G = pat.shape[0]
+    rows = pat.reshape(G * M, K)
+    group = np.repeat(np.arange(G), M)
+    order = np.lexsort(tuple(rows[:, k] for k in range(K - 1, -1, -1)) + (group,))
+    rows, group, ws = rows[order], group[order], w.reshape(-1)[order]
+    new = np.ones(G * M, bool)
+    new[1:] = (group[1:] != group[:-1]) | (rows[1:] != rows[:-1]).any(-1)
+    run = np.cumsum(new) - 1  # global run id
+    first_run = run[np.searchsorted(group, np.arange(G))]  # run id of each group's first row
+    slot = run - first_run[group]  # run index within its group, < Mp by the multiset bound
+    out_pat = np.zeros((G, Mp, K), np.int32)
+    out_w = np.zeros((G, Mp))
+    out_pat[group, slot] = rows
+    np.add.at(out_w, (group, slot), ws)
+    bshape = batch.patterns.shape[:-2]
+    return Instance(
+        latency=batch.latency, fallback=batch.fallback, size=batch.size, capacity=batch.capacity,
+        patterns=out_pat.reshape(bshape + (Mp, K)), weight=out_w.reshape(bshape + (Mp,)).astype(batch.weight.dtype),
+        traffic=batch.traffic, base=batch.base, validate=False,
+    )
+
+
+def _fine_grid(batch: Instance, resolution: int) -> Grid:
+    """The integer storage grid with ``resolution`` units per smallest expert size (host NumPy).
+
+    Sizes round up and capacities down as in :func:`slimjax.capacity_grid`, so a placement that
+    fits on this grid fits in real units; the resolution is lowered where a node's full storage
+    would not stay exact in float32 (2^24 units).
+    """
+    size = np.asarray(batch.size, np.float64)[..., 0]  # [B, L]
+    cap = np.asarray(batch.capacity, np.float64)  # [B, N]
+    E = batch.size.shape[-1]
+    ratio_full = (size / size.min(-1, keepdims=True)).sum(-1) * E  # [B] all experts, in smallest sizes
+    res = np.maximum(np.minimum(resolution, np.floor(2.0**24 / (ratio_full + 1.0))), 1.0)
+    u = size.min(-1) / res  # [B]
+    ratio = size / u[:, None]
+    size_units = np.maximum(np.ceil(ratio - 1e-9 * np.maximum(ratio, 1)), 1).astype(np.int64)
+    cratio = cap / u[:, None]
+    capacity_units = np.floor(cratio + 1e-9 * np.maximum(cratio, 1)).astype(np.int64)
+    capacity_units = np.minimum(capacity_units, (size_units * E).sum(-1, keepdims=True))
+    max_units = int(capacity_units.max()) if capacity_units.size else 0
+    return Grid(size_units.astype(np.int32), capacity_units.astype(np.int32), max_units, u)
+
+
 def _bytes_per_instance(shape, max_units, options) -> float:
     U, N, L, E, M, K = shape
     R, S = int(options["restarts"]), int(options["samples"])
@@ -251,8 +314,14 @@ def _bytes_per_instance(shape, max_units, options) -> float:
 )
 def _relaxed_batch(batch, grid, key, options, **extra):
     """Projected optax descent on the multilinear extension, then rounding (DESIGN §4.6)."""
-    cfg = Options({k: options[k] for k in (*DEFAULTS, "aggregation")})
+    cfg = Options({k: options[k] for k in (*DEFAULTS, "aggregation") if k != "resolution"})
     _check(cfg)
+    res = options["resolution"]
+    if res is not None and options["capacity_unit"] is None:
+        if not isinstance(res, int) or isinstance(res, bool) or res < 1:
+            raise ValueError(f"resolution: must be an integer >= 1 or None, got {res!r}")
+        grid = _fine_grid(batch, res)
+    batch = _merge_patterns(batch)
     x, relaxed, rounded, steps = _relax_batch(
         batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), key, cfg
     )
