@@ -106,17 +106,20 @@ def test_resume_skips_complete_and_redoes_incomplete(tmp_path):
 
 
 def test_collect_merges_runs(tmp_path):
-    for i, servers in enumerate((1, 2)):
-        experiment.run(make(tmp_path / "sweep" / str(i), f"network.servers={servers}", solvers=pick(2)))
+    for seed in (0, 1):  # a 2-point sweep over the seed (same shapes: no recompilation)
+        experiment.run(make(tmp_path / "sweep" / str(seed), f"seed={seed}", solvers=pick(2)))
     (tmp_path / "sweep" / "2").mkdir()  # an unfinished point is ignored
-    df, summary = experiment.collect(tmp_path / "sweep", x="network.servers", y="J", out=tmp_path / "study", quiet=True)
+    df, summary = experiment.collect(tmp_path / "sweep", x="seed", y="J", out=tmp_path / "study", quiet=True)
     assert len(df) == 2 * 3 * len(pick(2))
     assert set(df.run) == {"0", "1"}
-    assert "network.servers" in summary.columns and len(summary) == 2 * len(pick(2))
+    assert "seed" in summary.columns and len(summary) == 2 * len(pick(2))
+    for (seed, solver), g in df.groupby(["seed", "solver"]):
+        row = summary[(summary.seed == seed) & (summary.solver == solver)].iloc[0]
+        assert np.isclose(row.J_mean, g.J.mean()) and row.n == len(g)
     merged = pd.read_parquet(tmp_path / "sweep" / "results_all.parquet")
     assert len(merged) == len(df)
-    assert (tmp_path / "sweep" / "sweep_J_vs_network.servers.png").is_file()
-    assert (tmp_path / "study" / "results.csv").is_file() and (tmp_path / "study" / "sweep_J_vs_network.servers.png").is_file()
+    assert (tmp_path / "sweep" / "sweep_J_vs_seed.png").is_file()
+    assert (tmp_path / "study" / "results.csv").is_file() and (tmp_path / "study" / "sweep_J_vs_seed.png").is_file()
     with pytest.raises(ValueError, match="not a result column"):
         experiment.collect(tmp_path / "sweep", x="nope", quiet=True)
     with pytest.raises(ValueError, match="no complete runs"):
@@ -192,12 +195,12 @@ def test_milp_gap_to_optimum(tmp_path):
 def test_trace_routing_replays_held_out_tokens(tmp_path):
     traces = pytest.importorskip("slimjax.traces")
     rng = np.random.default_rng(0)
-    T, L, E, K = 60, 2, 4, 2
+    T, L, E, K = 16, 2, 4, 2  # 8 training tokens, unmerged: the same shapes as TINY (no recompile)
     ids = np.stack([rng.permutation(E)[:K] for _ in range(T * L)]).reshape(T, L, K)
     path = tmp_path / "t.npz"
     traces.Trace(expert_ids=ids, num_experts=E).save(path)
     out = tmp_path / "run"
-    cfg = make(out, "routing=trace", f"routing.path={path}", solvers=pick(2))
+    cfg = make(out, "routing=trace", f"routing.path={path}", "routing.merge=false", solvers=pick(2))
     experiment.run(cfg)
     df = pd.read_parquet(out / "results.parquet")
     for c in ("p50", "p95", "p99", "replay_mean"):
