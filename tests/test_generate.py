@@ -347,21 +347,21 @@ def test_float64_without_x64_is_refused():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(network={"servres": 4}), "unknown field"),
-        (dict(network={"servers": -1}), "network.servers"),
-        (dict(network={"users": 0}), "network.users"),
-        (dict(network={"rtt_ms": (10.0, 1.0)}), "network.rtt_ms"),
-        (dict(network={"server_cache_share": 0.0}), "server_cache_share"),
-        (dict(routing="softmax"), "routing.kind"),
-        (dict(routing={"tokens": 0}), "routing.tokens"),
-        (dict(routing={"skew": -1.0}), "routing.skew"),
-        (dict(model="gpt5"), "valid names"),
-        (dict(batch=0), "batch"),
-        (dict(dtype=jnp.int32), "dtype"),
+        ({"network": {"servres": 4}}, "unknown field"),
+        ({"network": {"servers": -1}}, "network.servers"),
+        ({"network": {"users": 0}}, "network.users"),
+        ({"network": {"rtt_ms": (10.0, 1.0)}}, "network.rtt_ms"),
+        ({"network": {"server_cache_share": 0.0}}, "server_cache_share"),
+        ({"routing": "softmax"}, "routing.kind"),
+        ({"routing": {"tokens": 0}}, "routing.tokens"),
+        ({"routing": {"skew": -1.0}}, "routing.skew"),
+        ({"model": "gpt5"}, "valid names"),
+        ({"batch": 0}, "batch"),
+        ({"dtype": jnp.int32}, "dtype"),
     ],
 )
 def test_bad_input(kwargs, match):
-    args = dict(key=KEY, batch=2)
+    args = {"key": KEY, "batch": 2}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         instances(**args)

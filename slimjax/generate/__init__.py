@@ -8,18 +8,18 @@ Units: latency, fallback and base in seconds; size and capacity in bytes. Every 
 its unit is documented in ``docs/generators.md``.
 """
 
+from slimjax.generate.from_trace import instance_from_trace
+from slimjax.generate.instances import instance, instances, resolve, sample_fields
 from slimjax.generate.models import MODELS, ModelPreset, get_model, model_names
 from slimjax.generate.network import Network, NetworkConfig, as_network_config, sample_network, shannon_rate
 from slimjax.generate.routing import ROUTING_KINDS, RoutingConfig, as_routing_config, sample_routing
-from slimjax.generate.instances import instance, instances, resolve, sample_fields  # noqa: E402  (shadows the module)
-from slimjax.generate.from_trace import instance_from_trace
 
 __all__ = [
     "MODELS",
+    "ROUTING_KINDS",
     "ModelPreset",
     "Network",
     "NetworkConfig",
-    "ROUTING_KINDS",
     "RoutingConfig",
     "as_network_config",
     "as_routing_config",

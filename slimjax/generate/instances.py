@@ -12,8 +12,9 @@ Units: latency, fallback and base in seconds; size and capacity in bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ from slimjax.generate.network import NetworkConfig, as_network_config, sample_ne
 from slimjax.generate.routing import RoutingConfig, as_routing_config, sample_routing
 from slimjax.instance import Instance
 
-__all__ = ["instances", "instance", "sample_fields", "resolve"]
+__all__ = ["instance", "instances", "resolve", "sample_fields"]
 
 # Instances drawn per vmapped chunk; larger batches are scanned over chunks to bound memory.
 GEN_CHUNK = 1024
@@ -50,9 +51,7 @@ def sample_fields(key: Array, model: ModelPreset, network: NetworkConfig, routin
     """
     knet, krout = jax.random.split(key)
     net = sample_network(knet, model, network, dtype)
-    patterns, weight = sample_routing(
-        krout, routing, model.layers, model.experts, model.top_k, network.users, dtype
-    )
+    patterns, weight = sample_routing(krout, routing, model.layers, model.experts, model.top_k, network.users, dtype)
     return dict(net._asdict(), patterns=patterns, weight=weight)
 
 

@@ -15,9 +15,10 @@ approximate attention block of ``attention_params`` weights per MoE layer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["ModelPreset", "MODELS", "get_model", "model_names"]
+__all__ = ["MODELS", "ModelPreset", "get_model", "model_names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,7 @@ class ModelPreset:
         """FLOPs of the non-routed per-token work over all MoE layers (enters ``base``)."""
         return float(2 * self.layers * self.dense_params_per_layer)
 
-    def replace(self, **changes) -> "ModelPreset":
+    def replace(self, **changes) -> ModelPreset:
         """A copy with some fields changed (e.g. ``bytes_per_weight=1`` for int8 weights)."""
         return dataclasses.replace(self, **changes)
 

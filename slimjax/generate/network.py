@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ from jaxtyping import Array, Float
 
 from slimjax.generate.models import ModelPreset
 
-__all__ = ["NetworkConfig", "Network", "sample_network", "as_network_config", "shannon_rate", "uniform_pool"]
+__all__ = ["Network", "NetworkConfig", "as_network_config", "sample_network", "shannon_rate", "uniform_pool"]
 
 Range = tuple[float, float]
 
@@ -138,7 +139,7 @@ class NetworkConfig:
         for f in ("servers", "users"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"network.{f}: must be an integer, got {v!r}")
+                raise ValueError(f"network.{f}: must be an integer, got {v!r}")  # noqa: TRY004
         if self.servers < 0:
             raise ValueError(f"network.servers: must be >= 0, got {self.servers}")
         if self.users < 1:
@@ -147,8 +148,15 @@ class NetworkConfig:
             raise ValueError(f"network.server_cache_share: must be in (0, 1], got {self.server_cache_share}")
         if self.storage_fraction is not None and not self.storage_fraction >= 0:
             raise ValueError(f"network.storage_fraction: must be >= 0 or None, got {self.storage_fraction}")
-        for f in ("cloud_tflops", "cloud_bandwidth_gbs", "act_bytes", "area_m", "range_m", "bandwidth_mhz",
-                  "min_distance_m"):
+        for f in (
+            "cloud_tflops",
+            "cloud_bandwidth_gbs",
+            "act_bytes",
+            "area_m",
+            "range_m",
+            "bandwidth_mhz",
+            "min_distance_m",
+        ):
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and 0 < v < math.inf):
                 raise ValueError(f"network.{f}: must be a finite number > 0, got {v!r}")
@@ -163,7 +171,7 @@ class NetworkConfig:
         """``N = users + servers``."""
         return self.users + self.servers
 
-    def replace(self, **changes) -> "NetworkConfig":
+    def replace(self, **changes) -> NetworkConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -250,9 +258,7 @@ def _compute_time(flops, nbytes, tflops, gbs):
     return jnp.maximum(flops / (tflops * 1e12), nbytes / (gbs * 1e9))
 
 
-def sample_network(
-    key: Array, model: ModelPreset, cfg: NetworkConfig, dtype: Any = jnp.float32
-) -> Network:
+def sample_network(key: Array, model: ModelPreset, cfg: NetworkConfig, dtype: Any = jnp.float32) -> Network:
     """Sample one network (latency, fallback, size, capacity, traffic, base) from ``key``.
 
     Args:
@@ -267,10 +273,20 @@ def sample_network(
     """
     U, S, L, E = cfg.users, cfg.servers, model.layers, model.experts
     N = U + S
-    shapes = dict(
-        dev_tf=(U,), dev_bw=(U,), dev_gb=(U,), srv_tf=(S,), srv_bw=(S,), srv_gb=(S,), rtt=(U, S),
-        rate=(U, S), upos=(U, 2), spos=(S, 2), c_rtt=(U,), c_rate=(U,),
-    )
+    shapes = {
+        "dev_tf": (U,),
+        "dev_bw": (U,),
+        "dev_gb": (U,),
+        "srv_tf": (S,),
+        "srv_bw": (S,),
+        "srv_gb": (S,),
+        "rtt": (U, S),
+        "rate": (U, S),
+        "upos": (U, 2),
+        "spos": (S, 2),
+        "c_rtt": (U,),
+        "c_rate": (U,),
+    }
     if cfg.jitter > 0:
         shapes["jitter"] = (U, N, L, E)
     r = uniform_pool(key, shapes, dtype, normal=("jitter",))
@@ -313,8 +329,10 @@ def sample_network(
     # -- cloud fallback ------------------------------------------------------------------------
     c_rtt = _log_uniform(r["c_rtt"], cfg.cloud_rtt_ms) * 1e-3
     c_rate = _log_uniform(r["c_rate"], cfg.cloud_rate_mbps) * 1e6
-    c_time = c_rtt + bits / c_rate + _compute_time(
-        model.expert_flops, model.expert_bytes, cfg.cloud_tflops, cfg.cloud_bandwidth_gbs
+    c_time = (
+        c_rtt
+        + bits / c_rate
+        + _compute_time(model.expert_flops, model.expert_bytes, cfg.cloud_tflops, cfg.cloud_bandwidth_gbs)
     )
     fallback = jnp.broadcast_to(c_time[:, None, None], (U, L, E))
 
@@ -323,7 +341,9 @@ def sample_network(
     if cfg.traffic_alpha is None:
         traffic = jnp.full((U,), 1.0 / U, dtype)
     else:
-        traffic = jax.random.dirichlet(jax.random.fold_in(key, 1), jnp.full((U,), cfg.traffic_alpha, dtype)).astype(dtype)
+        traffic = jax.random.dirichlet(jax.random.fold_in(key, 1), jnp.full((U,), cfg.traffic_alpha, dtype)).astype(
+            dtype
+        )
     size = jnp.full((L, E), model.expert_bytes, dtype)
     return Network(
         latency=latency.astype(dtype),
