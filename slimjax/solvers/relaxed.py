@@ -207,21 +207,16 @@ def relax(inst: Instance, size_units, capacity_units, key, cfg: Options):
         return (P, state, best_P, best_v), None
 
     init = (P0, opt.init(P0), P0, jnp.full((R,), jnp.inf, dtype))
-    (P, _, best_P, best_v), _ = jax.lax.scan(step, init, None, length=steps)
-    v_last = jax.vmap(f)(P)
-    better = v_last < best_v
-    best_P = jnp.where(better[:, None, None, None], P, best_P)
-    best_v = jnp.where(better, v_last, best_v)  # [R]
+    # best_P: the best point evaluated per run (the last projection step is not evaluated)
+    (_, _, best_P, best_v), _ = jax.lax.scan(step, init, None, length=steps)
 
     # rounding: deterministic fill + S repaired Bernoulli samples per run
     wanted = jnp.where(best_P > _EPS, best_P, 0.0)  # [R, N, L, E]
-    fill = jax.vmap(lambda pr: _fill(pr, size, cap))
-    cands = [fill(wanted)]
+    prio = [wanted]
     if S:
         draws = jax.random.uniform(k_round, (S, R, N, L, E), dtype) < best_P
-        prio = jnp.where(best_P > _EPS, draws + best_P, 0.0).reshape(S * R, N, L, E)
-        cands.append(fill(prio))
-    cands = jnp.concatenate(cands)  # [(S+1)·R, N, L, E]
+        prio.append(jnp.where(best_P > _EPS, draws + best_P, 0.0).reshape(S * R, N, L, E))
+    cands = jax.vmap(lambda pr: _fill(pr, size, cap))(jnp.concatenate(prio))  # [(S+1)·R, N, L, E]
     Js = jax.vmap(lambda x: _J(inst, x, agg))(cands)
     x = cands[jnp.argmin(Js)]
     if cfg["fill_steps"]:
