@@ -101,7 +101,11 @@ def test_deterministic_and_keys_differ(default_batch):
     again = instances(KEY, 8, routing=SMALL)
     for a, c in zip(jax.tree_util.tree_leaves(default_batch), jax.tree_util.tree_leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    from slimjax.generate.instances import _generate
+
+    compiled = _generate._cache_size()
     other = instances(jax.random.key(1), 8, routing=SMALL)
+    assert _generate._cache_size() == compiled  # a new key does not recompile
     assert not np.array_equal(np.asarray(other.latency), np.asarray(default_batch.latency))
     assert not np.array_equal(np.asarray(other.patterns), np.asarray(default_batch.patterns))
     # instances within a batch differ
