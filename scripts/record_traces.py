@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["find_routers", "record", "tiny_model", "main"]
+__all__ = ["find_routers", "main", "record", "tiny_model"]
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 

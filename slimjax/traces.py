@@ -37,7 +37,8 @@ import io
 import json
 import os
 import pickle
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,17 +46,17 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 __all__ = [
+    "KNOWN_SOURCES",
     "Trace",
     "load",
-    "load_npz",
-    "load_jsonl",
     "load_counts",
-    "sample_from_counts",
+    "load_jsonl",
+    "load_npz",
     "patterns",
-    "split",
     "replay_trace",
+    "sample_from_counts",
+    "split",
     "statistics",
-    "KNOWN_SOURCES",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class Trace:
         return f"Trace(T={T}, L={L}, K={K}, E={self.num_experts}, layers={self.layers.tolist()}{extra}, source={self.source!r})"
 
     # -- selection -----------------------------------------------------------------------------
-    def select(self, tokens: Any = None, *, layers: Any = None) -> "Trace":
+    def select(self, tokens: Any = None, *, layers: Any = None) -> Trace:
         """A sub-trace: ``tokens`` (index array, bool mask [T] or slice) and/or ``layers`` (positions)."""
         idx = _token_index(tokens, self.num_tokens)
         lay = slice(None) if layers is None else np.asarray(layers)
@@ -217,7 +218,7 @@ class Trace:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Trace":
+    def load(cls, path: str | os.PathLike) -> Trace:
         """Read a canonical ``.npz``."""
         return load_npz(path)
 
@@ -317,7 +318,7 @@ def load_npz(path: str | os.PathLike, *, num_experts: int | None = None) -> Trac
             E = int(num_experts)
         else:
             E = int(ids.max()) + 1 if ids.size else 1
-        get = lambda k: z[k] if k in z.files else None  # noqa: E731
+        get = lambda k: z[k] if k in z.files else None
         source = str(z["source"]) if "source" in z.files else path
         approx = bool(z["approximate"]) if "approximate" in z.files else False
         try:

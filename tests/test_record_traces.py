@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import slimjax  # noqa: E402
-from slimjax import traces as tr  # noqa: E402
+import slimjax
+from slimjax import traces as tr
 
 _SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "record_traces.py")
 

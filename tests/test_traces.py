@@ -14,7 +14,6 @@ import pytest
 import slimjax
 from slimjax import traces as tr
 from slimjax.generate.from_trace import instance_from_trace
-
 from tests.reference import latency_ref
 
 
@@ -42,8 +41,7 @@ def write_jsonl(path, rows, meta=None):
     with open(path, "w") as f:
         if meta is not None:
             f.write(json.dumps({"type": "meta", **meta}) + "\n")
-        for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+        f.writelines((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
 
 
 def route(layer, ids, i=0, req="r0"):

@@ -34,12 +34,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, ROOT)
 
-import jax  # noqa: E402
-import pandas as pd  # noqa: E402
+import jax
+import pandas as pd
 
-import slimjax  # noqa: E402
-from slimjax import traces as tr  # noqa: E402
-from slimjax.generate.from_trace import instance_from_trace  # noqa: E402
+import slimjax
+from slimjax import traces as tr
+from slimjax.generate.from_trace import instance_from_trace
 
 SWITCH = {"name": "switch_base_128", "layers": 6, "experts": 128, "top_k": 1, "hidden": 768, "ffn": 3072, "matrices": 2}
 
@@ -54,8 +54,8 @@ TRACES = [
 # Same marginals as olmoe/expert_counts (checked below), so not evaluated twice.
 DUPLICATE = ("allenai__OLMoE/olmoe/expert_counts_crosslayer/c4.pkl", "allenai__OLMoE/olmoe/expert_counts/c4.pkl")
 
-PREFERRED = ["successive", "successive-fast", "successive+polish", "greedy", "relaxed", "coactivation-blind",
-             "popularity", "layer-uniform", "random"]
+PREFERRED = ["successive", "successive-fast", "greedy", "relaxed", "coactivation-blind", "popularity", "layer-uniform",
+             "random"]
 
 
 def raw_dir() -> str:
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small smoke run")
     p.add_argument("--methods", nargs="*", help="methods (default: every registered heuristic)")
     p.add_argument("--seeds", type=int, default=4, help="sampled networks per setting")
-    p.add_argument("--storage", type=float, nargs="*", default=[0.25, 0.5],
+    p.add_argument("--storage", type=float, nargs="*", default=[0.25, 0.5, 1.0],
                    help="edge storage as a fraction of the logged layers' expert bytes")
     p.add_argument("--sampled-tokens", type=int, default=8192, help="tokens sampled from count-only traces")
     p.add_argument("--no-calibration", action="store_true")
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.seeds, args.storage, args.sampled_tokens = 2, [0.25], 2048
     t0 = time.time()
-    log = lambda msg: print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)  # noqa: E731
+    log = lambda msg: print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
     traces = load_all(raw_dir(), args.sampled_tokens)
     for name, t, _ in traces:
         log(f"loaded {name}: {t}")
@@ -300,8 +300,9 @@ def main(argv=None) -> int:
     summary = summarize(df)
     calib, proposal, errors = None, None, None
     if not args.no_calibration:
-        grid = [dict(skew=s, cluster_spread=c, temperature=t, latent_dim=r)
-                for s, c, t, r in itertools.product([0.1, 0.3], [1.0, 2.0], [0.0, 0.5], [4, 16])]
+        # around the current defaults (skew 0.1, cluster_spread 0.6, clusters 64, temperature 0)
+        grid = [dict(skew=s, cluster_spread=c, clusters=k, temperature=t)
+                for s, c, k, t in itertools.product([0.1, 0.2], [0.6, 1.0], [16, 64], [0.0, 0.3])]
         if args.quick:
             grid = grid[:2]
         calib, proposal, errors = calibrate(traces, 2048, grid, log)

@@ -9,7 +9,7 @@ model preset whose ``layers``/``experts``/``top_k`` are replaced by the trace's 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -86,9 +86,9 @@ def instance_from_trace(
     """
     import jax.numpy as jnp
 
+    from slimjax import traces as _traces
     from slimjax.generate.network import as_network_config
     from slimjax.instance import Instance
-    from slimjax import traces as _traces
 
     if not isinstance(trace, _traces.Trace):
         trace = _traces.load(trace)
