@@ -1,1 +1,143 @@
-"""(in progress)"""
+"""Baselines (DESIGN §4.7): ``random``, ``popularity``, ``layer-uniform``, ``coactivation-blind``.
+
+All are pure JAX, vmapped over the batch and jitted, on the integer storage grid:
+
+- ``random``: every node is filled with experts in a random order (the registry's key, shared by
+  all instances), each one taken when it still fits.
+- ``popularity`` (LFU, what a plain cache does): nodes from the fastest (traffic-weighted mean
+  latency over the users that reach them) to the slowest; each is filled with the most frequently
+  activated experts first (activation probability Σ_u traffic·P(e in the token's top-K)), skipping
+  copies that cannot help (no user that activates the expert gets it faster than it already does).
+- ``layer-uniform``: like ``popularity`` but round-robin over layers (every layer's most popular
+  helpful expert, then every layer's second, ...), i.e. equal slots per layer while they fit.
+- ``coactivation-blind``: the greedy of §4.5 on the K = 1 surrogate (per-expert activation
+  probabilities, Σ instead of max), which isolates the value of modelling co-activation.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from slimjax.instance import Instance
+from slimjax.solvers.greedy import greedy_batch
+from slimjax.solvers.polish import expert_frequency
+from slimjax.solvers.registry import register
+
+__all__ = ["fill", "node_order", "popularity_instance", "random_instance"]
+
+_NEG = -jnp.inf
+
+
+def fill(priority: Float[Array, "L E"], size_units: Int[Array, "L"], capacity: Int[Array, ""]) -> Bool[Array, "L E"]:
+    """Take items by decreasing priority while they fit (skipping those that do not);
+    ``-inf`` priority is never taken. A ``lax.scan`` over the L·E items."""
+    L, E = priority.shape
+    p = priority.reshape(-1)
+    s = jnp.repeat(size_units.astype(jnp.int32), E)
+    order = jnp.argsort(-p, stable=True)
+
+    def step(used, i):
+        take = (p[i] > _NEG) & (used + s[i] <= capacity)
+        return used + jnp.where(take, s[i], 0), take
+
+    _, took = jax.lax.scan(step, jnp.int32(0), order)
+    out = jnp.zeros(L * E, bool).at[order].set(took)
+    return out.reshape(L, E)
+
+
+def node_order(inst: Instance) -> Int[Array, "N"]:
+    """Nodes from fastest to slowest: traffic-weighted mean latency over the users reaching them."""
+    lat = inst.latency  # [U, N, L, E]
+    reach = jnp.isfinite(lat).all(axis=(2, 3))  # [U, N]
+    mean = jnp.where(reach, jnp.where(jnp.isfinite(lat), lat, 0).mean(axis=(2, 3)), 0)
+    wt = inst.traffic[:, None] * reach
+    score = jnp.where(wt.sum(0) > 0, (wt * mean).sum(0) / jnp.maximum(wt.sum(0), 1e-30), jnp.inf)
+    return jnp.argsort(score, stable=True).astype(jnp.int32)
+
+
+def popularity_instance(inst: Instance, size_units, capacity_units, *, layer_uniform: bool = False):
+    """LFU (``layer_uniform=False``) or layer-uniform placement of one instance, bool [N, L, E]."""
+    U, N, L, E = inst.latency.shape
+    act = inst.traffic[:, None, None] * expert_frequency(inst.patterns, inst.weight, E, distinct=True)  # [U, L, E]
+    pop = act.sum(0)  # [L, E]
+    cu = jnp.asarray(capacity_units, jnp.int32)
+    su = jnp.asarray(size_units, jnp.int32)
+
+    def node(d, n):
+        lat_n = inst.latency[:, n]  # [U, L, E]
+        helpful = (act * jnp.maximum(d - lat_n, 0)).sum(0) > 0  # [L, E]
+        if layer_uniform:
+            masked = jnp.where(helpful, pop, _NEG)
+            rank = jnp.argsort(jnp.argsort(-masked, axis=1, stable=True), axis=1)  # 0 = most popular
+            prio = -rank.astype(pop.dtype) + 0.5 * pop / jnp.maximum(pop.max(), 1e-30)
+        else:
+            prio = pop
+        take = fill(jnp.where(helpful, prio, _NEG), su, cu[n])
+        d = jnp.where(take[None], jnp.minimum(d, lat_n), d)
+        return d, take
+
+    order = node_order(inst)
+    _, takes = jax.lax.scan(node, inst.fallback, order)  # [N (in order), L, E]
+    return jnp.zeros((N, L, E), bool).at[order].set(takes)
+
+
+def random_instance(inst: Instance, size_units, capacity_units, key) -> Bool[Array, "N L E"]:
+    """Each node filled with experts in a uniformly random order while they fit."""
+    U, N, L, E = inst.latency.shape
+    prio = jax.random.uniform(key, (N, L, E))
+    su = jnp.asarray(size_units, jnp.int32)
+    return jax.vmap(lambda p, c: fill(p, su, c))(prio, jnp.asarray(capacity_units, jnp.int32))
+
+
+@partial(jax.jit, static_argnames=("kind",))
+def _baseline_batch(batch, size_units, capacity_units, key, *, kind: str):
+    if kind == "random":
+        return jax.vmap(lambda i, s, c: random_instance(i, s, c, key))(batch, size_units, capacity_units)
+    lu = kind == "layer-uniform"
+    return jax.vmap(lambda i, s, c: popularity_instance(i, s, c, layer_uniform=lu))(batch, size_units, capacity_units)
+
+
+def _runner(kind):
+    def fn(batch, grid, key, options, **extra):
+        x = _baseline_batch(
+            batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), key, kind=kind
+        )
+        return x, {}
+
+    fn.__name__ = f"_{kind.replace('-', '_')}_method"
+    return fn
+
+
+register("random", defaults={}, description="Each node filled with random experts while they fit (§4.7)")(_runner("random"))
+register(
+    "popularity",
+    defaults={},
+    description="LFU: most frequently activated experts first, fastest node first, skipping useless copies (§4.7)",
+)(_runner("popularity"))
+register(
+    "layer-uniform",
+    defaults={},
+    description="Equal slots per layer (round-robin over layers), most popular first, fastest node first (§4.7)",
+)(_runner("layer-uniform"))
+
+
+@register(
+    "coactivation-blind",
+    defaults={},
+    description="Greedy on the K=1 surrogate (per-expert probabilities, sum instead of max) (§4.7)",
+)
+def _coactivation_blind_method(batch, grid, key, options, **extra):
+    N, L, E = batch.latency.shape[-3:]
+    x, _, rule, _, steps = greedy_batch(
+        batch,
+        jnp.asarray(grid.size_units, jnp.int32),
+        jnp.asarray(grid.capacity_units, jnp.int32),
+        jnp.zeros((1, N, L, E), bool),
+        aggregation="sum",
+        surrogate=True,
+    )
+    return x, {"rule": rule, "steps": steps}

@@ -1,0 +1,124 @@
+"""polish (§4.9): never worsens, ends in a local optimum (NumPy enumeration of adds/swaps)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slimjax
+from slimjax.instance import capacity_grid
+from slimjax.solvers.polish import polish_batch, polish_instance
+from tests.helpers import random_instance
+from tests.reference import feasible_ref, latency_ref
+
+SHAPE = dict(N=2, L=2, E=4, M=5)
+
+
+def neighbours(x, su, cu):
+    """Every add that fits and every same-node (drop i, add j) swap that fits on the grid."""
+    N, L, E = x.shape
+    used = np.einsum("nle,l->n", x.astype(int), su)
+    for n in range(N):
+        for l in range(L):
+            for e in range(E):
+                if not x[n, l, e] and used[n] + su[l] <= cu[n]:
+                    y = x.copy()
+                    y[n, l, e] = True
+                    yield y
+        for li, ei in zip(*np.nonzero(x[n])):
+            for lj in range(L):
+                for ej in range(E):
+                    if not x[n, lj, ej] and (lj == li or used[n] - su[li] + su[lj] <= cu[n]):
+                        y = x.copy()
+                        y[n, li, ei] = False
+                        y[n, lj, ej] = True
+                        yield y
+
+
+def _feasible_on_grid(x, su, cu):
+    return (np.einsum("nle,l->n", x.astype(int), su) <= cu).all()
+
+
+def _start(inst, seed, su, cu):
+    """A random placement made feasible on the grid (drop items until every node fits)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random(inst.latency.shape[-3:]) < 0.4
+    for n in range(x.shape[0]):
+        while np.einsum("le,l->", x[n].astype(int), su) > cu[n]:
+            on = np.argwhere(x[n])
+            x[n][tuple(on[rng.integers(len(on))])] = False
+    return x
+
+
+@pytest.mark.parametrize(("U", "K", "agg"), [(1, 1, "max"), (2, 2, "max"), (2, 3, "max"), (2, 2, "sum")])
+def test_never_worse_and_local_optimum(U, K, agg):
+    insts = [random_instance(300 + 10 * K + s, U=U, K=K, **SHAPE) for s in range(4)]
+    batch = slimjax.stack(insts)
+    grid = capacity_grid(batch)
+    starts = np.stack([_start(i, s, grid.size_units[s], grid.capacity_units[s]) for s, i in enumerate(insts)])
+    x, moves = polish_batch(batch, jnp.asarray(grid.size_units), jnp.asarray(grid.capacity_units),
+                            jnp.asarray(starts), rounds=100, aggregation=agg)
+    x = np.asarray(x)
+    for b, inst in enumerate(insts):
+        su, cu = grid.size_units[b], grid.capacity_units[b]
+        assert feasible_ref(inst, x[b]) and _feasible_on_grid(x[b], su, cu)
+        J0 = latency_ref(inst, starts[b], agg)
+        J = latency_ref(inst, x[b], agg)
+        assert J <= J0 + 1e-9
+        if int(moves[b]) > 0:
+            assert J < J0
+        best = min([latency_ref(inst, y, agg) for y in neighbours(x[b], su, cu)] + [J])
+        assert best >= J - 1e-4 * J, (b, J, best)  # no improving add or swap is left
+
+
+def test_from_empty_via_registry_and_suffix():
+    insts = [random_instance(400 + s, U=2, K=2, **SHAPE) for s in range(4)]
+    batch = slimjax.stack(insts)
+    pol = slimjax.solve_batch(batch, method="polish")
+    assert (pol.info["moves"] > 0).any()
+    base = slimjax.solve_batch(batch, method="popularity")
+    both = slimjax.solve_batch(batch, method="popularity+polish", polish_rounds=50)
+    assert (both.latency <= base.latency + 1e-6).all()
+    assert "polish_moves" in both.info
+    for i, inst in enumerate(insts):
+        assert feasible_ref(inst, pol.placement[i]) and feasible_ref(inst, both.placement[i])
+        np.testing.assert_allclose(both.latency[i], latency_ref(inst, both.placement[i]), rtol=1e-5)
+
+
+def test_rounds_zero_is_identity_and_bad_options():
+    inst = random_instance(5, U=1, K=2, **SHAPE)
+    g = capacity_grid(inst)
+    x0 = jnp.asarray(_start(inst, 0, g.size_units, g.capacity_units))
+    x, m = polish_instance(inst, g.size_units, g.capacity_units, x0, rounds=0)
+    np.testing.assert_array_equal(x, x0)
+    assert int(m) == 0
+    with pytest.raises(ValueError, match="rounds"):
+        slimjax.solve(inst, method="polish", rounds=-1)
+
+
+def test_restricted_swaps_large_e_never_worse():
+    """E > swap_candidates: a restricted neighbourhood, still feasible and never worse."""
+    inst = random_instance(9, U=1, N=2, L=2, E=12, M=12, K=3)
+    g = capacity_grid(inst)
+    x0 = _start(inst, 1, g.size_units, g.capacity_units)
+    x, _ = jax.jit(lambda i, s, c, p: polish_instance(i, s, c, p, rounds=30, swap_candidates=3))(
+        inst, g.size_units, g.capacity_units, jnp.asarray(x0))
+    x = np.asarray(x)
+    assert _feasible_on_grid(x, g.size_units, g.capacity_units)
+    assert latency_ref(inst, x) <= latency_ref(inst, x0) + 1e-9
+
+
+def test_jit_matches_eager_and_no_recompile():
+    inst = random_instance(11, U=1, K=2, **SHAPE)
+    g = capacity_grid(inst)
+    x0 = jnp.zeros(inst.latency.shape[-3:], bool)
+    xj, mj = jax.jit(lambda *a: polish_instance(*a, rounds=3))(inst, g.size_units, g.capacity_units, x0)
+    with jax.disable_jit():
+        xe, me = polish_instance(inst, g.size_units, g.capacity_units, x0, rounds=3)
+    np.testing.assert_array_equal(xj, xe)
+    assert int(mj) == int(me)
+    batch = slimjax.stack([inst, random_instance(12, U=1, K=2, **SHAPE)])
+    slimjax.solve_batch(batch, method="polish", rounds=7)
+    n = polish_batch._cache_size()
+    slimjax.solve_batch(batch, method="polish", rounds=7)
+    assert polish_batch._cache_size() == n
