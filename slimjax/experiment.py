@@ -69,6 +69,11 @@ def _to_container(cfg: Any) -> Any:
 def config_hash(cfg: DictConfig) -> str:
     """A stable hash of the parts of the resolved config that change results."""
     d = {k: v for k, v in _to_container(cfg).items() if k not in _HASH_EXCLUDE}
+    used = set()
+    for m in d.get("solvers") or []:
+        parts = str(m).split("+")
+        used.update([parts[0]] + (["polish"] if "polish" in parts[1:] else []))
+    d["solver"] = {k: v for k, v in (d.get("solver") or {}).items() if k in used}  # only the methods that run
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -316,8 +321,12 @@ def _scalar_info(info: dict, B: int) -> dict:
     out = {}
     for k, v in info.items():
         a = np.asarray(v)
-        if a.shape == (B,) and a.dtype.kind in "biuf":
+        if a.shape != (B,):
+            continue
+        if a.dtype.kind in "biuf":
             out[f"info.{k}"] = a.astype(np.float64) if a.dtype.kind == "f" else a
+        elif a.dtype.kind in "USO":
+            out[f"info.{k}"] = a.astype(str)
     return out
 
 
@@ -607,6 +616,7 @@ def collect(root: Path | str, *, x: str | None = None, y: str = "J", logx: bool 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         _atomic_csv(summary, out / "results.csv")
+        _atomic_write_bytes(out / "table.md", markdown_table(summary).encode())
         dests.append(out)
     if x is not None:
         for col, what in ((x, "x"), (y, "y")):
@@ -615,6 +625,24 @@ def collect(root: Path | str, *, x: str | None = None, y: str = "J", logx: bool 
         for d in dests:
             plots.sweep_figure(df, x=x, y=y, path=d / f"sweep_{_safe(y)}_vs_{_safe(x)}.{fmt}", logx=logx)
     return df, summary
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table (the columns of the printed one)."""
+    keys = [c for c in summary.columns if c not in _DISPLAY and c != "gain_frac_best"]
+    vals = [c for c in _DISPLAY if c in summary.columns]
+    head = keys + [_DISPLAY[c][0] for c in vals]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(keys) + ["---:"] * len(vals)) + "|"]
+    for _, row in summary.iterrows():
+        cells = [str(row[c]) for c in keys]
+        for c in vals:
+            v = row[c]
+            try:
+                cells.append(_DISPLAY[c][1].format(int(v) if c == "n" else float(v)))
+            except (TypeError, ValueError):
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _safe(s: str) -> str:

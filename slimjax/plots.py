@@ -34,6 +34,17 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+_YLABEL = {
+    "J": "expected MoE latency per token J",
+    "total": "total latency per token",
+    "gap_best": "gap to the best method (J / J_best - 1)",
+    "gap_opt": "gap to the optimum (J / J_milp - 1)",
+    "gain_frac_opt": "share of the optimal gain",
+    "seconds": "seconds per instance",
+    "p95": "p95 per-token latency (held-out tokens)",
+}
+
+
 def _ci(a: np.ndarray) -> float:
     a = np.asarray(a, np.float64)
     return float(1.96 * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
@@ -101,7 +112,7 @@ def token_cdf(token_lat: dict[str, np.ndarray], path: Path, title: str = "") -> 
 def sweep_figure(df: pd.DataFrame, x: str, y: str, path: Path, logx: bool = False, logy: bool | None = None) -> Path:
     """Mean ``y`` (95% interval) against the swept parameter ``x``, one line per solver."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     xs = df[x]
     numeric = pd.api.types.is_numeric_dtype(xs)
     cats = None if numeric else list(dict.fromkeys(xs.astype(str)))
@@ -120,12 +131,21 @@ def sweep_figure(df: pd.DataFrame, x: str, y: str, path: Path, logx: bool = Fals
         ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
     if logx and numeric:
         ax.set_xscale("log")
+    if numeric:
+        vals = np.sort(xs.dropna().unique())
+        if len(vals) <= 12:
+            ax.set_xticks(vals, [f"{v:g}" for v in vals])
+            ax.minorticks_off()
     if logy or (logy is None and y in ("seconds", "ms_per_instance", "batch_seconds")):
         ax.set_yscale("log")
+    if y.startswith(("gap_", "used_frac")):
+        from matplotlib.ticker import PercentFormatter
+
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_ylabel(_YLABEL.get(y, y))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(f"{y} vs {x} (mean, 95% CI)")
     return _save(fig, path)
 
