@@ -21,19 +21,29 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts a backend
 
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import hashlib
+import re
+import sys
+from pathlib import Path
 
-__all__ = ["main", "collect_main", "sweep_slug", "CONF_DIR"]
+__all__ = ["CONF_DIR", "collect_main", "main", "sweep_slug"]
 
 #: The packaged config directory (``slimjax/conf``).
 CONF_DIR = str(Path(__file__).resolve().with_name("conf"))
 
 # Hydra flags that take a value (skipped when naming a sweep).
-_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+_VALUE_FLAGS = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
 
 
 def sweep_slug(argv: list[str]) -> str:
@@ -52,7 +62,14 @@ def sweep_slug(argv: list[str]) -> str:
             skip = a in _VALUE_FLAGS and "=" not in a
             continue
         key = a.split("=", 1)[0].lstrip("+~")
-        if key.startswith("hydra") or key in ("resume", "paths.multirun", "paths.outputs", "collect.out", "collect.x", "collect.y"):
+        if key.startswith("hydra") or key in (
+            "resume",
+            "paths.multirun",
+            "paths.outputs",
+            "collect.out",
+            "collect.x",
+            "collect.y",
+        ):
             continue
         overrides.append(a)
     if not overrides:
@@ -98,8 +115,13 @@ def collect_main(argv: list[str] | None = None) -> int:
         description="Merge the runs of a slimjax multirun directory into DIR/results_all.parquet and print a summary.",
     )
     p.add_argument("dir", help="a multirun directory (e.g. multirun/<sweep>)")
-    p.add_argument("--plot", action="append", default=[], metavar="x=PARAM[,y=METRIC]",
-                   help="figure of METRIC (default J) against the swept PARAM, one line per solver; repeatable")
+    p.add_argument(
+        "--plot",
+        action="append",
+        default=[],
+        metavar="x=PARAM[,y=METRIC]",
+        help="figure of METRIC (default J) against the swept PARAM, one line per solver; repeatable",
+    )
     p.add_argument("--out", default=None, help="also write results.csv and the figures here")
     p.add_argument("--logx", action="store_true", help="log-scale x axis")
     p.add_argument("--format", default="png", help="figure format (png, pdf, svg)")

@@ -21,11 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,17 +33,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
-    "run",
-    "collect",
-    "summarize",
-    "solver_options",
-    "make_batch",
-    "is_complete",
-    "config_hash",
-    "output_dir_for",
-    "CollectCallback",
-    "RESULTS",
     "MARKER",
+    "RESULTS",
+    "CollectCallback",
+    "collect",
+    "config_hash",
+    "is_complete",
+    "make_batch",
+    "output_dir_for",
+    "run",
+    "solver_options",
+    "summarize",
 ]
 
 log = logging.getLogger("slimjax")
@@ -209,12 +209,16 @@ def _trace_batch(key, B: int, model: dict, network: dict, routing: dict) -> tupl
     path = os.path.expanduser(str(path))
     trace = traces.load(path, **dict(routing.get("load_options") or {}))
     train, test = traces.split(
-        trace, float(routing.get("train_fraction", 0.5)), by=str(routing.get("split_by", "token")),
+        trace,
+        float(routing.get("train_fraction", 0.5)),
+        by=str(routing.get("split_by", "token")),
         seed=routing.get("split_seed", 0),
     )
     keys = jax.random.split(key, B)
     insts = [
-        generate.instance_from_trace(train, model=model, network=network, key=keys[i], merge=bool(routing.get("merge", True)))
+        generate.instance_from_trace(
+            train, model=model, network=network, key=keys[i], merge=bool(routing.get("merge", True))
+        )
         for i in range(B)
     ]
     tokens = np.asarray(test.expert_ids)
@@ -259,8 +263,14 @@ def _solve_all(cfg: DictConfig, batch, key, console) -> dict:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
     ) as prog:
         task = prog.add_task("solving", total=len(names))
         for n in names:
@@ -270,7 +280,13 @@ def _solve_all(cfg: DictConfig, batch, key, console) -> dict:
                 slimjax.solve_batch(batch, n, key=key, **opts)
             t0 = time.perf_counter()
             sol = slimjax.solve_batch(batch, n, key=key, **opts)
-            log.info("%s: mean J %.6g, %.3f s for %d instances", n, float(np.mean(sol.latency)), time.perf_counter() - t0, len(sol.latency))
+            log.info(
+                "%s: mean J %.6g, %.3f s for %d instances",
+                n,
+                float(np.mean(sol.latency)),
+                time.perf_counter() - t0,
+                len(sol.latency),
+            )
             if not console.is_terminal:
                 console.print(f"solved with {n}: {sol.seconds:.2f} s")
             sols[n] = sol
@@ -307,7 +323,12 @@ def config_columns(cfg: DictConfig, shape: tuple) -> dict:
         "network": OmegaConf.select(cfg, "network.name"),
         "routing": OmegaConf.select(cfg, "routing.kind") or OmegaConf.select(cfg, "routing.name"),
         "aggregation": OmegaConf.select(cfg, "solve_options.aggregation"),
-        "U": U, "N": N, "L": L, "E": E, "M": M, "K": K,
+        "U": U,
+        "N": N,
+        "L": L,
+        "E": E,
+        "M": M,
+        "K": K,
     }
     for group in ("model", "network", "routing"):
         for k, v in _flat(group, cfg.get(group)).items():
@@ -424,7 +445,13 @@ def summarize(df: pd.DataFrame, by: Iterable[str] = ("solver",)) -> pd.DataFrame
     else:
         best = out["J_mean"].min()
     out["J_rel"] = out["J_mean"] / best
-    means = g.agg(**{c: (c, "mean") for c in ("gap_best", "gain_frac_best", "gap_opt", "gain_frac_opt", "p95", "seconds") if c in df})
+    means = g.agg(
+        **{
+            c: (c, "mean")
+            for c in ("gap_best", "gain_frac_best", "gap_opt", "gain_frac_opt", "p95", "seconds")
+            if c in df
+        }
+    )
     out = out.merge(means.reset_index(), on=by)
     if "seconds" in out:
         out["ms_per_instance"] = 1e3 * out.pop("seconds")
@@ -483,7 +510,6 @@ def run(cfg: DictConfig) -> dict:
       ``{"output_dir", "skipped", "summary": {solver: {J_mean, J_ci95, J_rel, ...}}, "best"}``.
     """
     import jax
-    from rich.console import Console
 
     from slimjax import logging as slog
     from slimjax import plots
@@ -493,7 +519,9 @@ def run(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.get("resume", True) and is_complete(out, cfg):
         summary = pd.read_csv(out / SUMMARY) if (out / SUMMARY).is_file() else summarize(pd.read_parquet(out / RESULTS))
-        console.print(f"resume: {out} already holds complete results for this config; skipped", markup=False, style="dim")
+        console.print(
+            f"resume: {out} already holds complete results for this config; skipped", markup=False, style="dim"
+        )
         log.info("resume: skipped %s (complete)", out)
         return _result(out, summary, skipped=True)
     (out / MARKER).unlink(missing_ok=True)
@@ -508,7 +536,12 @@ def run(cfg: DictConfig) -> dict:
         batch, extra = make_batch(cfg, k_gen)
         if cfg.precision == "float64":
             batch = batch.astype(jax.numpy.float64)
-        log.info("generated %d instances of shape (U,N,L,E,M,K)=%s in %.2f s", len(batch), batch.shape, time.perf_counter() - t0)
+        log.info(
+            "generated %d instances of shape (U,N,L,E,M,K)=%s in %.2f s",
+            len(batch),
+            batch.shape,
+            time.perf_counter() - t0,
+        )
         sols = _solve_all(cfg, batch, k_solve, console)
         df, token_lat = evaluate(cfg, batch, sols, extra)
         summary = summarize(df)
@@ -519,11 +552,20 @@ def run(cfg: DictConfig) -> dict:
         figures = {}
         if OmegaConf.select(cfg, "output.figures", default=True):
             figures = plots.run_figures(
-                df, sols, batch, out, token_lat=token_lat, fmt=OmegaConf.select(cfg, "output.figure_format", default="png"),
+                df,
+                sols,
+                batch,
+                out,
+                token_lat=token_lat,
+                fmt=OmegaConf.select(cfg, "output.figure_format", default="png"),
                 heatmap_solver=OmegaConf.select(cfg, "output.heatmap_solver"),
             )
         if OmegaConf.select(cfg, "output.summary", default=True):
-            print_summary(summary, f"slimjax: {batch.batch_shape[0]} x {cfg.model.name} (U,N,L,E,M,K={batch.shape}), J in s", console)
+            print_summary(
+                summary,
+                f"slimjax: {batch.batch_shape[0]} x {cfg.model.name} (U,N,L,E,M,K={batch.shape}), J in s",
+                console,
+            )
             console.print(f"results: {out}", soft_wrap=True)
         logger.log_run(cfg, df, summary, figures)
         meta = {"config_hash": config_hash(cfg), "rows": len(df), "solvers": list(cfg.solvers), "finished": time.time()}
@@ -544,7 +586,10 @@ def make_console():
 
 
 def _result(out: Path, summary: pd.DataFrame, skipped: bool) -> dict:
-    s = {r["solver"]: {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items() if k != "solver"} for r in summary.to_dict("records")}
+    s = {
+        r["solver"]: {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items() if k != "solver"}
+        for r in summary.to_dict("records")
+    }
     best = min(s, key=lambda k: s[k]["J_mean"]) if s else None
     return {"output_dir": str(out), "skipped": skipped, "summary": s, "best": best}
 
@@ -561,9 +606,27 @@ def find_runs(root: Path | str) -> list[Path]:
 
 def varying_columns(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
     """Config columns whose value differs between runs (the swept parameters)."""
-    skip = set(exclude) | {"solver", "instance", "run", "J", "total", "J_empty", "used", "used_frac", "cached", "seconds",
-                           "batch_seconds", "gap_best", "gap_opt", "gain_frac_best", "gain_frac_opt", "p50", "p95", "p99",
-                           "replay_mean"}
+    skip = set(exclude) | {
+        "solver",
+        "instance",
+        "run",
+        "J",
+        "total",
+        "J_empty",
+        "used",
+        "used_frac",
+        "cached",
+        "seconds",
+        "batch_seconds",
+        "gap_best",
+        "gap_opt",
+        "gain_frac_best",
+        "gain_frac_opt",
+        "p50",
+        "p95",
+        "p99",
+        "replay_mean",
+    }
     cols = []
     for c in df.columns:
         if c in skip or c.startswith("info."):
@@ -576,8 +639,17 @@ def varying_columns(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
     return cols
 
 
-def collect(root: Path | str, *, x: str | None = None, y: str = "J", logx: bool = False, out: Path | str | None = None,
-            fmt: str = "png", console=None, quiet: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(
+    root: Path | str,
+    *,
+    x: str | None = None,
+    y: str = "J",
+    logx: bool = False,
+    out: Path | str | None = None,
+    fmt: str = "png",
+    console=None,
+    quiet: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge every complete run under ``root`` into ``root/results_all.parquet`` and summarize.
 
     Args:
@@ -609,7 +681,9 @@ def collect(root: Path | str, *, x: str | None = None, y: str = "J", logx: bool 
     summary = summarize(df, by=swept + ["solver"])
     _atomic_csv(summary, root / "summary_all.csv")
     if not quiet:
-        print_summary(summary, f"slimjax-collect: {len(runs)} runs, {len(df)} rows, swept {swept or 'nothing'}", console)
+        print_summary(
+            summary, f"slimjax-collect: {len(runs)} runs, {len(df)} rows, swept {swept or 'nothing'}", console
+        )
         (console or make_console()).print(f"merged: {root / MERGED}", soft_wrap=True)
     dests = [root]
     if out:

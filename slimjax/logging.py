@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["make_logger", "NullLogger", "CSVLogger", "WandbLogger"]
+__all__ = ["CSVLogger", "NullLogger", "WandbLogger", "make_logger"]
 
 log = logging.getLogger("slimjax")
 
@@ -57,8 +57,12 @@ class CSVLogger(NullLogger):
 
     def log_run(self, cfg, rows, summary, figures):
         first = rows.drop_duplicates("solver").set_index("solver")
-        cfg_cols = [c for c in rows.columns if c in ("name", "seed", "batch_size", "model", "network", "routing", "U", "N", "L", "E", "M", "K")
-                    or c.startswith(("network.", "routing.", "model."))]
+        cfg_cols = [
+            c
+            for c in rows.columns
+            if c in ("name", "seed", "batch_size", "model", "network", "routing", "U", "N", "L", "E", "M", "K")
+            or c.startswith(("network.", "routing.", "model."))
+        ]
         df = summary.copy()
         for c in cfg_cols:
             df[c] = df["solver"].map(first[c])
@@ -116,7 +120,11 @@ class WandbLogger(NullLogger):
                 tbl[c] = tbl[c].astype(str)
         self.run.log({"summary_table": wb.Table(dataframe=tbl)})
         if self.options.get("log_figures", True):
-            imgs = {f"figures/{k}": wb.Image(str(p)) for k, p in figures.items() if Path(p).suffix.lower() in (".png", ".jpg", ".jpeg")}
+            imgs = {
+                f"figures/{k}": wb.Image(str(p))
+                for k, p in figures.items()
+                if Path(p).suffix.lower() in (".png", ".jpg", ".jpeg")
+            }
             if imgs:
                 self.run.log(imgs)
 

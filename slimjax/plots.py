@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["latency_per_solver", "placement_heatmap", "token_cdf", "sweep_figure", "run_figures"]
+__all__ = ["latency_per_solver", "placement_heatmap", "run_figures", "sweep_figure", "token_cdf"]
 
 
 def _plt():
@@ -99,7 +99,13 @@ def token_cdf(token_lat: dict[str, np.ndarray], path: Path, title: str = "") -> 
         v = np.sort(np.asarray(lat, np.float64))
         if v.size == 0:
             continue
-        ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=f"{s} (p95 {np.percentile(v, 95):.3g})", color=f"C{i % 10}")
+        ax.step(
+            v,
+            np.arange(1, v.size + 1) / v.size,
+            where="post",
+            label=f"{s} (p95 {np.percentile(v, 95):.3g})",
+            color=f"C{i % 10}",
+        )
     ax.set_xlabel("per-token MoE latency")
     ax.set_ylabel("CDF")
     ax.axhline(0.95, color="gray", lw=0.8, ls=":")
@@ -150,15 +156,26 @@ def sweep_figure(df: pd.DataFrame, x: str, y: str, path: Path, logx: bool = Fals
     return _save(fig, path)
 
 
-def run_figures(df: pd.DataFrame, sols: dict, batch, out: Path, token_lat: dict | None = None, fmt: str = "png",
-                heatmap_solver: str | None = None) -> dict[str, Path]:
+def run_figures(
+    df: pd.DataFrame,
+    sols: dict,
+    batch,
+    out: Path,
+    token_lat: dict | None = None,
+    fmt: str = "png",
+    heatmap_solver: str | None = None,
+) -> dict[str, Path]:
     """The figures of one run; returns ``{name: path}``."""
     out = Path(out)
     figs = {"latency_per_solver": latency_per_solver(df, out / f"latency_per_solver.{fmt}")}
     means = df.groupby("solver")["J"].mean()
     s = heatmap_solver if heatmap_solver in sols else means.idxmin()
-    figs["placement_heatmap"] = placement_heatmap(sols[s].placement, out / f"placement_heatmap.{fmt}", title=f"placement of {s}: node x layer (mean over {len(df[df.solver == s])} instances)",
-                                               users=int(batch.shape[0]))
+    figs["placement_heatmap"] = placement_heatmap(
+        sols[s].placement,
+        out / f"placement_heatmap.{fmt}",
+        title=f"placement of {s}: node x layer (mean over {len(df[df.solver == s])} instances)",
+        users=int(batch.shape[0]),
+    )
     if token_lat:
         figs["token_cdf"] = token_cdf(token_lat, out / f"token_cdf.{fmt}")
     return figs

@@ -45,7 +45,8 @@ def test_default_config():
 
 
 @pytest.mark.parametrize(
-    "group", ["model", "network", "routing", "logger", "experiment"],
+    "group",
+    ["model", "network", "routing", "logger", "experiment"],
 )
 def test_every_group_option_composes(group):
     opts = options(group)
@@ -58,12 +59,24 @@ def test_every_group_option_composes(group):
 
 
 def test_expected_options_present():
-    assert {"mixtral_8x7b", "mixtral_8x22b", "phi3_5_moe", "qwen1_5_moe_a2_7b", "deepseek_v2_lite", "olmoe_1b_7b",
-            "qwen3_30b_a3b", "gpt_oss_20b", "deepseek_v3", "moe_llava_phi2"} <= set(options("model"))
+    assert {
+        "mixtral_8x7b",
+        "mixtral_8x22b",
+        "phi3_5_moe",
+        "qwen1_5_moe_a2_7b",
+        "deepseek_v2_lite",
+        "olmoe_1b_7b",
+        "qwen3_30b_a3b",
+        "gpt_oss_20b",
+        "deepseek_v3",
+        "moe_llava_phi2",
+    } <= set(options("model"))
     assert {"edge_default", "edge_small", "multi_user"} <= set(options("network"))
     assert {"latent", "zipf", "uniform", "trace"} <= set(options("routing"))
     assert {"none", "csv", "wandb"} <= set(options("logger"))
-    assert {"capacity_sweep", "servers_sweep", "topk_sweep", "optimality_gap", "models", "runtime_scaling"} <= set(options("experiment"))
+    assert {"capacity_sweep", "servers_sweep", "topk_sweep", "optimality_gap", "models", "runtime_scaling"} <= set(
+        options("experiment")
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,7 +94,15 @@ def test_unknown_group_option_fails():
 
 
 def test_overrides_reach_the_config():
-    cfg = make(["network.servers=7", "network.storage_fraction=0.3", "model.top_k=4", "precision=float64", "solvers=[greedy,random]"])
+    cfg = make(
+        [
+            "network.servers=7",
+            "network.storage_fraction=0.3",
+            "model.top_k=4",
+            "precision=float64",
+            "solvers=[greedy,random]",
+        ]
+    )
     assert cfg.network.servers == 7 and cfg.network.storage_fraction == 0.3 and cfg.model.top_k == 4
     assert cfg.precision == "float64" and list(cfg.solvers) == ["greedy", "random"]
 
@@ -158,7 +179,9 @@ def test_hydra_settings():
     assert "slimjax.experiment.CollectCallback" == cfg.hydra.callbacks.collect._target_
 
 
-@pytest.mark.parametrize("study", ["capacity_sweep", "servers_sweep", "topk_sweep", "optimality_gap", "models", "runtime_scaling"])
+@pytest.mark.parametrize(
+    "study", ["capacity_sweep", "servers_sweep", "topk_sweep", "optimality_gap", "models", "runtime_scaling"]
+)
 def test_studies_are_multirun_grids(study):
     cfg = make([f"experiment={study}"], hydra_cfg=True)
     assert cfg.name == study
@@ -174,7 +197,9 @@ def test_sweep_slug():
     b = sweep_slug(["--multirun", "batch_size=16", "logger=wandb", "routing=latent,zipf", "network.servers=2,4"])
     assert a == b == "batch_size=16__logger=wandb__network.servers=2,4__routing=latent,zipf"
     # hydra settings, resume and config-name flags do not change where a sweep lives
-    assert sweep_slug(["-m", "batch_size=16", "resume=false", "hydra/launcher=local", "-cn", "config"]) == "batch_size=16"
+    assert (
+        sweep_slug(["-m", "batch_size=16", "resume=false", "hydra/launcher=local", "-cn", "config"]) == "batch_size=16"
+    )
     assert sweep_slug(["-m", "solvers=[a,b]", "x=a/b"]) == "solvers=a,b__x=a-b"
     long = sweep_slug(["-m"] + [f"k{i}=v{i}" for i in range(60)])
     assert len(long) <= 120 and "/" not in long and os.sep not in long

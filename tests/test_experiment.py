@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,14 @@ from slimjax import experiment
 from slimjax.cli import CONF_DIR
 
 TINY = [
-    "model.layers=2", "model.experts=4", "model.top_k=2", "routing.tokens=8", "network.servers=1",
-    "network.storage_fraction=0.4", "batch_size=3", "output.summary=false",
+    "model.layers=2",
+    "model.experts=4",
+    "model.top_k=2",
+    "routing.tokens=8",
+    "network.servers=1",
+    "network.storage_fraction=0.4",
+    "batch_size=3",
+    "output.summary=false",
 ]
 PREFERRED = ["greedy", "popularity", "random", "layer-uniform", "successive", "polish", "relaxed"]
 
@@ -39,7 +44,9 @@ def make(tmp: Path, *overrides: str, solvers: list[str] | None = None):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return compose(
                 "config",
-                overrides=tiny + [f"paths.output_dir={tmp}", f"solvers=[{','.join(solvers)}]", "paths.jax_cache=null"] + list(overrides),
+                overrides=tiny
+                + [f"paths.output_dir={tmp}", f"solvers=[{','.join(solvers)}]", "paths.jax_cache=null"]
+                + list(overrides),
             )
     finally:
         GlobalHydra.instance().clear()
@@ -53,7 +60,23 @@ def test_run_end_to_end(tmp_path):
     df = pd.read_parquet(tmp_path / "results.parquet")
     assert len(df) == 3 * len(solvers)
     assert sorted(df.solver.unique()) == sorted(solvers)
-    for c in ("J", "total", "used", "seconds", "gap_best", "J_empty", "model", "network", "routing", "network.servers", "seed", "N", "L", "E", "K"):
+    for c in (
+        "J",
+        "total",
+        "used",
+        "seconds",
+        "gap_best",
+        "J_empty",
+        "model",
+        "network",
+        "routing",
+        "network.servers",
+        "seed",
+        "N",
+        "L",
+        "E",
+        "K",
+    ):
         assert c in df.columns, c
     assert (df.L == 2).all() and (df.E == 4).all() and (df.N == 2).all() and (df.model == "mixtral_8x7b").all()
     # the best method on each instance has gap 0, others >= 0; caching never hurts
@@ -61,7 +84,14 @@ def test_run_end_to_end(tmp_path):
     assert (df.gap_best >= -1e-9).all()
     assert (df.J <= df.J_empty * (1 + 1e-5)).all()
     assert np.isfinite(df[["J", "total", "used", "seconds"]].to_numpy()).all()
-    for name in ("results.parquet", "summary.csv", "config.yaml", "latency_per_solver.png", "placement_heatmap.png", ".complete.json"):
+    for name in (
+        "results.parquet",
+        "summary.csv",
+        "config.yaml",
+        "latency_per_solver.png",
+        "placement_heatmap.png",
+        ".complete.json",
+    ):
         assert (tmp_path / name).is_file(), name
     summ = pd.read_csv(tmp_path / "summary.csv")
     assert set(summ.solver) == set(solvers)
