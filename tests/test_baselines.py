@@ -1,0 +1,96 @@
+"""Baselines (§4.7): feasibility, closed forms, blind == greedy when K = 1, jit/vmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slimjax
+from slimjax.solvers.baselines import fill, node_order
+from tests.helpers import random_instance
+from tests.reference import feasible_ref, latency_ref
+
+BASELINES = ["random", "popularity", "layer-uniform", "coactivation-blind"]
+
+
+@pytest.mark.parametrize(("U", "K", "cap"), [(1, 1, None), (2, 2, (0, 2)), (2, 3, None)])
+def test_feasible_on_random_instances(U, K, cap):
+    insts = [random_instance(700 + s, U=U, N=3, L=2, E=4, M=5, K=K, capacity=cap, pad=1) for s in range(4)]
+    batch = slimjax.stack(insts)
+    J0 = np.array([latency_ref(i, np.zeros((3, 2, 4), bool)) for i in insts])
+    for m in BASELINES:
+        sol = slimjax.solve_batch(batch, method=m)
+        for i, inst in enumerate(insts):
+            assert feasible_ref(inst, sol.placement[i]), m
+            np.testing.assert_allclose(sol.latency[i], latency_ref(inst, sol.placement[i]), rtol=1e-5)
+        assert (sol.latency <= J0 + 1e-5).all(), m
+
+
+def _single_node(E=5, L=2, c=3, U=1, seed=0):
+    rng = np.random.default_rng(seed)
+    lat = rng.uniform(1, 5, (U, 2, L, E))
+    lat[:, 1] = 50.0  # node 1 is slower than the fallback: no copy there can help
+    fb = np.full((U, L, E), 10.0)
+    pats = np.tile(np.arange(E)[None, None, :, None], (U, L, 1, 1))
+    w = rng.random((U, L, E)) + 0.05
+    w /= w.sum(-1, keepdims=True)
+    return slimjax.Instance(lat, fb, np.ones((L, E)), np.array([float(c), 4.0]), pats, w)
+
+
+def test_popularity_closed_form_and_useless_node():
+    inst = _single_node(c=3)
+    sol = slimjax.solve(inst, method="popularity")
+    w = np.asarray(inst.weight)[0]
+    top = np.argsort(-w.ravel(), kind="stable")[:3]
+    want = np.zeros(w.size, bool)
+    want[top] = True
+    np.testing.assert_array_equal(sol.placement[0].ravel(), want)
+    assert not sol.placement[1].any()  # slower than the fallback: skipped
+
+
+def test_layer_uniform_equal_slots():
+    inst = _single_node(E=5, L=3, c=7)
+    x = slimjax.solve(inst, method="layer-uniform").placement[0]
+    per_layer = x.sum(-1)
+    assert per_layer.sum() == 7 and per_layer.max() - per_layer.min() <= 1
+    w = np.asarray(inst.weight)[0]
+    for l in range(3):  # within a layer the most popular first
+        assert set(np.flatnonzero(x[l])) == set(np.argsort(-w[l], kind="stable")[: per_layer[l]])
+
+
+def test_coactivation_blind_equals_greedy_when_k1():
+    insts = [random_instance(800 + s, U=2, N=2, L=2, E=4, M=5, K=1) for s in range(4)]
+    batch = slimjax.stack(insts)
+    blind = slimjax.solve_batch(batch, method="coactivation-blind")
+    greedy = slimjax.solve_batch(batch, method="greedy", p=0)
+    np.testing.assert_allclose(blind.latency, greedy.latency, rtol=1e-5)
+
+
+def test_random_depends_on_key_and_fill():
+    inst = random_instance(3, U=1, N=2, L=2, E=4, M=5, K=2, capacity=(3, 5))
+    a = slimjax.solve(inst, method="random", key=0).placement
+    b = slimjax.solve(inst, method="random", key=1).placement
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, slimjax.solve(inst, method="random", key=0).placement)
+    took = fill(jnp.array([[3.0, -jnp.inf, 1.0], [2.0, 0.5, 4.0]]), jnp.array([2, 1]), jnp.int32(3))
+    # by priority: (1,2) size 1, (0,0) size 2 -> used 3; (1,0) would not fit
+    np.testing.assert_array_equal(took, [[True, False, False], [False, False, True]])
+    order = node_order(inst)
+    assert sorted(np.asarray(order).tolist()) == [0, 1]
+
+
+def test_vmap_matches_loop_and_jit_matches_eager():
+    insts = [random_instance(900 + s, U=2, N=2, L=2, E=4, M=5, K=2) for s in range(2)]
+    batch = slimjax.stack(insts)
+    for m in ("popularity", "layer-uniform"):
+        sb = slimjax.solve_batch(batch, method=m)
+        for i, inst in enumerate(insts):
+            np.testing.assert_array_equal(slimjax.solve(inst, method=m).placement, sb.placement[i])
+    from slimjax.instance import capacity_grid
+    from slimjax.solvers.baselines import popularity_instance
+
+    g = capacity_grid(insts[0])
+    xj = jax.jit(popularity_instance)(insts[0], g.size_units, g.capacity_units)
+    with jax.disable_jit():
+        xe = popularity_instance(insts[0], g.size_units, g.capacity_units)
+    np.testing.assert_array_equal(xj, xe)
