@@ -163,7 +163,7 @@ def _multilinear_plan(inst: Instance, aggregation: Aggregation = "max") -> dict:
     (member k repeats an earlier member).
     """
     _check_aggregation(aggregation)
-    U, N, L, E = inst.latency.shape
+    U, N, L, _ = inst.latency.shape
     fb = inst.fallback  # [U, L, E]
     v = jnp.minimum(inst.latency, fb[:, None])  # [U, N, L, E], inf -> fallback
     v = jnp.concatenate([jnp.moveaxis(v, 1, -1), fb[..., None]], axis=-1)  # [U, L, E, N+1]
@@ -225,7 +225,7 @@ def _multilinear_eval(
 def _multilinear_jit(inst: Instance, p, aggregation: Aggregation):
     """Pattern expectations [([batch,] U, L, M)]; the weighted total is taken outside the jit with
     exactly the operations of :func:`latency`, so the two agree bit for bit at 0/1 points."""
-    one = lambda i, q: _multilinear_patterns(i, _multilinear_plan(i, aggregation), q, aggregation)  # noqa: E731
+    one = lambda i, q: _multilinear_patterns(i, _multilinear_plan(i, aggregation), q, aggregation)
     return jax.vmap(one)(inst, p) if is_batched(inst) else one(inst, p)
 
 

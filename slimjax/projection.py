@@ -19,7 +19,7 @@ __all__ = ["project_storage"]
 def project_storage(
     y: Float[Array, "N L E"],
     size: Float[Array, "L E"],
-    capacity: Float[Array, "N"],
+    capacity: Float[Array, " N"],
     iters: int = 60,
 ) -> Float[Array, "N L E"]:
     """Project ``y`` onto ``{0 ≤ p ≤ 1, Σ size·p ≤ capacity}`` node by node.
@@ -60,6 +60,6 @@ def project_storage(
         fits = used(mid) <= cap
         return jnp.where(fits, lo, mid), jnp.where(fits, mid, hi)
 
-    lo, hi = jax.lax.fori_loop(0, iters, step, (tau_lo, tau_hi))
+    _, hi = jax.lax.fori_loop(0, iters, step, (tau_lo, tau_hi))
     tau = jnp.where(used(tau_lo) <= cap, 0.0, hi)
     return jnp.clip(y - tau[:, None, None] * size, 0.0, 1.0)

@@ -81,7 +81,9 @@ def test_batched_is_vmapped(x64):
     for i in range(3):
         np.testing.assert_allclose(float(got[i]), float(multilinear(batch[i], p[i])), rtol=1e-14)
     x = np.asarray(p) < 0.5
-    np.testing.assert_array_equal(np.asarray(multilinear(batch, jnp.asarray(x, jnp.float64))), np.asarray(slimjax.latency(batch, x)))
+    np.testing.assert_array_equal(
+        np.asarray(multilinear(batch, jnp.asarray(x, jnp.float64))), np.asarray(slimjax.latency(batch, x))
+    )
 
 
 @pytest.mark.parametrize("aggregation", ["max", "sum"])

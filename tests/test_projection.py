@@ -23,9 +23,13 @@ def _qp(y, size, cap):
     """min ||p − y||² s.t. 0 ≤ p ≤ 1, size·p ≤ cap for one node (SLSQP)."""
     y, s = y.ravel(), size.ravel()
     res = minimize(
-        lambda p: ((p - y) ** 2).sum(), np.clip(y, 0, 1) * 0.0, jac=lambda p: 2 * (p - y),
-        bounds=[(0, 1)] * len(y), constraints=[{"type": "ineq", "fun": lambda p: cap - s @ p, "jac": lambda p: -s}],
-        method="SLSQP", options={"ftol": 1e-14, "maxiter": 500},
+        lambda p: ((p - y) ** 2).sum(),
+        np.clip(y, 0, 1) * 0.0,
+        jac=lambda p: 2 * (p - y),
+        bounds=[(0, 1)] * len(y),
+        constraints=[{"type": "ineq", "fun": lambda p: cap - s @ p, "jac": lambda p: -s}],
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 500},
     )
     assert res.success, res.message
     return res.x.reshape(size.shape)

@@ -11,7 +11,7 @@ from tests.helpers import random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
 
 # Cheaper than the defaults (compile time dominates these tests; the solver's logic is the same).
-FAST = dict(steps=150, restarts=3, samples=8, fill_steps=8)
+FAST = {"steps": 150, "restarts": 3, "samples": 8, "fill_steps": 8}
 
 
 def _with_k(inst, k_active):
@@ -120,13 +120,13 @@ def test_fill_matches_sequential_reference():
 @pytest.mark.parametrize(
     "opts,match",
     [
-        (dict(optimizer="nope"), "optimizer"),
-        (dict(schedule="weird"), "schedule"),
-        (dict(steps=0), "steps"),
-        (dict(restarts=0), "restarts"),
-        (dict(learning_rate=-1.0), "learning_rate"),
-        (dict(resolution=0), "resolution"),
-        (dict(bogus=1), "unknown option"),
+        ({"optimizer": "nope"}, "optimizer"),
+        ({"schedule": "weird"}, "schedule"),
+        ({"steps": 0}, "steps"),
+        ({"restarts": 0}, "restarts"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"resolution": 0}, "resolution"),
+        ({"bogus": 1}, "unknown option"),
     ],
 )
 def test_bad_options(opts, match):

@@ -4,14 +4,21 @@ Cache probabilities ``p ∈ [0, 1]^{N×L×E}`` minimise the exact multilinear ex
 ``E_{x~Bernoulli(p)} J(x)`` (:func:`slimjax.objective.multilinear`) by projected first-order
 steps: an optax optimizer (adam by default) with a learning-rate schedule runs a fixed number of
 steps in ``lax.scan``; after every step ``p`` is projected onto the storage polytope
-(:func:`slimjax.projection.project_storage`, on the integer storage grid). ``restarts`` runs are
+(:func:`slimjax.projection.project_storage`, on the integer storage grid). J is monotone, so
+every raw gradient pushes all p up alike; on full nodes the gradient is centered first
+(``center``, see :func:`_center`), without which adam makes no progress. ``restarts`` runs are
 vmapped (run 0 starts from the uniform fill, the others from random points). Each run is then
 rounded two ways:
 
-* deterministic: per node, items by descending p, each taken while it fits (items with p ≈ 0 are
-  left out);
-* ``samples`` Bernoulli draws x ~ p, repaired per node (drawn items by descending p while they
-  fit) and completed with the undrawn items by descending p.
+* deterministic, from the best point and from the last point of the run: per node, items by
+  descending p, each taken while it fits (items with p ≈ 0 are left out);
+* ``samples`` Bernoulli draws x ~ p (last point), repaired per node (drawn items by descending p
+  while they fit) and completed with the undrawn items by descending p.
+
+The rounding works on a fine integer storage grid (``resolution`` units per smallest expert
+size, sizes rounded up and capacities down, so feasible in real units) rather than the coarse
+``capacity_unit`` grid of the DP methods, unless ``capacity_unit`` is given. Identical patterns
+are merged first (J is unchanged; token-level pattern lists shrink a lot).
 
 The best rounded placement by the exact J is completed by a greedy fill of the leftover storage
 (``fill_steps`` steps of the best feasible single addition by marginal gain per unit) and
@@ -36,7 +43,7 @@ from slimjax.objective import _multilinear_eval, _multilinear_plan, expert_laten
 from slimjax.projection import project_storage
 from slimjax.solvers.registry import Options, register
 
-__all__ = ["relax", "SCHEDULES"]
+__all__ = ["SCHEDULES", "relax"]
 
 SCHEDULES = ("constant", "cosine", "linear", "exponential", "warmup_cosine")
 
@@ -46,7 +53,7 @@ DEFAULTS = {
     "schedule": "cosine",  # one of SCHEDULES
     "steps": 200,  # optimizer steps per restart (fixed)
     "restarts": 4,  # independent runs, vmapped (run 0 from the uniform fill)
-    "samples": 16,  # Bernoulli roundings per run (0 = deterministic rounding only)
+    "samples": 8,  # Bernoulli roundings per run (0 = deterministic rounding only)
     "fill_steps": 16,  # greedy additions into the leftover storage after rounding
     "proj_iters": 40,  # bisection steps of the projection
     "center": True,  # center the gradient on full nodes (see _center); needed by adam
@@ -59,7 +66,7 @@ _EPS = 1e-6  # p below this counts as "not wanted" by the rounding
 def _check(cfg: Options) -> None:
     name = cfg["optimizer"]
     if not isinstance(name, str) or not callable(getattr(optax, name, None)):
-        raise ValueError(f"optimizer: must name an optax optimizer (e.g. 'adam', 'sgd'), got {name!r}")
+        raise ValueError(f"optimizer: must name an optax optimizer (e.g. 'adam', 'sgd'), got {name!r}")  # noqa: TRY004
     if cfg["schedule"] not in SCHEDULES:
         raise ValueError(f"schedule: must be one of {SCHEDULES}, got {cfg['schedule']!r}")
     if not float(cfg["learning_rate"]) > 0:
@@ -172,7 +179,7 @@ def relax(inst: Instance, size_units, capacity_units, key, cfg: Options):
     Returns (placement bool [N, L, E], relaxed value, rounded value, steps int32).
     """
     agg = cfg["aggregation"]
-    U, N, L, E = inst.latency.shape
+    _, N, L, E = inst.latency.shape
     dtype = inst.latency.dtype
     size = jnp.broadcast_to(jnp.asarray(size_units, dtype)[:, None], (L, E))
     cap = jnp.asarray(capacity_units, dtype)
@@ -208,15 +215,16 @@ def relax(inst: Instance, size_units, capacity_units, key, cfg: Options):
 
     init = (P0, opt.init(P0), P0, jnp.full((R,), jnp.inf, dtype))
     # best_P: the best point evaluated per run (the last projection step is not evaluated)
-    (_, _, best_P, best_v), _ = jax.lax.scan(step, init, None, length=steps)
+    (last_P, _, best_P, best_v), _ = jax.lax.scan(step, init, None, length=steps)
 
-    # rounding: deterministic fill + S repaired Bernoulli samples per run
-    wanted = jnp.where(best_P > _EPS, best_P, 0.0)  # [R, N, L, E]
-    prio = [wanted]
+    # rounding: deterministic fill of the best and of the last point of every run, and S repaired
+    # Bernoulli samples of the last point per run
+    both = jnp.concatenate([best_P, last_P])  # [2R, N, L, E]
+    prio = [jnp.where(both > _EPS, both, 0.0)]
     if S:
-        draws = jax.random.uniform(k_round, (S, R, N, L, E), dtype) < best_P
-        prio.append(jnp.where(best_P > _EPS, draws + best_P, 0.0).reshape(S * R, N, L, E))
-    cands = jax.vmap(lambda pr: _fill(pr, size, cap))(jnp.concatenate(prio))  # [(S+1)·R, N, L, E]
+        draws = jax.random.uniform(k_round, (S, R, N, L, E), dtype) < last_P
+        prio.append(jnp.where(last_P > _EPS, draws + last_P, 0.0).reshape(S * R, N, L, E))
+    cands = jax.vmap(lambda pr: _fill(pr, size, cap))(jnp.concatenate(prio))  # [(S+2)·R, N, L, E]
     Js = jax.vmap(lambda x: _J(inst, x, agg))(cands)
     x = cands[jnp.argmin(Js)]
     if cfg["fill_steps"]:
@@ -238,7 +246,7 @@ def _merge_patterns(batch: Instance) -> Instance:
     patterns alone or in any batch. Routing traces with many tokens (M ≫ distinct patterns)
     evaluate far faster this way. Unused slots get pattern 0 and weight 0.
     """
-    U, N, L, E, M, K = batch.shape
+    *_, E, M, K = batch.shape
     Mp = min(M, math.comb(E + K - 1, K))
     if Mp >= M:
         return batch
@@ -260,9 +268,15 @@ def _merge_patterns(batch: Instance) -> Instance:
     np.add.at(out_w, (group, slot), ws)
     bshape = batch.patterns.shape[:-2]
     return Instance(
-        latency=batch.latency, fallback=batch.fallback, size=batch.size, capacity=batch.capacity,
-        patterns=out_pat.reshape(bshape + (Mp, K)), weight=out_w.reshape(bshape + (Mp,)).astype(batch.weight.dtype),
-        traffic=batch.traffic, base=batch.base, validate=False,
+        latency=batch.latency,
+        fallback=batch.fallback,
+        size=batch.size,
+        capacity=batch.capacity,
+        patterns=out_pat.reshape(bshape + (Mp, K)),
+        weight=out_w.reshape(bshape + (Mp,)).astype(batch.weight.dtype),
+        traffic=batch.traffic,
+        base=batch.base,
+        validate=False,
     )
 
 
