@@ -152,7 +152,10 @@ def test_solver_files_match_the_registry():
             if k in m.defaults:
                 dv = m.defaults[k]
                 dv = list(dv) if isinstance(dv, tuple) else dv
-                assert v == dv, f"conf/solver/{name}.yaml: {k}={v!r} differs from the registry default {dv!r}"
+                assert v == dv, (
+                    f"conf/solver/{name}.yaml: {k}={v!r} differs from the registry default {dv!r}; regenerate with "
+                    "python -c 'import slimjax.experiment as e; e.write_solver_configs()'"
+                )
     common = OmegaConf.to_container(cfg.solve_options)
     assert set(common) == set(COMMON_OPTIONS)
 
