@@ -127,3 +127,16 @@ def test_bad_input():
         multilinear(inst, jnp.zeros((3, 3, 3)))
     with pytest.raises(ValueError, match="aggregation"):
         multilinear(inst, jnp.zeros(inst.latency.shape[1:]), "mean")
+
+
+@pytest.mark.parametrize("aggregation", ["max", "sum"])
+def test_k8_against_enumeration(x64, aggregation):
+    """K = 8 over E = 8 experts, 2 nodes: all 2^16 placements, J from the batched objective."""
+    inst = _tiny(11, U=2, K=8, L=1, E=8, N=2, pad=0, dup=True)
+    shape = inst.latency.shape[1:]
+    p = np.random.default_rng(11).random(shape)
+    bits = ((np.arange(2**16)[:, None] >> np.arange(16)) & 1).astype(bool).reshape((-1,) + shape)
+    prob = np.prod(np.where(bits, p, 1.0 - p), axis=(1, 2, 3))
+    batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(bits),) + a.shape), inst)
+    J = np.asarray(slimjax.latency(batch, jnp.asarray(bits), aggregation))
+    np.testing.assert_allclose(float(multilinear(inst, jnp.asarray(p), aggregation)), (prob * J).sum(), rtol=1e-11)
