@@ -299,6 +299,38 @@ def _node_pass_ref(a, s, cap, order, d, x, oracle, maxconv, aggregation):
     return x, d, gains, bounds
 
 
+def _revisit_ref(a, s, cap, order, x, oracle, maxconv, aggregation, rounds):
+    """Per-node best response, ``rounds`` times over ``order``; a response is kept if J drops."""
+    N = a["lat"].shape[1]
+    tw = a["tr"][:, None, None] * a["w"]
+
+    def d_of(x):
+        d = a["fb"].copy()
+        for n in range(N):
+            d = np.where(x[n][None], np.minimum(d, a["lat"][:, n]), d)
+        return d
+
+    J = _J(a, d_of(x), aggregation)
+    for _ in range(rounds):
+        for n in order:
+            others = x.copy()
+            others[n] = False
+            d = d_of(others)
+            newp = np.minimum(d, a["lat"][:, n])
+            if oracle == "exact":
+                g, sets = oracle_exact_ref(d, newp, a["pat"], tw, aggregation)
+            else:
+                g, sets = oracle_greedy_ref(d, newp, a["pat"], tw, aggregation)
+            counts = dp_dense_ref(g, s, cap[n])[1] if maxconv == "dense" else dp_hull_ref(g, s, cap[n])[1]
+            cand = others.copy()
+            for l in range(len(s)):
+                cand[n, l] = sets[l][counts[l]]
+            Jc = _J(a, d_of(cand), aggregation)
+            if Jc < J:
+                x, J = cand, Jc
+    return x
+
+
 def _union_ref(a, s, cap, fastest, oracle, maxconv, aggregation, K, qmax):
     U, N, L, E = a["lat"].shape
     small = [(cap[n] < K * min(s)) and cap[n] > 0 for n in range(N)]
@@ -362,13 +394,15 @@ def successive_ref(
     union_first="off",
     aggregation="max",
     qmax=None,
+    revisit=0,
 ):
     """The successive decomposition on one instance (no polish).
 
     Args:
       inst: one instance; size_units [L], capacity_units [N]: the integer grid.
       order, best_of, oracle ("exact"/"greedy"), maxconv ("dense"/"hull"), union_first
-        ("on"/"off"/"auto"), aggregation: as the JAX method's options.
+        ("on"/"off"/"auto"), aggregation, revisit (rounds): as the JAX method's options
+        (no random restarts, no polish).
       qmax: the DP table size cap of the union's capacity (default: max capacity).
 
     Returns:
@@ -395,6 +429,11 @@ def successive_ref(
         else:
             x, d, left = np.zeros((N, L, E), bool), a["fb"].copy(), list(cap)
         x, d, gains, bounds = _node_pass_ref(a, s, left, ordr, d, x, oracle, maxconv, aggregation)
+        if revisit:
+            x = _revisit_ref(a, s, cap, ordr, x, oracle, maxconv, aggregation, revisit)
+            d = a["fb"].copy()
+            for n in range(N):
+                d = np.where(x[n][None], np.minimum(d, a["lat"][:, n]), d)
         J = _J(a, d, aggregation)
         if best is None or J < best[1]:
             best = (x, J, dict(order=ordr, candidate=i, node_gain=gains, node_bound=bounds, J=J))

@@ -22,9 +22,16 @@ Options (``slimjax.solve(inst, method="successive", **options)``):
   them as one virtual node (capacity = their sum, latency = the slowest of them), chooses the
   union, splits it over them fastest-node-first by expert importance, then runs the per-node pass
   over all nodes with the capacity left.
+- ``revisit``: rounds of per-node best response after each pass (block-coordinate descent: each
+  node is re-solved by its oracle + DP given all other nodes; with the exact oracle and dense DP
+  J never increases). ``"auto"`` = 2 with ``order="best-of"``, else 0.
+- ``restarts``: extra best-of candidates whose first pass may not use a random 25 % of the
+  (node, layer, expert) copies, followed by ``revisit``; escapes the node-by-node equilibria a
+  plain pass gets stuck in. Seeded by ``key``. ``"auto"`` = 8 with ``order="best-of"``, else 0.
 - ``polish``: rounds of the §4.9 local search applied to the kept placement (0 = none).
 
-The plain paper method is ``order="fastest-first", polish=0`` (``union_first`` is then off).
+The plain paper method is ``order="fastest-first", polish=0`` (``union_first``, ``revisit`` and
+``restarts`` are then off).
 ``successive-fast`` = ``maxconv="hull"``, ``oracle="greedy"``, fastest-first, no polish.
 
 ``info``: ``order`` int [B, N] (the kept node order), ``candidate`` int [B] (its index among the
@@ -50,12 +57,14 @@ from slimjax.objective import AGGREGATIONS, expert_latency_from, objective_from_
 from slimjax.solvers.oracle import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
 from slimjax.solvers.registry import register
 
-__all__ = ["SuccessiveConfig", "successive_instance", "successive_batch", "node_orders", "bucket_units", "ORDERS"]
+__all__ = ["SuccessiveConfig", "refine_grid", "successive_instance", "successive_batch", "node_orders", "bucket_units", "ORDERS"]
 
 ORDERS = ("fastest-first", "largest-first", "given", "slowest-first", "smallest-first")
 ORACLES = ("auto", "exact", "greedy")
 UNION = ("auto", "on", "off")
 AUTO_EXACT_MAX_E = 12
+AUTO_REVISIT = 2  # revisit rounds of "auto" with order="best-of"
+AUTO_RESTARTS = 8  # random restarts of "auto" with order="best-of"
 
 
 class SuccessiveConfig(NamedTuple):
@@ -68,6 +77,9 @@ class SuccessiveConfig(NamedTuple):
     maxconv: str  # "dense" | "hull"
     polish: int  # polish rounds (0 = none)
     aggregation: str
+    revisit: int = 0  # rounds of per-node best response after the pass (0 = none)
+    restarts: int = 0  # extra candidates: a first pass with random experts forbidden, then revisit
+    tabu: float = 0.25  # share of (node, layer, expert) forbidden in a restart's first pass
 
 
 def bucket_units(q: int) -> int:
@@ -116,14 +128,19 @@ def _oracle_fn(cfg: SuccessiveConfig, patterns, tw, dup):
     return fn
 
 
-def _node_pass(inst, s, cap, order, d0, x0, oracle, cfg: SuccessiveConfig):
-    """One successive pass over ``order``; returns (x, d, node_gain [N], node_bound [N])."""
+def _node_pass(inst, s, cap, order, d0, x0, oracle, cfg: SuccessiveConfig, tabu=None):
+    """One successive pass over ``order``; returns (x, d, node_gain [N], node_bound [N]).
+
+    ``tabu`` bool [N, L, E] (optional): copies this pass may not make.
+    """
     N = inst.latency.shape[1]
 
     def body(carry, n):
         d, x = carry
         lat_n = jnp.take(inst.latency, n, axis=1)  # [U, L, E]
         newp = jnp.minimum(d, lat_n)
+        if tabu is not None:
+            newp = jnp.where(tabu[n][None], d, newp)
         g, select = oracle(d, newp)
         res = capacity_dp(g, s, cap[n], Qmax=cfg.Qmax, backend=cfg.maxconv)
         chosen = select(res.counts)  # [L, E]
@@ -135,6 +152,32 @@ def _node_pass(inst, s, cap, order, d0, x0, oracle, cfg: SuccessiveConfig):
     gain = jnp.zeros((N,), vals.dtype).at[order].set(vals)
     bound = jnp.zeros((N,), vals.dtype).at[order].set(bounds)
     return x, d, gain, bound
+
+
+def _revisit(inst, s, cap, order, x, oracle, cfg: SuccessiveConfig):
+    """Block-coordinate descent: re-solve each node given all the others (``cfg.revisit`` rounds).
+
+    With the exact oracle and the dense DP this is the node's exact best response, so J never
+    increases; with approximate ones a response is kept only when it does not increase J.
+    """
+    lat, fb = inst.latency, inst.fallback
+    seq = jnp.tile(order, cfg.revisit)
+    J0 = objective_from_d(inst, expert_latency_from(lat, fb, x), cfg.aggregation)
+
+    def body(carry, n):
+        x, J = carry
+        others = x.at[n].set(False)
+        d = expert_latency_from(lat, fb, others)
+        newp = jnp.minimum(d, jnp.take(lat, n, axis=1))
+        g, select = oracle(d, newp)
+        res = capacity_dp(g, s, cap[n], Qmax=cfg.Qmax, backend=cfg.maxconv)
+        chosen = select(res.counts)
+        J_new = objective_from_d(inst, jnp.where(chosen[None], newp, d), cfg.aggregation)
+        better = J_new < J
+        return (jnp.where(better, others.at[n].set(chosen), x), jnp.where(better, J_new, J)), None
+
+    (x, J), _ = lax.scan(body, (x, J0), seq)
+    return x, J
 
 
 def _union_start(inst, s, cap, fastest, oracle, cfg: SuccessiveConfig, K: int):
@@ -189,6 +232,7 @@ def successive_instance(
     size_units: Int[Array, "L"],
     capacity_units: Int[Array, "N"],
     cfg: SuccessiveConfig,
+    key: Array | None = None,
 ) -> tuple[Bool[Array, "N L E"], dict]:
     """Successive decomposition on one instance (pure JAX; vmap it over a batch).
 
@@ -197,43 +241,59 @@ def successive_instance(
       size_units: int32 [L] expert size of each layer in grid units (>= 1).
       capacity_units: int32 [N] node capacities in grid units (<= cfg.Qmax).
       cfg: a :class:`SuccessiveConfig` (static).
+      key: PRNG key of the random restarts (default ``jax.random.key(0)``).
 
     Returns:
       (placement bool [N, L, E], info dict of arrays; see the module docstring).
     """
     U, N, L, E = inst.latency.shape
     K = inst.patterns.shape[-1]
+    if key is None:
+        key = jax.random.key(0)
     s = jnp.asarray(size_units, jnp.int32)
     cap = jnp.minimum(jnp.asarray(capacity_units, jnp.int32), cfg.Qmax)
     tw, dup = pattern_prep(inst.patterns, inst.weight, inst.traffic)
     oracle = _oracle_fn(cfg, inst.patterns, tw, dup)
     named = node_orders(inst, cap)
+    C0 = len(cfg.orders)
+    R = cfg.restarts
     orders = jnp.stack(
         [named[o] if isinstance(o, str) else jnp.asarray(o, jnp.int32) for o in cfg.orders]
+        + [named[o] if isinstance(o, str) else jnp.asarray(o, jnp.int32) for o in (cfg.orders * R)[:R]]
     )  # [C, N]
+    C = C0 + R
+    unions = tuple(cfg.unions) + (False,) * R
     x_empty = jnp.zeros((N, L, E), bool)
     d_empty = inst.fallback
-    if any(cfg.unions):
+    if any(unions):
         xu, du, capu = _union_start(inst, s, cap, named["fastest-first"], oracle, cfg, K)
-        flags = jnp.asarray(cfg.unions)
+        flags = jnp.asarray(unions)
         x0 = jnp.where(flags[:, None, None, None], xu[None], x_empty[None])
         d0 = jnp.where(flags[:, None, None, None], du[None], d_empty[None])
         c0 = jnp.where(flags[:, None], capu[None], cap[None])
     else:
-        C = len(cfg.orders)
         x0 = jnp.broadcast_to(x_empty, (C, N, L, E))
         d0 = jnp.broadcast_to(d_empty, (C,) + d_empty.shape)
         c0 = jnp.broadcast_to(cap, (C, N))
+    if R > 0:
+        keys = jax.random.split(key, R)
+        rand = jax.vmap(lambda k: jax.random.bernoulli(k, cfg.tabu, (N, L, E)))(keys)
+        tabu = jnp.concatenate([jnp.zeros((C0, N, L, E), bool), rand])
+    else:
+        tabu = None
 
-    def run(order, xs, ds, cs):
-        x, d, gain, bound = _node_pass(inst, s, cs, order, ds, xs, oracle, cfg)
-        return x, objective_from_d(inst, d, cfg.aggregation), gain, bound
+    def run(order, xs, ds, cs, tb):
+        x, d, gain, bound = _node_pass(inst, s, cs, order, ds, xs, oracle, cfg, tb)
+        J = objective_from_d(inst, d, cfg.aggregation)
+        if cfg.revisit > 0:
+            x, J = _revisit(inst, s, cap, order, x, oracle, cfg)
+        return x, J, gain, bound
 
-    if len(cfg.orders) == 1:
-        x, J, gain, bound = run(orders[0], x0[0], d0[0], c0[0])
+    if C == 1:
+        x, J, gain, bound = run(orders[0], x0[0], d0[0], c0[0], None)
         best = jnp.int32(0)
     else:
-        xs, Js, gains, bounds = jax.vmap(run)(orders, x0, d0, c0)
+        xs, Js, gains, bounds = jax.vmap(run)(orders, x0, d0, c0, tabu)
         best = jnp.argmin(Js).astype(jnp.int32)
         x, J, gain, bound = xs[best], Js[best], gains[best], bounds[best]
     moves = jnp.int32(0)
@@ -265,10 +325,19 @@ def _polish_fn():
 
 @partial(jax.jit, static_argnames=("cfg",))
 def successive_batch(
-    batch: Instance, size_units: Int[Array, "B L"], capacity_units: Int[Array, "B N"], cfg: SuccessiveConfig
+    batch: Instance,
+    size_units: Int[Array, "B L"],
+    capacity_units: Int[Array, "B N"],
+    cfg: SuccessiveConfig,
+    key: Array | None = None,
 ):
-    """:func:`successive_instance` vmapped over a batch and jitted (one compile per shape and cfg)."""
-    return jax.vmap(lambda i, su, cu: successive_instance(i, su, cu, cfg))(batch, size_units, capacity_units)
+    """:func:`successive_instance` vmapped over a batch and jitted (one compile per shape and cfg).
+
+    ``key`` (one PRNG key, shared by every instance) seeds the random restarts.
+    """
+    if key is None:
+        key = jax.random.key(0)
+    return jax.vmap(lambda i, su, cu: successive_instance(i, su, cu, cfg, key))(batch, size_units, capacity_units)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +363,17 @@ def _config(batch: Instance, grid, options) -> SuccessiveConfig:
     polish = options["polish"]
     if isinstance(polish, bool) or not isinstance(polish, (int, np.integer)) or polish < 0:
         raise ValueError(f"polish: must be an int >= 0 (rounds), got {polish!r}")
+    best_mode = options["order"] == "best-of"
+    restarts = options["restarts"]
+    if restarts == "auto":
+        restarts = AUTO_RESTARTS if best_mode else 0
+    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 0:
+        raise ValueError(f"restarts: must be an int >= 0, got {restarts!r}")
+    revisit = options["revisit"]
+    if revisit == "auto":
+        revisit = AUTO_REVISIT if best_mode else 0
+    if isinstance(revisit, bool) or not isinstance(revisit, (int, np.integer)) or revisit < 0:
+        raise ValueError(f"revisit: must be an int >= 0 (rounds), got {revisit!r}")
     union = options["union_first"]
     if union not in UNION:
         raise ValueError(f"union_first: must be one of {UNION}, got {union!r}")
@@ -329,13 +409,15 @@ def _config(batch: Instance, grid, options) -> SuccessiveConfig:
         maxconv=backend,
         polish=int(polish),
         aggregation=agg,
+        revisit=int(revisit),
+        restarts=int(restarts),
     )
 
 
 def _bytes(shape: tuple, max_units: int, options) -> float:
     U, N, L, E, M, K = shape
     q = bucket_units(max_units) + 1
-    C = len(options["best_of"]) + 1 if options["order"] == "best-of" else 1
+    C = len(options["best_of"]) + 1 + AUTO_RESTARTS if options["order"] == "best-of" else 1
     exact = options["oracle"] == "exact" or (options["oracle"] == "auto" and E <= AUTO_EXACT_MAX_E)
     oracle = 4 * (L * 2**E * (E + 2) + U * L * M * 2**K * 4) if exact else 4 * U * L * M * K * 16
     dp = 4 * L * q * (E + 1) * 3 + 4 * L * q
@@ -344,10 +426,52 @@ def _bytes(shape: tuple, max_units: int, options) -> float:
     return 4 * inst + C * (oracle + dp + 4 * N * L * E) + (pol if options["polish"] else 0)
 
 
-def _run(batch, grid, options):
+def refine_grid(batch: Instance, grid, max_factor: int = 8, max_units: int = 1 << 16):
+    """A finer storage grid when the default unit (the smallest size) wastes capacity.
+
+    With the default unit, a layer of size 3 next to one of size 2 costs 2 units (4 in real
+    size) and a capacity of 3 holds 1 unit: real optima are lost. For each instance this picks the
+    coarsest unit ``min_size / k`` (k = 1..max_factor) of which every layer size is an integer
+    multiple (to 1e-6), as long as the grid stays within ``max_units``; else it keeps ``grid``.
+    Sizes are still rounded up and capacities down, so grid-feasible stays feasible.
+
+    Returns:
+      (size_units int32 [B, L], capacity_units int32 [B, N], max_units int)
+    """
+    size = np.asarray(batch.size, np.float64)[..., 0]  # [B, L]
+    cap = np.asarray(batch.capacity, np.float64)  # [B, N]
+    E = batch.size.shape[-1]
+    su = np.asarray(grid.size_units).copy()
+    cu = np.asarray(grid.capacity_units).copy()
+    base = size.min(-1)  # [B]
+    for b in range(size.shape[0]):
+        if not np.allclose(np.asarray(grid.unit)[b], base[b], rtol=1e-9):
+            continue  # a unit was given explicitly
+        for k in range(1, max_factor + 1):
+            r = size[b] * k / base[b]
+            if np.all(np.abs(r - np.round(r)) <= 1e-6 * np.maximum(r, 1)):
+                break
+        else:
+            continue
+        if k == 1:
+            continue
+        u = base[b] / k
+        s_b = np.maximum(np.round(size[b] / u), 1).astype(np.int64)
+        c_b = np.floor(cap[b] / u + 1e-9 * np.maximum(cap[b] / u, 1)).astype(np.int64)
+        c_b = np.minimum(c_b, (s_b * E).sum())
+        if c_b.max(initial=0) > max_units:
+            continue
+        su[b], cu[b] = s_b, c_b
+    return su.astype(np.int32), cu.astype(np.int32), int(cu.max(initial=0))
+
+
+def _run(batch, grid, options, key=None):
+    if options["capacity_unit"] is None:
+        su, cu, mu = refine_grid(batch, grid)
+        grid = grid._replace(size_units=su, capacity_units=cu, max_units=max(mu, 0))
     cfg = _config(batch, grid, options)
     x, info = successive_batch(
-        batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), cfg
+        batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), cfg, key
     )
     return x, info
 
@@ -360,6 +484,8 @@ def _run(batch, grid, options):
         "oracle": "auto",
         "maxconv": "dense",
         "union_first": "auto",
+        "revisit": "auto",
+        "restarts": "auto",
         "polish": 16,
     },
     description="SlimCaching successive decomposition: per-node layer oracle + (max,+) DP over layers, §4.4",
@@ -367,7 +493,7 @@ def _run(batch, grid, options):
 )
 def _successive_method(batch, grid, key, options, **extra):
     """Successive decomposition (see the module docstring)."""
-    return _run(batch, grid, options)
+    return _run(batch, grid, options, key)
 
 
 @register(
@@ -378,6 +504,8 @@ def _successive_method(batch, grid, key, options, **extra):
         "oracle": "greedy",
         "maxconv": "hull",
         "union_first": "auto",
+        "revisit": "auto",
+        "restarts": "auto",
         "polish": 0,
     },
     description="Successive decomposition with the hull (max,+) backend and the greedy layer oracle, §4.3-4.4",
@@ -385,4 +513,4 @@ def _successive_method(batch, grid, key, options, **extra):
 )
 def _successive_fast_method(batch, grid, key, options, **extra):
     """Accelerated successive decomposition (hull DP, greedy chain oracle)."""
-    return _run(batch, grid, options)
+    return _run(batch, grid, options, key)

@@ -1,0 +1,265 @@
+"""``successive`` / ``successive-fast``: NumPy reference, brute-force optima, special cases, batching.
+
+Instances are grouped by shape so that each (shape, options) compiles once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import slimjax
+from slimjax.solvers import successive as succ
+from slimjax.solvers.successive import bucket_units, refine_grid, successive_batch, successive_instance
+from tests.helpers import random_instance
+from tests.reference import brute_force_ref, feasible_ref, latency_ref
+from tests.reference_successive import successive_ref
+
+
+def _polish_available() -> bool:
+    try:
+        from slimjax.solvers.polish import polish_instance  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _empty(batch):
+    return np.zeros((len(batch),) + tuple(batch.latency.shape[-3:]), bool)
+
+
+def _gain_ratio(inst, J, J_opt):
+    J0 = latency_ref(inst, np.zeros(inst.latency.shape[-3:], bool))
+    return 1.0 if J0 - J_opt < 1e-9 else (J0 - J) / (J0 - J_opt)
+
+
+# -- the JAX method equals the NumPy reference ----------------------------------------------------
+
+REF_CONFIGS = [
+    dict(order="fastest-first", oracle="exact", maxconv="dense", union_first="off", revisit=0),
+    dict(order="fastest-first", oracle="greedy", maxconv="hull", union_first="off", revisit=1),
+    dict(order="best-of", oracle="exact", maxconv="dense", union_first="auto", revisit=1),
+]
+
+
+@pytest.mark.parametrize("cfg", REF_CONFIGS, ids=lambda c: f"{c['order']}-{c['oracle']}-{c['maxconv']}")
+def test_matches_numpy_reference(cfg, x64):
+    insts = [random_instance(s, U=2, N=3, L=2, E=4, M=5, K=2, dtype=np.float64) for s in range(5)]
+    insts += [random_instance(10 + s, U=2, N=3, L=2, E=4, M=5, K=2, capacity=(1, 3), dtype=np.float64) for s in range(3)]
+    batch = slimjax.stack(insts)
+    sol = slimjax.solve_batch(batch, "successive", polish=0, restarts=0, **cfg)
+    su, cu, mu = refine_grid(batch, slimjax.capacity_grid(batch))  # the grid the method uses
+    for i, inst in enumerate(insts):
+        x, info = successive_ref(inst, su[i], cu[i], qmax=bucket_units(mu), **cfg)
+        assert feasible_ref(inst, x)
+        assert sol.latency[i] == pytest.approx(latency_ref(inst, x), rel=1e-9, abs=1e-9)
+        np.testing.assert_array_equal(sol.placement[i], x)
+        if not cfg["revisit"]:
+            np.testing.assert_allclose(sol.info["node_gain"][i], info["node_gain"], rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(sol.info["node_bound"][i], info["node_bound"], rtol=1e-9, atol=1e-9)
+
+
+def test_matches_numpy_reference_sum_k3(x64):
+    insts = [random_instance(30 + s, U=1, N=2, L=2, E=4, M=4, K=3, dtype=np.float64) for s in range(4)]
+    batch = slimjax.stack(insts)
+    su, cu, _ = refine_grid(batch, slimjax.capacity_grid(batch))
+    for agg in ("sum", "max"):
+        cfg = dict(order="largest-first", oracle="exact", maxconv="dense", union_first="off")
+        sol = slimjax.solve_batch(batch, "successive", polish=0, aggregation=agg, **cfg)
+        for i, inst in enumerate(insts):
+            x, _ = successive_ref(inst, su[i], cu[i], aggregation=agg, **cfg)
+            assert sol.latency[i] == pytest.approx(latency_ref(inst, x, agg), rel=1e-9, abs=1e-9)
+
+
+# -- quality against brute force -------------------------------------------------------------------
+
+# (U, N, L, E, K): N·L·E ≤ 12, K in {1, 2, 3}, U in {1, 2}; capacities 1..E size units.
+TINY = [(1, 2, 2, 3, 2), (2, 3, 1, 4, 3), (1, 2, 1, 5, 1), (2, 2, 2, 2, 2)]
+
+
+def _tiny_groups(per_group, seed0=0):
+    out = []
+    for gi, (U, N, L, E, K) in enumerate(TINY):
+        insts = [random_instance(seed0 + 100 * gi + i, U=U, N=N, L=L, E=E, M=4, K=K, capacity=(1, E)) for i in range(per_group)]
+        out.append((slimjax.stack(insts), insts, [brute_force_ref(i)[0] for i in insts]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny_groups(6)
+
+
+def _ratios(groups, method, **opts):
+    ratios = []
+    for batch, insts, opt in groups:
+        sol = slimjax.solve_batch(batch, method, **opts)
+        for i, inst in enumerate(insts):
+            assert feasible_ref(inst, sol.placement[i])
+            assert sol.latency[i] >= opt[i] - 1e-4 * max(1.0, abs(opt[i]))
+            ratios.append(_gain_ratio(inst, sol.latency[i], opt[i]))
+    return np.array(ratios)
+
+
+def test_default_quality_vs_brute_force(tiny):
+    if not _polish_available():
+        pytest.skip("slimjax.solvers.polish.polish_instance not available yet (default uses polish)")
+    r = _ratios(tiny, "successive")
+    assert np.median(r) >= 0.99, r
+    assert np.percentile(r, 5) >= 0.95, r
+
+
+def test_best_of_without_polish_quality(tiny):
+    r = _ratios(tiny, "successive", polish=0)
+    assert np.median(r) >= 0.97, r
+    assert np.percentile(r, 5) >= 0.80, r
+
+
+@pytest.mark.slow
+def test_default_quality_vs_brute_force_many():
+    if not _polish_available():
+        pytest.skip("polish not available")
+    groups = _tiny_groups(20, seed0=7)
+    r = _ratios(groups, "successive")
+    assert np.median(r) >= 0.99, r
+    assert np.percentile(r, 5) >= 0.95, r
+    rf = _ratios(groups, "successive-fast")
+    assert np.median(rf) >= 0.9, rf
+
+
+# -- special cases -----------------------------------------------------------------------------------
+
+
+def test_k1_single_node_closed_form():
+    """K = 1, one node, equal sizes: the optimum caches the top-Q experts by weight × speed-up."""
+    rng = np.random.default_rng(4)
+    insts = []
+    for s in range(4):
+        L, E, M = 2, 5, 4
+        lat = rng.uniform(1, 5, (1, 1, L, E))
+        fb = rng.uniform(6, 9, (1, L, E))
+        pats = np.stack([[rng.choice(E, M, replace=False)[:, None] for _ in range(L)]])
+        w = rng.random((1, L, M)) + 0.1
+        w /= w.sum(-1, keepdims=True)
+        insts.append(
+            slimjax.Instance(latency=lat, fallback=fb, size=np.ones((L, E)), capacity=np.array([float(s + 2)]),
+                             patterns=pats.astype(np.int32), weight=w)
+        )
+    batch = slimjax.stack(insts)
+    for method, opts in (("successive", dict(order="fastest-first", polish=0)), ("successive-fast", {})):
+        sol = slimjax.solve_batch(batch, method, **opts)
+        for i, inst in enumerate(insts):
+            pats, w = np.asarray(inst.patterns), np.asarray(inst.weight, np.float64)
+            gain = np.zeros((2, 5))
+            for l in range(2):
+                for m in range(4):
+                    e = pats[0, l, m, 0]
+                    gain[l, e] += w[0, l, m] * (float(inst.fallback[0, l, e]) - float(inst.latency[0, 0, l, e]))
+            J0 = latency_ref(inst, np.zeros((1, 2, 5), bool))
+            best = J0 - np.sort(gain.ravel())[::-1][: i + 2].sum()
+            assert sol.latency[i] == pytest.approx(best, rel=1e-5), method
+
+
+def _below_k_instance(seed):
+    """Three nodes of capacity 1 expert, K = 2, equal fallback: no single copy helps any pattern."""
+    rng = np.random.default_rng(seed)
+    U, N, L, E, M, K = 1, 3, 1, 4, 3, 2
+    lat = rng.uniform(1, 3, (U, N, L, E))
+    fb = np.full((U, L, E), 10.0)
+    pats = np.array([[[[0, 1], [2, 3], [1, 2]]]], np.int32)
+    w = np.array([[[0.6, 0.3, 0.1]]])
+    return slimjax.Instance(latency=lat, fallback=fb, size=np.ones((L, E)), capacity=np.ones(N), patterns=pats, weight=w)
+
+
+def test_capacity_below_k_union_first_repairs():
+    insts = [_below_k_instance(s) for s in range(3)]
+    batch = slimjax.stack(insts)
+    J0 = np.asarray(slimjax.latency(batch, _empty(batch)))
+    plain = slimjax.solve_batch(batch, "successive", order="fastest-first", polish=0, union_first="off")
+    np.testing.assert_allclose(plain.latency, J0)  # the pure per-node pass gains nothing
+    union = slimjax.solve_batch(batch, "successive", order="fastest-first", polish=0, union_first="on")
+    assert (union.latency < J0 - 1.0).all()
+    best = slimjax.solve_batch(batch, "successive", polish=0)  # best-of includes the union candidate
+    assert (best.latency <= union.latency + 1e-6).all()
+    for i, inst in enumerate(insts):
+        J_opt = brute_force_ref(inst)[0]
+        assert union.latency[i] == pytest.approx(J_opt, rel=1e-5)  # here the union is optimal
+        assert union.used[i].max() <= 1.0
+
+
+# -- batching, jit, recompiles, options ---------------------------------------------------------------
+
+
+def test_vmap_vs_loop_and_no_recompile(tiny):
+    batch, insts, _ = tiny[0]
+    opts = dict(polish=0)
+    first = slimjax.solve_batch(batch, "successive", **opts)
+    n_compiled = successive_batch._cache_size()
+    second = slimjax.solve_batch(batch, "successive", **opts)
+    assert successive_batch._cache_size() == n_compiled  # no recompile with the same shapes
+    np.testing.assert_array_equal(first.placement, second.placement)
+    for i in range(3):
+        one = slimjax.solve(insts[i], "successive", **opts)
+        np.testing.assert_array_equal(one.placement, first.placement[i])
+        assert one.latency == pytest.approx(first.latency[i], rel=1e-6)
+
+
+def test_jit_vs_eager():
+    import jax
+
+    inst = random_instance(3, U=1, N=2, L=1, E=3, M=3, K=2)
+    grid = slimjax.capacity_grid(inst)
+    cfg = succ.SuccessiveConfig(Qmax=bucket_units(grid.max_units), orders=("fastest-first", "given"),
+                                unions=(False, True), oracle="greedy", maxconv="hull", polish=0, aggregation="max")
+    args = (inst, np.asarray(grid.size_units), np.asarray(grid.capacity_units))
+    xj, ij = jax.jit(successive_instance, static_argnums=3)(*args, cfg)
+    with jax.disable_jit():
+        xe, ie = successive_instance(*args, cfg)
+    np.testing.assert_array_equal(np.asarray(xj), np.asarray(xe))
+    np.testing.assert_allclose(np.asarray(ij["node_gain"]), np.asarray(ie["node_gain"]), rtol=1e-5)
+
+
+def test_fast_reports_bounds():
+    insts = [random_instance(50 + s, U=1, N=2, L=3, E=6, M=6, K=2) for s in range(4)]
+    sol = slimjax.solve_batch(slimjax.stack(insts), "successive-fast")
+    assert (sol.info["node_bound"] >= sol.info["node_gain"] - 1e-5).all()
+    assert (sol.info["node_gap"] >= 0).all()
+    assert sol.info["order"].shape == (4, 2)
+    for i, inst in enumerate(insts):
+        assert feasible_ref(inst, sol.placement[i])
+
+
+def test_bad_options():
+    inst = random_instance(0, U=1, N=2, L=1, E=3, M=3, K=2)
+    with pytest.raises(ValueError, match="order"):
+        slimjax.solve(inst, "successive", order="random-first")
+    with pytest.raises(ValueError, match="permutation"):
+        slimjax.solve(inst, "successive", order=(0, 0))
+    with pytest.raises(ValueError, match="oracle"):
+        slimjax.solve(inst, "successive", oracle="magic")
+    with pytest.raises(ValueError, match="maxconv"):
+        slimjax.solve(inst, "successive", maxconv="sparse")
+    with pytest.raises(ValueError, match="polish"):
+        slimjax.solve(inst, "successive", polish=-1)
+    with pytest.raises(ValueError, match="union_first"):
+        slimjax.solve(inst, "successive", union_first="maybe")
+    big = random_instance(0, U=1, N=1, L=1, E=17, M=3, K=2)
+    with pytest.raises(ValueError, match="E <= 16"):
+        slimjax.solve(big, "successive", oracle="exact")
+
+
+def test_refine_grid_keeps_real_optima():
+    """Sizes 2 and 3 with the default unit (2) cost 1 and 2 units; unit 1 is exact."""
+    inst = random_instance(3, U=1, N=2, L=2, E=3, M=4, K=2, capacity=(1, 3))  # sizes [2, 3], capacities [3, 1]
+    batch = slimjax.stack([inst])
+    grid = slimjax.capacity_grid(batch)
+    su, cu, mu = refine_grid(batch, grid)
+    np.testing.assert_array_equal(grid.size_units[0], [1, 2])
+    np.testing.assert_array_equal(su[0], [2, 3])
+    np.testing.assert_array_equal(cu[0], [3, 1])
+    assert mu == 3
+    sol = slimjax.solve(inst, "successive", order="fastest-first", polish=0)
+    assert sol.latency == pytest.approx(brute_force_ref(inst)[0], rel=1e-5)
+    # an explicit unit is respected
+    su2, cu2, _ = refine_grid(batch, slimjax.capacity_grid(batch, 2.0))
+    np.testing.assert_array_equal(su2[0], [1, 2])
