@@ -54,8 +54,7 @@ TRACES = [
 # Same marginals as olmoe/expert_counts (checked below), so not evaluated twice.
 DUPLICATE = ("allenai__OLMoE/olmoe/expert_counts_crosslayer/c4.pkl", "allenai__OLMoE/olmoe/expert_counts/c4.pkl")
 
-PREFERRED = ["successive", "successive-fast", "greedy", "relaxed", "coactivation-blind", "popularity", "layer-uniform",
-             "random"]
+PREFERRED = ["successive", "successive-fast", "greedy", "coactivation-blind", "popularity", "layer-uniform", "random"]
 
 
 def raw_dir() -> str:
@@ -89,7 +88,7 @@ def methods_to_run(requested: list[str] | None) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # held-out evaluation
 # ------------------------------------------------------------------------------------------------
-def evaluate(traces, methods, storages, seeds, log):
+def evaluate(traces, methods, storages, seeds, log, partial=None):
     rows, cdf = [], {}
     for name, trace, model in traces:
         splits = [("random", 0)] + ([] if trace.approximate else [("chronological", None)])
@@ -124,20 +123,29 @@ def evaluate(traces, methods, storages, seeds, log):
                         p95_ms=1e3 * st["p95"][s], p99_ms=1e3 * st["p99"][s], cloud_ms=1e3 * cloud[s],
                         oracle_ms=np.nan if oracle is None else 1e3 * oracle[s], seconds=secs / seeds,
                     ))
+                if partial:
+                    pd.DataFrame(rows).to_csv(partial, index=False, float_format="%.5g")
                 log(f"{name:28s} {split_name:13s} storage={storage:.2f} {method:20s} "
                     f"train {1e3 * j_train.mean():8.2f} ms  test {1e3 * st['mean'].mean():8.2f} ms  "
                     f"p95 {1e3 * st['p95'].mean():8.2f} ms  ({secs:.1f} s)")
-    df = pd.DataFrame(rows)
+    return derive(pd.DataFrame(rows)), cdf
+
+
+def derive(df):
+    """Derived columns of the per-instance results."""
     df["loss_pct"] = 100 * (df.j_test_ms / df.j_train_ms - 1)
     df["regret_pct"] = 100 * (df.j_test_ms / df.oracle_ms - 1)
     df["gain_pct"] = 100 * (1 - df.j_test_ms / df.cloud_ms)  # held-out latency saved vs cloud only
-    return df, cdf
+    df["train_gain_pct"] = 100 * (1 - df.j_train_ms / df.cloud_ms)
+    df["p95_gain_pct"] = 100 * (1 - df.p95_ms / df.cloud_ms)
+    return df
 
 
 def summarize(df):
     g = df.groupby(["trace", "approximate", "split", "storage", "method"], sort=False)
     return g.agg(j_train_ms=("j_train_ms", "mean"), j_test_ms=("j_test_ms", "mean"), p95_ms=("p95_ms", "mean"),
                  loss_pct=("loss_pct", "mean"), regret_pct=("regret_pct", "mean"), gain_pct=("gain_pct", "mean"),
+                 train_gain_pct=("train_gain_pct", "mean"), p95_gain_pct=("p95_gain_pct", "mean"),
                  seconds=("seconds", "mean")).reset_index()
 
 
@@ -205,23 +213,35 @@ def figures(summary, cdf, calib, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sub = summary[(summary.split == "random") & (summary.storage == summary.storage.min())]
+    sub = summary[(summary.split == "random") & (summary.method != "cloud-only")]
     names = list(dict.fromkeys(sub.trace))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
+    storages = sorted(sub.storage.unique())
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.8), squeeze=False, sharey=False)
     for ax, name in zip(axes[0], names):
         s = sub[sub.trace == name]
-        ax.barh(s.method, s.j_test_ms, color="tab:blue", label="held-out mean")
-        ax.scatter(s.p95_ms, s.method, color="tab:red", marker="|", s=200, label="held-out p95")
-        ax.scatter(s.j_train_ms, s.method, color="k", marker="x", label="train J")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("per-token MoE latency (ms)")
-        ax.tick_params(axis="y", labelsize=8)
+        methods = list(dict.fromkeys(s.method))
+        w = 0.8 / len(storages)
+        for i, st in enumerate(storages):
+            ss = s[s.storage == st].set_index("method").reindex(methods)
+            y = np.arange(len(methods)) + i * w
+            ax.barh(y, ss.gain_pct, w, label=f"storage {st:.0%}", color=plt.cm.viridis(0.2 + 0.6 * i / max(1, len(storages) - 1)))
+            ax.scatter(ss.train_gain_pct, y, color="k", marker="|", s=40, zorder=3)
+        top = np.nanmax(np.r_[s.gain_pct.to_numpy(), s.train_gain_pct.to_numpy(), 1.0])
+        ax.set_xlim(min(0.0, np.nanmin(s.gain_pct.to_numpy())), 1.08 * top)
+        ax.set_yticks(np.arange(len(methods)) + 0.4 - w / 2)
+        ax.set_yticklabels(methods, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(name + (" *" if s.approximate.iloc[0] else ""), fontsize=9)
+        ax.set_xlabel("latency saved vs cloud-only (%)", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Held-out tokens, random half split, storage = {sub.storage.min():.0%} of the logged experts")
+    fig.suptitle("Held-out tokens (random half split): bars = test, | = train.  * = approximate (sampled from counts)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "test_latency.png"), dpi=120)
     plt.close(fig)
 
+    if not cdf:
+        return _calibration_figure(calib, out, plt)
     name = names[0]
     fig, ax = plt.subplots(figsize=(6, 4))
     for (tname, method), lat in cdf.items():
@@ -237,6 +257,10 @@ def figures(summary, cdf, calib, out):
     fig.savefig(os.path.join(out, "cdf.png"), dpi=120)
     plt.close(fig)
 
+    _calibration_figure(calib, out, plt)
+
+
+def _calibration_figure(calib, out, plt):
     if calib is not None:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
         kinds = list(dict.fromkeys(calib.kind.map(lambda k: k.split(" (")[0].split(" {")[0])))
@@ -256,22 +280,25 @@ def figures(summary, cdf, calib, out):
 
 
 def tables(summary, calib, proposal, errors, out):
-    lines = []
+    lines = ["Saved = latency saved vs cloud-only (% of the cloud-only per-token latency); loss = held-out J / train J - 1;",
+             "regret = held-out J / J of `successive` solved on the held-out tokens themselves - 1. * = approximate trace."]
     for split in summary.split.unique():
-        s = summary[summary.split == split]
-        lines.append(f"\n### Held-out tokens, {split} split (means over instances; ms per token)\n")
-        lines.append("| trace | storage | method | train J | test mean | test p95 | train→test loss | regret vs oracle |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        s = summary[(summary.split == split) & (summary.method != "cloud-only")]
+        lines.append(f"\n### Held-out tokens, {split} split (means over instances)\n")
+        lines.append("| trace | storage | method | train saved | test saved | test mean ms | test p95 ms | loss | regret |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for r in s.itertuples():
-            lines.append(f"| {r.trace}{' *' if r.approximate else ''} | {r.storage:.0%} | {r.method} | {r.j_train_ms:.2f} | "
-                         f"{r.j_test_ms:.2f} | {r.p95_ms:.2f} | {r.loss_pct:+.2f}% | {r.regret_pct:+.2f}% |")
+            lines.append(f"| {r.trace}{' *' if r.approximate else ''} | {r.storage:.0%} | {r.method} | "
+                         f"{r.train_gain_pct:.1f}% | {r.gain_pct:.1f}% | {r.j_test_ms:.1f} | {r.p95_ms:.1f} | "
+                         f"{r.loss_pct:+.1f}% | {r.regret_pct:+.1f}% |")
     if calib is not None:
         lines.append("\n### Calibration of the latent generator (2048 tokens; means over layers)\n")
         lines.append("| source | kind | " + " | ".join(STAT_KEYS) + " |")
         lines.append("|---|---|" + "---|" * len(STAT_KEYS))
         for r in calib.itertuples():
             lines.append(f"| {r.source} | {r.kind} | " + " | ".join(f"{getattr(r, k):.3f}" for k in STAT_KEYS) + " |")
-        lines.append(f"\nProposed latent values: {proposal} (error {errors[0]:.2f} -> {errors[1]:.2f}).")
+        if proposal is not None:
+            lines.append(f"\nBest grid values: {proposal} (error {errors[0]:.2f} -> {errors[1]:.2f}).")
     with open(os.path.join(out, "tables.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -286,7 +313,17 @@ def main(argv=None) -> int:
     p.add_argument("--sampled-tokens", type=int, default=8192, help="tokens sampled from count-only traces")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--out", default=HERE)
+    p.add_argument("--replot", action="store_true", help="redo figures (not the CDF) and tables from the CSVs")
     args = p.parse_args(argv)
+    if args.replot:
+        df = pd.read_csv(os.path.join(args.out, "results.csv"))
+        summary = summarize(derive(df))
+        summary.to_csv(os.path.join(args.out, "summary.csv"), index=False, float_format="%.4f")
+        cal_path = os.path.join(args.out, "calibration.csv")
+        calib = pd.read_csv(cal_path) if os.path.exists(cal_path) else None
+        figures(summary, {}, calib, args.out)
+        tables(summary, calib, None, None, args.out)
+        return 0
     if args.quick:
         args.seeds, args.storage, args.sampled_tokens = 2, [0.25], 2048
     t0 = time.time()
@@ -296,7 +333,7 @@ def main(argv=None) -> int:
         log(f"loaded {name}: {t}")
     methods = methods_to_run(args.methods)
     log(f"methods: {methods}")
-    df, cdf = evaluate(traces, methods, args.storage, args.seeds, log)
+    df, cdf = evaluate(traces, methods, args.storage, args.seeds, log, partial=os.path.join(args.out, "results.partial.csv"))
     summary = summarize(df)
     calib, proposal, errors = None, None, None
     if not args.no_calibration:
@@ -308,6 +345,8 @@ def main(argv=None) -> int:
         calib, proposal, errors = calibrate(traces, 2048, grid, log)
         calib.to_csv(os.path.join(args.out, "calibration.csv"), index=False, float_format="%.4f")
     df.to_csv(os.path.join(args.out, "results.csv"), index=False, float_format="%.5g")
+    if os.path.exists(os.path.join(args.out, "results.partial.csv")):
+        os.remove(os.path.join(args.out, "results.partial.csv"))
     summary.to_csv(os.path.join(args.out, "summary.csv"), index=False, float_format="%.4f")
     figures(summary, cdf, calib, args.out)
     tables(summary, calib, proposal, errors, args.out)
