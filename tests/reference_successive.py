@@ -403,7 +403,7 @@ def successive_ref(
       order, best_of, oracle ("exact"/"greedy"), maxconv ("dense"/"hull"), union_first
         ("on"/"off"/"auto"), aggregation, revisit (rounds): as the JAX method's options
         (no random restarts, no polish).
-      qmax: the DP table size cap of the union's capacity (default: max capacity).
+      qmax: a cap on the union's capacity (default: none).
 
     Returns:
       (placement bool [N, L, E], info dict with J, order, node_gain, node_bound).
@@ -413,7 +413,7 @@ def successive_ref(
     K = a["pat"].shape[-1]
     s = [int(v) for v in np.asarray(size_units)]
     cap = [int(v) for v in np.asarray(capacity_units)]
-    qmax = max(cap) if qmax is None else qmax
+    qmax = sum(cap) if qmax is None else qmax
     named = orders_ref(a["lat"], a["tr"], cap)
     if order == "best-of":
         cands = [(o, union_first == "on") for o in best_of]

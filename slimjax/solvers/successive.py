@@ -80,6 +80,7 @@ class SuccessiveConfig(NamedTuple):
     revisit: int = 0  # rounds of per-node best response after the pass (0 = none)
     restarts: int = 0  # extra candidates: a first pass with random experts forbidden, then revisit
     tabu: float = 0.25  # share of (node, layer, expert) forbidden in a restart's first pass
+    Qunion: int = 0  # DP table size of the union-first virtual node (sum of the small capacities)
 
 
 def bucket_units(q: int) -> int:
@@ -190,11 +191,11 @@ def _union_start(inst, s, cap, fastest, oracle, cfg: SuccessiveConfig, K: int):
     lat = inst.latency
     lat_g = jnp.where(small[None, :, None, None], lat, -jnp.inf).max(axis=1)  # slowest member of the group
     lat_g = jnp.where(jnp.isneginf(lat_g), jnp.inf, lat_g)
-    qg = jnp.minimum(jnp.where(small, cap, 0).sum(), cfg.Qmax)
+    qg = jnp.minimum(jnp.where(small, cap, 0).sum(), cfg.Qunion)
     d0 = inst.fallback
     newp = jnp.minimum(d0, lat_g)
     g, select = oracle(d0, newp)
-    res = capacity_dp(g, s, qg, Qmax=cfg.Qmax, backend=cfg.maxconv)
+    res = capacity_dp(g, s, qg, Qmax=cfg.Qunion, backend=cfg.maxconv)
     chosen = select(res.counts)  # [L, E]
     # importance of an expert: traffic-weighted pattern mass times its speed-up
     onehot_w = jnp.zeros((L * E,), d0.dtype)
@@ -411,7 +412,16 @@ def _config(batch: Instance, grid, options) -> SuccessiveConfig:
         aggregation=agg,
         revisit=int(revisit),
         restarts=int(restarts),
+        Qunion=_union_units(grid, K) if any(unions) else 0,
     )
+
+
+def _union_units(grid, K: int) -> int:
+    """Static DP size of the union-first virtual node: the largest sum of small capacities."""
+    su = np.asarray(grid.size_units)
+    cu = np.asarray(grid.capacity_units)
+    small = (cu < K * su.min(-1, keepdims=True)) & (cu > 0)
+    return bucket_units(max(int((cu * small).sum(-1).max(initial=0)), int(grid.max_units)))
 
 
 def _bytes(shape: tuple, max_units: int, options) -> float:
