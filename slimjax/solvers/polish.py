@@ -19,11 +19,11 @@ All deltas are exact (computed from the per-layer building blocks below, not est
   pattern ("max") or as the sum of both ("sum", separable).
 
 **Bounded neighbourhood.** Cross-layer swaps cost O(N·L²) (best drop and best add per layer).
-Same-layer swaps are evaluated for the ``swap_candidates`` cheapest drops × the
-``swap_candidates`` best adds of each (node, layer) (ranked by their single-move deltas), i.e.
-O(N·L·U·M·k²) per round. With ``E <= swap_candidates`` (default 8: every mixtral/moe-llava
-instance) the neighbourhood is complete and a finished run is a true local optimum for adds and
-swaps; for larger E the same-layer part is a restricted (top-k) neighbourhood.
+Same-layer swaps: for ``E <= 32`` all E×E pairs are evaluated, as ``loss[a] − gain[b]`` plus a
+correction scattered from the member pairs of the patterns that hold both (O(U·M·K²·N + N·E²)
+per layer), so a finished run is a true local optimum for adds and swaps. For ``E > 32`` only the
+``swap_candidates`` cheapest drops × the ``swap_candidates`` best adds of each (node, layer) are
+evaluated (O(U·M·N·k²) per layer): a restricted neighbourhood.
 
 The loop is a ``lax.while_loop`` bounded by ``rounds`` (under ``vmap`` the batch runs until every
 instance has stopped or ``rounds`` is reached; finished instances are no-ops).
@@ -43,6 +43,8 @@ from slimjax.solvers.registry import register
 __all__ = ["add_gain_layer", "drop_loss_layer", "pattern_top", "polish_batch", "polish_instance", "second_best"]
 
 _NEG = -jnp.inf
+#: Up to this many experts per layer the same-layer swap neighbourhood is complete (E×E per node).
+DENSE_SWAP_MAX_E = 32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +178,40 @@ def _same_layer_swaps(lat_l, d_l, d_drop_l, x_l, pat_l, top_v, top_ids, w_l, tra
     return g, ei, ej
 
 
+def _same_layer_swaps_dense(lat_l, d_l, d_drop_l, x_l, pat_l, top_v, top_ids, dup, w_l, traffic, add_l, drop_l):
+    """Best exact same-layer swap per node ("max") over *all* (drop i, add j) pairs.
+
+    ΔJ(drop a, add b) = loss[a] − gain[b] + corr[a, b], where corr is non-zero only for patterns
+    holding both a and b; it is scattered from the K·(K−1) member pairs of every pattern, so the
+    cost is O(U·M·K²·N + N·E²) per layer.
+    """
+    U, N, E = lat_l.shape
+    M, K = pat_l.shape[1:]
+    a = pat_l[:, :, :, None]  # [U, M, K, 1]  dropped member
+    b = pat_l[:, :, None, :]  # [U, M, 1, K]  added member
+    pair_ok = (a != b) & ~dup[:, :, :, None] & ~dup[:, :, None, :]  # [U, M, K, K]
+    idx = jnp.broadcast_to(pat_l.reshape(U, 1, M * K), (U, N, M * K))
+    dd = jnp.take_along_axis(d_drop_l, idx, axis=-1).reshape(U, N, M, K)  # after dropping member k
+    nb = jnp.take_along_axis(jnp.minimum(d_l[:, None, :], lat_l), idx, axis=-1).reshape(U, N, M, K)  # after adding
+    v1, v2, id1 = top_v[..., 0], top_v[..., 1], top_ids[..., 0]  # [U, M]
+    excl = (top_ids[:, :, None, None, :] == a[..., None]) | (top_ids[:, :, None, None, :] == b[..., None])
+    rest = jnp.where(excl, _NEG, top_v[:, :, None, None, :]).max(-1)  # [U, M, K, K]
+    joint = jnp.maximum(rest[:, None], jnp.maximum(dd[..., :, None], nb[..., None, :]))  # [U, N, M, K, K]
+    rest_a = jnp.where(pat_l == id1[..., None], v2[..., None], v1[..., None])  # [U, M, K]
+    c_drop = jnp.maximum(rest_a[:, None], dd) - v1[:, None, :, None]  # [U, N, M, K]
+    c_add = jnp.where((pat_l == id1[..., None])[:, None], jnp.maximum(v2[:, None, :, None], nb), v1[:, None, :, None])
+    c_add = c_add - v1[:, None, :, None]
+    corr = joint - v1[:, None, :, None, None] - c_drop[..., :, None] - c_add[..., None, :]
+    corr = jnp.where(pair_ok[:, None], corr, 0.0) * (traffic[:, None] * w_l)[:, None, :, None, None]
+    flat = jnp.moveaxis(corr, 1, 0).reshape(N, -1)  # [N, U*M*K*K]
+    pid = jnp.broadcast_to(a * E + b, (U, M, K, K)).reshape(-1)
+    corr_ab = jax.ops.segment_sum(flat.T, pid, num_segments=E * E).T.reshape(N, E, E)
+    gain = add_l[:, None, :] - drop_l[:, :, None] - corr_ab
+    gain = jnp.where(x_l[:, :, None] & ~x_l[:, None, :], gain, _NEG).reshape(N, E * E)
+    best = jnp.argmax(gain, axis=-1)
+    return jnp.take_along_axis(gain, best[:, None], -1)[:, 0], (best // E).astype(jnp.int32), (best % E).astype(jnp.int32)
+
+
 def _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq_l, traffic, aggregation, k):
     """Per layer: add gains [N, E], drop losses [N, E], best same-layer swap per node."""
     d_drop = second_best(lat_l, fb_l, x_l)
@@ -185,7 +221,12 @@ def _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq_l, traffic, aggregation
         add = add_gain_layer(lat_l, d_l, top_v, top_ids, w_l, traffic)
         drop = drop_loss_layer(d_drop, pat_l, top_v, top_ids, dup, w_l, traffic)
         drop = jnp.where(x_l, drop, 0.0)
-        if k > 0:
+        E = lat_l.shape[-1]
+        if k > 0 and E <= DENSE_SWAP_MAX_E:
+            sg, si, sj = _same_layer_swaps_dense(
+                lat_l, d_l, d_drop, x_l, pat_l, top_v, top_ids, dup, w_l, traffic, add, drop
+            )
+        elif k > 0:
             sg, si, sj = _same_layer_swaps(lat_l, d_l, d_drop, x_l, pat_l, top_v, top_ids, w_l, traffic, add, drop, k)
         else:
             sg, si, sj = jnp.full((N,), _NEG, d_l.dtype), jnp.zeros(N, jnp.int32), jnp.zeros(N, jnp.int32)
