@@ -219,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     ap.add_argument("--parts", default="abcd", help="which parts to run (subset of 'abcdt'; t = throughput curve)")
     ap.add_argument("--successive-batch", type=int, default=1024)
+    ap.add_argument("--milp-n", type=int, default=None, help="instances solved by HiGHS in part b")
+    ap.add_argument("--milp-limit", type=float, default=None, help="HiGHS time limit per instance (s)")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64, 256, 1024],
                     help="batch sizes of the throughput part 't' (comma-separated)")
     args = ap.parse_args(argv)
@@ -227,7 +229,8 @@ def main(argv=None) -> int:
     log(f"machine: {res['machine']}")
     parts = {
         "a": lambda: part_objective(4096, 8 if q else 32, 5 if q else 10),
-        "b": lambda: part_successive(args.successive_batch, 2 if q else 8, 1 if q else 3, 60.0 if q else 300.0, 3 if q else 5),
+        "b": lambda: part_successive(args.successive_batch, 2 if q else 8, args.milp_n if args.milp_n is not None else (1 if q else 3),
+                                     args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 3 if q else 5),
         "c": lambda: part_hull(8 if q else 32, 3 if q else 5),
         "d": lambda: part_deepseek(),
         "t": lambda: part_throughput(args.sizes),

@@ -20,13 +20,14 @@ base     [U]            float   non-expert per-token latency (reporting only)
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Instance", "stack", "unstack", "Grid", "capacity_grid", "is_batched"]
+__all__ = ["Instance", "stack", "unstack", "Grid", "capacity_grid", "is_batched", "merge_patterns"]
 
 FIELDS = ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic", "base")
 # Number of trailing (per-instance) dimensions of every field.
@@ -265,6 +266,52 @@ def capacity_grid(inst: Instance, unit: float | None = None, max_units_cap: int 
         capacity_units = np.minimum(capacity_units, max_units_cap)
     max_units = int(capacity_units.max()) if capacity_units.size else 0
     return Grid(size_units.astype(np.int32), capacity_units.astype(np.int32), max_units, u)
+
+
+def merge_patterns(batch: Instance) -> Instance:
+    """Merge identical patterns (as multisets) of every (instance, user, layer), host NumPy.
+
+    Works on one instance or a batch; returns ``batch`` itself when merging cannot shrink M.
+
+    J is invariant under reordering a pattern's members and merging equal patterns (their
+    weights add). The pattern axis shrinks to M' = min(M, C(E + K − 1, K)), the number of
+    multisets: a bound that depends on the shape only, so an instance gets the same merged
+    patterns alone or in any batch. Routing traces with many tokens (M ≫ distinct patterns)
+    evaluate far faster this way. Unused slots get pattern 0 and weight 0.
+    """
+    *_, E, M, K = batch.shape
+    Mp = min(M, math.comb(E + K - 1, K))
+    if Mp >= M:
+        return batch
+    pat = np.sort(np.asarray(batch.patterns), axis=-1).reshape(-1, M, K)  # [G, M, K]
+    w = np.asarray(batch.weight, np.float64).reshape(-1, M)
+    G = pat.shape[0]
+    rows = pat.reshape(G * M, K)
+    group = np.repeat(np.arange(G), M)
+    order = np.lexsort(tuple(rows[:, k] for k in range(K - 1, -1, -1)) + (group,))
+    rows, group, ws = rows[order], group[order], w.reshape(-1)[order]
+    new = np.ones(G * M, bool)
+    new[1:] = (group[1:] != group[:-1]) | (rows[1:] != rows[:-1]).any(-1)
+    run = np.cumsum(new) - 1  # global run id
+    first_run = run[np.searchsorted(group, np.arange(G))]  # run id of each group's first row
+    slot = run - first_run[group]  # run index within its group, < Mp by the multiset bound
+    out_pat = np.zeros((G, Mp, K), np.int32)
+    out_w = np.zeros((G, Mp))
+    out_pat[group, slot] = rows
+    np.add.at(out_w, (group, slot), ws)
+    bshape = batch.patterns.shape[:-2]
+    return Instance(
+        latency=batch.latency,
+        fallback=batch.fallback,
+        size=batch.size,
+        capacity=batch.capacity,
+        patterns=out_pat.reshape(bshape + (Mp, K)),
+        weight=out_w.reshape(bshape + (Mp,)).astype(batch.weight.dtype),
+        traffic=batch.traffic,
+        base=batch.base,
+        validate=False,
+    )
+
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -156,3 +156,27 @@ def test_replace_validates():
     with pytest.raises(ValueError, match="capacity"):
         inst.replace(capacity=np.array([-1.0, 1.0]))
     assert inst.replace(capacity=np.array([5.0, 1.0])).capacity[0] == 5.0
+
+
+def test_merge_patterns_keeps_J_and_shrinks():
+    from slimjax.instance import merge_patterns
+    from tests.helpers import random_placement
+
+    rng = np.random.default_rng(0)
+    inst = random_instance(0, U=2, N=3, L=2, E=4, M=40, K=2)
+    v = fields(inst)
+    v["patterns"][..., 1] = np.where(rng.random(v["patterns"].shape[:-1]) < 0.5, v["patterns"][..., 0], v["patterns"][..., 1])
+    v["patterns"][0, 0, 3] = v["patterns"][0, 0, 3, ::-1]  # order inside a pattern does not matter
+    inst = slimjax.Instance(**v)
+    merged = merge_patterns(inst)
+    assert merged.shape[4] == 10  # C(E + K - 1, K) = C(5, 2) multisets
+    np.testing.assert_allclose(np.array(merged.weight).sum(-1), 1, rtol=1e-6)
+    for s in range(3):
+        x = random_placement(inst, s)
+        for agg in ("max", "sum"):
+            np.testing.assert_allclose(float(slimjax.latency(merged, x, agg)), float(slimjax.latency(inst, x, agg)), rtol=1e-6)
+    b = slimjax.stack([inst, inst])
+    mb = merge_patterns(b)
+    np.testing.assert_array_equal(np.array(mb.patterns[1]), np.array(merged.patterns))
+    big = random_instance(0, E=8, M=5, K=2)
+    assert merge_patterns(big) is big  # cannot shrink: unchanged

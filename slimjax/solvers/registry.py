@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slimjax.instance import Grid, Instance, capacity_grid, is_batched, stack
+from slimjax.instance import Grid, Instance, capacity_grid, is_batched, merge_patterns, stack
 from slimjax.objective import AGGREGATIONS, latency as _latency, storage_used
 
 __all__ = ["Options", "Method", "Solution", "register", "methods", "solve", "solve_batch", "get_method"]
@@ -37,6 +37,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "chunk_size": None,  # instances per device call; None = from memory_budget_mb
     "memory_budget_mb": 2048.0,  # working memory one chunk may take (rough estimate)
     "progress": None,  # show a progress bar; None = only when there is more than one chunk
+    "merge_patterns": True,  # merge identical patterns before solving (J unchanged, often far fewer)
 }
 
 
@@ -260,7 +261,9 @@ def solve_batch(batch: Instance, method: str = "successive", *, key=None, **opti
         and ``solve_batch(batch)[i]`` agree.
       **options: the method's options (see ``slimjax.methods()`` and the solver docs), plus
         the common ones: ``aggregation``, ``capacity_unit``, ``chunk_size``, ``memory_budget_mb``,
-        ``progress``; with ``+polish`` also ``polish_<option>``.
+        ``progress``, ``merge_patterns`` (identical patterns of a (user, layer) are merged before
+        solving: J is unchanged and the pattern axis shrinks to at most C(E+K−1, K)); with
+        ``+polish`` also ``polish_<option>``. J in the Solution is evaluated on ``batch`` itself.
 
     Raises:
       ValueError: unknown method or option, or an unbatched instance.
@@ -275,10 +278,11 @@ def solve_batch(batch: Instance, method: str = "successive", *, key=None, **opti
     key = _keys(key)
     grid = capacity_grid(batch, opts["capacity_unit"])
     t0 = time.perf_counter()
-    placement, info = batching.run(base, batch, grid, key, opts)
+    work = merge_patterns(batch) if opts["merge_patterns"] else batch
+    placement, info = batching.run(base, work, grid, key, opts)
     if popts is not None:
         pol = get_method("polish")
-        placement, pinfo = batching.run(pol, batch, grid, key, popts, placement=placement)
+        placement, pinfo = batching.run(pol, work, grid, key, popts, placement=placement)
         info.update({f"polish_{k}": v for k, v in pinfo.items()})
     placement = np.asarray(placement)
     seconds = time.perf_counter() - t0

@@ -30,7 +30,6 @@ The result depends only on the key and the instance, so ``solve`` and ``solve_ba
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import jax
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from slimjax.instance import Grid, Instance
+from slimjax.instance import merge_patterns, Grid, Instance
 from slimjax.objective import _multilinear_eval, _multilinear_plan, expert_latency_from, objective_from_d
 from slimjax.projection import project_storage
 from slimjax.solvers.registry import Options, register
@@ -237,49 +236,6 @@ def _relax_batch(batch, size_units, capacity_units, key, cfg):
     return jax.vmap(lambda i, s, c: relax(i, s, c, key, cfg))(batch, size_units, capacity_units)
 
 
-def _merge_patterns(batch: Instance) -> Instance:
-    """Merge identical patterns (as multisets) of every (instance, user, layer), host NumPy.
-
-    J is invariant under reordering a pattern's members and merging equal patterns (their
-    weights add). The pattern axis shrinks to M' = min(M, C(E + K − 1, K)), the number of
-    multisets: a bound that depends on the shape only, so an instance gets the same merged
-    patterns alone or in any batch. Routing traces with many tokens (M ≫ distinct patterns)
-    evaluate far faster this way. Unused slots get pattern 0 and weight 0.
-    """
-    *_, E, M, K = batch.shape
-    Mp = min(M, math.comb(E + K - 1, K))
-    if Mp >= M:
-        return batch
-    pat = np.sort(np.asarray(batch.patterns), axis=-1).reshape(-1, M, K)  # [G, M, K]
-    w = np.asarray(batch.weight, np.float64).reshape(-1, M)
-    G = pat.shape[0]
-    rows = pat.reshape(G * M, K)
-    group = np.repeat(np.arange(G), M)
-    order = np.lexsort(tuple(rows[:, k] for k in range(K - 1, -1, -1)) + (group,))
-    rows, group, ws = rows[order], group[order], w.reshape(-1)[order]
-    new = np.ones(G * M, bool)
-    new[1:] = (group[1:] != group[:-1]) | (rows[1:] != rows[:-1]).any(-1)
-    run = np.cumsum(new) - 1  # global run id
-    first_run = run[np.searchsorted(group, np.arange(G))]  # run id of each group's first row
-    slot = run - first_run[group]  # run index within its group, < Mp by the multiset bound
-    out_pat = np.zeros((G, Mp, K), np.int32)
-    out_w = np.zeros((G, Mp))
-    out_pat[group, slot] = rows
-    np.add.at(out_w, (group, slot), ws)
-    bshape = batch.patterns.shape[:-2]
-    return Instance(
-        latency=batch.latency,
-        fallback=batch.fallback,
-        size=batch.size,
-        capacity=batch.capacity,
-        patterns=out_pat.reshape(bshape + (Mp, K)),
-        weight=out_w.reshape(bshape + (Mp,)).astype(batch.weight.dtype),
-        traffic=batch.traffic,
-        base=batch.base,
-        validate=False,
-    )
-
-
 def _fine_grid(batch: Instance, resolution: int) -> Grid:
     """The integer storage grid with ``resolution`` units per smallest expert size (host NumPy).
 
@@ -330,7 +286,7 @@ def _relaxed_batch(batch, grid, key, options, **extra):
         if not isinstance(res, int) or isinstance(res, bool) or res < 1:
             raise ValueError(f"resolution: must be an integer >= 1 or None, got {res!r}")
         grid = _fine_grid(batch, res)
-    batch = _merge_patterns(batch)
+    batch = merge_patterns(batch)
     x, relaxed, rounded, steps = _relax_batch(
         batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), key, cfg
     )
