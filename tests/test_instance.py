@@ -68,13 +68,18 @@ def test_grid_rounding():
     v = fields(inst)
     v["size"] = np.array([[1.0, 1.0], [2.5, 2.5], [1.5, 1.5]], np.float32)
     v["capacity"] = np.array([3.9, 0.0], np.float32)
-    g = capacity_grid(slimjax.Instance(**v))
+    g = capacity_grid(slimjax.Instance(**v), unit=1.0)
     np.testing.assert_array_equal(g.size_units, [1, 3, 2])  # sizes rounded up (unit = 1.0)
     np.testing.assert_array_equal(g.capacity_units, [3, 0])  # capacities rounded down
     assert g.max_units == 3
-    g2 = capacity_grid(slimjax.Instance(**v), unit=0.5)
+    g2 = capacity_grid(slimjax.Instance(**v))  # default: the coarsest unit dividing every size
+    np.testing.assert_allclose(g2.unit, 0.5)
     np.testing.assert_array_equal(g2.size_units, [2, 5, 3])
     np.testing.assert_array_equal(g2.capacity_units, [7, 0])
+    v["size"] = np.array([[1.0, 1.0], [1.37, 1.37], [1.0, 1.0]], np.float32)  # no small common unit
+    g3 = capacity_grid(slimjax.Instance(**v))
+    np.testing.assert_allclose(g3.unit, 1.0)  # falls back to the smallest size
+    np.testing.assert_array_equal(g3.size_units, [1, 2, 1])
     # a placement feasible on the grid is feasible in real units
     assert (g2.size_units * g2.unit[..., None] >= v["size"][:, 0] - 1e-6).all()
 

@@ -439,6 +439,9 @@ def _bytes(shape: tuple, max_units: int, options) -> float:
 def refine_grid(batch: Instance, grid, max_factor: int = 8, max_units: int = 1 << 16):
     """A finer storage grid when the default unit (the smallest size) wastes capacity.
 
+    (Kept for its tests: :func:`slimjax.capacity_grid` now applies the same refinement to every
+    method by default, once per batch, so this returns such a grid unchanged.)
+
     With the default unit, a layer of size 3 next to one of size 2 costs 2 units (4 in real
     size) and a capacity of 3 holds 1 unit: real optima are lost. For each instance this picks the
     coarsest unit ``min_size / k`` (k = 1..max_factor) of which every layer size is an integer
@@ -476,9 +479,6 @@ def refine_grid(batch: Instance, grid, max_factor: int = 8, max_units: int = 1 <
 
 
 def _run(batch, grid, options, key=None):
-    if options["capacity_unit"] is None:
-        su, cu, mu = refine_grid(batch, grid)
-        grid = grid._replace(size_units=su, capacity_units=cu, max_units=max(mu, 0))
     cfg = _config(batch, grid, options)
     x, info = successive_batch(
         batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), cfg, key
