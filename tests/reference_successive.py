@@ -125,6 +125,7 @@ def oracle_greedy_ref(d, newp, pat, tw, aggregation="max", steps=None):
         cur = d[:, l].copy()
         sizes, gains = [0], [0.0]
         added_at = np.full(E, T + 1)
+        single0 = None
         for t in range(T):
             curP = pattern_latency_layer(cur, pat[:, l], "max")
             single = np.zeros(E)
@@ -136,6 +137,8 @@ def oracle_greedy_ref(d, newp, pat, tw, aggregation="max", steps=None):
                         v = max([newp[u, l, e]] + [cur[u, f] for f in members if f != e])
                         alt[u, m, e] = v
                         single[e] += tw[u, l, m] * (curP[u, m] - v)
+            if t == 0:
+                single0 = single.copy()
             cands = [single[e] if (not inS[e] and improv[e]) else -np.inf for e in range(E)]
             comp_sets = []
             for u in range(U):
@@ -164,6 +167,13 @@ def oracle_greedy_ref(d, newp, pat, tw, aggregation="max", steps=None):
         g[l] = [gains[t] for t in t_of_c]
         g[l, 0] = 0.0
         sets.append([added_at <= t_of_c[c] for c in range(E + 1)])
+        # every c >= 1 is at least the best single expert (first best), used when strictly better
+        s0 = np.where(improv, single0, -np.inf)
+        be = int(np.argmax(s0))
+        for c in range(1, E + 1):
+            if s0[be] > g[l, c]:
+                g[l, c] = s0[be]
+                sets[l][c] = np.arange(E) == be
     return g, sets
 
 

@@ -261,3 +261,48 @@ def test_refine_grid_keeps_real_optima():
     assert mu == 3
     sol = slimjax.solve(inst, "successive", order="fastest-first", polish=0)
     assert sol.latency == pytest.approx(brute_force_ref(inst)[0], rel=1e-5)
+
+
+# -- successive-fast quality (greedy chain offers the best single expert) --------------------------
+
+
+def test_fast_quality_vs_brute_force(tiny):
+    """successive-fast (greedy oracle + hull) on tiny instances: it must gain something wherever
+    gain is possible (a node holding fewer experts than the pattern size K still gets its best
+    single expert), and be near-optimal in the median."""
+    r = _ratios(tiny, "successive-fast")
+    assert (r > 0.05).all(), r
+    assert np.median(r) >= 0.97, r
+    assert np.percentile(r, 5) >= 0.5, r
+
+
+def test_greedy_oracle_sizes_one_and_sets_consistent(x64):
+    """greedy_oracle: g[:, 1] is the exact optimum over single experts (= exact_oracle's g[:, 1]),
+    g is non-decreasing, and the set behind every g[l, c] has at most c experts and that exact gain."""
+    import jax.numpy as jnp
+
+    from slimjax.solvers.oracle import exact_oracle, greedy_oracle, pattern_prep
+    from tests.reference_successive import pattern_latency_layer
+
+    for seed in range(6):
+        inst = random_instance(200 + seed, U=2, N=2, L=2, E=5, M=4, K=3, dtype=np.float64)
+        lat, fb = np.asarray(inst.latency), np.asarray(inst.fallback)
+        d = fb.copy()
+        newp = np.minimum(d, lat[:, 0])
+        pat, w, tr = inst.patterns, inst.weight, inst.traffic
+        tw, dup = pattern_prep(pat, w, tr)
+        g, select = greedy_oracle(jnp.asarray(d), jnp.asarray(newp), pat, tw, dup, "max")
+        ge, _ = exact_oracle(jnp.asarray(d), jnp.asarray(newp), pat, tw, dup, "max")
+        g, ge, twn, patn = np.asarray(g), np.asarray(ge), np.asarray(tw), np.asarray(pat)
+        np.testing.assert_allclose(g[:, 1], ge[:, 1], rtol=1e-9, atol=1e-12)
+        assert (np.diff(g, axis=1) >= -1e-12).all()
+        assert (g <= ge + 1e-9).all()
+        E = d.shape[-1]
+        for c in range(E + 1):
+            sel = np.asarray(select(jnp.full((g.shape[0],), c, jnp.int32)))
+            assert (sel.sum(-1) <= c).all()
+            for l in range(g.shape[0]):
+                d2 = np.where(sel[l][None], newp[:, l], d[:, l])
+                gain = (twn[:, l] * (pattern_latency_layer(d[:, l], patn[:, l], "max")
+                                     - pattern_latency_layer(d2, patn[:, l], "max"))).sum()
+                assert gain == pytest.approx(g[l, c], rel=1e-9, abs=1e-12)

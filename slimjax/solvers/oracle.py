@@ -16,7 +16,9 @@ minus after, summed over users with ``traffic`` (``tw = traffic · weight``).
   per added expert; candidates are single experts (exact marginal gains) **and** completions of a
   pattern (its members that this node would make faster and are not in the set yet; gain
   estimated as the members' single gains plus the pattern's own co-activation term), so
-  co-activated pairs are found when single gains are 0. The chain's gains are exact.
+  co-activated pairs are found when single gains are 0. The chain's gains are exact. Since a
+  completion can add several experts at once, every size c >= 1 is also offered the best single
+  expert (``g[c] = max(chain, best single)``, the set following the value).
 
 Ties: among sets of one size the smallest bit mask wins; a larger size is used only when its
 gain is strictly larger (so no expert without gain is ever added).
@@ -193,7 +195,7 @@ def greedy_oracle(
     _, p0 = p_of(d)
 
     def step(state, t):
-        inS, cur = state
+        inS, cur, s0 = state
         cur_k, curP = p_of(cur)
         gain_now = (tw * (p0 - curP)).sum(axis=(0, 2))  # [L] exact gain of the current set
         size_now = inS.sum(-1).astype(jnp.int32)
@@ -227,10 +229,11 @@ def greedy_oracle(
         add = jnp.where(is_single[:, None], jax.nn.one_hot(best, E, dtype=bool), comp) & go[:, None]
         inS = inS | add
         cur = jnp.where(add[None], newp, cur)
-        return (inS, cur), (gain_now, size_now, add)
+        s0 = jnp.where(t == 0, single, s0)
+        return (inS, cur, s0), (gain_now, size_now, add)
 
-    init = (jnp.zeros((L, E), bool), d)
-    (inS, cur), (gains, sizes, adds) = lax.scan(step, init, jnp.arange(T))
+    init = (jnp.zeros((L, E), bool), d, jnp.zeros((L, E), dt))
+    (inS, cur, singles0), (gains, sizes, adds) = lax.scan(step, init, jnp.arange(T))  # singles0: gains vs d
     _, pT = p_of(cur)
     gains = jnp.concatenate([gains.T, (tw * (p0 - pT)).sum(axis=(0, 2))[:, None]], axis=1)  # [L, T+1]
     sizes = jnp.concatenate([sizes.T, inS.sum(-1).astype(jnp.int32)[:, None]], axis=1)  # [L, T+1]
@@ -241,9 +244,19 @@ def greedy_oracle(
     t_of_c = (sizes[:, None, :] <= c[None, :, None]).sum(-1) - 1  # [L, E+1] largest t with size_t ≤ c
     g = jnp.take_along_axis(gains, t_of_c, axis=-1)
     g = g.at[:, 0].set(0.0)
+    # The chain may jump past small sizes (a completion adds several experts at once), so a node
+    # holding fewer experts than a pattern would get nothing: every c >= 1 is at least the best
+    # single expert (its exact gain against d). Still non-decreasing; used only when strictly better.
+    s0 = jnp.where(improv, singles0, -jnp.inf)  # [L, E]
+    best_e = jnp.argmax(s0, axis=-1).astype(jnp.int32)  # [L]
+    best_v = jnp.take_along_axis(s0, best_e[:, None], axis=-1)  # [L, 1]
+    use1 = (c[None, :] >= 1) & (best_v > g)  # [L, E+1]
+    g = jnp.where(use1, best_v, g)
+    one = jax.nn.one_hot(best_e, E, dtype=bool)  # [L, E]
 
     def select(counts):
         t = jnp.take_along_axis(t_of_c, counts[:, None], axis=-1)  # [L, 1]
-        return added_at <= t
+        u = jnp.take_along_axis(use1, counts[:, None], axis=-1)  # [L, 1]
+        return jnp.where(u, one, added_at <= t)
 
     return g, select
