@@ -63,8 +63,11 @@ ORDERS = ("fastest-first", "largest-first", "given", "slowest-first", "smallest-
 ORACLES = ("auto", "exact", "greedy")
 UNION = ("auto", "on", "off")
 AUTO_EXACT_MAX_E = 12
-AUTO_REVISIT = 2  # revisit rounds of "auto" with order="best-of"
-AUTO_RESTARTS = 8  # random restarts of "auto" with order="best-of"
+AUTO_REVISIT = 2  # revisit rounds of "auto" with order="best-of" (small instances)
+AUTO_RESTARTS = 8  # random restarts of "auto" with order="best-of" (small instances)
+AUTO_REVISIT_LARGE = 1  # ... above AUTO_SMALL placement variables N·L·E
+AUTO_RESTARTS_LARGE = 0
+AUTO_SMALL = 512  # N·L·E up to which "auto" spends restarts (cheap there, and where they matter)
 
 
 class SuccessiveConfig(NamedTuple):
@@ -366,13 +369,15 @@ def _config(batch: Instance, grid, options) -> SuccessiveConfig:
         raise ValueError(f"polish: must be an int >= 0 (rounds), got {polish!r}")
     best_mode = options["order"] == "best-of"
     restarts = options["restarts"]
+    _, N_, L_, E_, _, _ = batch.shape
+    small = N_ * L_ * E_ <= AUTO_SMALL
     if restarts == "auto":
-        restarts = AUTO_RESTARTS if best_mode else 0
+        restarts = (AUTO_RESTARTS if small else AUTO_RESTARTS_LARGE) if best_mode else 0
     if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 0:
         raise ValueError(f"restarts: must be an int >= 0, got {restarts!r}")
     revisit = options["revisit"]
     if revisit == "auto":
-        revisit = AUTO_REVISIT if best_mode else 0
+        revisit = (AUTO_REVISIT if small else AUTO_REVISIT_LARGE) if best_mode else 0
     if isinstance(revisit, bool) or not isinstance(revisit, (int, np.integer)) or revisit < 0:
         raise ValueError(f"revisit: must be an int >= 0 (rounds), got {revisit!r}")
     union = options["union_first"]
