@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     parts = {
         "a": lambda: part_objective(4096, 8 if q else 32, 5 if q else 10),
         "b": lambda: part_successive(args.successive_batch, 2 if q else 8, args.milp_n if args.milp_n is not None else (1 if q else 3),
-                                     args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 3 if q else 5),
+                                     args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 2 if q else 5),
         "c": lambda: part_hull(8 if q else 32, 3 if q else 5),
         "d": lambda: part_deepseek(),
         "t": lambda: part_throughput(args.sizes, args.chunk),
