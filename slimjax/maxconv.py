@@ -202,26 +202,34 @@ def _hull(g, s, Q) -> DPResult:
     lp = jnp.where(full, gain_s, 0).sum() + jnp.where(has_brk, frac * gain_s[b], 0)
 
     # Skip-greedy: take segments in order while they fit; a segment that does not fit is skipped
-    # and closes its layer (later segments of that layer would not be contiguous). Each round takes
-    # the eligible prefix that fits and closes one layer, so at most L + 1 rounds.
+    # and closes its layer (later segments of that layer would not be contiguous). Done in rounds
+    # from the last position p0 with r units left: every live segment longer than r can never fit,
+    # so it closes its layer at once (``first_bad``); the remaining eligible segments are taken in
+    # order while the running sum fits, and the first one that overflows closes its layer and ends
+    # the round. Each round closes at least one layer, so at most L + 1 rounds — in practice a few,
+    # since only the rare overflows of segments shorter than r cost a round.
     def cond(st):
-        it, _, _, _, done = st
+        it, _, _, _, _, done = st
         return (~done) & (it <= L)
 
     def body(st):
-        it, taken, closed, r, _ = st
-        elig = ok_s & ~taken & ~closed[layer]
+        it, taken, closed, r, p0, _ = st
+        live = ok_s & (pos > p0) & ~closed[layer]
+        bad = live & (len_s > r)
+        first_bad = jnp.full((L,), S, jnp.int32).at[layer].min(jnp.where(bad, pos, S))
+        elig = live & ~bad & (pos < first_bad[layer])
         cs = jnp.cumsum(jnp.where(elig, len_s, 0), dtype=jnp.int32)
         over = elig & (cs > r)
         has_over = over.any()
-        f = jnp.argmax(over)
-        take = elig & ((pos < f) | ~has_over)
+        f = jnp.where(has_over, jnp.argmax(over), S).astype(jnp.int32)
+        take = elig & (pos < f)
         r = r - jnp.where(take, len_s, 0).sum(dtype=jnp.int32)
-        closed = closed.at[layer[f]].set(closed[layer[f]] | has_over)
-        return it + 1, taken | take, closed, r, ~has_over
+        lf = layer[jnp.minimum(f, S - 1)]
+        closed = closed | (first_bad < f) | ((jnp.arange(L) == lf) & has_over)
+        return it + 1, taken | take, closed, r, f, ~has_over
 
-    init = (jnp.int32(0), jnp.zeros(S, bool), jnp.zeros(L, bool), Q, jnp.bool_(False))
-    _, taken, _, _, _ = lax.while_loop(cond, body, init)
+    init = (jnp.int32(0), jnp.zeros(S, bool), jnp.zeros(L, bool), Q, jnp.int32(-1), jnp.bool_(False))
+    _, taken, _, _, _, _ = lax.while_loop(cond, body, init)
     taken_layout = jnp.zeros(S, bool).at[perm].set(taken).reshape(L, C1)
     counts = jnp.where(taken_layout, nxc, 0).max(axis=1).astype(jnp.int32)
     value = jnp.take_along_axis(g, counts[:, None], axis=1)[:, 0].sum()
