@@ -140,6 +140,35 @@ def test_dense_swap_table_matches_candidate_enumeration():
         tv, ti, dup = P.pattern_top(d_l, pat_l, 3)
         add = P.add_gain_layer(lat_l, d_l, tv, ti, w_l, tr)
         drop = jnp.where(x, P.drop_loss_layer(dd, pat_l, tv, ti, dup, w_l, tr), 0.0)
-        g1 = P._same_layer_swaps_dense(lat_l, d_l, dd, x, pat_l, tv, ti, dup, w_l, tr, add, drop)[0]
+        g1 = P._same_layer_swaps_dense(lat_l, d_l, dd, x, pat_l, tv, ti, dup, w_l, tr, add, drop)[0][0]
         g2 = P._same_layer_swaps(lat_l, d_l, dd, x, pat_l, tv, ti, w_l, tr, add, drop, 6)[0]
         np.testing.assert_allclose(g1, g2, atol=1e-5)
+
+
+def test_pair_add_gain_is_exact():
+    """Best pair add of one layer per node == enumeration of J over all uncached pairs."""
+    from slimjax.solvers import polish as P
+
+    for seed in range(6):
+        inst = random_instance(50 + seed, U=1 + seed % 2, N=2, L=1, E=5, M=6, K=2 + seed % 2)
+        x = np.random.default_rng(seed).random((2, 1, 5)) < 0.3
+        lat_l, fb_l, w_l, tr, pat_l = (inst.latency[:, :, 0], inst.fallback[:, 0], inst.weight[:, 0],
+                                       inst.traffic, inst.patterns[:, 0])
+        xl = x[:, 0]
+        d_l = jnp.minimum(fb_l, jnp.where(xl[None], lat_l, jnp.inf).min(1))
+        dd = P.second_best(lat_l, fb_l, xl)
+        tv, ti, dup = P.pattern_top(d_l, pat_l, 3)
+        add = P.add_gain_layer(lat_l, d_l, tv, ti, w_l, tr)
+        drop = jnp.where(xl, P.drop_loss_layer(dd, pat_l, tv, ti, dup, w_l, tr), 0.0)
+        _, (pg, _, _) = P._same_layer_swaps_dense(lat_l, d_l, dd, xl, pat_l, tv, ti, dup, w_l, tr, add, drop)
+        J = latency_ref(inst, x)
+        for n in range(2):
+            free = np.flatnonzero(~xl[n])
+            best = -np.inf
+            for i in range(len(free)):
+                for j in range(i + 1, len(free)):
+                    y = x.copy()
+                    y[n, 0, [free[i], free[j]]] = True
+                    best = max(best, J - latency_ref(inst, y))
+            if np.isfinite(best):
+                np.testing.assert_allclose(pg[n], best, atol=1e-5)

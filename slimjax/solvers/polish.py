@@ -6,6 +6,8 @@
    - every **add** ``(n, l, e)`` that fits on node ``n``,
    - every **swap** on one node: drop a cached ``(n, l_i, e_i)`` and add ``(n, l_j, e_j)`` when the
      node still fits afterwards;
+   - every **pair add** of two experts of one layer on one node (``"max"``, E ≤ 32): co-activated
+     experts whose single adds gain nothing (ties, K ≥ 2) are only useful together;
 2. take the single best strictly improving move (the new J is recomputed exactly and the move is
    kept only when J drops by more than a float tolerance), or stop when none improves.
 
@@ -209,7 +211,27 @@ def _same_layer_swaps_dense(lat_l, d_l, d_drop_l, x_l, pat_l, top_v, top_ids, du
     gain = add_l[:, None, :] - drop_l[:, :, None] - corr_ab
     gain = jnp.where(x_l[:, :, None] & ~x_l[:, None, :], gain, _NEG).reshape(N, E * E)
     best = jnp.argmax(gain, axis=-1)
-    return jnp.take_along_axis(gain, best[:, None], -1)[:, 0], (best // E).astype(jnp.int32), (best % E).astype(jnp.int32)
+    swap = (
+        jnp.take_along_axis(gain, best[:, None], -1)[:, 0],
+        (best // E).astype(jnp.int32),
+        (best % E).astype(jnp.int32),
+    )
+    # pair adds (a and b both added): gain[a] + gain[b] − corr, corr from patterns holding both
+    pjoint = jnp.maximum(rest[:, None], jnp.maximum(nb[..., :, None], nb[..., None, :]))  # [U, N, M, K, K]
+    pcorr = pjoint - v1[:, None, :, None, None] - c_add[..., :, None] - c_add[..., None, :]
+    pcorr = jnp.where(pair_ok[:, None], pcorr, 0.0) * (traffic[:, None] * w_l)[:, None, :, None, None]
+    pflat = jnp.moveaxis(pcorr, 1, 0).reshape(N, -1)
+    pcorr_ab = jax.ops.segment_sum(pflat.T, pid, num_segments=E * E).T.reshape(N, E, E)
+    pgain = add_l[:, :, None] + add_l[:, None, :] - pcorr_ab
+    upper = jnp.triu(jnp.ones((E, E), bool), 1)
+    pgain = jnp.where(upper[None] & ~x_l[:, :, None] & ~x_l[:, None, :], pgain, _NEG).reshape(N, E * E)
+    pbest = jnp.argmax(pgain, axis=-1)
+    pair = (
+        jnp.take_along_axis(pgain, pbest[:, None], -1)[:, 0],
+        (pbest // E).astype(jnp.int32),
+        (pbest % E).astype(jnp.int32),
+    )
+    return swap, pair
 
 
 def _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq_l, traffic, aggregation, k):
@@ -222,14 +244,16 @@ def _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq_l, traffic, aggregation
         drop = drop_loss_layer(d_drop, pat_l, top_v, top_ids, dup, w_l, traffic)
         drop = jnp.where(x_l, drop, 0.0)
         E = lat_l.shape[-1]
+        none = (jnp.full((N,), _NEG, d_l.dtype), jnp.zeros(N, jnp.int32), jnp.zeros(N, jnp.int32))
         if k > 0 and E <= DENSE_SWAP_MAX_E:
-            sg, si, sj = _same_layer_swaps_dense(
+            (sg, si, sj), pair = _same_layer_swaps_dense(
                 lat_l, d_l, d_drop, x_l, pat_l, top_v, top_ids, dup, w_l, traffic, add, drop
             )
         elif k > 0:
             sg, si, sj = _same_layer_swaps(lat_l, d_l, d_drop, x_l, pat_l, top_v, top_ids, w_l, traffic, add, drop, k)
+            pair = none
         else:
-            sg, si, sj = jnp.full((N,), _NEG, d_l.dtype), jnp.zeros(N, jnp.int32), jnp.zeros(N, jnp.int32)
+            (sg, si, sj), pair = none, none
     else:  # "sum": J separates per expert
         tf = traffic[:, None] * freq_l  # [U, E]
         add = jnp.einsum("ue,une->ne", tf, d_l[:, None, :] - jnp.minimum(d_l[:, None, :], lat_l))
@@ -241,7 +265,9 @@ def _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq_l, traffic, aggregation
         si = jnp.argmax(dd, -1)
         sg = a.max(-1) + dd.max(-1)
         sg = jnp.where(jnp.isfinite(sg), sg, _NEG)
-    return add, drop, sg, si.astype(jnp.int32), sj.astype(jnp.int32)
+        # pair adds are never better than two single adds when J separates
+        pair = (jnp.full((N,), _NEG, d_l.dtype), jnp.zeros(N, jnp.int32), jnp.zeros(N, jnp.int32))
+    return add, drop, sg, si.astype(jnp.int32), sj.astype(jnp.int32), *pair
 
 
 def _tolerance(J: Array) -> Array:
@@ -287,17 +313,16 @@ def polish_instance(
         member = jnp.take_along_axis(d_l[:, None, :], pat_l, axis=-1)  # [U, M, K]
         pl = member.max(-1) if aggregation == "max" else member.sum(-1)
         J_l = (tr[:, None] * w_l * pl).sum()
-        add, drop, sg, si, sj = _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq[:, l], tr, aggregation, k)
-        return J_l, add, drop, sg, si, sj
+        return (J_l, *_layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq[:, l], tr, aggregation, k))
 
     def all_layers(x):
-        J_l, add, drop, sg, si, sj = jax.lax.map(lambda l: layer_eval(x, l), jnp.arange(L), batch_size=min(L, 16))
+        J_l, *tables = jax.lax.map(lambda l: layer_eval(x, l), jnp.arange(L), batch_size=min(L, 16))
         # [L, N, E] -> [N, L, E]; [L, N] -> [N, L]
-        return J_l, (jnp.moveaxis(add, 0, 1), jnp.moveaxis(drop, 0, 1), sg.T, si.T, sj.T)
+        return J_l, tuple(jnp.moveaxis(t, 0, 1) for t in tables)
 
     def propose(x, tables):
         """The best move under the current tables: (x_new, estimated gain, layers touched)."""
-        add, drop, sg, si, sj = tables
+        add, drop, sg, si, sj, qg, qa, qb = tables
         used = jnp.einsum("nle,l->n", x.astype(jnp.int32), su)
         # adds that fit
         fits = (used[:, None] + su[None, :]) <= cu[:, None]  # [N, L]
@@ -325,27 +350,31 @@ def polish_instance(
         p_gain = pair.reshape(-1)[p_flat]
         pn, pli, plj = jnp.unravel_index(p_flat, (N, L, L))
         p_i, p_j = cd_e[pn, pli], ba_e[pn, plj]
-        gains = jnp.stack([a_gain, s_gain, p_gain])
+        # pair adds inside one layer (co-activated experts whose single gains are 0)
+        qg = jnp.where(((used[:, None] + 2 * su[None, :]) <= cu[:, None]), qg, _NEG)  # [N, L]
+        q_flat = jnp.argmax(qg.reshape(-1))
+        q_gain = qg.reshape(-1)[q_flat]
+        qn, ql = jnp.unravel_index(q_flat, (N, L))
+        x_padd = x.at[qn, ql, qa[qn, ql]].set(True).at[qn, ql, qb[qn, ql]].set(True)
+        gains = jnp.stack([a_gain, s_gain, p_gain, q_gain])
         which = jnp.argmax(gains)
         x_add = x.at[an, al, ae].set(True)
         x_swap = x.at[sn, sl, s_i].set(False).at[sn, sl, s_j].set(True)
         x_pair = x.at[pn, pli, p_i].set(False).at[pn, plj, p_j].set(True)
-        x_new = jnp.where(which == 0, x_add, jnp.where(which == 1, x_swap, x_pair))
-        l1 = jnp.where(which == 0, al, jnp.where(which == 1, sl, pli))
+        x_new = jnp.where(which == 0, x_add, jnp.where(which == 1, x_swap, jnp.where(which == 2, x_pair, x_padd)))
+        l1 = jnp.where(which == 0, al, jnp.where(which == 1, sl, jnp.where(which == 2, pli, ql)))
         l2 = jnp.where(which == 2, plj, l1)
         return x_new, gains[which], l1, l2
 
     def update(tables, J_l, x, ls):
         """Recompute the tables of layers ``ls`` (int [2]) under x."""
-        J2, add2, drop2, sg2, si2, sj2 = jax.vmap(lambda l: layer_eval(x, l))(ls)
-        add, drop, sg, si, sj = tables
-        for j in range(2):  # static, two layers (the same one twice for adds / same-layer swaps)
+        J2, *new = jax.vmap(lambda l: layer_eval(x, l))(ls)
+        tables = list(tables)
+        for j in range(2):  # static, two layers (the same one twice for adds / same-layer moves)
             l = ls[j]
             J_l = J_l.at[l].set(J2[j])
-            add = add.at[:, l].set(add2[j])
-            drop = drop.at[:, l].set(drop2[j])
-            sg, si, sj = sg.at[:, l].set(sg2[j]), si.at[:, l].set(si2[j]), sj.at[:, l].set(sj2[j])
-        return (add, drop, sg, si, sj), J_l
+            tables = [t.at[:, l].set(t2[j]) for t, t2 in zip(tables, new)]
+        return tuple(tables), J_l
 
     x0 = jnp.asarray(placement, bool)
     J_l0, tables0 = all_layers(x0)
