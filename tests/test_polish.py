@@ -142,7 +142,7 @@ def test_dense_swap_table_matches_candidate_enumeration():
         drop = jnp.where(x, P.drop_loss_layer(dd, pat_l, tv, ti, dup, w_l, tr), 0.0)
         g1 = P._same_layer_swaps_dense(lat_l, d_l, dd, x, pat_l, tv, ti, dup, w_l, tr, add, drop)[0][0]
         g2 = P._same_layer_swaps(lat_l, d_l, dd, x, pat_l, tv, ti, w_l, tr, add, drop, 6)[0]
-        np.testing.assert_allclose(g1, g2, atol=1e-5)
+        np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-4)  # float32 sums of two formulations
 
 
 def test_pair_add_gain_is_exact():

@@ -10,7 +10,7 @@ import pytest
 
 import slimjax
 from slimjax.solvers import successive as succ
-from slimjax.solvers.successive import bucket_units, refine_grid, successive_batch, successive_instance
+from slimjax.solvers.successive import bucket_units, successive_batch, successive_instance
 from tests.helpers import random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
 from tests.reference_successive import successive_ref
@@ -48,7 +48,8 @@ def test_matches_numpy_reference(cfg, x64):
     insts += [random_instance(10 + s, U=2, N=3, L=2, E=4, M=5, K=2, capacity=(1, 3), dtype=np.float64) for s in range(3)]
     batch = slimjax.stack(insts)
     sol = slimjax.solve_batch(batch, "successive", polish=0, restarts=0, **cfg)
-    su, cu, mu = refine_grid(batch, slimjax.capacity_grid(batch))  # the grid the method uses
+    _g = slimjax.capacity_grid(batch)  # the grid the method uses
+    su, cu, mu = _g.size_units, _g.capacity_units, _g.max_units
     for i, inst in enumerate(insts):
         x, info = successive_ref(inst, su[i], cu[i], **cfg)
         assert feasible_ref(inst, x)
@@ -62,7 +63,8 @@ def test_matches_numpy_reference(cfg, x64):
 def test_matches_numpy_reference_sum_k3(x64):
     insts = [random_instance(30 + s, U=1, N=2, L=2, E=4, M=4, K=3, dtype=np.float64) for s in range(4)]
     batch = slimjax.stack(insts)
-    su, cu, _ = refine_grid(batch, slimjax.capacity_grid(batch))
+    _g = slimjax.capacity_grid(batch)
+    su, cu = _g.size_units, _g.capacity_units
     for agg in ("sum", "max"):
         cfg = dict(order="largest-first", oracle="exact", maxconv="dense", union_first="off")
         sol = slimjax.solve_batch(batch, "successive", polish=0, aggregation=agg, **cfg)
@@ -109,6 +111,7 @@ def test_default_quality_vs_brute_force(tiny):
     assert np.percentile(r, 5) >= 0.95, r
 
 
+@pytest.mark.slow
 def test_best_of_without_polish_quality(tiny):
     r = _ratios(tiny, "successive", polish=0)
     assert np.median(r) >= 0.97, r
@@ -249,16 +252,16 @@ def test_bad_options():
         slimjax.solve(big, "successive", oracle="exact")
 
 
-def test_refine_grid_keeps_real_optima():
-    """Sizes 2 and 3 with the default unit (2) cost 1 and 2 units; unit 1 is exact."""
+def test_refined_grid_keeps_real_optima():
+    """Sizes 2 and 3 with the smallest-size unit (2) cost 1 and 2 units; the default grid uses unit 1."""
     inst = random_instance(3, U=1, N=2, L=2, E=3, M=4, K=2, capacity=(1, 3))  # sizes [2, 3], capacities [3, 1]
     batch = slimjax.stack([inst])
+    coarse = slimjax.capacity_grid(batch, unit=2.0)
+    np.testing.assert_array_equal(coarse.size_units[0], [1, 2])
     grid = slimjax.capacity_grid(batch)
-    su, cu, mu = refine_grid(batch, grid)
-    np.testing.assert_array_equal(grid.size_units[0], [1, 2])
-    np.testing.assert_array_equal(su[0], [2, 3])
-    np.testing.assert_array_equal(cu[0], [3, 1])
-    assert mu == 3
+    np.testing.assert_array_equal(grid.size_units[0], [2, 3])
+    np.testing.assert_array_equal(grid.capacity_units[0], [3, 1])
+    assert grid.max_units == 3
     sol = slimjax.solve(inst, "successive", order="fastest-first", polish=0)
     assert sol.latency == pytest.approx(brute_force_ref(inst)[0], rel=1e-5)
 

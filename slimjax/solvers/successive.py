@@ -57,7 +57,7 @@ from slimjax.objective import AGGREGATIONS, expert_latency_from, objective_from_
 from slimjax.solvers.oracle import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
 from slimjax.solvers.registry import register
 
-__all__ = ["SuccessiveConfig", "refine_grid", "successive_instance", "successive_batch", "node_orders", "bucket_units", "ORDERS"]
+__all__ = ["SuccessiveConfig", "successive_instance", "successive_batch", "node_orders", "bucket_units", "ORDERS"]
 
 ORDERS = ("fastest-first", "largest-first", "given", "slowest-first", "smallest-first")
 ORACLES = ("auto", "exact", "greedy")
@@ -439,48 +439,6 @@ def _bytes(shape: tuple, max_units: int, options) -> float:
     inst = 4 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
     pol = 4.0 * (16 * (U * N * L * E + U * L * M * K) + min(L, 16) * U * M * N * min(E, 8) ** 2 * 12)
     return 4 * inst + C * (oracle + dp + 4 * N * L * E) + (pol if options["polish"] else 0)
-
-
-def refine_grid(batch: Instance, grid, max_factor: int = 8, max_units: int = 1 << 16):
-    """A finer storage grid when the default unit (the smallest size) wastes capacity.
-
-    (Kept for its tests: :func:`slimjax.capacity_grid` now applies the same refinement to every
-    method by default, once per batch, so this returns such a grid unchanged.)
-
-    With the default unit, a layer of size 3 next to one of size 2 costs 2 units (4 in real
-    size) and a capacity of 3 holds 1 unit: real optima are lost. For each instance this picks the
-    coarsest unit ``min_size / k`` (k = 1..max_factor) of which every layer size is an integer
-    multiple (to 1e-6), as long as the grid stays within ``max_units``; else it keeps ``grid``.
-    Sizes are still rounded up and capacities down, so grid-feasible stays feasible.
-
-    Returns:
-      (size_units int32 [B, L], capacity_units int32 [B, N], max_units int)
-    """
-    size = np.asarray(batch.size, np.float64)[..., 0]  # [B, L]
-    cap = np.asarray(batch.capacity, np.float64)  # [B, N]
-    E = batch.size.shape[-1]
-    su = np.asarray(grid.size_units).copy()
-    cu = np.asarray(grid.capacity_units).copy()
-    base = size.min(-1)  # [B]
-    for b in range(size.shape[0]):
-        if not np.allclose(np.asarray(grid.unit)[b], base[b], rtol=1e-9):
-            continue  # a unit was given explicitly
-        for k in range(1, max_factor + 1):
-            r = size[b] * k / base[b]
-            if np.all(np.abs(r - np.round(r)) <= 1e-6 * np.maximum(r, 1)):
-                break
-        else:
-            continue
-        if k == 1:
-            continue
-        u = base[b] / k
-        s_b = np.maximum(np.round(size[b] / u), 1).astype(np.int64)
-        c_b = np.floor(cap[b] / u + 1e-9 * np.maximum(cap[b] / u, 1)).astype(np.int64)
-        c_b = np.minimum(c_b, (s_b * E).sum())
-        if c_b.max(initial=0) > max_units:
-            continue
-        su[b], cu[b] = s_b, c_b
-    return su.astype(np.int32), cu.astype(np.int32), int(cu.max(initial=0))
 
 
 def _run(batch, grid, options, key=None):
