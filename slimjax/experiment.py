@@ -471,6 +471,18 @@ _DISPLAY = {  # summary column -> (header, format)
 }
 
 
+
+def _summary_cells(row, keys, vals) -> list[str]:
+    """One summary row as display strings: the key columns, then the formatted value columns."""
+    cells = [str(row[c]) for c in keys]
+    for c in vals:
+        v = row[c]
+        try:
+            cells.append(_DISPLAY[c][1].format(int(v) if c == "n" else float(v)))
+        except (TypeError, ValueError):
+            cells.append(str(v))
+    return cells
+
 def print_summary(summary: pd.DataFrame, title: str, console=None) -> None:
     """A rich table of :func:`summarize`'s output (the best row per group in bold green)."""
     from rich.table import Table
@@ -484,13 +496,7 @@ def print_summary(summary: pd.DataFrame, title: str, console=None) -> None:
     for c in vals:
         t.add_column(_DISPLAY[c][0], justify="right")
     for _, row in summary.iterrows():
-        cells = [str(row[c]) for c in keys]
-        for c in vals:
-            v = row[c]
-            try:
-                cells.append(_DISPLAY[c][1].format(int(v) if c == "n" else float(v)))
-            except (TypeError, ValueError):
-                cells.append(str(v))
+        cells = _summary_cells(row, keys, vals)
         best = bool(np.isclose(float(row["J_rel"]), 1.0))
         t.add_row(*cells, style="bold green" if best else None)
     console.print(t)
@@ -708,13 +714,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
     head = keys + [_DISPLAY[c][0] for c in vals]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(keys) + ["---:"] * len(vals)) + "|"]
     for _, row in summary.iterrows():
-        cells = [str(row[c]) for c in keys]
-        for c in vals:
-            v = row[c]
-            try:
-                cells.append(_DISPLAY[c][1].format(int(v) if c == "n" else float(v)))
-            except (TypeError, ValueError):
-                cells.append(str(v))
+        cells = _summary_cells(row, keys, vals)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -449,18 +449,23 @@ def _run(batch, grid, options, key=None):
     return x, info
 
 
+SUCCESSIVE_DEFAULTS = {
+    "order": "best-of",
+    "best_of": ("fastest-first", "largest-first", "given"),
+    "oracle": "auto",
+    "maxconv": "dense",
+    "union_first": "auto",
+    "revisit": "auto",
+    "restarts": "auto",
+    "polish": 16,
+}
+# successive-fast: the same options, with the accelerated backends and the plain node order.
+FAST_DEFAULTS = dict(SUCCESSIVE_DEFAULTS, order="fastest-first", oracle="greedy", maxconv="hull", polish=0)
+
+
 @register(
     "successive",
-    defaults={
-        "order": "best-of",
-        "best_of": ("fastest-first", "largest-first", "given"),
-        "oracle": "auto",
-        "maxconv": "dense",
-        "union_first": "auto",
-        "revisit": "auto",
-        "restarts": "auto",
-        "polish": 16,
-    },
+    defaults=SUCCESSIVE_DEFAULTS,
     description="SlimCaching successive decomposition: per-node layer oracle + (max,+) DP over layers, §4.4",
     bytes_per_instance=_bytes,
 )
@@ -471,16 +476,7 @@ def _successive_method(batch, grid, key, options, **extra):
 
 @register(
     "successive-fast",
-    defaults={
-        "order": "fastest-first",
-        "best_of": ("fastest-first", "largest-first", "given"),
-        "oracle": "greedy",
-        "maxconv": "hull",
-        "union_first": "auto",
-        "revisit": "auto",
-        "restarts": "auto",
-        "polish": 0,
-    },
+    defaults=FAST_DEFAULTS,
     description="Successive decomposition with the hull (max,+) backend and the greedy layer oracle, §4.3-4.4",
     bytes_per_instance=_bytes,
 )
