@@ -309,3 +309,29 @@ def test_greedy_oracle_sizes_one_and_sets_consistent(x64):
                 gain = (twn[:, l] * (pattern_latency_layer(d[:, l], patn[:, l], "max")
                                      - pattern_latency_layer(d2, patn[:, l], "max"))).sum()
                 assert gain == pytest.approx(g[l, c], rel=1e-9, abs=1e-12)
+
+
+def test_greedy_oracle_limit_stops_early_and_keeps_feasible_sizes():
+    """With ``limit`` the chain stops once every layer holds ``limit[l]`` experts: g and the sets
+    for counts ≤ limit equal the unlimited chain's (the DP never uses more), and it does not run
+    past ``steps`` either."""
+    import jax.numpy as jnp
+
+    from slimjax.solvers.oracle import greedy_oracle, pattern_prep
+
+    inst = random_instance(300, U=1, N=2, L=3, E=24, M=12, K=3)
+    d = np.asarray(inst.fallback)
+    newp = np.minimum(d, np.asarray(inst.latency)[:, 0])
+    tw, dup = pattern_prep(inst.patterns, inst.weight, inst.traffic)
+    args = (jnp.asarray(d), jnp.asarray(newp), inst.patterns, tw, dup, "max")
+    g_full, sel_full = greedy_oracle(*args)
+    limit = jnp.asarray([2, 5, 0], jnp.int32)
+    g_lim, sel_lim = greedy_oracle(*args, limit=limit)
+    g_full, g_lim = np.asarray(g_full), np.asarray(g_lim)
+    for l, lim in enumerate([2, 5, 0]):
+        np.testing.assert_array_equal(g_lim[l, : lim + 1], g_full[l, : lim + 1])
+        assert (np.diff(g_lim[l]) >= 0).all()
+    for c in range(6):
+        counts = jnp.minimum(jnp.full((3,), c, jnp.int32), limit)
+        np.testing.assert_array_equal(np.asarray(sel_lim(counts)), np.asarray(sel_full(counts)))
+    assert g_full[:, -1].max() > g_lim[:, -1].max()  # the limited chain really stopped early

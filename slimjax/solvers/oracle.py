@@ -164,13 +164,21 @@ def greedy_oracle(
     dup: Bool[Array, "U L M K"],
     aggregation: str = "max",
     steps: int | None = None,
+    limit: Int[Array, "L"] | None = None,
 ) -> tuple[Float[Array, "L E1"], Select]:
     """Greedy chain layer oracle (see the module docstring).
 
+    The chain is a ``lax.while_loop`` of at most ``steps`` steps that stops as soon as no layer can
+    grow: a layer stops when no candidate has a positive gain or when its set holds ``limit[l]``
+    experts (the most the node can store). Every step adds ≥ 1 expert to each growing layer, and
+    pattern completions add up to K, so on large E the chain usually ends long before ``steps``.
+    Sizes above ``limit`` never fit, so stopping there changes no value the DP can use.
+
     Args:
       d, newp, patterns, tw, dup, aggregation: as :func:`exact_oracle`.
-      steps: chain length (static; default E; at most E). Sets larger than ``steps`` experts are
+      steps: most chain steps (static; default E; at most E). Sets larger than ``steps`` experts are
         never formed, so ``min(E, Qmax)`` loses nothing.
+      limit: int [L], the most experts of each layer the node can hold (dynamic; default E).
 
     Returns:
       (g float [L, E+1], select: counts int [L] -> bool [L, E]).
@@ -194,8 +202,10 @@ def greedy_oracle(
 
     _, p0 = p_of(d)
 
-    def step(state, t):
-        inS, cur, s0 = state
+    lim = jnp.full((L,), E, jnp.int32) if limit is None else jnp.minimum(jnp.asarray(limit, jnp.int32), E)
+
+    def step(state):
+        t, active, inS, cur, s0, added_at, gains, sizes = state
         cur_k, curP = p_of(cur)
         gain_now = (tw * (p0 - curP)).sum(axis=(0, 2))  # [L] exact gain of the current set
         size_now = inS.sum(-1).astype(jnp.int32)
@@ -219,7 +229,7 @@ def greedy_oracle(
         r_s = jnp.where(~inS & improv, single, -jnp.inf)  # [L, E]
         cand = jnp.concatenate([r_s, jnp.moveaxis(r_c, 0, 1).reshape(L, U * M)], axis=-1)
         best = jnp.argmax(cand, axis=-1)
-        go = jnp.take_along_axis(cand, best[:, None], axis=-1)[:, 0] > 0
+        go = (jnp.take_along_axis(cand, best[:, None], axis=-1)[:, 0] > 0) & active
         is_single = best < E
         ci = jnp.maximum(best - E, 0)
         cu, cm = ci // M, ci % M
@@ -230,16 +240,21 @@ def greedy_oracle(
         inS = inS | add
         cur = jnp.where(add[None], newp, cur)
         s0 = jnp.where(t == 0, single, s0)
-        return (inS, cur, s0), (gain_now, size_now, add)
+        added_at = jnp.where(add, t + 1, added_at)  # the state after step t holds the experts added in steps < t
+        gains = lax.dynamic_update_index_in_dim(gains, gain_now, t, 0)
+        sizes = lax.dynamic_update_index_in_dim(sizes, size_now, t, 0)
+        active = go & (inS.sum(-1) < lim)
+        return (t + 1, active, inS, cur, s0, added_at, gains, sizes)
 
-    init = (jnp.zeros((L, E), bool), d, jnp.zeros((L, E), dt))
-    (inS, cur, singles0), (gains, sizes, adds) = lax.scan(step, init, jnp.arange(T))  # singles0: gains vs d
+    # Rows of steps that never run keep size E + 1 (> any count), so they are never selected.
+    init = (jnp.int32(0), lim > 0, jnp.zeros((L, E), bool), d, jnp.zeros((L, E), dt),
+            jnp.full((L, E), T + 1, jnp.int32), jnp.zeros((T + 1, L), dt), jnp.full((T + 1, L), E + 1, jnp.int32))
+    t_end, _, inS, cur, singles0, added_at, gains, sizes = lax.while_loop(
+        lambda st: (st[0] < T) & st[1].any(), step, init)  # singles0: gains vs d
     _, pT = p_of(cur)
-    gains = jnp.concatenate([gains.T, (tw * (p0 - pT)).sum(axis=(0, 2))[:, None]], axis=1)  # [L, T+1]
-    sizes = jnp.concatenate([sizes.T, inS.sum(-1).astype(jnp.int32)[:, None]], axis=1)  # [L, T+1]
+    gains = lax.dynamic_update_index_in_dim(gains, (tw * (p0 - pT)).sum(axis=(0, 2)), t_end, 0).T  # [L, T+1]
+    sizes = lax.dynamic_update_index_in_dim(sizes, inS.sum(-1).astype(jnp.int32), t_end, 0).T  # [L, T+1]
     gains = lax.cummax(gains, axis=1)  # exact gains are non-decreasing already; guard float noise
-    # state after step t holds the experts added in steps < t
-    added_at = jnp.where(adds.any(0), jnp.argmax(adds, axis=0) + 1, T + 1).astype(jnp.int32)  # [L, E]
     c = jnp.arange(E + 1, dtype=jnp.int32)
     t_of_c = (sizes[:, None, :] <= c[None, :, None]).sum(-1) - 1  # [L, E+1] largest t with size_t ≤ c
     g = jnp.take_along_axis(gains, t_of_c, axis=-1)

@@ -123,11 +123,14 @@ def node_orders(inst: Instance, capacity_units: Int[Array, "N"]) -> dict[str, In
     }
 
 
-def _oracle_fn(cfg: SuccessiveConfig, patterns, tw, dup):
-    def fn(d, newp):
+def _oracle_fn(cfg: SuccessiveConfig, patterns, tw, dup, s):
+    """``fn(d, newp, q)``: the layer oracle for a node with ``q`` capacity units (``s`` [L] sizes)."""
+
+    def fn(d, newp, q):
         if cfg.oracle == "exact":
             return exact_oracle(d, newp, patterns, tw, dup, cfg.aggregation)
-        return greedy_oracle(d, newp, patterns, tw, dup, cfg.aggregation, steps=min(d.shape[-1], max(cfg.Qmax, 1)))
+        steps = min(d.shape[-1], max(cfg.Qmax, cfg.Qunion, 1))
+        return greedy_oracle(d, newp, patterns, tw, dup, cfg.aggregation, steps=steps, limit=q // s)
 
     return fn
 
@@ -145,7 +148,7 @@ def _node_pass(inst, s, cap, order, d0, x0, oracle, cfg: SuccessiveConfig, tabu=
         newp = jnp.minimum(d, lat_n)
         if tabu is not None:
             newp = jnp.where(tabu[n][None], d, newp)
-        g, select = oracle(d, newp)
+        g, select = oracle(d, newp, cap[n])
         res = capacity_dp(g, s, cap[n], Qmax=cfg.Qmax, backend=cfg.maxconv)
         chosen = select(res.counts)  # [L, E]
         d = jnp.where(chosen[None], newp, d)
@@ -173,7 +176,7 @@ def _revisit(inst, s, cap, order, x, oracle, cfg: SuccessiveConfig):
         others = x.at[n].set(False)
         d = expert_latency_from(lat, fb, others)
         newp = jnp.minimum(d, jnp.take(lat, n, axis=1))
-        g, select = oracle(d, newp)
+        g, select = oracle(d, newp, cap[n])
         res = capacity_dp(g, s, cap[n], Qmax=cfg.Qmax, backend=cfg.maxconv)
         chosen = select(res.counts)
         J_new = objective_from_d(inst, jnp.where(chosen[None], newp, d), cfg.aggregation)
@@ -197,7 +200,7 @@ def _union_start(inst, s, cap, fastest, oracle, cfg: SuccessiveConfig, K: int):
     qg = jnp.minimum(jnp.where(small, cap, 0).sum(), cfg.Qunion)
     d0 = inst.fallback
     newp = jnp.minimum(d0, lat_g)
-    g, select = oracle(d0, newp)
+    g, select = oracle(d0, newp, qg)
     res = capacity_dp(g, s, qg, Qmax=cfg.Qunion, backend=cfg.maxconv)
     chosen = select(res.counts)  # [L, E]
     # importance of an expert: traffic-weighted pattern mass times its speed-up
@@ -257,7 +260,7 @@ def successive_instance(
     s = jnp.asarray(size_units, jnp.int32)
     cap = jnp.minimum(jnp.asarray(capacity_units, jnp.int32), cfg.Qmax)
     tw, dup = pattern_prep(inst.patterns, inst.weight, inst.traffic)
-    oracle = _oracle_fn(cfg, inst.patterns, tw, dup)
+    oracle = _oracle_fn(cfg, inst.patterns, tw, dup, s)
     named = node_orders(inst, cap)
     C0 = len(cfg.orders)
     R = cfg.restarts
