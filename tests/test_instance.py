@@ -1,5 +1,6 @@
 """Instance construction, pytree behaviour, batching, the storage grid and every validation rule."""
 
+import math
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,3 +186,24 @@ def test_merge_patterns_keeps_J_and_shrinks():
     np.testing.assert_array_equal(np.array(mb.patterns[1]), np.array(merged.patterns))
     big = random_instance(0, E=8, M=5, K=2)
     assert merge_patterns(big) is big  # cannot shrink: unchanged
+
+
+@pytest.mark.parametrize("E,K", [(4, 2), (5, 3), (3, 4)])
+def test_merge_patterns_device_paths_equal_numpy(E, K):
+    """The JAX merge (histogram and sort variants) gives the NumPy path's patterns, in the same
+    order, and the same weights; repeated members and shuffled positions included."""
+    import jax.numpy as jnp
+
+    from slimjax.instance import _merge_codes, _merge_numpy
+
+    rng = np.random.default_rng(E * 10 + K)
+    M = 60
+    pat = rng.integers(0, E, (3, 2, 4, M, K)).astype(np.int32)  # [B, U, L, M, K], repeats likely
+    w = rng.random((3, 2, 4, M)).astype(np.float32)
+    w[..., :5] = 0.0  # zero-weight patterns still take a slot, as in NumPy
+    Mp = math.comb(E + K - 1, K)
+    ref_p, ref_w = _merge_numpy(pat, w, Mp)
+    for hist_limit in (2**26, 0):  # histogram, then the sort variant
+        p, wt = _merge_codes(jnp.asarray(pat), jnp.asarray(w), E, Mp, hist_limit=hist_limit)
+        np.testing.assert_array_equal(np.asarray(p), ref_p)
+        np.testing.assert_allclose(np.asarray(wt), ref_w, rtol=1e-6, atol=1e-7)

@@ -26,6 +26,7 @@ gain is strictly larger (so no expert without gain is ever added).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -53,6 +54,20 @@ def pattern_prep(patterns: Int[Array, "U L M K"], weight: Float[Array, "U L M"],
 
 def _members(v: Float[Array, "U L E"], patterns: Int[Array, "U L M K"]) -> Float[Array, "U L M K"]:
     return jnp.take_along_axis(v[:, :, None, :], patterns, axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _masks_by_size(E: int) -> np.ndarray:
+    """int32 [E+1, W]: row c lists the bit masks with c bits set in ascending order, padded with
+    2^E (W = the largest binomial coefficient C(E, c))."""
+    P = 2**E
+    pop = np.array([bin(i).count("1") for i in range(P)])
+    rows = [np.flatnonzero(pop == c) for c in range(E + 1)]
+    W = max(len(r) for r in rows)
+    out = np.full((E + 1, W), P, np.int32)
+    for c, r in enumerate(rows):
+        out[c, : len(r)] = r
+    return out
 
 
 def _prefix_best(g_exact: Float[Array, "L C1"]) -> tuple[Array, Array]:
@@ -139,12 +154,12 @@ def exact_oracle(
     for i in range(E):  # zeta (subset-sum) transform over the E experts
         H = H.reshape(L, 2 ** (E - 1 - i), 2, 2**i)
         H = jnp.stack([H[:, :, 0, :], H[:, :, 1, :] + H[:, :, 0, :]], axis=2)
-    gain = H.reshape(L, P)
-    pop = np.array([bin(i).count("1") for i in range(P)], np.int32)
-    by_size = jnp.asarray(pop[None, :] == np.arange(E + 1)[:, None])  # [E+1, P]
-    vals = jnp.where(by_size[None], gain[:, None, :], -jnp.inf)  # [L, E+1, P]
-    m_exact = jnp.argmax(vals, axis=-1).astype(jnp.int32)
-    g_exact = jnp.take_along_axis(vals, m_exact[..., None], axis=-1)[..., 0]
+    gain = jnp.concatenate([H.reshape(L, P), jnp.full((L, 1), -jnp.inf, dt)], axis=-1)  # [L, P+1]
+    by_size = jnp.asarray(_masks_by_size(E))  # [E+1, W]: the masks of each size, ascending, padded with P
+    vals = gain[:, by_size]  # [L, E+1, W]
+    j = jnp.argmax(vals, axis=-1)  # first maximum = the smallest mask among ties
+    m_exact = by_size[jnp.arange(E + 1)[None, :], j].astype(jnp.int32)  # [L, E+1]
+    g_exact = jnp.take_along_axis(vals, j[..., None], axis=-1)[..., 0]
     g_exact = g_exact.at[:, 0].set(0.0)
     g, idx = _prefix_best(g_exact)
     sel_mask = jnp.take_along_axis(m_exact, idx, axis=-1)  # [L, E+1]
