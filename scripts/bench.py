@@ -200,22 +200,43 @@ def part_deepseek(tokens: int = 1024) -> dict:
             "deepseek_v3_J_popularity": float(pop.latency), "deepseek_v3_shape": [U, N, L, E, M, K]}
 
 
-def part_throughput(sizes, chunk: int) -> dict:
-    """Time per instance of solve_batch vs batch size (where batching saturates), for the default
-    ``successive`` and the plain paper method (``order="fastest-first", polish=0``)."""
-    log(f"(t) successive throughput vs batch size {list(sizes)}")
+#: Configurations of the throughput part: name -> successive options.
+THROUGHPUT_CONFIGS = {
+    "successive": {},  # the defaults
+    "plain": {"order": "fastest-first", "polish": 0},  # the paper method
+    "plain+polish": {"order": "fastest-first"},  # the paper method + the default polish rounds
+    "best-of": {"polish": 0},  # the default candidates (orders, union-first, revisit), no polish
+    "best-of-norevisit": {"polish": 0, "revisit": 0},
+}
+
+
+def part_throughput(sizes, chunk: int, configs=("successive", "plain")) -> dict:
+    """Time per instance of ``solve_batch`` vs batch size (where batching saturates), for the
+    default ``successive`` and other configurations (:data:`THROUGHPUT_CONFIGS`)."""
+    log(f"(t) successive throughput vs batch size {list(sizes)}, configurations {list(configs)}")
     big = slimjax.generate.instances(jax.random.key(6), max(sizes), model="mixtral_8x7b")
+    block(big)
     rows = []
-    for label, opts in (("successive", {}), ("successive plain", {"order": "fastest-first", "polish": 0})):
+    for label in configs:
+        opts = THROUGHPUT_CONFIGS[label]
         for B in sizes:
             b = big[:B]
-            t = median_time(lambda: slimjax.solve_batch(b, "successive", progress=False, chunk_size=min(B, chunk), **opts), 2)
+            run = lambda b=b, B=B, opts=opts: slimjax.solve_batch(b, "successive", progress=False, chunk_size=min(B, chunk), **opts)  # noqa: E731
+            run()  # warm-up (compile)
+            ts = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                sol = run()
+                ts.append(time.perf_counter() - t0)
+            t, J = statistics.median(ts), float(np.mean(sol.latency))
             rows.append({"method": label, "batch": B, "seconds": t, "ms_per_instance": t / B * 1e3,
-                         "instances_per_second": B / t})
-            log(f"    {label} B={B}: {t:.3f}s, {t/B*1e3:.4f} ms/inst, {B/t:.0f} inst/s")
-    best = lambda lab: max(r["instances_per_second"] for r in rows if r["method"] == lab)  # noqa: E731
-    return {"throughput": rows, "successive_max_instances_per_second": best("successive"),
-            "successive_plain_max_instances_per_second": best("successive plain")}
+                         "instances_per_second": B / t, "mean_J": J})
+            log(f"    {label} B={B}: {t:.3f}s, {t/B*1e3:.4f} ms/inst, {B/t:.0f} inst/s, mean J {J:.6f}")
+    out = {"throughput": rows}
+    for label in configs:
+        key = "successive" if label == "successive" else f"successive_{label.replace('+', '_').replace('-', '_')}"
+        out[f"{key}_max_instances_per_second"] = max(r["instances_per_second"] for r in rows if r["method"] == label)
+    return out
 
 
 def main(argv=None) -> int:
@@ -229,7 +250,12 @@ def main(argv=None) -> int:
     ap.add_argument("--milp-limit", type=float, default=None, help="HiGHS time limit per instance (s)")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64, 256, 1024],
                     help="batch sizes of the throughput part 't' (comma-separated)")
+    ap.add_argument("--configs", type=lambda v: v.split(","), default=["successive", "plain"],
+                    help=f"configurations of the throughput part 't' (comma-separated; from {list(THROUGHPUT_CONFIGS)})")
     args = ap.parse_args(argv)
+    bad = [c for c in args.configs if c not in THROUGHPUT_CONFIGS]
+    if bad:
+        ap.error(f"--configs: unknown {bad}; choose from {list(THROUGHPUT_CONFIGS)}")
     q = args.quick
     res: dict = {"machine": machine(), "quick": q}
     log(f"machine: {res['machine']}")
@@ -239,7 +265,7 @@ def main(argv=None) -> int:
                                      args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 2 if q else 5),
         "c": lambda: part_hull(8 if q else 32, 3 if q else 5),
         "d": lambda: part_deepseek(),
-        "t": lambda: part_throughput(args.sizes, args.chunk),
+        "t": lambda: part_throughput(args.sizes, args.chunk, args.configs),
     }
     for p in args.parts:
         t0 = time.perf_counter()

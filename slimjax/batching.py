@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from slimjax.instance import Grid, Instance
 
-__all__ = ["run", "chunk_size_for", "default_bytes_per_instance", "batch_mesh"]
+__all__ = ["run", "chunk_size_for", "memory_budget_bytes", "default_bytes_per_instance", "batch_mesh"]
 
 
 def default_bytes_per_instance(shape: tuple, max_units: int, options) -> float:
@@ -29,6 +29,31 @@ def default_bytes_per_instance(shape: tuple, max_units: int, options) -> float:
     return 16 * inst + dp
 
 
+#: The budget of ``memory_budget_mb="auto"`` on CPU (MB), and the share of an accelerator's memory.
+CPU_BUDGET_MB = 2048.0
+ACCELERATOR_SHARE = 0.4
+
+
+def memory_budget_bytes(value) -> float:
+    """``memory_budget_mb`` in bytes: a number > 0, or ``"auto"`` (:data:`CPU_BUDGET_MB` on CPU,
+    :data:`ACCELERATOR_SHARE` of the first device's memory limit on a GPU/TPU when JAX reports it)."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"memory_budget_mb: must be a number > 0 or 'auto', got {value!r}")
+        dev = jax.local_devices()[0]
+        if dev.platform != "cpu":
+            try:
+                limit = (dev.memory_stats() or {}).get("bytes_limit")
+            except Exception:  # noqa: BLE001 - some backends do not report memory
+                limit = None
+            if limit:
+                return ACCELERATOR_SHARE * float(limit)
+        return CPU_BUDGET_MB * 2**20
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0:
+        raise ValueError(f"memory_budget_mb: must be a number > 0 or 'auto', got {value!r}")
+    return float(value) * 2**20
+
+
 def chunk_size_for(method, shape: tuple, max_units: int, options, n: int) -> int:
     """Instances per chunk: ``chunk_size`` if given, else what fits ``memory_budget_mb``."""
     if options["chunk_size"] is not None:
@@ -37,9 +62,7 @@ def chunk_size_for(method, shape: tuple, max_units: int, options, n: int) -> int
             raise ValueError(f"chunk_size: must be >= 1, got {c}")
         return c
     est = (method.bytes_per_instance or default_bytes_per_instance)(shape, max_units, options)
-    budget = float(options["memory_budget_mb"]) * 2**20
-    if not budget > 0:
-        raise ValueError(f"memory_budget_mb: must be > 0, got {options['memory_budget_mb']}")
+    budget = memory_budget_bytes(options["memory_budget_mb"])
     c = max(1, int(budget // max(est, 1)))
     return min(c, n)
 
@@ -91,6 +114,14 @@ def run(method, batch: Instance, grid: Grid, key, options, **extra) -> tuple[Any
 
     placements, infos = [], []
     progress = None
+    pending = None
+
+    def collect(x, info, n):
+        placements.append(np.asarray(x)[:n])
+        infos.append({k: np.asarray(v)[:n] for k, v in info.items()})
+        if progress is not None:
+            progress.update(task, advance=n)
+
     if show:
         from rich.progress import Progress
 
@@ -116,11 +147,13 @@ def run(method, batch: Instance, grid: Grid, key, options, **extra) -> tuple[Any
                 )
                 cextra = {k: jax.device_put(v, sharding) for k, v in cextra.items()}
             x, info = method.fn(chunk, cgrid, key, options, **cextra)
-            n = stop - start
-            placements.append(np.asarray(x)[:n])
-            infos.append({k: np.asarray(v)[:n] for k, v in info.items()})
-            if progress is not None:
-                progress.update(task, advance=n)
+            # One chunk in flight: chunk c is dispatched before chunk c-1 is copied to the host,
+            # so the device is not idle while the host collects results.
+            if pending is not None:
+                collect(*pending)
+            pending = (x, info, stop - start)
+        if pending is not None:
+            collect(*pending)
     finally:
         if progress is not None:
             progress.stop()

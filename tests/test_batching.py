@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -42,6 +43,29 @@ def test_chunk_size_from_memory_budget():
         chunk_size_for(m, shape, 64, opts.replace(chunk_size=0), 10)
     with pytest.raises(ValueError, match="memory_budget_mb"):
         chunk_size_for(m, shape, 64, opts.replace(memory_budget_mb=0.0), 10)
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        chunk_size_for(m, shape, 64, opts.replace(memory_budget_mb="lots"), 10)
+    auto = chunk_size_for(m, shape, 64, opts.replace(memory_budget_mb="auto"), 10_000)
+    explicit = chunk_size_for(m, shape, 64, opts.replace(memory_budget_mb=2048.0), 10_000)
+    assert jax.default_backend() != "cpu" or auto == explicit  # "auto" is 2048 MB on CPU
+
+
+def test_chunk_estimate_covers_compiled_memory():
+    """The successive working-set estimate is not below what XLA's compiled solver needs."""
+    from slimjax.instance import merge_patterns
+    from slimjax.solvers.successive import _config, successive_batch
+
+    m = get_method("successive")
+    b = merge_patterns(slimjax.generate.instances(jax.random.key(0), 8, model="mixtral_8x7b"))
+    g = slimjax.capacity_grid(b)
+    for extra in ({}, {"order": "fastest-first", "polish": 0}):
+        opts = Options({**COMMON_OPTIONS, **m.defaults, **extra})
+        compiled = successive_batch.lower(
+            b, jnp.asarray(g.size_units), jnp.asarray(g.capacity_units), _config(b, g, opts), None
+        ).compile()
+        need = compiled.memory_analysis().temp_size_in_bytes / 8
+        est = m.bytes_per_instance(b.shape, g.max_units, opts)
+        assert need <= est <= 20 * need, (extra, need, est)
 
 
 def test_no_recompile_on_second_call():

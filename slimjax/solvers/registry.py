@@ -35,7 +35,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "aggregation": "max",  # "max" (parallel experts) or "sum" (sequential)
     "capacity_unit": None,  # storage grid unit; None = smallest expert size
     "chunk_size": None,  # instances per device call; None = from memory_budget_mb
-    "memory_budget_mb": 2048.0,  # working memory one chunk may take (rough estimate)
+    "memory_budget_mb": "auto",  # working memory one chunk may take; "auto": 2048 MB on CPU, 40 % of an accelerator's memory
     "progress": None,  # show a progress bar; None = only when there is more than one chunk
     "merge_patterns": True,  # merge identical patterns before solving (J unchanged, often far fewer)
 }
