@@ -16,6 +16,9 @@ Parts:
   (c) ``hull`` vs ``dense`` capacity DP at 8192 capacity units, L = 64, E = 64: speed and value lost.
   (d) one deepseek_v3-scale instance (L=58, E=256, K=8, 9 nodes, 1024 tokens) with successive-fast.
   (e) peak resident memory after each part (the process high-water mark).
+  (t) throughput of ``solve_batch(method="successive")`` vs batch size, for several configurations.
+  (s) scaling: time vs E (exact vs greedy oracle) and vs capacity units (dense vs hull DP).
+      ``--plots DIR`` draws the curves of parts t and s.
 """
 
 from __future__ import annotations
@@ -200,6 +203,93 @@ def part_deepseek(tokens: int = 1024) -> dict:
             "deepseek_v3_J_popularity": float(pop.latency), "deepseek_v3_shape": [U, N, L, E, M, K]}
 
 
+def part_scaling(B: int, experts, units, reps: int) -> dict:
+    """Scaling curves (issue 7, item 5): time per instance vs the number of experts E with the
+    exact and the greedy layer oracle (plain successive, mixtral_8x7b with E changed), and time per
+    node problem vs capacity units with the dense and the hull DP (random curves, L = 32, E = 16)."""
+    import dataclasses
+
+    from slimjax.generate.models import MODELS
+
+    log(f"(s) scaling: E in {list(experts)} (exact vs greedy oracle, {B} instances); capacity units in {list(units)} (dense vs hull)")
+    rows_e = []
+    for E in experts:
+        model = dataclasses.replace(MODELS["mixtral_8x7b"], experts=E, name=f"mixtral_E{E}")
+        b = slimjax.generate.instances(jax.random.key(7), B, model=model, routing={"tokens": 256})
+        block(b)
+        for oracle in ("exact", "greedy"):
+            run = lambda b=b, oracle=oracle: slimjax.solve_batch(  # noqa: E731
+                b, "successive", order="fastest-first", polish=0, oracle=oracle, progress=False)
+            t = median_time(run, reps) / B
+            J = float(np.mean(run().latency))
+            rows_e.append({"E": E, "oracle": oracle, "ms_per_instance": t * 1e3, "mean_J": J})
+            log(f"    E={E} {oracle}: {t*1e3:.3f} ms/inst, mean J {J:.6f}")
+    rows_q = []
+    P, L, Ec = 16, 32, 16
+    g = random_curves(jax.random.key(8), P, L, Ec)
+    s = jax.random.randint(jax.random.key(9), (P, L), 1, 5).astype(jnp.int32)
+    for Q in units:
+        Qs = jnp.full((P,), Q, jnp.int32)
+        vals = {}
+        for backend in ("dense", "hull"):
+            f = jax.jit(jax.vmap(lambda g, s, q, backend=backend, Q=Q: capacity_dp(g, s, q, Qmax=Q, backend=backend).value))
+            t = median_time(lambda f=f: f(g, s, Qs).block_until_ready(), reps) / P
+            vals[backend] = np.asarray(f(g, s, Qs))
+            rows_q.append({"units": Q, "backend": backend, "ms_per_problem": t * 1e3})
+        loss = float(np.median((vals["dense"] - vals["hull"]) / vals["dense"]))
+        rows_q[-1]["value_loss_median"] = loss
+        log(f"    Q={Q}: dense {rows_q[-2]['ms_per_problem']:.3f} ms, hull {rows_q[-1]['ms_per_problem']:.3f} ms per problem, hull loss median {loss:.2e}")
+    return {"scaling_experts": rows_e, "scaling_units": rows_q}
+
+
+def write_plots(res: dict, folder: str) -> list[str]:
+    """Figures of the scaling curves present in ``res`` (PNG files in ``folder``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(folder, exist_ok=True)
+    dev = res["machine"]["device"]
+    written = []
+
+    def save(fig, name):
+        path = os.path.join(folder, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    if res.get("throughput"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label in dict.fromkeys(r["method"] for r in res["throughput"]):
+            rs = [r for r in res["throughput"] if r["method"] == label]
+            ax.plot([r["batch"] for r in rs], [r["ms_per_instance"] for r in rs], "o-", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per instance",
+               title=f"successive, mixtral_8x7b ({dev})")
+        ax.legend()
+        save(fig, "scaling_batch.png")
+    if res.get("scaling_experts"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for oracle in ("exact", "greedy"):
+            rs = [r for r in res["scaling_experts"] if r["oracle"] == oracle]
+            ax.plot([r["E"] for r in rs], [r["ms_per_instance"] for r in rs], "o-", label=f"{oracle} oracle")
+        ax.set(yscale="log", xlabel="experts per layer E", ylabel="ms per instance",
+               title=f"plain successive vs E ({dev})")
+        ax.legend()
+        save(fig, "scaling_experts.png")
+    if res.get("scaling_units"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for backend in ("dense", "hull"):
+            rs = [r for r in res["scaling_units"] if r["backend"] == backend]
+            ax.plot([r["units"] for r in rs], [r["ms_per_problem"] for r in rs], "o-", label=backend)
+        ax.set(xscale="log", yscale="log", xlabel="capacity units Q", ylabel="ms per node problem",
+               title=f"capacity DP, L=32, E=16 ({dev})")
+        ax.legend()
+        save(fig, "scaling_units.png")
+    return written
+
+
 #: Configurations of the throughput part: name -> successive options.
 THROUGHPUT_CONFIGS = {
     "successive": {},  # the defaults
@@ -243,13 +333,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller reference loops; < 10 min on 2 CPU cores")
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON")
-    ap.add_argument("--parts", default="abcd", help="which parts to run (subset of 'abcdt'; t = throughput curve)")
+    ap.add_argument("--parts", default="abcd", help="which parts to run (subset of 'abcdts'; t = throughput vs batch size, s = scaling in E and capacity units)")
     ap.add_argument("--successive-batch", type=int, default=1024)
     ap.add_argument("--chunk", type=int, default=8192, help="chunk_size cap of the throughput part")
     ap.add_argument("--milp-n", type=int, default=None, help="instances solved by HiGHS in part b")
     ap.add_argument("--milp-limit", type=float, default=None, help="HiGHS time limit per instance (s)")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64, 256, 1024],
                     help="batch sizes of the throughput part 't' (comma-separated)")
+    ap.add_argument("--plots", metavar="DIR", help="write the figures of the scaling curves (parts t, s) to DIR")
+    ap.add_argument("--experts", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="E values of the scaling part 's' (default 4,8,12,16; --quick 4,8,12)")
+    ap.add_argument("--scaling-batch", type=int, default=None, help="instances per point of part 's' (default 256; --quick 64)")
+    ap.add_argument("--units", type=lambda v: [int(x) for x in v.split(",")], default=[256, 1024, 4096, 16384],
+                    help="capacity units of the scaling part 's'")
     ap.add_argument("--configs", type=lambda v: v.split(","), default=["successive", "plain"],
                     help=f"configurations of the throughput part 't' (comma-separated; from {list(THROUGHPUT_CONFIGS)})")
     args = ap.parse_args(argv)
@@ -266,6 +362,7 @@ def main(argv=None) -> int:
         "c": lambda: part_hull(8 if q else 32, 3 if q else 5),
         "d": lambda: part_deepseek(),
         "t": lambda: part_throughput(args.sizes, args.chunk, args.configs),
+        "s": lambda: part_scaling(args.scaling_batch or (64 if q else 256), args.experts or ([4, 8, 12] if q else [4, 8, 12, 16]), args.units, 2 if q else 3),
     }
     for p in args.parts:
         t0 = time.perf_counter()
@@ -284,6 +381,9 @@ def main(argv=None) -> int:
         log(f"| {k} | {v:.4g} | {op} {thr} | {'yes' if met else 'NO'} |")
     log(f"| peak_rss_mb | {res['peak_rss_mb']:.0f} | | |")
     res["all_targets_met"] = bool(met_all)
+    if args.plots:
+        for path in write_plots(res, args.plots):
+            log(f"wrote {path}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -4,7 +4,8 @@
 #   1. the throughput of successive (defaults, and the plain paper method) vs batch size;
 #   2. the tests marked `gpu` (tests/test_gpu.py);
 #   3. the benchmark's objective, hull-vs-dense and deepseek_v3 parts (no HiGHS, no NumPy solver);
-#   4. the throughput of other successive configurations (where the time goes).
+#   4. the throughput of other successive configurations (where the time goes);
+#   5. the scaling curves (batch size, E, capacity units) with their figures.
 # Usage: bash scripts/gpu_check.sh    (SIZES, CONFIGS, DIAG_CONFIGS, DIAG_SIZES override the sizes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,5 @@ step "${T2:-120}" gpu_tests "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/
 step "${T3:-120}" bench_gpu "$PY" scripts/bench.py --quick --parts acd --json "$out/bench_gpu.json"
 step "${T4:-120}" throughput_gpu_configs "$PY" scripts/bench.py --parts t --sizes "${DIAG_SIZES:-16384}" \
   --configs "${DIAG_CONFIGS:-plain+polish,best-of,best-of-norevisit}" --chunk 65536 --json "$out/throughput_gpu_configs.json"
+step "${T5:-200}" scaling_gpu "$PY" scripts/bench.py --parts ts --sizes "${CURVE_SIZES:-1,16,256,4096,16384,65536}" \
+  --chunk 65536 --experts 4,8,12,16 --scaling-batch 1024 --plots "$out" --json "$out/scaling_gpu.json"
