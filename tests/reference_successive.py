@@ -341,7 +341,7 @@ def _revisit_ref(a, s, cap, order, x, oracle, maxconv, aggregation, rounds):
     return x
 
 
-def _union_ref(a, s, cap, fastest, oracle, maxconv, aggregation, K, qmax):
+def _union_ref(a, s, cap, oracle, maxconv, aggregation, K, qmax):
     U, N, L, E = a["lat"].shape
     small = [(cap[n] < K * min(s)) and cap[n] > 0 for n in range(N)]
     lat_g = np.full((U, L, E), -np.inf)
@@ -366,25 +366,21 @@ def _union_ref(a, s, cap, fastest, oracle, maxconv, aggregation, K, qmax):
                 for e in a["pat"][u, l, m]:
                     imp[l * E + e] += tw[u, l, m] * (d0[u, l, e] - newp[u, l, e])
     prio = sorted(range(L * E), key=lambda i: -imp[i])
+    score = np.zeros((N, L, E))
+    for n in range(N):
+        for u in range(U):
+            score[n] += a["tr"][u] * np.minimum(a["lat"][u, n], a["fb"][u])
     x = np.zeros((N, L, E), bool)
-    assigned = np.zeros(L * E, bool)
-    for n in fastest:
-        rem = cap[n] if small[n] else 0
-        taken = np.zeros(L * E, bool)
-        for _ in range(2):
-            cum, take = 0, []
-            for i in prio:
-                sz = s[i // E]
-                if chosen.reshape(-1)[i] and not assigned[i] and not taken[i] and sz <= rem:
-                    cum += sz
-                    if cum <= rem:
-                        take.append(i)
-            for i in take:
-                taken[i] = True
-                rem -= s[i // E]
-        assigned |= taken
-        for i in np.flatnonzero(taken):
-            x[n, i // E, i % E] = True
+    rem = [cap[n] if small[n] else 0 for n in range(N)]
+    for i in prio:
+        l, e = divmod(i, E)
+        if not chosen[l, e]:
+            continue
+        fits = [n for n in range(N) if small[n] and rem[n] >= s[l]]
+        if fits:
+            n = min(fits, key=lambda n: (score[n, l, e], n))
+            x[n, l, e] = True
+            rem[n] -= s[l]
     d = a["fb"].copy()
     for n in range(N):
         d = np.where(x[n][None], np.minimum(d, a["lat"][:, n]), d)
@@ -435,7 +431,7 @@ def successive_ref(
     for i, (o, uni) in enumerate(cands):
         ordr = named[o] if isinstance(o, str) else list(o)
         if uni:
-            x, d, left = _union_ref(a, s, cap, named["fastest-first"], oracle, maxconv, aggregation, K, qmax)
+            x, d, left = _union_ref(a, s, cap, oracle, maxconv, aggregation, K, qmax)
         else:
             x, d, left = np.zeros((N, L, E), bool), a["fb"].copy(), list(cap)
         x, d, gains, bounds = _node_pass_ref(a, s, left, ordr, d, x, oracle, maxconv, aggregation)

@@ -174,7 +174,6 @@ def _below_k_instance(seed):
     return slimjax.Instance(latency=lat, fallback=fb, size=np.ones((L, E)), capacity=np.ones(N), patterns=pats, weight=w)
 
 
-@pytest.mark.xfail(reason="union-first gains nothing on this case yet (under investigation)", strict=False)
 def test_capacity_below_k_union_first_repairs():
     insts = [_below_k_instance(s) for s in range(3)]
     batch = slimjax.stack(insts)

@@ -20,8 +20,8 @@ Options (``slimjax.solve(inst, method="successive", **options)``):
   ``order="best-of"``, else off). Nodes whose capacity is below K experts of every layer cannot
   complete a pattern alone, so a pure per-node pass gains ~nothing from them; union-first treats
   them as one virtual node (capacity = their sum, latency = the slowest of them), chooses the
-  union, splits it over them fastest-node-first by expert importance, then runs the per-node pass
-  over all nodes with the capacity left.
+  union, splits it over them (most important expert first, each to the node with room where it is
+  fastest), then runs the per-node pass over all nodes with the capacity left.
 - ``revisit``: rounds of per-node best response after each pass (block-coordinate descent: each
   node is re-solved by its oracle + DP given all other nodes; with the exact oracle and dense DP
   J never increases). ``"auto"`` = 2 with ``order="best-of"``, else 0.
@@ -187,7 +187,7 @@ def _revisit(inst, s, cap, order, x, oracle, cfg: SuccessiveConfig):
     return x, J
 
 
-def _union_start(inst, s, cap, fastest, oracle, cfg: SuccessiveConfig, K: int):
+def _union_start(inst, s, cap, oracle, cfg: SuccessiveConfig, K: int):
     """Union-first: choose a union for the nodes below K experts, split it by speed.
 
     Returns (x0 [N, L, E], d0 [U, L, E], capacity left [N]).
@@ -213,22 +213,22 @@ def _union_start(inst, s, cap, fastest, oracle, cfg: SuccessiveConfig, K: int):
     prio = jnp.argsort(-imp, stable=True)  # items (l*E + e) most important first
     item_size = jnp.repeat(s, E)[prio]
     item_chosen = chosen.reshape(-1)[prio]
+    # Each chosen item, most important first, goes to the small node (with room) where it is
+    # fastest for the traffic (per expert, not by node averages).
+    score = (inst.traffic[:, None, None, None] * jnp.minimum(lat, inst.fallback[:, None])).sum(0)  # [N, L, E]
+    score = score.reshape(N, L * E)[:, prio]
 
-    def place(carry, n):
-        assigned, x = carry
-        rem = jnp.where(small[n], cap[n], 0)
-        take_all = jnp.zeros_like(assigned)
-        for _ in range(2):  # prefix that fits, twice (catches smaller items after a large one)
-            elig = item_chosen & ~assigned & ~take_all & (item_size <= rem)
-            cum = jnp.cumsum(jnp.where(elig, item_size, 0))
-            take = elig & (cum <= rem)
-            rem = rem - jnp.where(take, item_size, 0).sum()
-            take_all = take_all | take
-        row = jnp.zeros((L * E,), bool).at[prio].set(take_all).reshape(L, E)
-        return (assigned | take_all, x.at[n].set(row)), None
+    def place(carry, i):
+        rem, x = carry
+        ok = small & (rem >= item_size[i]) & item_chosen[i]
+        n = jnp.argmin(jnp.where(ok, score[:, i], jnp.inf))
+        go = ok.any()
+        rem = rem.at[n].add(jnp.where(go, -item_size[i], 0))
+        x = x.at[n, prio[i]].set(x[n, prio[i]] | go)
+        return (rem, x), None
 
-    x0 = jnp.zeros((N, L, E), bool)
-    (_, x0), _ = lax.scan(place, (jnp.zeros((L * E,), bool), x0), fastest)
+    (_, x0), _ = lax.scan(place, (jnp.where(small, cap, 0), jnp.zeros((N, L * E), bool)), jnp.arange(L * E))
+    x0 = x0.reshape(N, L, E)
     d = expert_latency_from(lat, inst.fallback, x0)
     used = (x0.astype(jnp.int32) * s[None, :, None]).sum(axis=(1, 2))
     return x0, d, cap - used
@@ -273,7 +273,7 @@ def successive_instance(
     x_empty = jnp.zeros((N, L, E), bool)
     d_empty = inst.fallback
     if any(unions):
-        xu, du, capu = _union_start(inst, s, cap, named["fastest-first"], oracle, cfg, K)
+        xu, du, capu = _union_start(inst, s, cap, oracle, cfg, K)
         flags = jnp.asarray(unions)
         x0 = jnp.where(flags[:, None, None, None], xu[None], x_empty[None])
         d0 = jnp.where(flags[:, None, None, None], du[None], d_empty[None])
