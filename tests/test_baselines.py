@@ -10,7 +10,7 @@ from slimjax.solvers.baselines import fill, node_order
 from tests.helpers import random_instance
 from tests.reference import feasible_ref, latency_ref
 
-BASELINES = ["random", "popularity", "layer-uniform", "coactivation-blind"]
+BASELINES = ["random", "popularity", "layer-uniform", "coactivation-blind", "eplb"]
 
 
 @pytest.mark.parametrize(("U", "K", "cap"), [(1, 1, None), (2, 2, (0, 2)), (2, 3, None)])
@@ -82,7 +82,7 @@ def test_random_depends_on_key_and_fill():
 def test_vmap_matches_loop_and_jit_matches_eager():
     insts = [random_instance(900 + s, U=2, N=2, L=2, E=4, M=5, K=2) for s in range(2)]
     batch = slimjax.stack(insts)
-    for m in ("popularity", "layer-uniform"):
+    for m in ("popularity", "layer-uniform", "eplb"):
         sb = slimjax.solve_batch(batch, method=m)
         for i, inst in enumerate(insts):
             np.testing.assert_array_equal(slimjax.solve(inst, method=m).placement, sb.placement[i])
@@ -94,3 +94,36 @@ def test_vmap_matches_loop_and_jit_matches_eager():
     with jax.disable_jit():
         xe = popularity_instance(insts[0], g.size_units, g.capacity_units)
     np.testing.assert_array_equal(xj, xe)
+    from slimjax.solvers.baselines import eplb_instance
+
+    xj = jax.jit(eplb_instance)(insts[0], g.size_units, g.capacity_units)
+    with jax.disable_jit():
+        xe = eplb_instance(insts[0], g.size_units, g.capacity_units)
+    np.testing.assert_array_equal(xj, xe)
+
+
+def _eplb_case(capacity, weights, unreachable=()):
+    """U = 1, L = 1, K = 1: expert e is activated alone with probability weights[e]."""
+    N, E = len(capacity), len(weights)
+    lat = np.tile(np.linspace(1.0, 2.0, N)[None, :, None, None], (1, 1, 1, E))
+    for n in unreachable:
+        lat[:, n] = np.inf
+    pats = np.arange(E, dtype=np.int32)[None, None, :, None]
+    w = np.asarray(weights, float)[None, None]
+    return slimjax.Instance(lat, np.full((1, 1, E), 10.0), np.ones((1, E)), np.asarray(capacity, float), pats, w)
+
+
+def test_eplb_replicates_hot_experts_and_balances_load():
+    # room for 6 copies, one expert with 70 % of the load: it is replicated on every node (shares
+    # .7/1, .7/2, .7/3 beat the others' .1), each cold expert gets one copy, every node holds 2
+    x = slimjax.solve(_eplb_case([2, 2, 2], [0.7, 0.1, 0.1, 0.1]), method="eplb").placement[:, 0]
+    assert x[:, 0].all()
+    np.testing.assert_array_equal(x[:, 1:].sum(0), [1, 1, 1])
+    np.testing.assert_array_equal(x.sum(1), [2, 2, 2])
+    # equal loads and room for one copy each: no replica, and node loads differ by one expert at most
+    x = slimjax.solve(_eplb_case([2, 1, 1], [0.25] * 4), method="eplb").placement[:, 0]
+    np.testing.assert_array_equal(x.sum(0), [1, 1, 1, 1])
+    np.testing.assert_array_equal(x.sum(1), [2, 1, 1])
+    # a node no user reaches gets nothing, and replicas stop at the usable nodes
+    x = slimjax.solve(_eplb_case([2, 2, 2], [0.7, 0.1, 0.1, 0.1], unreachable=(1,)), method="eplb").placement[:, 0]
+    assert not x[1].any() and x[[0, 2], 0].all()

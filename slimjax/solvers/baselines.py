@@ -12,6 +12,13 @@ All are pure JAX, vmapped over the batch and jitted, on the integer storage grid
   helpful expert, then every layer's second, ...), i.e. equal slots per layer while they fit.
 - ``coactivation-blind``: the greedy of §4.5 on the K = 1 surrogate (per-expert activation
   probabilities, Σ instead of max), which isolates the value of modelling co-activation.
+- ``eplb``: the idea of DeepSeek's expert-parallel load balancer, the placement serving stacks use.
+  Hot experts are replicated, and the replicas are packed so that the nodes' loads are balanced.
+  The load of an expert is its activation probability. Replicas are taken greedily by load per
+  replica (expert e's k-th copy has load pop_e / k, k ≤ the usable nodes) while the total storage
+  holds them. Then, by decreasing per-replica load, each goes to the least-loaded usable node
+  (ties: the fastest) that has room and does not hold that expert yet. It ignores latencies by
+  design: it balances work, it does not minimise J. A usable node is one some user reaches.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from slimjax.solvers.greedy import greedy_batch
 from slimjax.solvers.polish import expert_frequency
 from slimjax.solvers.registry import register
 
-__all__ = ["fill", "node_order", "popularity_instance", "random_instance"]
+__all__ = ["eplb_instance", "fill", "node_order", "popularity_instance", "random_instance"]
 
 _NEG = -jnp.inf
 
@@ -93,8 +100,47 @@ def random_instance(inst: Instance, size_units, capacity_units, key) -> Bool[Arr
     return jax.vmap(lambda p, c: fill(p, su, c))(prio, jnp.asarray(capacity_units, jnp.int32))
 
 
+def eplb_instance(inst: Instance, size_units, capacity_units) -> Bool[Array, "N L E"]:
+    """EPLB-style replicate-and-balance placement of one instance (see the module docstring)."""
+    U, N, L, E = inst.latency.shape
+    pop = (inst.traffic[:, None, None] * expert_frequency(inst.patterns, inst.weight, E, distinct=True)).sum(0)
+    su = jnp.asarray(size_units, jnp.int32)
+    order = node_order(inst)  # pack in speed order, so that load ties go to the fastest node
+    usable = (jnp.isfinite(inst.latency).any(axis=(2, 3)) & (inst.traffic[:, None] > 0)).any(0)[order]  # [N]
+    cap = jnp.where(usable, jnp.asarray(capacity_units, jnp.int32)[order], 0)
+    # 1. replicas: the k-th copy of (l, e) carries pop / k; take the largest while the storage holds them
+    k = jnp.arange(1, N + 1, dtype=pop.dtype)
+    share = (pop[..., None] / k).reshape(-1)  # [L·E·N], item = (l·E + e)·N + (k − 1)
+    item_size = jnp.repeat(su, E * N)
+    valid = (jnp.repeat(pop.reshape(-1), N) > 0) & (jnp.tile(jnp.arange(N), L * E) < usable.sum())
+    by_share = jnp.argsort(jnp.where(valid, -share, jnp.inf), stable=True)
+    fits = jnp.cumsum(jnp.where(valid, item_size, 0)[by_share]) <= cap.sum()
+    chosen = jnp.zeros(L * E * N, bool).at[by_share].set(valid[by_share] & fits)
+    copies = chosen.reshape(L * E, N).sum(-1)  # replicas per expert
+    load = pop.reshape(-1) / jnp.maximum(copies, 1)  # per replica
+    # 2. packing, by decreasing per-replica load: least-loaded node with room that lacks the expert
+    expert = jnp.repeat(jnp.arange(L * E), N)
+    pack = jnp.argsort(jnp.where(chosen, -load[expert], jnp.inf), stable=True)
+
+    def place(carry, i):
+        node_load, rem, x = carry
+        e = expert[i]
+        ok = chosen[i] & (rem >= item_size[i]) & ~x[:, e]
+        n = jnp.argmin(jnp.where(ok, node_load, jnp.inf))
+        go = ok.any()
+        node_load = node_load.at[n].add(jnp.where(go, load[e], 0))
+        rem = rem.at[n].add(jnp.where(go, -item_size[i], 0))
+        return (node_load, rem, x.at[n, e].set(x[n, e] | go)), None
+
+    init = (jnp.zeros(N, pop.dtype), cap, jnp.zeros((N, L * E), bool))
+    (_, _, x), _ = jax.lax.scan(place, init, pack)
+    return jnp.zeros((N, L, E), bool).at[order].set(x.reshape(N, L, E))
+
+
 @partial(jax.jit, static_argnames=("kind",))
 def _baseline_batch(batch, size_units, capacity_units, key, *, kind: str):
+    if kind == "eplb":
+        return jax.vmap(eplb_instance)(batch, size_units, capacity_units)
     if kind == "random":
         return jax.vmap(lambda i, s, c: random_instance(i, s, c, key))(batch, size_units, capacity_units)
     lu = kind == "layer-uniform"
@@ -118,6 +164,11 @@ register(
     defaults={},
     description="LFU: most frequently activated experts first, fastest node first, skipping useless copies (§4.7)",
 )(_runner("popularity"))
+register(
+    "eplb",
+    defaults={},
+    description="EPLB idea: replicate hot experts, pack replicas for balanced node load, ignoring latency (§4.7)",
+)(_runner("eplb"))
 register(
     "layer-uniform",
     defaults={},
