@@ -264,33 +264,24 @@ def write_plots(res: dict, folder: str) -> list[str]:
         plt.close(fig)
         written.append(path)
 
+    def curves(rows, group, x, y, label, xlabel, ylabel, title, name, xscale="log"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for g in dict.fromkeys(r[group] for r in rows):
+            rs = [r for r in rows if r[group] == g]
+            ax.plot([r[x] for r in rs], [r[y] for r in rs], "o-", label=label(g))
+        ax.set(xscale=xscale, yscale="log", xlabel=xlabel, ylabel=ylabel, title=f"{title} ({dev})")
+        ax.legend()
+        save(fig, name)
+
     if res.get("throughput"):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for label in dict.fromkeys(r["method"] for r in res["throughput"]):
-            rs = [r for r in res["throughput"] if r["method"] == label]
-            ax.plot([r["batch"] for r in rs], [r["ms_per_instance"] for r in rs], "o-", label=label)
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per instance",
-               title=f"successive, mixtral_8x7b ({dev})")
-        ax.legend()
-        save(fig, "scaling_batch.png")
+        curves(res["throughput"], "method", "batch", "ms_per_instance", str, "batch size", "ms per instance",
+               "successive, mixtral_8x7b", "scaling_batch.png")
     if res.get("scaling_experts"):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for oracle in ("exact", "greedy"):
-            rs = [r for r in res["scaling_experts"] if r["oracle"] == oracle]
-            ax.plot([r["E"] for r in rs], [r["ms_per_instance"] for r in rs], "o-", label=f"{oracle} oracle")
-        ax.set(yscale="log", xlabel="experts per layer E", ylabel="ms per instance",
-               title=f"plain successive vs E ({dev})")
-        ax.legend()
-        save(fig, "scaling_experts.png")
+        curves(res["scaling_experts"], "oracle", "E", "ms_per_instance", lambda o: f"{o} oracle", "experts per layer E",
+               "ms per instance", "plain successive vs E", "scaling_experts.png", xscale="linear")
     if res.get("scaling_units"):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for backend in ("dense", "hull"):
-            rs = [r for r in res["scaling_units"] if r["backend"] == backend]
-            ax.plot([r["units"] for r in rs], [r["ms_per_problem"] for r in rs], "o-", label=backend)
-        ax.set(xscale="log", yscale="log", xlabel="capacity units Q", ylabel="ms per node problem",
-               title=f"capacity DP, L=32, E=16 ({dev})")
-        ax.legend()
-        save(fig, "scaling_units.png")
+        curves(res["scaling_units"], "backend", "units", "ms_per_problem", str, "capacity units Q",
+               "ms per node problem", "capacity DP, L=32, E=16", "scaling_units.png")
     return written
 
 

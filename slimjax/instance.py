@@ -358,11 +358,8 @@ def merge_patterns(batch: Instance) -> Instance:
         return batch
     if E**K < 2**31:  # a pattern fits one int32 code: sort and merge on the device
         out_pat, out_w = _merge_codes(jnp.asarray(batch.patterns), jnp.asarray(batch.weight), E, Mp)
-        return Instance(
-            latency=batch.latency, fallback=batch.fallback, size=batch.size, capacity=batch.capacity,
-            patterns=out_pat, weight=out_w, traffic=batch.traffic, base=batch.base, validate=False,
-        )
-    out_pat, out_w = _merge_numpy(np.asarray(batch.patterns), np.asarray(batch.weight), Mp)
+    else:
+        out_pat, out_w = _merge_numpy(np.asarray(batch.patterns), np.asarray(batch.weight), Mp)
     return Instance(
         latency=batch.latency, fallback=batch.fallback, size=batch.size, capacity=batch.capacity,
         patterns=out_pat, weight=out_w.astype(batch.weight.dtype), traffic=batch.traffic, base=batch.base,

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slimjax.instance import Grid, Instance, capacity_grid, is_batched, merge_patterns, stack
-from slimjax.objective import AGGREGATIONS, latency as _latency, storage_used
+from slimjax.instance import Instance, capacity_grid, is_batched, merge_patterns, stack
+from slimjax.objective import AGGREGATIONS, latency as _latency
 
 __all__ = ["Options", "Method", "Solution", "register", "methods", "solve", "solve_batch", "get_method"]
 

@@ -352,6 +352,21 @@ def successive_batch(
 # ----------------------------------------------------------------------------------------------
 
 
+def _auto(options, name: str, shape: tuple):
+    """The value of option ``restarts`` or ``revisit``, with ``"auto"`` resolved: the small-instance
+    or large-instance setting with ``order="best-of"`` (N·L·E ≤ :data:`AUTO_SMALL` is small), else 0."""
+    value = options[name]
+    if value != "auto":
+        return value
+    if options["order"] != "best-of":
+        return 0
+    _, N, L, E, _, _ = shape
+    small = N * L * E <= AUTO_SMALL
+    if name == "restarts":
+        return AUTO_RESTARTS if small else AUTO_RESTARTS_LARGE
+    return AUTO_REVISIT if small else AUTO_REVISIT_LARGE
+
+
 def _config(batch: Instance, grid, options) -> SuccessiveConfig:
     U, N, L, E, M, K = batch.shape
     agg = options["aggregation"]
@@ -370,17 +385,10 @@ def _config(batch: Instance, grid, options) -> SuccessiveConfig:
     polish = options["polish"]
     if isinstance(polish, bool) or not isinstance(polish, (int, np.integer)) or polish < 0:
         raise ValueError(f"polish: must be an int >= 0 (rounds), got {polish!r}")
-    best_mode = options["order"] == "best-of"
-    restarts = options["restarts"]
-    _, N_, L_, E_, _, _ = batch.shape
-    small = N_ * L_ * E_ <= AUTO_SMALL
-    if restarts == "auto":
-        restarts = (AUTO_RESTARTS if small else AUTO_RESTARTS_LARGE) if best_mode else 0
+    restarts = _auto(options, "restarts", batch.shape)
     if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 0:
         raise ValueError(f"restarts: must be an int >= 0, got {restarts!r}")
-    revisit = options["revisit"]
-    if revisit == "auto":
-        revisit = (AUTO_REVISIT if small else AUTO_REVISIT_LARGE) if best_mode else 0
+    revisit = _auto(options, "revisit", batch.shape)
     if isinstance(revisit, bool) or not isinstance(revisit, (int, np.integer)) or revisit < 0:
         raise ValueError(f"revisit: must be an int >= 0 (rounds), got {revisit!r}")
     union = options["union_first"]
@@ -439,11 +447,9 @@ def _bytes(shape: tuple, max_units: int, options) -> float:
     U, N, L, E, M, K = shape
     q = bucket_units(max_units) + 1
     best = options["order"] == "best-of"
-    small = N * L * E <= AUTO_SMALL
-    restarts = options["restarts"]
-    if restarts == "auto":
-        restarts = (AUTO_RESTARTS if small else AUTO_RESTARTS_LARGE) if best else 0
-    C = (len(options["best_of"]) + 1 if best else 1) + int(restarts)
+    restarts = _auto(options, "restarts", shape)
+    restarts = int(restarts) if isinstance(restarts, (int, np.integer)) else 0  # bad values are refused by _config
+    C = (len(options["best_of"]) + 1 if best else 1) + restarts
     exact = options["oracle"] == "exact" or (options["oracle"] == "auto" and E <= AUTO_EXACT_MAX_E)
     oracle = 4 * (L * 2**E * (E + 2) + U * L * M * 2**K * 4) if exact else 4 * U * L * M * K * 16
     dp = 4 * q * (E + 1) * 3 + 4 * L * q
