@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import slimjax  # noqa: E402
-from slimjax.maxconv import capacity_dp  # noqa: E402
+from slimjax.ops._maxconv import capacity_dp  # noqa: E402
 from tests.reference import latency_np  # noqa: E402
 
 TARGETS = {

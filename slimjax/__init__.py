@@ -9,9 +9,11 @@ Public API (DESIGN §3)::
     slimjax.generate (instance generators), slimjax.traces (real routing traces)
 """
 
-from slimjax.instance import Grid, Instance, capacity_grid, stack, unstack
-from slimjax.objective import expert_latency, latency, layer_latency, pattern_latency, storage_used, total_latency
-from slimjax.replay import replay, replay_stats
+from slimjax.ops._grid import Grid, capacity_grid
+
+from slimjax._instance import Instance, stack, unstack
+from slimjax._objective import expert_latency, latency, layer_latency, pattern_latency, storage_used, total_latency
+from slimjax._replay import replay, replay_stats
 from slimjax.solvers import Solution, methods, solve, solve_batch
 from slimjax import generate  # noqa: E402
 
@@ -41,6 +43,5 @@ __all__ = [
 
 def lower_bound(inst, **options):
     """Certified lower bound on J from the LP relaxation of the MILP (DESIGN §4.8)."""
-    from slimjax.solvers.exact import lower_bound as _lb
-
+    from slimjax.solvers._exact import lower_bound as _lb
     return _lb(inst, **options)

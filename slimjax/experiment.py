@@ -201,8 +201,7 @@ def _trace_batch(key, B: int, model: dict, network: dict, routing: dict) -> tupl
     import jax
 
     from slimjax import generate, traces
-    from slimjax.instance import stack
-
+    from slimjax._instance import stack
     path = routing.get("path")
     if not path:
         raise ValueError("routing.path: routing=trace needs a trace file (routing.path=/path/to/trace.npz)")
@@ -233,8 +232,7 @@ def _trace_batch(key, B: int, model: dict, network: dict, routing: dict) -> tupl
 
 def solver_options(cfg: DictConfig, method: str) -> dict:
     """Options for ``method`` (``"X"`` or ``"X+polish"``): ``solve_options`` + ``solver.X`` (+ polish)."""
-    from slimjax.solvers.registry import COMMON_OPTIONS, get_method
-
+    from slimjax.solvers._registry import COMMON_OPTIONS, get_method
     parts = method.split("+")
     base = parts[0]
     table = _plain(OmegaConf.select(cfg, "solver")) or {}
@@ -741,8 +739,7 @@ def write_solver_configs(directory: Path | str | None = None, names: Iterable[st
     ``python -c "import slimjax.experiment as e; e.write_solver_configs()"`` after a method's
     options change; ``tests/test_config.py`` checks that the files match the registry.
     """
-    from slimjax.solvers.registry import get_method, methods
-
+    from slimjax.solvers._registry import get_method, methods
     directory = Path(directory) if directory else Path(__file__).with_name("conf") / "solver"
     written = []
     for name in names or methods():

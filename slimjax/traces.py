@@ -804,8 +804,7 @@ def replay_trace(
       ``{"mean", "p50", "p95", "p99", "tokens"}`` (floats, or arrays [B] for a batch), plus
       ``"latency"`` (per-token [T] or [B, T], NumPy) when ``return_tokens``.
     """
-    from slimjax.objective import expert_latency_from
-
+    from slimjax._objective import expert_latency_from
     ids = np.asarray(trace.expert_ids if isinstance(trace, Trace) else trace)
     if aggregation not in ("max", "sum"):
         raise ValueError(f"aggregation: must be 'max' or 'sum', got {aggregation!r}")

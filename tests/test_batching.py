@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.batching import chunk_size_for
-from slimjax.solvers.registry import COMMON_OPTIONS, Options, get_method
+from slimjax.solvers._batching import chunk_size_for
+from slimjax.solvers._registry import COMMON_OPTIONS, Options, get_method
 from tests.helpers import random_instance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,9 +56,8 @@ def test_chunk_size_from_memory_budget():
 
 def test_chunk_estimate_covers_compiled_memory():
     """The successive working-set estimate is not below what XLA's compiled solver needs."""
-    from slimjax.instance import merge_patterns
-    from slimjax.solvers.successive import _config, successive_batch
-
+    from slimjax.ops._patterns import merge_patterns
+    from slimjax.solvers._successive import _config, successive_batch
     m = get_method("successive")
     b = merge_patterns(slimjax.generate.instances(jax.random.key(0), 8, model="mixtral_8x7b"))
     g = slimjax.capacity_grid(b)

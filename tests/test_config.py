@@ -136,8 +136,7 @@ def test_network_and_routing_configs_are_valid_generator_configs():
 
 def test_solver_files_match_the_registry():
     import slimjax
-    from slimjax.solvers.registry import COMMON_OPTIONS, get_method
-
+    from slimjax.solvers._registry import COMMON_OPTIONS, get_method
     cfg = make()
     registered = set(slimjax.methods())
     files = set(options("solver"))

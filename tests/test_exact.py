@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 import slimjax
-from slimjax.solvers.exact import brute_force_instance, lower_bound
+from slimjax.solvers._exact import brute_force_instance, lower_bound
 from tests.helpers import random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.instance import capacity_grid
-from slimjax.solvers.greedy import enumeration_starts, greedy_instance
+from slimjax.ops._grid import capacity_grid
+from slimjax.solvers._greedy import enumeration_starts, greedy_instance
 from tests.helpers import random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.instance import FIELDS, capacity_grid
+from slimjax._instance import FIELDS
+from slimjax.ops._grid import capacity_grid
 from tests.helpers import random_instance
 
 
@@ -165,7 +166,7 @@ def test_replace_validates():
 
 
 def test_merge_patterns_keeps_J_and_shrinks():
-    from slimjax.instance import merge_patterns
+    from slimjax.ops._patterns import merge_patterns
     from tests.helpers import random_placement
 
     rng = np.random.default_rng(0)
@@ -194,8 +195,7 @@ def test_merge_patterns_device_paths_equal_numpy(E, K):
     order, and the same weights; repeated members and shuffled positions included."""
     import jax.numpy as jnp
 
-    from slimjax.instance import _merge_codes, _merge_numpy
-
+    from slimjax.ops._patterns import _merge_codes, _merge_numpy
     rng = np.random.default_rng(E * 10 + K)
     M = 60
     pat = rng.integers(0, E, (3, 2, 4, M, K)).astype(np.int32)  # [B, U, L, M, K], repeats likely

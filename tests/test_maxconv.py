@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slimjax.maxconv import capacity_dp, maxplus_conv, upper_envelope
+from slimjax.ops._maxconv import capacity_dp, maxplus_conv, upper_envelope
 from tests.reference_successive import dp_dense_ref, dp_hull_ref
 
 L, C1, QMAX = 3, 5, 14

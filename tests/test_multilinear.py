@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.objective import multilinear
+from slimjax._objective import multilinear
 from tests.helpers import random_instance
 from tests.reference import latency_ref
 

@@ -93,7 +93,7 @@ def test_monotone_and_grad():
 def test_padding_patterns_do_not_count():
     inst = random_instance(7, M=3, pad=2)
     x = random_placement(inst, 0)
-    v = {f: np.array(getattr(inst, f)) for f in slimjax.instance.FIELDS}
+    v = {f: np.array(getattr(inst, f)) for f in slimjax._instance.FIELDS}
     v["patterns"][..., 3:, :] = 1  # change what the zero-weight padding points at
     np.testing.assert_allclose(float(slimjax.latency(slimjax.Instance(**v), x)), float(slimjax.latency(inst, x)), rtol=1e-7)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.instance import capacity_grid
-from slimjax.solvers.polish import polish_batch, polish_instance
+from slimjax.ops._grid import capacity_grid
+from slimjax.solvers._polish import polish_batch, polish_instance
 from tests.helpers import random_instance
 from tests.reference import feasible_ref, latency_ref
 
@@ -126,7 +126,7 @@ def test_jit_matches_eager_and_no_recompile():
 
 def test_dense_swap_table_matches_candidate_enumeration():
     """The pair-correction form of the same-layer swaps == direct joint evaluation (k = E)."""
-    from slimjax.solvers import polish as P
+    from slimjax.solvers import _polish as P
 
     for seed in range(4):  # U = 1, 2; K = 1..4; a repeated id at seeds 0 and 3
         inst = random_instance(seed, U=1 + seed % 2, N=3, L=1, E=6, M=7, K=1 + seed % 4, pad=1)
@@ -147,7 +147,7 @@ def test_dense_swap_table_matches_candidate_enumeration():
 
 def test_pair_add_gain_is_exact():
     """Best pair add of one layer per node == enumeration of J over all uncached pairs."""
-    from slimjax.solvers import polish as P
+    from slimjax.solvers import _polish as P
 
     for seed in range(4):  # (U, K) = (1, 2) and (2, 3), two seeds each
         inst = random_instance(50 + seed, U=1 + seed % 2, N=2, L=1, E=5, M=6, K=2 + seed % 2)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from slimjax.projection import project_storage
-
+from slimjax.ops._projection import project_storage
 project = jax.jit(project_storage, static_argnames=("iters",))
 
 

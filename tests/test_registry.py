@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.solvers import registry
-from slimjax.solvers.greedy import greedy_batch
+from slimjax.solvers import _registry as registry
+from slimjax.solvers._greedy import greedy_batch
 from tests.helpers import random_instance
 from tests.reference import latency_ref
 

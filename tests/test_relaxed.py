@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.instance import merge_patterns as _merge_patterns
-from slimjax.solvers.relaxed import _fill, _fine_grid
+from slimjax.ops._patterns import merge_patterns as _merge_patterns
+from slimjax.solvers._relaxed import _fill, _fine_grid
 from tests.helpers import random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
 

@@ -10,7 +10,7 @@ from tests.helpers import random_instance, random_placement
 def instance_from_tokens(inst, ids, user_count=1):
     """The instance whose patterns are exactly the tokens (weight 1/T each)."""
     T, L, K = ids.shape
-    v = {f: np.array(getattr(inst, f)) for f in slimjax.instance.FIELDS}
+    v = {f: np.array(getattr(inst, f)) for f in slimjax._instance.FIELDS}
     v["patterns"] = np.transpose(ids, (1, 0, 2))[None].astype(np.int32)  # [1, L, T, K]
     v["weight"] = np.full((1, L, T), 1.0 / T)
     return slimjax.Instance(**v)

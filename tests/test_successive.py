@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.solvers import successive as succ
-from slimjax.solvers.successive import bucket_units, successive_batch, successive_instance
+from slimjax.solvers import _successive as succ
+from slimjax.ops._grid import bucket_units
+from slimjax.solvers._successive import successive_batch, successive_instance
 from tests.helpers import random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
 from tests.reference_successive import successive_ref
@@ -18,7 +19,7 @@ from tests.reference_successive import successive_ref
 
 def _polish_available() -> bool:
     try:
-        from slimjax.solvers.polish import polish_instance  # noqa: F401
+        from slimjax.solvers._polish import polish_instance  # noqa: F401
     except ImportError:
         return False
     return True
@@ -283,7 +284,7 @@ def test_greedy_oracle_sizes_one_and_sets_consistent(x64):
     g is non-decreasing, and the set behind every g[l, c] has at most c experts and that exact gain."""
     import jax.numpy as jnp
 
-    from slimjax.solvers.oracle import exact_oracle, greedy_oracle, pattern_prep
+    from slimjax.ops._oracle import exact_oracle, greedy_oracle, pattern_prep
     from tests.reference_successive import pattern_latency_layer
 
     for seed in range(6):
@@ -316,8 +317,7 @@ def test_greedy_oracle_limit_stops_early_and_keeps_feasible_sizes():
     past ``steps`` either."""
     import jax.numpy as jnp
 
-    from slimjax.solvers.oracle import greedy_oracle, pattern_prep
-
+    from slimjax.ops._oracle import greedy_oracle, pattern_prep
     inst = random_instance(300, U=1, N=2, L=3, E=24, M=12, K=3)
     d = np.asarray(inst.fallback)
     newp = np.minimum(d, np.asarray(inst.latency)[:, 0])

@@ -88,8 +88,7 @@ def instance_from_trace(
 
     from slimjax import traces as _traces
     from slimjax.generate.network import as_network_config
-    from slimjax.instance import Instance
-
+    from slimjax._instance import Instance
     if not isinstance(trace, _traces.Trace):
         trace = _traces.load(trace)
     preset = model_for_trace(trace, model)

@@ -24,8 +24,7 @@ from jaxtyping import Array
 from slimjax.generate.models import ModelPreset, get_model
 from slimjax.generate.network import NetworkConfig, as_network_config, sample_network
 from slimjax.generate.routing import RoutingConfig, as_routing_config, sample_routing
-from slimjax.instance import Instance
-
+from slimjax._instance import Instance
 __all__ = ["instance", "instances", "resolve", "sample_fields"]
 
 # Instances drawn per vmapped chunk; larger batches are scanned over chunks to bound memory.

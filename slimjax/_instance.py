@@ -20,16 +20,13 @@ base     [U]            float   non-expert per-token latency (reporting only)
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array, lax
 
-__all__ = ["Instance", "stack", "unstack", "Grid", "capacity_grid", "is_batched", "merge_patterns"]
+__all__ = ["Instance", "stack", "unstack", "is_batched"]
 
 FIELDS = ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic", "base")
 # Number of trailing (per-instance) dimensions of every field.
@@ -218,176 +215,6 @@ def stack(instances: Sequence[Instance]) -> Instance:
 def unstack(batch: Instance) -> list[Instance]:
     """The inverse of :func:`stack`."""
     return [batch[i] for i in range(len(batch))]
-
-
-class Grid(NamedTuple):
-    """The integer storage grid (host NumPy). Sizes are rounded up, capacities down.
-
-    size_units: int [..., L] units per expert of each layer (>= 1).
-    capacity_units: int [..., N] whole units per node.
-    max_units: the largest capacity in units over the batch (a static DP size).
-    unit: float [...] the capacity unit in the instance's size unit.
-    """
-
-    size_units: np.ndarray
-    capacity_units: np.ndarray
-    max_units: int
-    unit: np.ndarray
-
-
-def capacity_grid(
-    inst: Instance,
-    unit: float | None = None,
-    max_units_cap: int | None = None,
-    *,
-    max_factor: int = 8,
-    max_auto_units: int = 1 << 16,
-) -> Grid:
-    """Map sizes and capacities to an integer grid (DESIGN §3).
-
-    Args:
-      inst: an instance or a batch.
-      unit: capacity unit. Default (None): per instance the coarsest ``min_size / k``
-        (k = 1..``max_factor``) of which every layer size is an integer multiple, as long as the
-        largest capacity stays within ``max_auto_units`` units; otherwise the smallest expert size
-        (DESIGN's default). With layers of sizes 2 and 3 the plain smallest-size unit would charge
-        the size-3 layer 2 units (4 in real size) and lose real optima; the finer unit does not.
-      max_units_cap: if given, capacities are clipped to this many units.
-
-    Returns:
-      a :class:`Grid`. Sizes are rounded up and capacities down, so a placement feasible on the
-      grid is feasible in real units. Capacities are also clipped to the storage that holds every
-      expert (larger capacities do not change the problem).
-    """
-    size = np.asarray(inst.size, dtype=np.float64)[..., 0]  # [..., L] (equal within a layer)
-    cap = np.asarray(inst.capacity, dtype=np.float64)  # [..., N]
-    E = inst.size.shape[-1]
-    if unit is None:
-        base = size.min(axis=-1)  # [...]
-        u = base.copy()
-        chosen = np.zeros(base.shape, bool)
-        for k in range(1, max_factor + 1):  # a loop over k only; vectorized over the batch
-            r = size * k / base[..., None]
-            exact = np.all(np.abs(r - np.round(r)) <= 1e-6 * np.maximum(r, 1), axis=-1)
-            fits = (cap / (base[..., None] / k)).max(axis=-1, initial=0) <= max_auto_units
-            take = exact & fits & ~chosen
-            u = np.where(take, base / k, u)
-            chosen |= exact
-    else:
-        if not unit > 0:
-            raise ValueError(f"capacity_unit: must be > 0, got {unit}")
-        u = np.full(size.shape[:-1], float(unit))
-    ratio = size / u[..., None]
-    # Round up, but forgive float noise (1.0000001 units is 1 unit).
-    size_units = np.maximum(np.ceil(ratio - 1e-6 * np.maximum(ratio, 1)), 1).astype(np.int64)
-    cratio = cap / u[..., None]
-    capacity_units = np.floor(cratio + 1e-9 * np.maximum(cratio, 1)).astype(np.int64)
-    full = (size_units * E).sum(-1, keepdims=True)  # storage that holds every expert
-    capacity_units = np.minimum(capacity_units, full)
-    if max_units_cap is not None:
-        capacity_units = np.minimum(capacity_units, max_units_cap)
-    max_units = int(capacity_units.max()) if capacity_units.size else 0
-    return Grid(size_units.astype(np.int32), capacity_units.astype(np.int32), max_units, u)
-
-
-def _sort_small(p: Array) -> Array:
-    """Sort the last axis (K ≤ 16: an odd-even transposition network of min/max, far faster than a
-    general sort of millions of tiny rows on CPU)."""
-    K = p.shape[-1]
-    if K > 16:
-        return jnp.sort(p, axis=-1)
-    cols = [p[..., k] for k in range(K)]
-    for r in range(K):
-        for i in range(r % 2, K - 1, 2):
-            a, b = cols[i], cols[i + 1]
-            cols[i], cols[i + 1] = jnp.minimum(a, b), jnp.maximum(a, b)
-    return jnp.stack(cols, axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames=("E", "Mp", "hist_limit"))
-def _merge_codes(patterns: Array, weight: Array, E: int, Mp: int, hist_limit: int = 2**26) -> tuple[Array, Array]:
-    """:func:`merge_patterns` for ``E**K < 2**31`` in JAX: each sorted pattern becomes the code
-    Σ_k p_k·E^(K−1−k) (ascending codes = lexicographic order of the sorted members); per
-    (instance, user, layer) the codes that occur are kept in ascending order with their summed
-    weights. Small code spaces use a histogram over all E^K codes, larger ones a sort. Same result
-    as the NumPy path (unused slots: pattern 0, weight 0)."""
-    *lead, M, K = patterns.shape
-    p = _sort_small(patterns.reshape(-1, M, K))
-    G = p.shape[0]
-    mult = jnp.asarray(E ** np.arange(K - 1, -1, -1), jnp.int32)  # [K]
-    code = (p * mult).sum(-1)  # [G, M]
-    w = weight.reshape(-1, M)
-    C = E**K
-    if G * C <= hist_limit:  # histogram: O(G·(M + C)), no sort
-        gm = jnp.broadcast_to(jnp.arange(G, dtype=jnp.int32)[:, None], (G, M))
-        hist_w = jnp.zeros((G, C), w.dtype).at[gm, code].add(w)
-        seen = jnp.zeros((G, C), bool).at[gm, code].set(True)
-        slot = jnp.where(seen, jnp.cumsum(seen, axis=1, dtype=jnp.int32) - 1, Mp)  # Mp = dropped
-        gc = jnp.broadcast_to(jnp.arange(G, dtype=jnp.int32)[:, None], (G, C))
-        out_w = jnp.zeros((G, Mp), w.dtype).at[gc, slot].add(hist_w, mode="drop")
-        codes = jnp.broadcast_to(jnp.arange(C, dtype=jnp.int32)[None], (G, C))
-        out_code = jnp.zeros((G, Mp), jnp.int32).at[gc, slot].max(codes, mode="drop")
-    else:
-        code, w = lax.sort((code, w), dimension=1, num_keys=1)
-        new = jnp.concatenate([jnp.ones((G, 1), bool), code[:, 1:] != code[:, :-1]], axis=1)
-        slot = jnp.cumsum(new, axis=1, dtype=jnp.int32) - 1  # [G, M], < Mp by the multiset bound
-        gm = jnp.broadcast_to(jnp.arange(G, dtype=jnp.int32)[:, None], (G, M))
-        out_w = jnp.zeros((G, Mp), w.dtype).at[gm, slot].add(w)
-        out_code = jnp.zeros((G, Mp), jnp.int32).at[gm, slot].max(code)
-    out_pat = (out_code[..., None] // mult) % E  # [G, Mp, K]
-    return out_pat.reshape(*lead, Mp, K).astype(patterns.dtype), out_w.reshape(*lead, Mp)
-
-
-def merge_patterns(batch: Instance) -> Instance:
-    """Merge identical patterns (as multisets) of every (instance, user, layer).
-
-    Runs in JAX (on the device, jitted) when a pattern fits one int32 code (E^K < 2^31), else in
-    host NumPy; both give the same patterns in the same order.
-
-    Works on one instance or a batch; returns ``batch`` itself when merging cannot shrink M.
-
-    J is invariant under reordering a pattern's members and merging equal patterns (their
-    weights add). The pattern axis shrinks to M' = min(M, C(E + K − 1, K)), the number of
-    multisets: a bound that depends on the shape only, so an instance gets the same merged
-    patterns alone or in any batch. Routing traces with many tokens (M ≫ distinct patterns)
-    evaluate far faster this way. Unused slots get pattern 0 and weight 0.
-    """
-    *_, E, M, K = batch.shape
-    Mp = min(M, math.comb(E + K - 1, K))
-    if Mp >= M:
-        return batch
-    if E**K < 2**31:  # a pattern fits one int32 code: sort and merge on the device
-        out_pat, out_w = _merge_codes(jnp.asarray(batch.patterns), jnp.asarray(batch.weight), E, Mp)
-    else:
-        out_pat, out_w = _merge_numpy(np.asarray(batch.patterns), np.asarray(batch.weight), Mp)
-    return Instance(
-        latency=batch.latency, fallback=batch.fallback, size=batch.size, capacity=batch.capacity,
-        patterns=out_pat, weight=out_w.astype(batch.weight.dtype), traffic=batch.traffic, base=batch.base,
-        validate=False,
-    )
-
-
-def _merge_numpy(patterns: np.ndarray, weight: np.ndarray, Mp: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`merge_patterns` on the host (any E, K): a lexsort of the sorted members."""
-    *_, M, K = patterns.shape
-    pat = np.sort(patterns, axis=-1).reshape(-1, M, K)  # [G, M, K]
-    w = np.asarray(weight, np.float64).reshape(-1, M)
-    G = pat.shape[0]
-    rows = pat.reshape(G * M, K)
-    group = np.repeat(np.arange(G), M)
-    order = np.lexsort(tuple(rows[:, k] for k in range(K - 1, -1, -1)) + (group,))
-    rows, group, ws = rows[order], group[order], w.reshape(-1)[order]
-    new = np.ones(G * M, bool)
-    new[1:] = (group[1:] != group[:-1]) | (rows[1:] != rows[:-1]).any(-1)
-    run = np.cumsum(new) - 1  # global run id
-    first_run = run[np.searchsorted(group, np.arange(G))]  # run id of each group's first row
-    slot = run - first_run[group]  # run index within its group, < Mp by the multiset bound
-    out_pat = np.zeros((G, Mp, K), np.int32)
-    out_w = np.zeros((G, Mp))
-    out_pat[group, slot] = rows
-    np.add.at(out_w, (group, slot), ws)
-    bshape = patterns.shape[:-2]
-    return out_pat.reshape(bshape + (Mp, K)), out_w.reshape(bshape + (Mp,))
 
 
 # -- validation ------------------------------------------------------------------------------

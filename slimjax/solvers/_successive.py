@@ -51,15 +51,15 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Int
 
-from slimjax.instance import Instance
-from slimjax.maxconv import BACKENDS, capacity_dp
-from slimjax.objective import AGGREGATIONS, expert_latency_from, objective_from_d
-from slimjax.solvers.oracle import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
-from slimjax.solvers.registry import register
+from slimjax._instance import Instance
+from slimjax.ops._grid import bucket_units
+from slimjax.ops._maxconv import BACKENDS, capacity_dp
+from slimjax._objective import AGGREGATIONS, expert_latency_from, objective_from_d
+from slimjax.ops._order import ORDERS, node_orders
+from slimjax.ops._oracle import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
+from slimjax.solvers._registry import register
+__all__ = ["SuccessiveConfig", "successive_instance", "successive_batch"]
 
-__all__ = ["SuccessiveConfig", "successive_instance", "successive_batch", "node_orders", "bucket_units", "ORDERS"]
-
-ORDERS = ("fastest-first", "largest-first", "given", "slowest-first", "smallest-first")
 ORACLES = ("auto", "exact", "greedy")
 UNION = ("auto", "on", "off")
 AUTO_EXACT_MAX_E = 12
@@ -84,43 +84,6 @@ class SuccessiveConfig(NamedTuple):
     restarts: int = 0  # extra candidates: a first pass with random experts forbidden, then revisit
     tabu: float = 0.25  # share of (node, layer, expert) forbidden in a restart's first pass
     Qunion: int = 0  # DP table size of the union-first virtual node (sum of the small capacities)
-
-
-def bucket_units(q: int) -> int:
-    """Round a DP size up to m·2^k, m ∈ {4..7} (≤ 25 % larger; few distinct compiled shapes)."""
-    q = int(q)
-    if q <= 8:
-        return max(q, 0)
-    k = q.bit_length() - 3
-    m = -(-q // (1 << k))
-    return m << k
-
-
-def node_orders(inst: Instance, capacity_units: Int[Array, "N"]) -> dict[str, Int[Array, "N"]]:
-    """Node orders of one instance: ``{name: int32 [N]}`` for every name in :data:`ORDERS`.
-
-    fastest-first sorts by the traffic-weighted mean latency over the users that reach the node
-    (unreachable nodes last); largest-first by capacity (ties fastest first).
-    """
-    lat = inst.latency
-    N = lat.shape[1]
-    fin = jnp.isfinite(lat)
-    cnt = fin.sum(axis=(2, 3))
-    reach = cnt > 0  # [U, N]
-    mean = jnp.where(fin, lat, 0).sum(axis=(2, 3)) / jnp.maximum(cnt, 1)
-    w = inst.traffic[:, None] * reach
-    wsum = w.sum(0)
-    key = jnp.where(wsum > 0, (w * mean).sum(0) / jnp.where(wsum > 0, wsum, 1), jnp.inf)
-    cap = jnp.asarray(capacity_units)
-    fastest = jnp.argsort(key, stable=True)
-    slow_key = jnp.where(jnp.isfinite(key), -key, jnp.inf)
-    return {
-        "fastest-first": fastest.astype(jnp.int32),
-        "largest-first": jnp.lexsort((key, -cap)).astype(jnp.int32),
-        "given": jnp.arange(N, dtype=jnp.int32),
-        "slowest-first": jnp.argsort(slow_key, stable=True).astype(jnp.int32),
-        "smallest-first": jnp.lexsort((key, cap)).astype(jnp.int32),
-    }
 
 
 def _oracle_fn(cfg: SuccessiveConfig, patterns, tw, dup, s):
@@ -261,7 +224,7 @@ def successive_instance(
     cap = jnp.minimum(jnp.asarray(capacity_units, jnp.int32), cfg.Qmax)
     tw, dup = pattern_prep(inst.patterns, inst.weight, inst.traffic)
     oracle = _oracle_fn(cfg, inst.patterns, tw, dup, s)
-    named = node_orders(inst, cap)
+    named = node_orders(inst.latency, inst.traffic, cap)
     C0 = len(cfg.orders)
     R = cfg.restarts
     orders = jnp.stack(
@@ -321,7 +284,7 @@ def successive_instance(
 
 def _polish_fn():
     try:
-        from slimjax.solvers.polish import polish_instance
+        from slimjax.solvers._polish import polish_instance
     except ImportError as err:  # pragma: no cover - depends on the polish module having landed
         raise ValueError(
             "polish: option polish > 0 needs slimjax.solvers.polish.polish_instance, which is not "

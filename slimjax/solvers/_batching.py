@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from slimjax.instance import Grid, Instance
+from slimjax.ops._grid import Grid
 
+from slimjax._instance import Instance
 __all__ = ["run", "chunk_size_for", "memory_budget_bytes", "default_bytes_per_instance", "batch_mesh"]
 
 

@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from slimjax.instance import Instance, is_batched
-
+from slimjax._instance import Instance, is_batched
 __all__ = [
     "latency",
     "total_latency",

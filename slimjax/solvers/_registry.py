@@ -25,9 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slimjax.instance import Instance, capacity_grid, is_batched, merge_patterns, stack
-from slimjax.objective import AGGREGATIONS, latency as _latency
+from slimjax._instance import Instance, is_batched, stack
 
+from slimjax.ops._grid import capacity_grid
+
+from slimjax.ops._patterns import merge_patterns
+from slimjax._objective import AGGREGATIONS, latency as _latency
 __all__ = ["Options", "Method", "Solution", "register", "methods", "solve", "solve_batch", "get_method"]
 
 #: Options every method accepts (in addition to its own).
@@ -268,7 +271,7 @@ def solve_batch(batch: Instance, method: str = "successive", *, key=None, **opti
     Raises:
       ValueError: unknown method or option, or an unbatched instance.
     """
-    from slimjax import batching
+    from slimjax.solvers import _batching as batching
 
     if not isinstance(batch, Instance):
         raise ValueError(f"batch: expected a slimjax.Instance, got {type(batch).__name__}")

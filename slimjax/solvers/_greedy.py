@@ -40,10 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int
 
-from slimjax.instance import Instance
-from slimjax.solvers.polish import add_gain_layer, expert_frequency, pattern_top
-from slimjax.solvers.registry import register
-
+from slimjax._instance import Instance
+from slimjax.ops._gains import add_gain_layer, expert_frequency, pattern_top
+from slimjax.solvers._registry import register
 __all__ = ["enumeration_starts", "greedy_batch", "greedy_instance"]
 
 _NEG = -jnp.inf

@@ -31,10 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slimjax.instance import Instance, is_batched
-from slimjax.objective import objective_from_d
-from slimjax.solvers.registry import register
-
+from slimjax._instance import Instance, is_batched
+from slimjax._objective import objective_from_d
+from slimjax.solvers._registry import register
 __all__ = ["MAX_BRUTE_FORCE", "brute_force_instance", "lower_bound", "milp_instance"]
 
 #: Largest N·L·E that ``brute-force`` accepts (2^20 placements).

@@ -29,41 +29,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from slimjax.instance import Instance
-from slimjax.solvers.greedy import greedy_batch
-from slimjax.solvers.polish import expert_frequency
-from slimjax.solvers.registry import register
+from slimjax._instance import Instance
+from slimjax.ops._fill import priority_fill
+from slimjax.ops._order import node_orders
+from slimjax.solvers._greedy import greedy_batch
+from slimjax.ops._gains import expert_frequency
+from slimjax.solvers._registry import register
 
-__all__ = ["eplb_instance", "fill", "node_order", "popularity_instance", "random_instance"]
+__all__ = ["eplb_instance", "popularity_instance", "random_instance"]
 
 _NEG = -jnp.inf
-
-
-def fill(priority: Float[Array, "L E"], size_units: Int[Array, "L"], capacity: Int[Array, ""]) -> Bool[Array, "L E"]:
-    """Take items by decreasing priority while they fit (skipping those that do not);
-    ``-inf`` priority is never taken. A ``lax.scan`` over the L·E items."""
-    L, E = priority.shape
-    p = priority.reshape(-1)
-    s = jnp.repeat(size_units.astype(jnp.int32), E)
-    order = jnp.argsort(-p, stable=True)
-
-    def step(used, i):
-        take = (p[i] > _NEG) & (used + s[i] <= capacity)
-        return used + jnp.where(take, s[i], 0), take
-
-    _, took = jax.lax.scan(step, jnp.int32(0), order)
-    out = jnp.zeros(L * E, bool).at[order].set(took)
-    return out.reshape(L, E)
-
-
-def node_order(inst: Instance) -> Int[Array, "N"]:
-    """Nodes from fastest to slowest: traffic-weighted mean latency over the users reaching them."""
-    lat = inst.latency  # [U, N, L, E]
-    reach = jnp.isfinite(lat).all(axis=(2, 3))  # [U, N]
-    mean = jnp.where(reach, jnp.where(jnp.isfinite(lat), lat, 0).mean(axis=(2, 3)), 0)
-    wt = inst.traffic[:, None] * reach
-    score = jnp.where(wt.sum(0) > 0, (wt * mean).sum(0) / jnp.maximum(wt.sum(0), 1e-30), jnp.inf)
-    return jnp.argsort(score, stable=True).astype(jnp.int32)
 
 
 def popularity_instance(inst: Instance, size_units, capacity_units, *, layer_uniform: bool = False):
@@ -83,11 +58,11 @@ def popularity_instance(inst: Instance, size_units, capacity_units, *, layer_uni
             prio = -rank.astype(pop.dtype) + 0.5 * pop / jnp.maximum(pop.max(), 1e-30)
         else:
             prio = pop
-        take = fill(jnp.where(helpful, prio, _NEG), su, cu[n])
+        take = priority_fill(jnp.where(helpful, prio, _NEG), su, cu[n])
         d = jnp.where(take[None], jnp.minimum(d, lat_n), d)
         return d, take
 
-    order = node_order(inst)
+    order = node_orders(inst.latency, inst.traffic, capacity_units)["fastest-first"]
     _, takes = jax.lax.scan(node, inst.fallback, order)  # [N (in order), L, E]
     return jnp.zeros((N, L, E), bool).at[order].set(takes)
 
@@ -97,7 +72,7 @@ def random_instance(inst: Instance, size_units, capacity_units, key) -> Bool[Arr
     U, N, L, E = inst.latency.shape
     prio = jax.random.uniform(key, (N, L, E))
     su = jnp.asarray(size_units, jnp.int32)
-    return jax.vmap(lambda p, c: fill(p, su, c))(prio, jnp.asarray(capacity_units, jnp.int32))
+    return jax.vmap(lambda p, c: priority_fill(p, su, c))(prio, jnp.asarray(capacity_units, jnp.int32))
 
 
 def eplb_instance(inst: Instance, size_units, capacity_units) -> Bool[Array, "N L E"]:
@@ -105,7 +80,7 @@ def eplb_instance(inst: Instance, size_units, capacity_units) -> Bool[Array, "N 
     U, N, L, E = inst.latency.shape
     pop = (inst.traffic[:, None, None] * expert_frequency(inst.patterns, inst.weight, E, distinct=True)).sum(0)
     su = jnp.asarray(size_units, jnp.int32)
-    order = node_order(inst)  # pack in speed order, so that load ties go to the fastest node
+    order = node_orders(inst.latency, inst.traffic, capacity_units)["fastest-first"]  # pack in speed order, so that load ties go to the fastest node
     usable = (jnp.isfinite(inst.latency).any(axis=(2, 3)) & (inst.traffic[:, None] > 0)).any(0)[order]  # [N]
     cap = jnp.where(usable, jnp.asarray(capacity_units, jnp.int32)[order], 0)
     # 1. replicas: the k-th copy of (l, e) carries pop / k; take the largest while the storage holds them

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from slimjax.instance import Instance
-from slimjax.objective import expert_latency_from, _check_aggregation
-
+from slimjax._instance import Instance
+from slimjax._objective import expert_latency_from, _check_aggregation
 __all__ = ["replay", "replay_stats", "token_latency"]
 
 

@@ -37,11 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from slimjax.instance import merge_patterns, Grid, Instance
-from slimjax.objective import _multilinear_eval, _multilinear_plan, expert_latency_from, objective_from_d
-from slimjax.projection import project_storage
-from slimjax.solvers.registry import Options, register
+from slimjax.ops._patterns import merge_patterns
 
+from slimjax.ops._grid import Grid
+
+from slimjax._instance import Instance
+from slimjax._objective import _multilinear_eval, _multilinear_plan, expert_latency_from, objective_from_d
+from slimjax.ops._fill import priority_fill
+from slimjax.ops._projection import project_storage
+from slimjax.solvers._registry import Options, register
 __all__ = ["SCHEDULES", "relax"]
 
 SCHEDULES = ("constant", "cosine", "linear", "exponential", "warmup_cosine")
@@ -96,24 +100,10 @@ def _fill(priority, size, cap, taken=None):
     priority [N, L, E]; size [L, E]; cap [N]; taken: bool [N, L, E] already placed (kept).
     Returns bool [N, L, E].
     """
-    N, L, E = priority.shape
-    flat = priority.reshape(N, L * E)
-    order = jnp.argsort(-flat, axis=-1, stable=True)  # [N, L*E]
-    s_sorted = size.reshape(-1)[order]  # [N, L*E]
-    pr_sorted = jnp.take_along_axis(flat, order, axis=-1)
-    x0 = jnp.zeros((N, L * E), bool) if taken is None else taken.reshape(N, L * E)
-    used0 = (size.reshape(-1) * x0).sum(-1)
-    x0_sorted = jnp.take_along_axis(x0, order, axis=-1)
-
-    def step(used, i):
-        s, pr, already = s_sorted[:, i], pr_sorted[:, i], x0_sorted[:, i]
-        take = (~already) & (pr > 0) & (used + s <= cap)
-        return used + jnp.where(take, s, 0.0), take
-
-    _, take = jax.lax.scan(step, used0, jnp.arange(L * E))  # take [L*E, N] in sorted order
-    x_sorted = take.T | x0_sorted
-    x = jnp.zeros((N, L * E), bool).at[jnp.arange(N)[:, None], order].set(x_sorted)
-    return x.reshape(N, L, E)
+    prio = jnp.where(priority > 0, priority, -jnp.inf)
+    if taken is None:
+        return jax.vmap(lambda p, c: priority_fill(p, size, c))(prio, cap)
+    return jax.vmap(lambda p, c, t: priority_fill(p, size, c, t))(prio, cap, taken)
 
 
 def _gains(inst: Instance, x, aggregation):
