@@ -32,7 +32,7 @@ def test_chunked_equals_unchunked(opts, sizes):
     for cs in sizes:
         part = slimjax.solve_batch(b, "successive", chunk_size=cs, progress=False, **opts)
         np.testing.assert_array_equal(part.placement, full.placement)
-        np.testing.assert_allclose(part.latency, full.latency, rtol=1e-6)
+        np.testing.assert_allclose(part.objective, full.objective, rtol=1e-6)
         assert part.placement.shape[0] == 7  # padding dropped
 
 
@@ -60,7 +60,7 @@ def test_chunk_estimate_covers_compiled_memory():
     from slimjax.solvers._successive import _config, successive_batch
     m = get_method("successive")
     b = merge_patterns(slimjax.generate.instances(jax.random.key(0), 8, model="mixtral_8x7b"))
-    g = slimjax.capacity_grid(b)
+    g = slimjax.ops.capacity_grid(b)
     for extra in ({},):  # the defaults (checked by hand for the plain method and 3 models, see successive._bytes)
         opts = Options({**COMMON_OPTIONS, **m.defaults, **extra})
         compiled = successive_batch.lower(
@@ -110,7 +110,7 @@ SHARDED = textwrap.dedent(
     out = {{}}
     for cs in (3,):  # chunks of 4 (rounded up to the 4 devices), the last one padded: 10 = 4 + 4 + 2
         sol = slimjax.solve_batch(b, "successive", chunk_size=cs, progress=False)
-        out[str(cs)] = [sol.placement.astype(int).tolist(), sol.latency.tolist()]
+        out[str(cs)] = [sol.placement.astype(int).tolist(), sol.objective.tolist()]
     print(json.dumps(out))
     """
 )
@@ -128,4 +128,4 @@ def test_sharded_over_4_devices_equals_single_device():
     ref = slimjax.solve_batch(b, "successive", progress=False)
     for key in got:
         np.testing.assert_array_equal(np.array(got[key][0], bool), ref.placement)
-        np.testing.assert_allclose(got[key][1], ref.latency, rtol=1e-6)
+        np.testing.assert_allclose(got[key][1], ref.objective, rtol=1e-6)

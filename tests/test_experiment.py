@@ -113,7 +113,7 @@ def test_results_match_solve_batch(tmp_path):
     k_gen, k_solve = jax.random.split(jax.random.key(cfg.seed))
     batch, _ = experiment.make_batch(cfg, k_gen)
     sol = slimjax.solve_batch(batch, solvers[0], key=k_solve, **experiment.solver_options(cfg, solvers[0]))
-    np.testing.assert_allclose(df.J.to_numpy(), np.asarray(sol.latency), rtol=1e-6)
+    np.testing.assert_allclose(df.J.to_numpy(), np.asarray(sol.objective), rtol=1e-6)
     np.testing.assert_allclose(df.used.to_numpy(), np.asarray(sol.used).sum(-1), rtol=1e-6)
 
 

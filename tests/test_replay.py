@@ -24,7 +24,7 @@ def test_replay_mean_equals_J(aggregation):
     x = random_placement(inst, 1)
     lat = np.array(slimjax.replay(inst, x, ids, aggregation=aggregation))
     assert lat.shape == (200,)
-    J = float(slimjax.latency(instance_from_tokens(inst, ids), x, aggregation))
+    J = float(slimjax.objective(instance_from_tokens(inst, ids), x, aggregation))
     np.testing.assert_allclose(lat.mean(), J, rtol=1e-5)
 
 

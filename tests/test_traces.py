@@ -372,7 +372,7 @@ def test_instance_from_unseen_canonical_trace(tmp_path, L, E, K, model):
     rng = np.random.default_rng(0)
     for p in (0.0, 0.3, 0.7):
         x = rng.random((N, L, E)) < p
-        J = float(slimjax.latency(inst, x))
+        J = float(slimjax.objective(inst, x))
         assert J == pytest.approx(latency_ref(inst, x), rel=2e-5)
         # replay of the same tokens (in chunks, padded) has J as its mean
         st = tr.replay_trace(inst, x, t, batch=50, return_tokens=True)
@@ -385,7 +385,7 @@ def test_instance_from_unseen_canonical_trace(tmp_path, L, E, K, model):
     inst_raw = instance_from_trace(t, model=model, network={"servers": 3, "storage_fraction": 0.4}, key=7, merge=False)
     assert inst_raw.shape[4] == 120
     x = rng.random((N, L, E)) < 0.5
-    assert float(slimjax.latency(inst_raw, x)) == pytest.approx(float(slimjax.latency(inst, x)), rel=2e-5)
+    assert float(slimjax.objective(inst_raw, x)) == pytest.approx(float(slimjax.objective(inst, x)), rel=2e-5)
 
 
 def test_instance_from_trace_multi_user_and_errors():
@@ -396,7 +396,7 @@ def test_instance_from_trace_multi_user_and_errors():
     assert inst.shape[:2] == (2, 4)
     np.testing.assert_allclose(np.asarray(inst.traffic), [1 / 3, 2 / 3], rtol=1e-6)
     x = np.random.default_rng(1).random((4, 2, 8)) < 0.5
-    J = float(slimjax.latency(inst, x))
+    J = float(slimjax.objective(inst, x))
     assert J == pytest.approx(latency_ref(inst, x), rel=2e-5)
     # J = traffic-weighted replay means of each user's tokens
     means = [tr.replay_trace(inst, x, t.select(user == u), user=u)["mean"] for u in (0, 1)]
@@ -421,7 +421,7 @@ def test_replay_trace_batched_and_errors():
         one = tr.replay_trace(insts[i], xs[i], t, include_base=True)
         assert st["mean"][i] == pytest.approx(one["mean"], rel=1e-6)
         assert st["p95"][i] == pytest.approx(one["p95"], rel=1e-6)
-        assert one["mean"] == pytest.approx(float(slimjax.latency(insts[i], xs[i]) + insts[i].base[0]), rel=2e-5)
+        assert one["mean"] == pytest.approx(float(slimjax.objective(insts[i], xs[i]) + insts[i].base[0]), rel=2e-5)
     with pytest.raises(ValueError, match="trace: expert_ids must be"):
         tr.replay_trace(insts[0], xs[0], ids[:, :1])
     with pytest.raises(ValueError, match="placement"):
@@ -458,7 +458,7 @@ def _held_out(L, E, K, T, model, options):
     batch = slimjax.stack([instance_from_trace(train, model=model, network=net, key=k) for k in range(2)])
     res = {}
     for method, opts in (("successive", options), ("popularity", {})):
-        sol = slimjax.solve_batch(batch, method=method, **opts)
+        sol = slimjax.solve_batch(batch, solver=method, **opts)
         res[method] = tr.replay_trace(batch, np.asarray(sol.placement), test)["mean"]  # [2] held-out means
     assert np.all(res["successive"] < res["popularity"]), res
 

@@ -103,14 +103,14 @@ def evaluate(traces, methods, storages, seeds, log, partial=None):
             cloud = tr.replay_trace(b_train, empty, test)["mean"]
             oracle = None
             if "successive" in slimjax.methods():
-                oracle = np.asarray(slimjax.solve_batch(b_test, method="successive").latency)
+                oracle = np.asarray(slimjax.solve_batch(b_test, solver="successive").objective)
             for method in ["cloud-only"] + methods:
                 t0 = time.perf_counter()
                 if method == "cloud-only":
-                    x, j_train, secs = empty, np.asarray(slimjax.latency(b_train, empty)), 0.0
+                    x, j_train, secs = empty, np.asarray(slimjax.objective(b_train, empty)), 0.0
                 else:
-                    sol = slimjax.solve_batch(b_train, method=method)
-                    x, j_train = np.asarray(sol.placement), np.asarray(sol.latency)
+                    sol = slimjax.solve_batch(b_train, solver=method)
+                    x, j_train = np.asarray(sol.placement), np.asarray(sol.objective)
                     secs = time.perf_counter() - t0
                 st = tr.replay_trace(b_train, x, test, return_tokens=True)
                 if split_name == "random" and storage == storages[0]:
