@@ -124,13 +124,12 @@ def part_successive(B: int, ref_n: int, milp_n: int, milp_limit: float, reps: in
     log(f"(b) successive: {B} mixtral_8x7b instances; NumPy reference on {ref_n}; HiGHS milp on {milp_n}")
     batch = slimjax.generate.instances(jax.random.key(2), B, model="mixtral_8x7b")
     grid = slimjax.ops.capacity_grid(batch)
-    t_default = median_time(lambda: slimjax.solve_batch(batch, "successive", progress=False), reps) / B
-    sol = slimjax.solve_batch(batch, "successive", progress=False)
+    t_default = median_time(lambda: slimjax.solve_batch(batch, "successive-best", progress=False), reps) / B
+    sol = slimjax.solve_batch(batch, "successive-best", progress=False)
     # The NumPy reference implements the plain paper method (one fastest-first pass, exact oracle,
-    # dense DP, no union-first / revisit / polish): time JAX on exactly that configuration.
-    same = {"order": "fastest-first", "polish": 0, "union_first": "off", "revisit": 0, "restarts": 0}
-    t_plain = median_time(lambda: slimjax.solve_batch(batch, "successive", progress=False, **same), reps) / B
-    plain = slimjax.solve_batch(batch, "successive", progress=False, **same)
+    # dense DP, no union-first / revisit / polish) = the solver "successive": time JAX on exactly that.
+    t_plain = median_time(lambda: slimjax.solve_batch(batch, "successive", progress=False), reps) / B
+    plain = slimjax.solve_batch(batch, "successive", progress=False)
     host = [jax.tree_util.tree_map(np.asarray, batch[i]) for i in range(ref_n)]
     t0 = time.perf_counter()
     ref_J = []
@@ -153,7 +152,7 @@ def part_successive(B: int, ref_n: int, milp_n: int, milp_limit: float, reps: in
         for i in range(milp_n):
             m = slimjax.solve(batch[i], "milp", time_limit=milp_limit)
             ts.append(m.seconds)
-            status.append(str(m.info.get("status")))
+            status.append(str(m.info.get("highs_status")))
             gaps.append(float(np.asarray(sol.objective[i]) / m.objective - 1))
         t_milp = statistics.median(ts)
         out.update({"milp_seconds_per_instance": t_milp, "milp_time_limit": milp_limit, "milp_status": status,
@@ -223,7 +222,7 @@ def part_scaling(B: int, experts, units, reps: int) -> dict:
         block(b)
         for oracle in ("exact", "greedy"):
             run = lambda b=b, oracle=oracle: slimjax.solve_batch(  # noqa: E731
-                b, "successive", order="fastest-first", polish=0, oracle=oracle, progress=False)
+                b, "successive", oracle=oracle, progress=False)
             t = median_time(run, reps) / B
             J = float(np.mean(run().objective))
             rows_e.append({"E": E, "oracle": oracle, "ms_per_instance": t * 1e3, "mean_J": J})
@@ -285,13 +284,14 @@ def write_plots(res: dict, folder: str) -> list[str]:
     return written
 
 
-#: Configurations of the throughput part: name -> successive options.
+_BEST = slimjax.methods()["successive-best"].stages()[0]
+#: Configurations of the throughput part: label -> solver.
 THROUGHPUT_CONFIGS = {
-    "successive": {},  # the defaults
-    "plain": {"order": "fastest-first", "polish": 0},  # the paper method
-    "plain+polish": {"order": "fastest-first"},  # the paper method + the default polish rounds
-    "best-of": {"polish": 0},  # the default candidates (orders, union-first, revisit), no polish
-    "best-of-norevisit": {"polish": 0, "revisit": 0},
+    "successive": slimjax.methods()["successive-best"],  # the default solver (successive-best)
+    "plain": slimjax.solvers.Successive(),  # the paper method ("successive")
+    "plain+polish": slimjax.chain(slimjax.solvers.Successive(), slimjax.solvers.Polish(rounds=16)),
+    "best-of": _BEST,  # successive-best's candidates (orders, union-first, revisit, restarts), no polish
+    "best-of-norevisit": _BEST.replace(revisit=0),
 }
 
 
@@ -303,10 +303,10 @@ def part_throughput(sizes, chunk: int, configs=("successive", "plain")) -> dict:
     block(big)
     rows = []
     for label in configs:
-        opts = THROUGHPUT_CONFIGS[label]
+        solver = THROUGHPUT_CONFIGS[label]
         for B in sizes:
             b = big[:B]
-            run = lambda b=b, B=B, opts=opts: slimjax.solve_batch(b, "successive", progress=False, chunk_size=min(B, chunk), **opts)  # noqa: E731
+            run = lambda b=b, B=B, solver=solver: slimjax.solve_batch(b, solver, progress=False, chunk_size=min(B, chunk))  # noqa: E731
             run()  # warm-up (compile)
             ts = []
             for _ in range(2):

@@ -148,7 +148,7 @@ def check_placement(inst: Instance, placement) -> Array:
     if shp != want:
         lead = "[batch, N, L, E]" if inst.latency.ndim > 4 else "[N, L, E]"
         raise ValueError(f"placement: expected shape {lead} = {list(want)}, got {list(shp)}")
-    dtype = np.dtype(getattr(placement, "dtype", np.asarray(placement).dtype))
+    dtype = np.dtype(placement.dtype if hasattr(placement, "dtype") else np.asarray(placement).dtype)
     if dtype == np.bool_:
         return jnp.asarray(placement)
     if np.issubdtype(dtype, np.integer):

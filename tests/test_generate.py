@@ -114,7 +114,7 @@ def test_deterministic_and_keys_differ(default_batch):
 
 def test_prefix_single_seed_and_chunking(default_batch):
     first = instances(KEY, 4, routing=SMALL)
-    np.testing.assert_array_equal(np.asarray(first.objective), np.asarray(default_batch.latency[:4]))
+    np.testing.assert_array_equal(np.asarray(first.latency), np.asarray(default_batch.latency[:4]))
     np.testing.assert_array_equal(np.asarray(first.patterns), np.asarray(default_batch.patterns[:4]))
     one = instance(KEY, routing=SMALL)
     assert one.batch_shape == ()

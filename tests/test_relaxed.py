@@ -49,11 +49,16 @@ def test_quality_feasibility_and_solve_equals_solve_batch():
             again = slimjax.solve_batch(batch, "relaxed", key=0, **FAST)
             np.testing.assert_array_equal(again.placement, sol.placement)
             for i in (0, 4, 8):
-                s = slimjax.solve(insts[i], "relaxed", key=0, **FAST)
+                # instance i of the batch uses fold_in(key, i); solve with that key gives the
+                # same run. The two are different compiled programs (batch of 1 vs 12), so
+                # floats agree to float32 rounding (1e-6), not bit for bit; the placement is
+                # compared exactly (no near-ties on these instances).
+                s = slimjax.solve(insts[i], "relaxed", key=jax.random.fold_in(jax.random.key(0), i), **FAST)
                 np.testing.assert_array_equal(s.placement, sol.placement[i])
-                assert s.objective == sol.objective[i]
-                for k in ("relaxed_value", "rounded_value", "steps"):
-                    assert s.info[k] == sol.info[k][i]
+                np.testing.assert_allclose(s.objective, sol.objective[i], rtol=1e-6)
+                for k in ("relaxed_value", "rounded_value"):
+                    np.testing.assert_allclose(s.info[k], sol.info[k][i], rtol=1e-6)
+                assert s.info["steps"] == sol.info["steps"][i]
     assert np.median(ratios) >= 0.9, sorted(ratios)
     assert np.mean(ratios) >= 0.85, sorted(ratios)
 

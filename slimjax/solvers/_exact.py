@@ -268,6 +268,9 @@ def _np_instance(inst: Instance) -> dict:
             ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic")}
 
 
+_SCHEDULER_THREADS = 0
+
+
 def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_rel_gap, threads, verbose):
     highspy = _highspy()
     mdl, xcol, offset = _build(_np_instance(inst), aggregation)
@@ -275,6 +278,13 @@ def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_
     h.setOptionValue("output_flag", bool(verbose))
     if time_limit is not None:
         h.setOptionValue("time_limit", float(time_limit))
+    global _SCHEDULER_THREADS
+    want = int(threads) if threads is not None else 0  # 0 = HiGHS's default
+    if want != _SCHEDULER_THREADS:
+        # HiGHS keeps one global thread pool per process and refuses to run with another thread
+        # count than the one it was started with ("Not Set", silently): restart the pool.
+        h.resetGlobalScheduler(True)
+        _SCHEDULER_THREADS = want
     if threads is not None:
         h.setOptionValue("threads", int(threads))
     if not relax:
@@ -282,9 +292,11 @@ def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_
         h.setOptionValue("mip_abs_gap", 1e-9)
     h.passModel(mdl.lp(highspy, relax, offset))
     t0 = time.perf_counter()
-    h.run()
+    ran = h.run()
     secs = time.perf_counter() - t0
     status = h.modelStatusToString(h.getModelStatus())
+    if ran == highspy.HighsStatus.kError and status == "Not Set":
+        raise RuntimeError("HiGHS refused to run the model (HighsStatus.kError); rerun with verbose=True for its log")
     info = h.getInfo()
     return h, xcol, status, info, secs
 
@@ -333,7 +345,8 @@ class MILP(Solver):
     ``time-limit`` when it stops at ``time_limit`` with an incumbent (the placement is that
     incumbent; ``info["bound"]`` is HiGHS's dual bound), ``failed`` when it has no incumbent (then
     the placement is empty and not a result: ``solve`` raises unless ``throw=False``). ``info``:
-    ``highs_status`` (HiGHS's words), ``incumbent`` (its objective, inf without one), ``bound``,
+    ``highs_status`` (HiGHS's words), ``incumbent`` (HiGHS's objective value, inf without one; at
+    a time limit it can exceed the placement's exact J, which is what ``objective`` reports), ``bound``,
     ``gap`` (relative, HiGHS's definition), ``nodes``, ``solver_seconds``.
     """
 
@@ -388,6 +401,7 @@ def lower_bound(inst: Instance, *, aggregation: str = "max", time_limit=None, th
     """
     if aggregation not in ("max", "sum"):
         raise ValueError(f"aggregation: must be one of ('max', 'sum'), got {aggregation!r}")
+    check_float("time_limit", time_limit, 0.0, open_lo=True, none=True)
     if not isinstance(inst, Instance):
         raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
     if is_batched(inst):
