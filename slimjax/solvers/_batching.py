@@ -188,3 +188,27 @@ def run(
     placement = np.concatenate(placements)
     info = {k: np.concatenate([i[k] for i in infos]) for k in infos[0]} if infos else {}
     return placement, info
+
+
+def map_chunks(fn, static: tuple, args: tuple, size: int, clock=None, *, to_host: bool = True):
+    """``fn(*static, *args)`` over fixed-size chunks of the leading axis of every leaf of ``args``
+    (the last chunk padded, so one program serves every chunk), results concatenated.
+
+    For the bookkeeping programs of a solve (pattern merging, the final evaluation of J), so that
+    they also stay within the memory budget on large batches.
+    """
+    from slimjax.solvers._compile import call
+
+    B = jax.tree_util.tree_leaves(args)[0].shape[0]
+    size = max(1, min(int(size), B))
+    outs = []
+    for lo in range(0, B, size):
+        hi = min(B, lo + size)
+        part = args if (lo == 0 and hi == B) else _take(args, lo, hi, size)
+        out = call(fn, static, part, clock)
+        cut = (lambda a, n=hi - lo: np.asarray(a)[:n]) if to_host else (lambda a, n=hi - lo: a[:n])
+        outs.append(jax.tree_util.tree_map(cut, out))
+    if len(outs) == 1:
+        return outs[0]
+    cat = np.concatenate if to_host else jnp.concatenate
+    return jax.tree_util.tree_map(lambda *a: cat(a), *outs)

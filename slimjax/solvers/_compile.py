@@ -26,11 +26,12 @@ _MAX_ENTRIES = 512
 class Clock:
     """Accumulates the compile seconds of one solve call."""
 
-    __slots__ = ("compile_seconds", "compiled")
+    __slots__ = ("compile_seconds", "compiled", "peak_bytes")
 
     def __init__(self):
         self.compile_seconds = 0.0
         self.compiled = 0  # number of programs compiled during the call
+        self.peak_bytes = 0  # largest XLA memory footprint (arguments + outputs + temporaries) run
 
 
 def _aval(x):
@@ -47,18 +48,31 @@ def call(fn: Callable, static: tuple, args: tuple, clock: Clock | None = None) -
     """
     leaves, treedef = jax.tree_util.tree_flatten(args)
     key = (fn, static, treedef, tuple(_aval(x) for x in leaves))
-    compiled = _CACHE.get(key)
-    if compiled is None:
+    hit = _CACHE.get(key)
+    if hit is None:
         t0 = time.perf_counter()
         compiled = fn.lower(*static, *args).compile()
         if clock is not None:
             clock.compile_seconds += time.perf_counter() - t0
             clock.compiled += 1
+        hit = (compiled, _footprint(compiled))
         with _LOCK:
             if len(_CACHE) >= _MAX_ENTRIES:  # bound the cache (shapes swept one by one)
                 _CACHE.pop(next(iter(_CACHE)))
-            _CACHE[key] = compiled
+            _CACHE[key] = hit
+    compiled, nbytes = hit
+    if clock is not None:
+        clock.peak_bytes = max(clock.peak_bytes, nbytes)
     return compiled(*args)
+
+
+def _footprint(compiled) -> int:
+    """Bytes XLA reports for a program (arguments + outputs + temporaries; 0 when unknown)."""
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return 0
 
 
 def clear_cache() -> None:

@@ -107,7 +107,12 @@ def _evaluate_fn(aggregation, batch, x):
 _EVALUATE = jax.jit(_evaluate_fn, static_argnums=0)
 
 
-def _merge(batch: Instance, clock: Clock) -> Instance:
+def _instance_bytes(shape) -> float:
+    U, N, L, E, M, K = shape
+    return 4.0 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
+
+
+def _merge(batch: Instance, clock: Clock, budget: float) -> Instance:
     plan = merged_size(batch)
     if plan is None:
         return batch
@@ -116,7 +121,10 @@ def _merge(batch: Instance, clock: Clock) -> Instance:
         from slimjax.ops._patterns import merge_patterns
 
         return merge_patterns(batch)
-    pat, w = call(merge_codes_fn(), (E, Mp), (batch.patterns, batch.weight), clock)
+    U, N, L, E, M, K = batch.shape
+    per = 16.0 * U * L * (min(E**K, 2**20) + 4 * M * K)  # histogram or sort working set, bytes
+    pat, w = _batching.map_chunks(merge_codes_fn(), (E, Mp), (batch.patterns, batch.weight),
+                                  budget // per, clock, to_host=False)
     return with_patterns(batch, pat, w)
 
 
@@ -153,7 +161,7 @@ def _run(
     budget = _batching.memory_budget_bytes(memory_budget_mb)
     _batching.chunk_size_for(1.0, 1, chunk_size, memory_budget_mb)  # validates chunk_size
     grid = capacity_grid(batch, capacity_unit)
-    work = _merge(batch, clock) if merge_patterns else batch
+    work = _merge(batch, clock, budget) if merge_patterns else batch
     x = None
     status = None
     info: dict[str, np.ndarray] = {}
@@ -178,7 +186,9 @@ def _run(
         raise RuntimeError(f"{label}: returned a placement of dtype {x.dtype} and shape {x.shape} (a solver bug)")
     used = _used(batch, x)
     fits = _fits(batch, used).all(-1)
-    J, total = call(_EVALUATE, (aggregation,), (batch, jnp.asarray(x)), clock)
+    U, N, L, E, M, K = batch.shape
+    eval_bytes = 3 * _instance_bytes(batch.shape) + 8.0 * U * L * M * K  # masked latencies + pattern gathers
+    J, total = _batching.map_chunks(_EVALUATE, (aggregation,), (batch, x), budget // eval_bytes, clock)
     J = np.asarray(J, np.float64)
     total = np.asarray(total, np.float64)
     failed = (status == Status.FAILED) | ~fits | ~np.isfinite(J)
