@@ -29,7 +29,6 @@ from slimjax._objective import (
     total_latency,
 )
 from slimjax._replay import replay, replay_stats
-from slimjax.solvers import Solution, Status, chain, feasible, methods, solve, solve_batch
 
 __version__ = "1.0.0"
 
@@ -61,12 +60,22 @@ __all__ = [
 ]
 
 _SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app")
+#: names re-exported from ``slimjax.solvers`` (imported on first use)
+_FROM_SOLVERS = ("Solution", "Status", "chain", "feasible", "methods", "solve", "solve_batch")
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"slimjax.{name}")
+    if name in _FROM_SOLVERS:
+        value = getattr(importlib.import_module("slimjax.solvers"), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
     raise AttributeError(f"module 'slimjax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 def lower_bound(inst, **options):
