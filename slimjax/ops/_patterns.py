@@ -88,7 +88,7 @@ def merge_patterns(batch: Instance) -> Instance:
     return Instance(
         latency=batch.latency, fallback=batch.fallback, size=batch.size, capacity=batch.capacity,
         patterns=out_pat, weight=out_w.astype(batch.weight.dtype), traffic=batch.traffic, base=batch.base,
-        validate=False,
+        service=batch.service, rate=batch.rate, validate=False,
     )
 
 
