@@ -123,9 +123,11 @@ def random_load_instance(
         lat[u, off] = np.inf
     fb = rng.uniform(4.0, 12.0, size=(U, L, E))  # some nodes slower than the fallback
     pats = rng.integers(0, E, size=(U, L, M, K))
-    pats[:, :, 0, 1:] = pats[:, :, 0, :1]  # a pattern repeating one id
+    if K > 1:
+        pats[:, :, 0, 1] = pats[:, :, 0, 0]  # a pattern repeating an id
     w = rng.random((U, L, M)) + 0.05
-    w[:, :, -1] = 0.0  # padding pattern
+    if M > 1:
+        w[:, :, -1] = 0.0  # padding pattern
     w /= w.sum(-1, keepdims=True)
     tr = rng.dirichlet(np.ones(U))
     svc = rng.uniform(0.1, 1.0, size=(N, L, E)) * (rng.random((N, L, E)) < 0.9)
@@ -134,7 +136,7 @@ def random_load_instance(
         capacity=np.full(N, float(L * E), dtype), patterns=pats.astype(np.int32), weight=w.astype(dtype),
         traffic=tr.astype(dtype), service=svc.astype(dtype), rate=np.ones(U, dtype),
     )
-    rho = utilization_ref(inst, np.ones((N, L, E), bool))
+    rho = utilization_ref(inst.replace(rate=tr.astype(dtype)), np.ones((N, L, E), bool))
     target = rng.uniform(0.2, 0.9) if peak is None else peak
     rate = tr * (target / rho.max())
     return inst.replace(rate=rate.astype(dtype))

@@ -23,10 +23,12 @@ that iterate on a utilisation estimate.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance, is_batched
@@ -79,7 +81,7 @@ def _check_aggregation(aggregation: str) -> None:
 def _check_max_utilization(max_utilization) -> None:
     if isinstance(max_utilization, jax.core.Tracer):
         return
-    m = jnp.asarray(max_utilization)
+    m = np.asarray(max_utilization)  # host value: no staging inside jit
     if m.ndim != 0:
         raise ValueError(f"max_utilization: must be a scalar, got shape {m.shape}")
     if not (0.0 < float(m) <= 1.0):
@@ -101,11 +103,13 @@ def _check_rho(inst: Instance, rho) -> None:
         raise ValueError(f"rho: expected shape ([batch,] N) = {list(want)}, got {list(got)}")
 
 
-def _per_instance(fn, inst: Instance, *arrays):
-    """``fn(inst, *arrays)`` on one instance, vmapped over the leading axis for a batch."""
+@partial(jax.jit, static_argnums=(0,))
+def _per_instance(fn, inst: Instance, *arrays, shared=()):
+    """``fn(inst, *arrays, *shared)`` on one instance, vmapped over the leading axis of ``inst``
+    and ``arrays`` for a batch (``shared`` is not batched). Compiled once per function and shape."""
     if is_batched(inst):
-        return jax.vmap(fn)(inst, *arrays)
-    return fn(inst, *arrays)
+        return jax.vmap(lambda i, *a: fn(i, *a, *shared))(inst, *arrays)
+    return fn(inst, *arrays, *shared)
 
 
 # -- the formulas on arrays of one instance ---------------------------------------------------
@@ -297,6 +301,10 @@ def _report_one(inst: Instance, placement, max_utilization, aggregation: str) ->
     )
 
 
+# One function object per aggregation, so that the compiled report is cached across calls.
+_REPORT = {agg: partial(_report_one, aggregation=agg) for agg in _AGGREGATIONS}
+
+
 def load_report(
     inst: Instance,
     placement: Bool[Array, "N L E"],
@@ -320,8 +328,7 @@ def load_report(
     _check_max_utilization(max_utilization)
     _check_placement(inst, placement)
     m = jnp.asarray(max_utilization, inst.latency.dtype)
-    fn = lambda i, x: _report_one(i, x, m, aggregation)  # noqa: E731
-    return _per_instance(fn, inst, jnp.asarray(placement))
+    return _per_instance(_REPORT[aggregation], inst, jnp.asarray(placement), shared=(m,))
 
 
 def loaded_objective(
