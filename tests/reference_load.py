@@ -27,13 +27,13 @@ def _np(inst, name):
 def activation_ref(inst) -> np.ndarray:
     pats = np.asarray(inst.patterns)
     w = _np(inst, "weight")
-    U, L, M, K = pats.shape
+    U, L, M, _ = pats.shape
     E = inst.latency.shape[-1]
     p = np.zeros((U, L, E))
     for u in range(U):
         for l in range(L):
             for m in range(M):
-                for e in set(int(v) for v in pats[u, l, m]):
+                for e in {int(v) for v in pats[u, l, m]}:
                     p[u, l, e] += w[u, l, m]
     return p
 

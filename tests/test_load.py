@@ -393,13 +393,27 @@ def test_generator_without_load_and_config_errors():
     model = get_model(dict(name="mixtral_8x7b", layers=2))
     for load, present in ((None, False), (0.3, True)):
         net = NetworkConfig(users=2, servers=2, multi_user=True, load=load)
-        out = jax.eval_shape(lambda k: sample_fields(k, model, net, RoutingConfig(tokens=8)), jax.random.key(0))
+        out = jax.eval_shape(lambda k, net=net: sample_fields(k, model, net, RoutingConfig(tokens=8)), jax.random.key(0))
         assert (out["service"] is not None) == present and (out["rate"] is not None) == present
         if present:
             assert out["service"].shape == (4, 2, 8) and out["rate"].shape == (2,)
     for bad in (1.0, -0.1, "high", True):
         with pytest.raises(ValueError, match="network.load"):
             NetworkConfig(load=bad)
+
+
+def test_instance_from_trace_with_a_load_level():
+    from slimjax import traces as tr
+    from slimjax.generate.from_trace import instance_from_trace
+
+    rng = np.random.default_rng(0)
+    ids = np.stack([np.stack([rng.choice(8, 2, replace=False) for _ in range(3)]) for _ in range(200)])
+    inst = instance_from_trace(tr.Trace(ids, 8), model="mixtral_8x7b", network={"servers": 2, "load": 0.4}, key=1)
+    assert inst.has_load and inst.service.shape == (3, 3, 8) and inst.rate.shape == (1,)
+    rho = utilization_ref(inst, np.asarray(ld.reference_placement(inst)))
+    srv = rho[1:]
+    assert srv[srv > 0].mean() == pytest.approx(0.4, rel=1e-4)
+    assert not instance_from_trace(tr.Trace(ids, 8), model="mixtral_8x7b", network={"servers": 2}, key=1).has_load
 
 
 def test_multi_user_conf_has_a_load_level():

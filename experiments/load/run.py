@@ -32,10 +32,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, ROOT)
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-import slimjax  # noqa: E402
-import slimjax.load as ld  # noqa: E402
+import slimjax
+import slimjax.load as ld
 
 # Servers hold every expert and every user reaches every server; devices cache nothing, so all
 # queueing happens at the servers and no expert goes to the cloud.

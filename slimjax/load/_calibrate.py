@@ -9,6 +9,8 @@ lets the generators run them inside their compiled sampler.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -20,6 +22,7 @@ from slimjax.ops._fill import priority_fill
 __all__ = ["rate_for_load", "reference_placement"]
 
 
+@jax.jit
 def reference_placement(inst: Instance) -> Bool[Array, "N L E"]:
     """Per-node LFU: node n caches experts by decreasing ``Σ_{u reaches n} traffic[u] · p[u, l, e]``.
 
@@ -45,14 +48,14 @@ def rate_for_load(
 ) -> Float[Array, " U"]:
     """Token rates ``rate = Λ · traffic`` whose mean (or max) utilisation over ``nodes`` is ``level``.
 
-    The mean (``statistic="max"``: the max) is over the nodes in ``nodes`` (default: all) that carry load under ``placement``
-    (default: :func:`reference_placement`); when none of them does, over every node that carries
-    load; when no node carries load at all (the placement caches nothing that a user would fetch
-    from a node), the rates are 0.
+    The mean (``statistic="max"``: the max) is over the nodes in ``nodes`` (default: all) that
+    carry load under ``placement`` (default: :func:`reference_placement`); when none of them
+    does, over every node that carries load; when no node carries load at all (the placement
+    caches nothing that a user would fetch from a node), the rates are 0.
 
     Args:
       inst: one instance (its ``rate`` and ``service`` fields are ignored).
-      level: target mean utilisation, >= 0.
+      level: target utilisation, >= 0.
       service: float [N, L, E], the compute times used for the utilisation.
       placement: bool [N, L, E] or None.
       nodes: bool [N] or None.
@@ -63,6 +66,12 @@ def rate_for_load(
     """
     if statistic not in ("mean", "max"):
         raise ValueError(f"statistic: must be 'mean' or 'max', got {statistic!r}")
+    return _rate_for_load(inst, level, service, placement, nodes, statistic)
+
+
+@partial(jax.jit, static_argnames=("statistic",))
+def _rate_for_load(inst, level, service, placement, nodes, statistic: str) -> Float[Array, " U"]:
+    """:func:`rate_for_load` after its argument check, compiled per shape and statistic."""
     N = inst.latency.shape[1]
     x = reference_placement(inst) if placement is None else jnp.asarray(placement, bool)
     share = _share(_assignment_one(inst, x), N, inst.latency.dtype)

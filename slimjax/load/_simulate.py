@@ -77,9 +77,9 @@ def _import_simpy():
     return simpy
 
 
-def _check(inst: Instance, placement, tokens, warmup, service, batches) -> None:  # noqa: C901
+def _check(inst: Instance, placement, tokens, warmup, service, batches) -> None:
     if not isinstance(inst, Instance):
-        raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
+        raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")  # noqa: TRY004
     if is_batched(inst):
         raise ValueError("inst: simulate takes one instance, not a batch (index it: batch[i])")
     if not inst.has_load:
@@ -130,7 +130,7 @@ def simulate(
     """
     _check(inst, placement, tokens, warmup, service, batches)
     simpy = _import_simpy()
-    U, N, L, E, M, K = inst.shape
+    U, N, L, E, _, K = inst.shape
     a = np.asarray(assignment(inst, jnp.asarray(placement)))  # [U, L, E], N = fallback
     lat = np.asarray(inst.latency, np.float64)
     fb = np.asarray(inst.fallback, np.float64)
