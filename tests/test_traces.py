@@ -448,9 +448,6 @@ def test_statistics_tell_structure_from_popularity():
 # held-out quality on real-like traces (needs the solvers)
 # ------------------------------------------------------------------------------------------------
 def _held_out(L, E, K, T, model, options):
-    registered = slimjax.methods()
-    if "successive" not in registered or "popularity" not in registered:
-        pytest.skip("methods 'successive' and 'popularity' are not registered yet")
     ids, _, _ = real_like_ids(11, T, L, E, K)
     path_free = tr.Trace(ids, E)
     train, test = tr.split(path_free, 0.5, by="token", seed=0)
