@@ -2,7 +2,7 @@
 
 A token's latency is ``Σ_l max_k d[user, l, expert_ids[t, l, k]]`` (``Σ_k`` with
 ``aggregation="sum"``), with ``d`` the expert latency of :func:`slimjax.expert_latency`. The mean
-over the tokens equals :func:`slimjax.latency` of the instance whose patterns are those tokens
+over the tokens equals :func:`slimjax.objective` of the instance whose patterns are those tokens
 (each with weight 1/T).
 
 One implementation serves one instance and a batch. A batch (instances [B], placements
@@ -35,22 +35,13 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance
-from slimjax._objective import _check_aggregation, expert_latency_from
+from slimjax._objective import _check_aggregation, check_placement, expert_latency_from
 
-__all__ = ["replay", "replay_stats", "token_latency", "DEFAULT_MEMORY_BUDGET_MB"]
+__all__ = ["replay", "replay_stats", "DEFAULT_MEMORY_BUDGET_MB"]
 
 #: Default working-memory budget of one replay chunk (MB): small enough for a laptop CPU, large
 #: enough that the default suite and typical traces run as a single chunk.
 DEFAULT_MEMORY_BUDGET_MB = 256.0
-
-
-@functools.partial(jax.jit, static_argnames=("aggregation",))
-def token_latency(d: Float[Array, "L E"], expert_ids: Int[Array, "T L K"], aggregation: str = "max") -> Float[Array, " T"]:
-    """Per-token latency [T] from the expert latencies d [L, E] of one user (no chunking)."""
-    L = d.shape[0]
-    member = d[jnp.arange(L)[None, :, None], expert_ids]  # [T, L, K]
-    per_layer = member.max(-1) if aggregation == "max" else member.sum(-1)
-    return per_layer.sum(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +182,7 @@ def _token_array(expert_ids: Any) -> np.ndarray:
     return np.asarray(ids)
 
 
-def _prepare(inst, placement, expert_ids, user, aggregation, memory_budget_mb, chunk):
+def _prepare(inst, placement, expert_ids, user, aggregation, chunk):
     _check_aggregation(aggregation)
     if not isinstance(inst, Instance):
         raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
@@ -201,13 +192,9 @@ def _prepare(inst, placement, expert_ids, user, aggregation, memory_budget_mb, c
     batched = len(inst.batch_shape) == 1
     U, N, L, E, M, K = inst.shape
     B = inst.batch_shape[0] if batched else 1
-    lead = (B,) if batched else ()
     if isinstance(user, bool) or not isinstance(user, (int, np.integer)) or not 0 <= user < U:
         raise ValueError(f"user: must be an integer in [0, U={U}), got {user!r}")
-    x = placement if isinstance(placement, jax.Array) else np.asarray(placement)
-    if tuple(x.shape) != lead + (N, L, E):
-        raise ValueError(f"placement: expected shape {list(lead + (N, L, E))} ([{'B, ' if batched else ''}N, L, E]), "
-                         f"got {list(x.shape)}")
+    x = check_placement(inst, placement)  # bool [B, N, L, E] or [N, L, E]
     ids = _token_array(expert_ids)
     if ids.ndim == 4 and batched:
         if ids.shape[0] != B or ids.shape[2] != L:
@@ -222,12 +209,16 @@ def _prepare(inst, placement, expert_ids, user, aggregation, memory_budget_mb, c
     if ids.size and (ids.min() < 0 or ids.max() >= E):
         bad = tuple(int(v) for v in np.argwhere((ids < 0) | (ids >= E))[0])
         raise ValueError(f"expert_ids: ids must be in [0, E={E}), got {ids[bad]} at index {bad}")
-    if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float, np.integer, np.floating)) \
-            or not memory_budget_mb > 0:
-        raise ValueError(f"memory_budget_mb: must be a number > 0, got {memory_budget_mb!r}")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
         raise ValueError(f"chunk: tokens per step must be an integer >= 1, got {chunk!r}")
     return batched, B, x, ids
+
+
+def _budget_bytes(memory_budget_mb: float | str) -> float:
+    """``memory_budget_mb`` in bytes: a number > 0, or ``"auto"`` as in :func:`slimjax.solve_batch`."""
+    from slimjax.solvers._batching import memory_budget_bytes  # the one resolver of "auto"
+
+    return memory_budget_bytes(memory_budget_mb)
 
 
 def _chunks(inst, placement, expert_ids, *, user, aggregation, include_base, memory_budget_mb, chunk):
@@ -236,7 +227,8 @@ def _chunks(inst, placement, expert_ids, *, user, aggregation, include_base, mem
     Chunk i + 1 is dispatched before chunk i is handed out, so host-side work on a chunk overlaps
     the device's work on the next (JAX dispatches asynchronously).
     """
-    batched, B, x, ids = _prepare(inst, placement, expert_ids, user, aggregation, memory_budget_mb, chunk)
+    batched, B, x, ids = _prepare(inst, placement, expert_ids, user, aggregation, chunk)
+    budget = _budget_bytes(memory_budget_mb)
     U, N, L, E, M, _ = inst.shape
     K, T, shared = ids.shape[-1], ids.shape[-3], ids.ndim == 3
     lat, fb, base = inst.latency, inst.fallback, inst.base
@@ -246,7 +238,7 @@ def _chunks(inst, placement, expert_ids, *, user, aggregation, include_base, mem
         yield 0, B, jnp.zeros((B, 0), lat.dtype)
         return
     plan, compiled = _plan(B, (U, N, L, E, K), T, lat.dtype, shared=shared,
-                           budget_bytes=float(memory_budget_mb) * 2**20, tokens_per_step=chunk,
+                           budget_bytes=budget, tokens_per_step=chunk,
                            aggregation=aggregation, include_base=bool(include_base))
     steps, tc = _steps(T, plan.tokens_per_step)
     ids = ids.astype(np.int32, copy=False)
@@ -256,14 +248,14 @@ def _chunks(inst, placement, expert_ids, *, user, aggregation, include_base, mem
     u = np.int32(user)
     C = plan.instances
     if C == B:
-        yield 0, B, compiled(lat, fb, base, jnp.asarray(x, bool), jnp.asarray(ids), u)
+        yield 0, B, compiled(lat, fb, base, x, jnp.asarray(ids), u)
         return
     ids_dev = jnp.asarray(ids) if shared else None  # per-instance tokens travel with their chunk
     pending = None
     for start in range(0, B, C):
         idx = np.minimum(np.arange(start, start + C), B - 1)  # the last chunk repeats its last instance
         ids_c = ids_dev if shared else jnp.asarray(ids[idx])
-        res = compiled(lat[idx], fb[idx], base[idx], jnp.asarray(x[idx], bool), ids_c, u)
+        res = compiled(lat[idx], fb[idx], base[idx], x[idx], ids_c, u)
         if pending is not None:
             yield pending
         pending = (start, min(C, B - start), res)
@@ -279,7 +271,7 @@ def replay(
     aggregation: str = "max",
     include_base: bool = False,
     chunk: int | None = None,
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    memory_budget_mb: float | str = DEFAULT_MEMORY_BUDGET_MB,
 ) -> Float[Array, "*B T"]:
     """Replay tokens through a placement; returns each token's latency.
 
@@ -290,11 +282,11 @@ def replay(
         batch, one token set [T, L, K] shared by all instances or one per instance [B, T, L, K].
         A :class:`slimjax.traces.Trace` works too.
       user: which user of a multi-user instance the tokens belong to.
-      aggregation: ``"max"`` or ``"sum"``, as in :func:`slimjax.latency`.
+      aggregation: ``"max"`` or ``"sum"``, as in :func:`slimjax.objective`.
       include_base: add that user's non-expert ``base`` latency.
       chunk: tokens per step of the on-device loop (default: chosen from the budget).
       memory_budget_mb: working memory of one chunk (inputs, intermediates and outputs of the
-        compiled chunk program, as XLA measures it). The result itself is B × T floats; for
+        compiled chunk program, as XLA measures it), or ``"auto"`` as in :func:`slimjax.solve_batch`. The result itself is B × T floats; for
         statistics of a large batch use :func:`replay_stats`, which never holds it.
 
     Returns:

@@ -43,7 +43,7 @@ def test_replay_mean_equals_J(aggregation):
     x = random_placement(inst, 1)
     lat = np.array(slimjax.replay(inst, x, ids, aggregation=aggregation))
     assert lat.shape == (200,)
-    J = float(slimjax.latency(instance_from_tokens(inst, ids), x, aggregation))
+    J = float(slimjax.objective(instance_from_tokens(inst, ids), x, aggregation))
     # J is a weighted float32 sum over 200 patterns in another program: rtol 1e-5
     np.testing.assert_allclose(lat.mean(), J, rtol=1e-5)
     assert slimjax.replay_stats(inst, x, ids, aggregation=aggregation)["mean"] == pytest.approx(J, rel=1e-5)
