@@ -37,7 +37,7 @@ from jaxtyping import Array, Bool, Float, Int
 from slimjax._instance import Instance
 from slimjax._objective import _check_aggregation, check_placement, expert_latency_from
 
-__all__ = ["replay", "replay_stats", "DEFAULT_MEMORY_BUDGET_MB"]
+__all__ = ["DEFAULT_MEMORY_BUDGET_MB", "replay", "replay_stats"]
 
 #: Default working-memory budget of one replay chunk (MB): small enough for a laptop CPU, large
 #: enough that the default suite and typical traces run as a single chunk.
@@ -55,7 +55,7 @@ def _chunk_program(latency, fallback, base, placement, expert_ids, user, *, num_
     ``tokens_per_step`` (padded on the host); the first ``num_tokens`` are real.
     """
     shared = expert_ids.ndim == 3
-    C, U, N, L, E = latency.shape
+    C, L = latency.shape[0], latency.shape[-2]
     lat_u = jax.lax.dynamic_index_in_dim(latency, user, 1, keepdims=True)  # [C, 1, N, L, E]
     fb_u = jax.lax.dynamic_index_in_dim(fallback, user, 1, keepdims=True)
     d = jax.vmap(expert_latency_from)(lat_u, fb_u, placement)[:, 0]  # [C, L, E]
@@ -64,7 +64,9 @@ def _chunk_program(latency, fallback, base, placement, expert_ids, user, *, num_
 
     def step(_, s):
         part = jax.lax.dynamic_slice_in_dim(expert_ids, s * tokens_per_step, tokens_per_step, axis=-3)
-        gather = lambda dc, ids: dc[rows, ids]  # noqa: E731  [tc, L, K]
+        def gather(dc, ids):  # [L, E], [tc, L, K] -> [tc, L, K]
+            return dc[rows, ids]
+
         member = jax.vmap(gather, in_axes=(0, None if shared else 0))(d, part)  # [C, tc, L, K]
         per_layer = member.max(-1) if aggregation == "max" else member.sum(-1)
         return None, per_layer.sum(-1)  # [C, tc]
@@ -139,15 +141,19 @@ def _plan(B: int, shape: tuple, T: int, dtype, *, shared: bool, budget_bytes: fl
           aggregation: str, include_base: bool) -> tuple[_Plan, Any]:
     """Chunk sizes whose compiled program fits ``budget_bytes``, and that compiled program.
 
-    The estimate picks the sizes (half the budget for the instances' own data, the rest for the
-    token step); XLA's ``memory_analysis()`` of the compiled chunk checks them, and the token step
+    The estimate picks the sizes (after a shared token set, half the budget for the instances'
+    own data and outputs, the rest for the token step); XLA's ``memory_analysis()`` of the compiled chunk checks them, and the token step
     (then the instance chunk) shrinks by the measured excess until the program fits.
     """
     f = jnp.dtype(dtype).itemsize
-    est = lambda C, tc: _estimate(C, tc, shape, T, f, shared)  # noqa: E731
+
+    def est(C, tc):
+        return _estimate(C, tc, shape, T, f, shared)
+
     per_inst = est(2, 0) - est(1, 0)
     shared_bytes = est(1, 0) - per_inst  # a shared token set is held once
-    C = int(min(B, max(1, (budget_bytes / 2 - shared_bytes) // max(per_inst, 1))))
+    avail = budget_bytes - shared_bytes
+    C = int(min(B, max(1, (avail / 2) // max(per_inst, 1))))
     if tokens_per_step is None:
         per_tok = max(est(C, 2) - est(C, 1), 1)
         tc = int(min(max(T, 1), max(1, (budget_bytes - est(C, 0)) // per_tok)))
@@ -190,7 +196,7 @@ def _prepare(inst, placement, expert_ids, user, aggregation, chunk):
         raise ValueError(f"inst: replay takes one instance or a batch with one leading axis, got batch shape "
                          f"{inst.batch_shape}")
     batched = len(inst.batch_shape) == 1
-    U, N, L, E, M, K = inst.shape
+    U, _, L, E, _, _ = inst.shape
     B = inst.batch_shape[0] if batched else 1
     if isinstance(user, bool) or not isinstance(user, (int, np.integer)) or not 0 <= user < U:
         raise ValueError(f"user: must be an integer in [0, U={U}), got {user!r}")
@@ -229,7 +235,7 @@ def _chunks(inst, placement, expert_ids, *, user, aggregation, include_base, mem
     """
     batched, B, x, ids = _prepare(inst, placement, expert_ids, user, aggregation, chunk)
     budget = _budget_bytes(memory_budget_mb)
-    U, N, L, E, M, _ = inst.shape
+    U, N, L, E, _, _ = inst.shape
     K, T, shared = ids.shape[-1], ids.shape[-3], ids.ndim == 3
     lat, fb, base = inst.latency, inst.fallback, inst.base
     if not batched:

@@ -69,7 +69,7 @@ def test_batch_equals_per_instance_loop(aggregation):
     insts, batch, xs = batch_of(7, U=2, N=3, L=3, E=6, M=4, K=2)
     ids = tokens(1, 90, 3, 6, 2)
     own = np.stack([tokens(10 + i, 90, 3, 6, 2) for i in range(7)])  # per-instance tokens [B, T, L, K]
-    opts = dict(user=1, aggregation=aggregation, include_base=True)
+    opts = {"user": 1, "aggregation": aggregation, "include_base": True}
     loop = np.stack([np.asarray(slimjax.replay(insts[i], xs[i], ids, **opts)) for i in range(7)])
     loop_own = np.stack([np.asarray(slimjax.replay(insts[i], xs[i], own[i], **opts)) for i in range(7)])
     plan = _replay._plan(7, (2, 3, 3, 6, 2), 90, np.float32, shared=False, budget_bytes=0.02 * 2**20,
@@ -110,7 +110,7 @@ def _counting(monkeypatch):
 
 def test_small_budget_chunks_a_large_batch_measured(monkeypatch):
     B, T, (U, N, L, E, K) = 24, 2000, (1, 3, 4, 8, 2)
-    insts, batch, xs = batch_of(B, U=U, N=N, L=L, E=E, M=3, K=K)
+    _, batch, xs = batch_of(B, U=U, N=N, L=L, E=E, M=3, K=K)
     ids = tokens(2, T, L, E, K)
     # XLA's own measurement of the unchunked program (all instances, all tokens in one step)
     full = _replay._compiled_bytes(_replay._compiled(_replay._avals(B, (U, N, L, E, K), T, np.float32, True),
@@ -132,7 +132,7 @@ def test_small_budget_chunks_a_large_batch_measured(monkeypatch):
 
 
 def test_no_recompile_on_second_call():
-    insts, batch, xs = batch_of(5, U=2, N=3, L=2, E=4, M=3, K=2)
+    _, batch, xs = batch_of(5, U=2, N=3, L=2, E=4, M=3, K=2)
     ids = tokens(3, 50, 2, 4, 2)
     slimjax.replay_stats(batch, xs, ids, memory_budget_mb=0.01)  # compiles (several chunks, padded)
     batch2 = batch.replace(latency=batch.latency * 1.5)  # new values, same shapes

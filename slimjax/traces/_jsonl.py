@@ -104,14 +104,14 @@ def _read_lines(path: str) -> _Rows:
                  np.asarray(values, np.int64), np.concatenate([[0], np.cumsum(widths, dtype=np.int64)]), req)
 
 
-_INK = np.ones(256, bool)
-_INK[list(b" \t\r\n")] = False  # bytes that are not JSON whitespace
-
-
 def _nonblank_lines(data: bytes) -> np.ndarray:
-    """1-based numbers of the lines (split at ``\\n``) holding anything but JSON whitespace."""
+    """1-based numbers of the lines (split at ``\\n``) holding anything but JSON whitespace.
+
+    A byte > 32 is "ink": JSON whitespace (space, tab, CR, LF) is not, and the other bytes <= 32
+    are control characters that no valid line holds outside a string (pyarrow refuses them).
+    """
     buf = np.frombuffer(data, np.uint8)
-    ink = _INK[buf]
+    ink = buf > 32
     starts = np.concatenate([[0], np.flatnonzero(buf == 10) + 1])
     starts = starts[starts < buf.size]
     if starts.size == 0:
@@ -225,7 +225,10 @@ def _join(files: list[_Rows], *, warmup, num_experts, top_k, layers, source) -> 
     starts = np.concatenate([r.offsets[:-1] + s for r, s in zip(files, shift)])
     values = np.concatenate([r.values for r in files])
     request = np.concatenate([r.request for r in files])
-    where = lambda i: f"{paths[file_of[i]]}:{line[i]}"  # noqa: E731
+
+    def where(i):  # file:line of row i
+        return f"{paths[file_of[i]]}:{line[i]}"
+
     if layer.size == 0:
         raise ValueError(f"{paths[0]}: no route rows found")
     known = hints(*paths, str(meta.get("model_id", "")))
