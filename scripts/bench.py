@@ -8,15 +8,15 @@ Every timing is the median of repeated runs after a warm-up call (compile exclud
     python scripts/bench.py --json OUT.json             # full sizes
 
 Parts:
-  (a) objective: ``slimjax.latency`` on a batch of mixtral_8x7b instances vs the naive NumPy
+  (a) objective: ``slimjax.objective`` on a batch of mixtral_8x7b instances vs the naive NumPy
       reference loop (tests/reference.py::latency_ref, DESIGN §8); also reported: vs a per-instance
       loop of a vectorized NumPy objective (tests/reference.py::latency_np), a harder baseline.
-  (b) ``solve_batch(method="successive")`` on mixtral_8x7b (1 device + 4 servers) vs the per-instance
+  (b) ``solve_batch(solver="successive")`` on mixtral_8x7b (1 device + 4 servers) vs the per-instance
       NumPy reference of the same algorithm (tests/reference_successive.py) and vs HiGHS ``milp``.
   (c) ``hull`` vs ``dense`` capacity DP at 8192 capacity units, L = 64, E = 64: speed and value lost.
   (d) one deepseek_v3-scale instance (L=58, E=256, K=8, 9 nodes, 1024 tokens) with successive-fast.
   (e) peak resident memory after each part (the process high-water mark).
-  (t) throughput of ``solve_batch(method="successive")`` vs batch size, for several configurations.
+  (t) throughput of ``solve_batch(solver="successive")`` vs batch size, for several configurations.
   (s) scaling: time vs E (exact vs greedy oracle) and vs capacity units (dense vs hull DP).
       ``--plots DIR`` draws the curves of parts t and s.
 """
@@ -98,7 +98,7 @@ def part_objective(B: int, ref_n: int, reps: int) -> dict:
     batch = slimjax.generate.instances(jax.random.key(1), B, model="mixtral_8x7b")
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((B,) + batch.latency.shape[-3:]) < 0.3)
-    f = jax.jit(slimjax.latency)
+    f = jax.jit(slimjax.objective)
     t_jax = median_time(lambda: f(batch, x).block_until_ready(), reps) / B
     nv = 4 * ref_n
     host = [jax.tree_util.tree_map(np.asarray, batch[i]) for i in range(nv)]
@@ -123,14 +123,13 @@ def part_successive(B: int, ref_n: int, milp_n: int, milp_limit: float, reps: in
 
     log(f"(b) successive: {B} mixtral_8x7b instances; NumPy reference on {ref_n}; HiGHS milp on {milp_n}")
     batch = slimjax.generate.instances(jax.random.key(2), B, model="mixtral_8x7b")
-    grid = slimjax.capacity_grid(batch)
-    t_default = median_time(lambda: slimjax.solve_batch(batch, "successive", progress=False), reps) / B
-    sol = slimjax.solve_batch(batch, "successive", progress=False)
+    grid = slimjax.ops.capacity_grid(batch)
+    t_default = median_time(lambda: slimjax.solve_batch(batch, "successive-best", progress=False), reps) / B
+    sol = slimjax.solve_batch(batch, "successive-best", progress=False)
     # The NumPy reference implements the plain paper method (one fastest-first pass, exact oracle,
-    # dense DP, no union-first / revisit / polish): time JAX on exactly that configuration.
-    same = {"order": "fastest-first", "polish": 0, "union_first": "off", "revisit": 0, "restarts": 0}
-    t_plain = median_time(lambda: slimjax.solve_batch(batch, "successive", progress=False, **same), reps) / B
-    plain = slimjax.solve_batch(batch, "successive", progress=False, **same)
+    # dense DP, no union-first / revisit / polish) = the solver "successive": time JAX on exactly that.
+    t_plain = median_time(lambda: slimjax.solve_batch(batch, "successive", progress=False), reps) / B
+    plain = slimjax.solve_batch(batch, "successive", progress=False)
     host = [jax.tree_util.tree_map(np.asarray, batch[i]) for i in range(ref_n)]
     t0 = time.perf_counter()
     ref_J = []
@@ -139,13 +138,13 @@ def part_successive(B: int, ref_n: int, milp_n: int, milp_limit: float, reps: in
                                oracle="exact", maxconv="dense", union_first="off", revisit=0)
         ref_J.append(latency_np(h, xr))
     t_ref = (time.perf_counter() - t0) / ref_n
-    agree = float(np.max(np.abs(np.asarray(plain.latency[:ref_n]) / np.asarray(ref_J) - 1)))
+    agree = float(np.max(np.abs(np.asarray(plain.objective[:ref_n]) / np.asarray(ref_J) - 1)))
     out = {"successive_instances": B, "successive_ms_per_instance": t_default * 1e3,
            "successive_instances_per_second": 1.0 / t_default,
            "successive_plain_ms_per_instance": t_plain * 1e3,
            "successive_ref_ms_per_instance": t_ref * 1e3, "successive_speedup_vs_numpy": t_ref / t_plain,
            "successive_vs_ref_max_rel_diff": agree,
-           "successive_default_gain_vs_plain_mean": float(np.mean(1 - sol.latency / plain.latency))}
+           "successive_default_gain_vs_plain_mean": float(np.mean(1 - sol.objective / plain.objective))}
     log(f"    jax default {t_default*1e3:.3f} ms/inst ({1/t_default:.0f}/s); jax plain method {t_plain*1e3:.3f} ms/inst; "
         f"NumPy ref of the plain method {t_ref*1e3:.1f} ms/inst (same J within {agree:.1e})")
     if milp_n:
@@ -153,8 +152,8 @@ def part_successive(B: int, ref_n: int, milp_n: int, milp_limit: float, reps: in
         for i in range(milp_n):
             m = slimjax.solve(batch[i], "milp", time_limit=milp_limit)
             ts.append(m.seconds)
-            status.append(str(m.info.get("status")))
-            gaps.append(float(np.asarray(sol.latency[i]) / m.latency - 1))
+            status.append(str(m.info.get("highs_status")))
+            gaps.append(float(np.asarray(sol.objective[i]) / m.objective - 1))
         t_milp = statistics.median(ts)
         out.update({"milp_seconds_per_instance": t_milp, "milp_time_limit": milp_limit, "milp_status": status,
                     "successive_speedup_vs_milp": t_milp / t_default,
@@ -201,10 +200,10 @@ def part_deepseek(tokens: int = 1024) -> dict:
     pop = slimjax.solve(inst, "popularity")
     U, N, L, E, M, K = inst.shape
     log(f"    shape U={U} N={N} L={L} E={E} M={M} K={K}: generate {t_gen:.1f}s, end to end {t_total:.1f}s; "
-        f"J successive-fast {sol.latency:.4g} vs popularity {pop.latency:.4g}")
+        f"J successive-fast {sol.objective:.4g} vs popularity {pop.objective:.4g}")
     return {"deepseek_v3_seconds": t_total, "deepseek_v3_generate_seconds": t_gen,
-            "deepseek_v3_solve_seconds": sol.seconds, "deepseek_v3_J": float(sol.latency),
-            "deepseek_v3_J_popularity": float(pop.latency), "deepseek_v3_shape": [U, N, L, E, M, K]}
+            "deepseek_v3_solve_seconds": sol.seconds, "deepseek_v3_J": float(sol.objective),
+            "deepseek_v3_J_popularity": float(pop.objective), "deepseek_v3_shape": [U, N, L, E, M, K]}
 
 
 def part_scaling(B: int, experts, units, reps: int) -> dict:
@@ -223,9 +222,9 @@ def part_scaling(B: int, experts, units, reps: int) -> dict:
         block(b)
         for oracle in ("exact", "greedy"):
             run = lambda b=b, oracle=oracle: slimjax.solve_batch(  # noqa: E731
-                b, "successive", order="fastest-first", polish=0, oracle=oracle, progress=False)
+                b, "successive", oracle=oracle, progress=False)
             t = median_time(run, reps) / B
-            J = float(np.mean(run().latency))
+            J = float(np.mean(run().objective))
             rows_e.append({"E": E, "oracle": oracle, "ms_per_instance": t * 1e3, "mean_J": J})
             log(f"    E={E} {oracle}: {t*1e3:.3f} ms/inst, mean J {J:.6f}")
     rows_q = []
@@ -285,13 +284,14 @@ def write_plots(res: dict, folder: str) -> list[str]:
     return written
 
 
-#: Configurations of the throughput part: name -> successive options.
+_BEST = slimjax.methods()["successive-best"].stages()[0]
+#: Configurations of the throughput part: label -> solver.
 THROUGHPUT_CONFIGS = {
-    "successive": {},  # the defaults
-    "plain": {"order": "fastest-first", "polish": 0},  # the paper method
-    "plain+polish": {"order": "fastest-first"},  # the paper method + the default polish rounds
-    "best-of": {"polish": 0},  # the default candidates (orders, union-first, revisit), no polish
-    "best-of-norevisit": {"polish": 0, "revisit": 0},
+    "successive": slimjax.methods()["successive-best"],  # the default solver (successive-best)
+    "plain": slimjax.solvers.Successive(),  # the paper method ("successive")
+    "plain+polish": slimjax.chain(slimjax.solvers.Successive(), slimjax.solvers.Polish(rounds=16)),
+    "best-of": _BEST,  # successive-best's candidates (orders, union-first, revisit, restarts), no polish
+    "best-of-norevisit": _BEST.replace(revisit=0),
 }
 
 
@@ -303,17 +303,17 @@ def part_throughput(sizes, chunk: int, configs=("successive", "plain")) -> dict:
     block(big)
     rows = []
     for label in configs:
-        opts = THROUGHPUT_CONFIGS[label]
+        solver = THROUGHPUT_CONFIGS[label]
         for B in sizes:
             b = big[:B]
-            run = lambda b=b, B=B, opts=opts: slimjax.solve_batch(b, "successive", progress=False, chunk_size=min(B, chunk), **opts)  # noqa: E731
+            run = lambda b=b, B=B, solver=solver: slimjax.solve_batch(b, solver, progress=False, chunk_size=min(B, chunk))  # noqa: E731
             run()  # warm-up (compile)
             ts = []
             for _ in range(2):
                 t0 = time.perf_counter()
                 sol = run()
                 ts.append(time.perf_counter() - t0)
-            t, J = statistics.median(ts), float(np.mean(sol.latency))
+            t, J = statistics.median(ts), float(np.mean(sol.objective))
             rows.append({"method": label, "batch": B, "seconds": t, "ms_per_instance": t / B * 1e3,
                          "instances_per_second": B / t, "mean_J": J})
             log(f"    {label} B={B}: {t:.3f}s, {t/B*1e3:.4f} ms/inst, {B/t:.0f} inst/s, mean J {J:.6f}")
