@@ -579,3 +579,21 @@ def test_simulation_agreement_long_runs(queue_batch):
         sim = ld.simulate(il, x, tokens=20000, seed=100 + i)
         assert abs(sim.mean / float(rep.objective) - 1) <= 0.05
         np.testing.assert_allclose(sim.utilization, np.asarray(rep.utilization), atol=0.02)
+
+
+def test_public_objective_load_and_utilization_are_the_load_model():
+    """slimjax.objective(..., load=True) and slimjax.utilization are slimjax.load's functions."""
+    import jax
+
+    import slimjax
+
+    inst = slimjax.generate.instance(jax.random.key(3), model="mixtral_8x7b", network={"servers": 2, "load": 0.2},
+                                     routing={"tokens": 64})
+    x = slimjax.solve(inst, "popularity").placement
+    np.testing.assert_allclose(float(slimjax.objective(inst, x, load=True)),
+                               float(slimjax.load.loaded_objective(inst, x)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(slimjax.utilization(inst, x)), np.asarray(slimjax.load.utilization(inst, x)))
+    assert float(slimjax.objective(inst, x, load=True)) >= float(slimjax.objective(inst, x))  # queues only add
+    plain = slimjax.generate.instance(jax.random.key(3), model="mixtral_8x7b", routing={"tokens": 64})
+    with pytest.raises(ValueError, match="load: load=True needs"):
+        slimjax.objective(plain, x, load=True)
