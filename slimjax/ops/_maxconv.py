@@ -29,6 +29,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -36,9 +37,12 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["DPResult", "maxplus_conv", "upper_envelope", "capacity_dp", "BACKENDS"]
+__all__ = ["DPResult", "maxplus_conv", "upper_envelope", "capacity_dp", "fptas_levels", "BACKENDS", "DEFAULT_EPS"]
 
-BACKENDS = ("dense", "hull")
+BACKENDS = ("dense", "hull", "fptas")
+
+#: Default approximation parameter of the ``fptas`` backend (``value >= (1 - eps)·OPT``).
+DEFAULT_EPS = 0.1
 
 
 class DPResult(NamedTuple):
@@ -165,12 +169,23 @@ def _envelope_values(g, on, nxt):
     return jnp.where(on, g, jnp.where(has, lin, g[prev]))
 
 
-def _hull(g, s, Q) -> DPResult:
-    g = jnp.asarray(g)
+class _Segments(NamedTuple):
+    """The envelope segments of all layers in decreasing gain-per-unit order (``S = L·(C+1)``)."""
+
+    on: Array  # bool [L, C1] envelope points
+    nxt: Array  # int32 [L, C1] next envelope point (C1 if none)
+    nxc: Array  # int32 [L, C1] nxt clipped to C
+    perm: Array  # int32 [S] sorted position -> flat (layer, c)
+    ok: Array  # bool [S] a real segment (positive gain) at this sorted position
+    length: Array  # int32 [S] units
+    gain: Array  # float [S]
+    lp: Array  # float [] the LP bound (prefix that fits + a fraction of the first that does not)
+
+
+def _segments(g, s, Q) -> _Segments:
+    """Concave envelopes of ``g[l, :cmax_l + 1]``, their segments sorted by slope, and the LP bound."""
     L, C1 = g.shape
     dt = g.dtype
-    s = jnp.asarray(s, jnp.int32)
-    Q = jnp.maximum(jnp.asarray(Q, jnp.int32), 0)
     cmax = jnp.minimum(Q // jnp.maximum(s, 1), C1 - 1)  # [L]
     tol = _tol(g)
     on, nxt = jax.vmap(upper_envelope, in_axes=(0, 0, None))(g, cmax, tol)  # [L, C1]
@@ -185,14 +200,9 @@ def _hull(g, s, Q) -> DPResult:
     slope = lax.cummin(jnp.where(seg_ok, slope, jnp.inf), axis=1)
     key = jnp.where(seg_ok, -slope, jnp.inf).reshape(-1)
     perm = jnp.argsort(key, stable=True)  # (layer, c) order among ties
-    layer = (perm // C1).astype(jnp.int32)
     ok_s = seg_ok.reshape(-1)[perm]
     len_s = jnp.where(ok_s, seg_len.reshape(-1)[perm], 0).astype(jnp.int32)
     gain_s = jnp.where(ok_s, seg_gain.reshape(-1)[perm], 0)
-    S = L * C1
-    pos = jnp.arange(S, dtype=jnp.int32)
-
-    # LP bound: the sorted prefix that fits plus a fraction of the first one that does not.
     cum = jnp.cumsum(len_s, dtype=jnp.int32)
     full = ok_s & (cum <= Q)
     brk = ok_s & (cum > Q)
@@ -200,6 +210,22 @@ def _hull(g, s, Q) -> DPResult:
     b = jnp.argmax(brk)
     frac = (Q - (cum[b] - len_s[b])).astype(dt) / jnp.maximum(len_s[b], 1).astype(dt)
     lp = jnp.where(full, gain_s, 0).sum() + jnp.where(has_brk, frac * gain_s[b], 0)
+    return _Segments(on, nxt, nxc, perm.astype(jnp.int32), ok_s, len_s, gain_s, lp)
+
+
+def _hull(g, s, Q) -> DPResult:
+    g = jnp.asarray(g)
+    L, C1 = g.shape
+    s = jnp.asarray(s, jnp.int32)
+    Q = jnp.maximum(jnp.asarray(Q, jnp.int32), 0)
+    cmax = jnp.minimum(Q // jnp.maximum(s, 1), C1 - 1)  # [L]
+    c = jnp.arange(C1, dtype=jnp.int32)[None, :]
+    sg = _segments(g, s, Q)
+    on, nxt, nxc, perm = sg.on, sg.nxt, sg.nxc, sg.perm
+    ok_s, len_s, lp = sg.ok, sg.length, sg.lp
+    layer = (perm // C1).astype(jnp.int32)
+    S = L * C1
+    pos = jnp.arange(S, dtype=jnp.int32)
 
     # Skip-greedy: take segments in order while they fit; a segment that does not fit is skipped
     # and closes its layer (later segments of that layer would not be contiguous). Done in rounds
@@ -248,6 +274,102 @@ def _hull(g, s, Q) -> DPResult:
     return DPResult(value, counts, jnp.maximum(lp, value), env)
 
 
+def _exact(g, s, Q, Qmax: int):
+    """Exact layer DP (``dense``'s optimum and tie rule) with a fused max per layer: the forward
+    pass keeps only the tables ``G_{l-1}`` [L, Qmax+1]; the backtrack recomputes one row of
+    candidates per layer (C+1 values) and takes the first maximum, which is the smallest
+    maximizing count, exactly as ``dense``'s argmax table.
+    """
+    L, C1 = g.shape
+    q = jnp.arange(Qmax + 1, dtype=jnp.int32)[:, None]
+    c = jnp.arange(C1, dtype=jnp.int32)
+
+    def step(G, gs):
+        gl, sl = gs
+        idx = q - c[None, :] * sl
+        out = jnp.where(idx >= 0, G[jnp.maximum(idx, 0)] + gl[None, :], -jnp.inf).max(axis=1)
+        return out, G
+
+    G, prev = lax.scan(step, jnp.zeros((Qmax + 1,), g.dtype), (g, s))
+    Qc = jnp.clip(Q, 0, Qmax)
+
+    def back(qq, xs):
+        Gp, gl, sl = xs
+        idx = qq - c * sl
+        cand = jnp.where(idx >= 0, Gp[jnp.maximum(idx, 0)] + gl, -jnp.inf)
+        cl = jnp.argmax(cand).astype(jnp.int32)
+        return qq - cl * sl, cl
+
+    _, counts = lax.scan(back, Qc, (prev, g, s), reverse=True)
+    value = G[Qc]
+    return DPResult(value, counts, value, G)
+
+
+def fptas_levels(L: int, eps: float, Qmax: int | None = None) -> int:
+    """Profit levels of the ``fptas`` table: ``ceil(2·n/eps) + 1`` with ``n = min(L, Qmax)`` (the
+    most layers a solution can use, every size being >= 1 unit)."""
+    n = L if Qmax is None else max(1, min(L, int(Qmax)))
+    return int(math.ceil(2 * n / eps - 1e-9)) + 1
+
+
+def _fptas(g, s, Q, eps: float, Qmax: int | None) -> DPResult:
+    L, C1 = g.shape
+    P = fptas_levels(L, eps, Qmax)
+    if Qmax is not None and Qmax + 1 <= P:
+        # The capacity axis is the smaller table: solve exactly (cheaper than the profit DP).
+        return _exact(g, s, Q, Qmax)
+    dt = g.dtype
+    Q = jnp.maximum(Q, 0)
+    if Qmax is not None:
+        Q = jnp.minimum(Q, Qmax)
+    base = g[:, :1]
+    h = g - base  # the profit of c items over taking none (c = 0 is always feasible)
+    c = jnp.arange(C1, dtype=jnp.int32)
+    ok = ((c[None, :] * s[:, None]) <= Q) & (h >= 0)  # a choice with h < 0 is beaten by c = 0
+    ok = ok.at[:, 0].set(True)
+    # LP bound over the concave envelopes: OPT <= ub <= 2·OPT (the prefix before the break segment
+    # is feasible, and so is the break segment's end point alone).
+    ub = jnp.maximum(_segments(h, s, Q).lp, jnp.where(ok, h, 0).max())
+    delta = jnp.where(ub > 0, ub / (P - 1), 1).astype(dt)
+    pi = jnp.clip(jnp.floor(h / delta), 0, P - 1).astype(jnp.int32)  # [L, C1] rounded-down profit
+    pi = jnp.where(ok, pi, 0)
+    frac = jnp.where(ok, h - pi.astype(dt) * delta, 0)  # in [0, delta)
+    inf = Q + 1  # "no solution of this profit fits"
+    p = jnp.arange(P, dtype=jnp.int32)
+    W0 = jnp.where(p == 0, 0, inf)
+
+    def step(W, xs):
+        pl, okl, sl = xs
+        idx = p[:, None] - pl[None, :]
+        cand = jnp.where(okl[None, :] & (idx >= 0), W[jnp.maximum(idx, 0)] + c[None, :] * sl, inf)
+        Wn = jnp.minimum(cand.min(axis=1), inf)
+        return Wn, W
+
+    W, prev = lax.scan(step, W0, (pi, ok, s))  # W [P]: min units of rounded profit exactly p
+    feasible = W <= Q
+    pstar = jnp.max(jnp.where(feasible, p, 0)).astype(jnp.int32)
+
+    def back(carry, xs):
+        pp, target = carry
+        Wp, pl, okl, hl, sl = xs
+        idx = pp - pl
+        cand = jnp.where(okl & (idx >= 0), Wp[jnp.maximum(idx, 0)] + c * sl, inf)
+        hit = cand == target  # every count that continues a path to (pp, target)
+        cl = jnp.argmax(jnp.where(hit, hl, -jnp.inf)).astype(jnp.int32)  # best true profit, then smallest
+        nxt = pp - pl[cl]
+        return (nxt, Wp[nxt]), cl
+
+    _, counts = lax.scan(back, (pstar, W[pstar]), (prev, pi, ok, h, s), reverse=True)
+    value = jnp.take_along_axis(g, counts[:, None], axis=1)[:, 0].sum()
+    # OPT's rounded profit is <= pstar, and OPT rounds down by at most the largest frac of each
+    # layer it uses: at most n_use layers (the most whose smallest sizes fit in Q).
+    n_use = (jnp.cumsum(jnp.sort(s)) <= Q).sum()
+    top = jnp.cumsum(-jnp.sort(-frac.max(axis=1)))
+    cert = pstar.astype(dt) * delta + jnp.where(n_use > 0, top[jnp.maximum(n_use - 1, 0)], 0)
+    bound = base.sum() + jnp.minimum(ub, cert)
+    return DPResult(value, counts, jnp.maximum(bound, value), W)
+
+
 def capacity_dp(
     g: Float[Array, "L C1"],
     s: Int[Array, "L"],
@@ -255,6 +377,7 @@ def capacity_dp(
     *,
     Qmax: int | None = None,
     backend: str = "dense",
+    eps: float = DEFAULT_EPS,
 ) -> DPResult:
     """Split capacity ``Q`` over layers: maximize Σ_l g[l, c_l] s.t. Σ_l c_l·s[l] ≤ Q.
 
@@ -264,13 +387,19 @@ def capacity_dp(
       s: int [L] unit cost of one item of each layer (>= 1).
       Q: int capacity (traced, may be 0).
       Qmax: static upper bound on Q (the table size of ``dense``; ``Q`` is clipped to it).
-      backend: ``"dense"`` (exact) or ``"hull"`` (concave envelopes + skip-greedy, LP bound).
+        ``fptas`` uses it to bound the layers a solution can use and to solve exactly when the
+        capacity table is the smaller one.
+      backend: ``"dense"`` (exact), ``"hull"`` (concave envelopes + skip-greedy, LP bound) or
+        ``"fptas"`` (value-scaled DP, ``value >= (1 - eps)·OPT``).
+      eps: static, ``0 < eps < 1``: the approximation guarantee of ``fptas`` (ignored by the
+        other backends). Default :data:`DEFAULT_EPS`.
 
     Returns:
       :class:`DPResult` (value, counts [L], bound, table).
 
     Raises:
-      ValueError: unknown backend, or ``dense`` without ``Qmax``.
+      ValueError: unknown backend, ``dense`` without ``Qmax``, ``Qmax < 0``, ``eps`` not in (0, 1),
+        or ``g``/``s`` shapes that disagree.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -278,16 +407,29 @@ def capacity_dp(
       >>> r = capacity_dp(g, jnp.array([1, 1]), 2, Qmax=4)
       >>> float(r.value), r.counts.tolist()
       (6.0, [0, 2])
+      >>> r = capacity_dp(g, jnp.array([1, 1]), 2, backend="fptas", eps=0.1)
+      >>> float(r.value), r.counts.tolist(), float(r.bound) >= 6.0
+      (6.0, [0, 2], True)
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"maxconv: unknown backend {backend!r}; valid backends are {BACKENDS}")
+    if Qmax is not None and int(Qmax) < 0:
+        raise ValueError(f"Qmax: must be >= 0, got {Qmax}")
+    if jnp.ndim(g) != 2 or jnp.ndim(s) != 1 or jnp.shape(s)[0] != jnp.shape(g)[0]:
+        raise ValueError(f"g, s: need g [L, C+1] and s [L] with the same L, got shapes {jnp.shape(g)} and {jnp.shape(s)}")
+    g = jnp.asarray(g)
+    if not jnp.issubdtype(g.dtype, jnp.floating):
+        g = g.astype(jnp.result_type(float))
+    s = jnp.asarray(s, jnp.int32)
+    Qa = jnp.asarray(Q, jnp.int32)
     if backend == "dense":
         if Qmax is None:
             raise ValueError("Qmax: the dense backend needs a static Qmax (table size)")
-        if int(Qmax) < 0:
-            raise ValueError(f"Qmax: must be >= 0, got {Qmax}")
-        return _dense(g, jnp.asarray(s, jnp.int32), jnp.asarray(Q, jnp.int32), int(Qmax))
+        return _dense(g, s, Qa, int(Qmax))
     if backend == "hull":
-        Qa = jnp.asarray(Q, jnp.int32)
         if Qmax is not None:
             Qa = jnp.minimum(Qa, int(Qmax))
         return _hull(g, s, Qa)
-    raise ValueError(f"maxconv: unknown backend {backend!r}; valid backends are {BACKENDS}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < float(eps) < 1:
+        raise ValueError(f"eps: must be a float with 0 < eps < 1 (static), got {eps!r}")
+    return _fptas(g, s, Qa, float(eps), None if Qmax is None else int(Qmax))
