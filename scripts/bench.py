@@ -258,7 +258,7 @@ def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64, eps_sw
         ga, sa, qa = jnp.asarray(pr.g), jnp.asarray(pr.s), jnp.asarray(pr.Q)
         rf = {"dense": _dp_fn("dense", pr.Qmax), "hull": _dp_fn("hull", pr.Qmax), "fptas": _dp_fn("fptas", pr.Qmax),
               "fptas_profit_table": _dp_fn("fptas", None)}
-        tr = interleaved_median({k: (lambda f=f: block(f(ga, sa, qa))) for k, f in rf.items()}, reps)
+        tr = interleaved_median({k: (lambda f=f, a=(ga, sa, qa): block(f(*a))) for k, f in rf.items()}, reps)
         vals = {k: f(ga, sa, qa) for k, f in rf.items()}
         opt = np.asarray(vals["dense"].value)
         row = {"problems": int(len(opt)), "L": int(pr.g.shape[1]), "E": int(pr.g.shape[2] - 1), "Qmax": pr.Qmax,

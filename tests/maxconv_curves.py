@@ -19,10 +19,10 @@ from jax import lax
 
 from slimjax.ops._grid import bucket_units, capacity_grid
 from slimjax.ops._maxconv import capacity_dp
-from slimjax.ops._order import node_orders
 from slimjax.ops._oracle import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
+from slimjax.ops._order import node_orders
 
-__all__ = ["NodeProblems", "node_problems", "model_problems"]
+__all__ = ["NodeProblems", "model_problems", "node_problems"]
 
 
 class NodeProblems(NamedTuple):
@@ -46,7 +46,7 @@ def node_problems(batch, oracle: str = "auto") -> NodeProblems:
       :class:`NodeProblems` with P = B·N problems (nodes in the order they were solved), zero
       capacity nodes included.
     """
-    U, N, L, E, M, K = batch.shape
+    _, N, L, E, _, _ = batch.shape
     if oracle == "auto":
         oracle = "exact" if E <= 12 else "greedy"
     if oracle not in ("exact", "greedy") or (oracle == "exact" and E > EXACT_MAX_E):

@@ -1,4 +1,4 @@
-"""Batched (max,+) convolution and the capacity DP over layers (DESIGN §4.3).
+"""Batched (max,+) convolution and the capacity DP over layers.
 
 Per node the storage ``Q`` (integer grid units) is split over ``L`` layers. With ``g[l, c]`` the
 best gain from caching ``c`` experts of layer ``l`` (cost ``c * s[l]`` units, ``c = 0..C``) the
@@ -6,25 +6,53 @@ split is the multiple-choice knapsack
 
     G_l[q] = max_{c : c·s_l ≤ q} G_{l-1}[q − c·s_l] + g_l[c],   G_0 ≡ 0,
 
-solved by :func:`capacity_dp` with one of two backends:
+solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
 
 - ``"dense"`` — exact. Every layer is one (max,+) convolution (:func:`maxplus_conv`): a broadcast
   ``[Qmax+1, C+1]`` gather, mask, max/argmax, inside a ``lax.scan`` over layers; the argmax table
   ``[L, Qmax+1]`` is backtracked from ``Q``. O(L·Qmax·C).
-- ``"hull"`` — the accelerated method. Every curve is replaced by its upper concave envelope
-  (:func:`upper_envelope`); the envelope segments of all layers are taken in decreasing
-  gain-per-unit order while they fit, skipping (and closing the layer of) those that do not. The
-  value is ≥ the LP bound − the largest segment, it is exact for concave curves with equal sizes,
-  and it is returned only if it beats the best single-layer point, so it is ≥ OPT / 2 (the
-  multiple-choice-knapsack LP argument, Sinha & Zoltners 1979). It also returns that LP bound,
-  which certifies the gap. O(L·C² + L·C·log(L·C)), independent of ``Q``.
+- ``"hull"`` — every curve is replaced by its upper concave envelope (:func:`upper_envelope`);
+  the envelope segments of all layers are taken in decreasing gain-per-unit order while they fit,
+  skipping (and closing the layer of) those that do not. The value is ≥ the LP bound − the largest
+  segment, it is exact for concave curves with equal sizes, and it is returned only if it beats
+  the best single-layer point, so it is ≥ OPT / 2 (the multiple-choice-knapsack LP argument,
+  Sinha & Zoltners 1979). It also returns that LP bound, which certifies the gap.
+  O(L·C² + L·C·log(L·C)), independent of ``Q``. Real top-K layer curves are far from concave (a
+  co-activated pair is worth far more than its two halves), and there it can lose tens of percent
+  of a node's gain.
+- ``"fptas"`` — value scaling of the multiple-choice knapsack (Lawler 1979; Kellerer, Pferschy &
+  Pisinger 2004, §11.10), **value ≥ (1 − eps)·OPT** for every input, in time polynomial in
+  ``L``, ``C`` and ``1/eps`` and independent of ``Q``:
+
+  1. ``ub`` = the Lagrangian (= LP) bound, by a fixed-trip bisection on the dual
+     (``OPT ≤ ub ≤ 2·OPT``);
+  2. profits ``g[l, c] − g[l, 0]`` are rounded down to multiples of ``delta = ub / (P − 1)`` with
+     ``P = ceil(2·n/eps) + 1`` levels (:func:`fptas_levels`; ``n = min(L, Qmax)`` bounds the
+     layers a solution uses);
+  3. the layer DP over rounded profit, ``W_l[p] = min_c W_{l-1}[p − π_l(c)] + c·s_l`` (fewest
+     units reaching rounded profit exactly ``p``, int32), one fused gather + min of
+     ``[P, C+1]`` per layer in a ``lax.scan``; the highest ``p`` with ``W_L[p] ≤ Q`` is
+     backtracked by recomputing one row per layer (ties: the largest true profit).
+
+  Guarantee: OPT's own rounded profit fits, so the result's rounded profit is at least OPT's,
+  and OPT loses at most ``delta`` per layer it uses: ``value ≥ OPT − n·delta ≥ OPT − eps·ub/2 ≥
+  (1 − eps)·OPT``. ``bound`` certifies the instance: ``min(ub, p*·delta + Σ of the largest
+  rounding remainders of the layers a solution can use) ≥ OPT``. O(L·C·n/eps) time, O(L·n/eps)
+  memory. When ``Qmax + 1 ≤ P`` the capacity table is the smaller one and the problem is solved
+  exactly instead (the ``dense`` optimum and tie rule, with a fused max per layer and a
+  recomputing backtrack), so small nodes — every node of mixtral-sized instances — lose nothing.
 
 Everything is pure JAX on one node's problem; ``jax.vmap`` it over nodes / instances. Capacities
-and sizes are traced; only ``Qmax`` (the DP table size of ``dense``) is static.
+and sizes are traced; ``Qmax`` (the DP table size of ``dense``) and ``eps`` are static. The loops
+are fixed-trip (``lax.scan`` / ``fori_loop``; the hull's skip-greedy is a ``while_loop`` of at
+most ``L + 1`` rounds), so the compiled programs stay small.
 
 References:
   Sinha, P. and Zoltners, A. A. (1979). The multiple-choice knapsack problem. Operations
   Research 27(3), 503–515.
+  Lawler, E. L. (1979). Fast approximation algorithms for knapsack problems. Mathematics of
+  Operations Research 4(4), 339–356.
+  Kellerer, H., Pferschy, U. and Pisinger, D. (2004). Knapsack Problems, Springer, ch. 11.
 """
 
 from __future__ import annotations
@@ -37,12 +65,15 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["DPResult", "maxplus_conv", "upper_envelope", "capacity_dp", "fptas_levels", "BACKENDS", "DEFAULT_EPS"]
+__all__ = ["BACKENDS", "DEFAULT_EPS", "DPResult", "capacity_dp", "fptas_levels", "maxplus_conv", "upper_envelope"]
 
 BACKENDS = ("dense", "hull", "fptas")
 
 #: Default approximation parameter of the ``fptas`` backend (``value >= (1 - eps)·OPT``).
 DEFAULT_EPS = 0.1
+
+# fptas: bisection steps of the Lagrangian bound that sets the profit scale.
+DUAL_ITERS = 40
 
 
 class DPResult(NamedTuple):
@@ -52,9 +83,12 @@ class DPResult(NamedTuple):
       value: float [] — Σ_l g[l, counts[l]], the gain achieved (actual curve values).
       counts: int32 [L] — how many experts of each layer; Σ counts·s ≤ Q.
       bound: float [] — an upper bound on the optimum: ``value`` itself for ``dense`` (exact), the
-        LP bound over the concave envelopes for ``hull``.
+        LP bound over the concave envelopes for ``hull``, the certified bound for ``fptas``
+        (``value`` itself where it solves exactly).
       table: ``dense``: float [Qmax+1], ``G_L[q]`` the optimum for every capacity q ≤ Qmax;
-        ``hull``: float [L, C+1], the upper concave envelopes at integer counts.
+        ``hull``: float [L, C+1], the upper concave envelopes at integer counts; ``fptas``:
+        int32 [P], the fewest units reaching each rounded profit (``Q + 1`` = none fits), or
+        ``dense``'s table where it solves exactly.
     """
 
     value: Float[Array, ""]
@@ -169,23 +203,12 @@ def _envelope_values(g, on, nxt):
     return jnp.where(on, g, jnp.where(has, lin, g[prev]))
 
 
-class _Segments(NamedTuple):
-    """The envelope segments of all layers in decreasing gain-per-unit order (``S = L·(C+1)``)."""
-
-    on: Array  # bool [L, C1] envelope points
-    nxt: Array  # int32 [L, C1] next envelope point (C1 if none)
-    nxc: Array  # int32 [L, C1] nxt clipped to C
-    perm: Array  # int32 [S] sorted position -> flat (layer, c)
-    ok: Array  # bool [S] a real segment (positive gain) at this sorted position
-    length: Array  # int32 [S] units
-    gain: Array  # float [S]
-    lp: Array  # float [] the LP bound (prefix that fits + a fraction of the first that does not)
-
-
-def _segments(g, s, Q) -> _Segments:
-    """Concave envelopes of ``g[l, :cmax_l + 1]``, their segments sorted by slope, and the LP bound."""
+def _hull(g, s, Q) -> DPResult:
+    g = jnp.asarray(g)
     L, C1 = g.shape
     dt = g.dtype
+    s = jnp.asarray(s, jnp.int32)
+    Q = jnp.maximum(jnp.asarray(Q, jnp.int32), 0)
     cmax = jnp.minimum(Q // jnp.maximum(s, 1), C1 - 1)  # [L]
     tol = _tol(g)
     on, nxt = jax.vmap(upper_envelope, in_axes=(0, 0, None))(g, cmax, tol)  # [L, C1]
@@ -200,9 +223,14 @@ def _segments(g, s, Q) -> _Segments:
     slope = lax.cummin(jnp.where(seg_ok, slope, jnp.inf), axis=1)
     key = jnp.where(seg_ok, -slope, jnp.inf).reshape(-1)
     perm = jnp.argsort(key, stable=True)  # (layer, c) order among ties
+    layer = (perm // C1).astype(jnp.int32)
     ok_s = seg_ok.reshape(-1)[perm]
     len_s = jnp.where(ok_s, seg_len.reshape(-1)[perm], 0).astype(jnp.int32)
     gain_s = jnp.where(ok_s, seg_gain.reshape(-1)[perm], 0)
+    S = L * C1
+    pos = jnp.arange(S, dtype=jnp.int32)
+
+    # LP bound: the sorted prefix that fits plus a fraction of the first one that does not.
     cum = jnp.cumsum(len_s, dtype=jnp.int32)
     full = ok_s & (cum <= Q)
     brk = ok_s & (cum > Q)
@@ -210,22 +238,6 @@ def _segments(g, s, Q) -> _Segments:
     b = jnp.argmax(brk)
     frac = (Q - (cum[b] - len_s[b])).astype(dt) / jnp.maximum(len_s[b], 1).astype(dt)
     lp = jnp.where(full, gain_s, 0).sum() + jnp.where(has_brk, frac * gain_s[b], 0)
-    return _Segments(on, nxt, nxc, perm.astype(jnp.int32), ok_s, len_s, gain_s, lp)
-
-
-def _hull(g, s, Q) -> DPResult:
-    g = jnp.asarray(g)
-    L, C1 = g.shape
-    s = jnp.asarray(s, jnp.int32)
-    Q = jnp.maximum(jnp.asarray(Q, jnp.int32), 0)
-    cmax = jnp.minimum(Q // jnp.maximum(s, 1), C1 - 1)  # [L]
-    c = jnp.arange(C1, dtype=jnp.int32)[None, :]
-    sg = _segments(g, s, Q)
-    on, nxt, nxc, perm = sg.on, sg.nxt, sg.nxc, sg.perm
-    ok_s, len_s, lp = sg.ok, sg.length, sg.lp
-    layer = (perm // C1).astype(jnp.int32)
-    S = L * C1
-    pos = jnp.arange(S, dtype=jnp.int32)
 
     # Skip-greedy: take segments in order while they fit; a segment that does not fit is skipped
     # and closes its layer (later segments of that layer would not be contiguous). Done in rounds
@@ -274,13 +286,13 @@ def _hull(g, s, Q) -> DPResult:
     return DPResult(value, counts, jnp.maximum(lp, value), env)
 
 
-def _exact(g, s, Q, Qmax: int):
+def _exact(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], Qmax: int) -> DPResult:
     """Exact layer DP (``dense``'s optimum and tie rule) with a fused max per layer: the forward
     pass keeps only the tables ``G_{l-1}`` [L, Qmax+1]; the backtrack recomputes one row of
     candidates per layer (C+1 values) and takes the first maximum, which is the smallest
     maximizing count, exactly as ``dense``'s argmax table.
     """
-    L, C1 = g.shape
+    C1 = g.shape[1]
     q = jnp.arange(Qmax + 1, dtype=jnp.int32)[:, None]
     c = jnp.arange(C1, dtype=jnp.int32)
 
@@ -309,10 +321,45 @@ def fptas_levels(L: int, eps: float, Qmax: int | None = None) -> int:
     """Profit levels of the ``fptas`` table: ``ceil(2·n/eps) + 1`` with ``n = min(L, Qmax)`` (the
     most layers a solution can use, every size being >= 1 unit)."""
     n = L if Qmax is None else max(1, min(L, int(Qmax)))
-    return int(math.ceil(2 * n / eps - 1e-9)) + 1
+    return math.ceil(2 * n / eps - 1e-9) + 1
 
 
-def _fptas(g, s, Q, eps: float, Qmax: int | None) -> DPResult:
+def _dual_bound(
+    h: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], ok: Bool[Array, "L C1"], iters: int = DUAL_ITERS
+) -> Float[Array, ""]:
+    """Lagrangian bound ``min_λ D(λ)``, ``D(λ) = λ·Q + Σ_l max_{c usable} (h[l, c] − λ·c·s[l])``.
+
+    Every ``D(λ)`` with ``λ >= 0`` is an upper bound on OPT (weak duality); its minimum is the LP
+    bound over the concave envelopes, which is at most 2·OPT (the sorted prefix before the break
+    segment is feasible, and so is the break segment's end point alone). ``D`` is convex: a
+    fixed-trip bisection on its right derivative ``Q − Σ_l c_l(λ)·s[l]`` (smallest maximizing
+    counts) over ``[0, max slope]`` reaches the LP bound up to ``2^-iters`` of the range; the
+    smallest ``D`` seen is returned (so the bound holds whatever the float rounding of ``λ``).
+    O(iters·L·C), no sort and no envelope, so it compiles to a small loop.
+    """
+    C1 = h.shape[1]
+    dt = h.dtype
+    cs = (jnp.arange(C1, dtype=jnp.int32)[None, :] * s[:, None]).astype(dt)  # units of c items
+    hm = jnp.where(ok, h, -jnp.inf)
+    hi0 = jnp.where(ok & (cs > 0), h / jnp.maximum(cs, 1), 0).max()
+
+    def body(_, st):
+        lo, hi, ub = st
+        lam = 0.5 * (lo + hi)
+        phi = hm - lam * cs
+        best = phi.max(axis=1)
+        used = jnp.where(phi >= best[:, None], cs, jnp.inf).min(axis=1).sum()  # smallest maximizers
+        right = used <= Q.astype(dt)  # D's right derivative Q − used >= 0: the minimum is at or left of lam
+        return jnp.where(right, lo, lam), jnp.where(right, lam, hi), jnp.minimum(ub, lam * Q.astype(dt) + best.sum())
+
+    ub0 = hm.max(axis=1).sum()  # D(0)
+    _, _, ub = lax.fori_loop(0, iters, body, (jnp.zeros((), dt), hi0, ub0))
+    return jnp.maximum(ub, 0)
+
+
+def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: float, Qmax: int | None) -> DPResult:
+    """The ``fptas`` backend (module docstring): exact when ``Qmax + 1 <= P``, else the DP over
+    ``P`` rounded-profit levels. ``ok[l, c]``: usable counts (fit in ``Q``, not worse than none)."""
     L, C1 = g.shape
     P = fptas_levels(L, eps, Qmax)
     if Qmax is not None and Qmax + 1 <= P:
@@ -327,9 +374,7 @@ def _fptas(g, s, Q, eps: float, Qmax: int | None) -> DPResult:
     c = jnp.arange(C1, dtype=jnp.int32)
     ok = ((c[None, :] * s[:, None]) <= Q) & (h >= 0)  # a choice with h < 0 is beaten by c = 0
     ok = ok.at[:, 0].set(True)
-    # LP bound over the concave envelopes: OPT <= ub <= 2·OPT (the prefix before the break segment
-    # is feasible, and so is the break segment's end point alone).
-    ub = jnp.maximum(_segments(h, s, Q).lp, jnp.where(ok, h, 0).max())
+    ub = _dual_bound(h, s, Q, ok)  # OPT <= ub <= 2·OPT
     delta = jnp.where(ub > 0, ub / (P - 1), 1).astype(dt)
     pi = jnp.clip(jnp.floor(h / delta), 0, P - 1).astype(jnp.int32)  # [L, C1] rounded-down profit
     pi = jnp.where(ok, pi, 0)
