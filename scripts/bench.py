@@ -13,7 +13,10 @@ Parts:
       loop of a vectorized NumPy objective (tests/reference.py::latency_np), a harder baseline.
   (b) ``solve_batch(method="successive")`` on mixtral_8x7b (1 device + 4 servers) vs the per-instance
       NumPy reference of the same algorithm (tests/reference_successive.py) and vs HiGHS ``milp``.
-  (c) ``hull`` vs ``dense`` capacity DP at 8192 capacity units, L = 64, E = 64: speed and value lost.
+  (c) capacity-DP backends (``hull``, ``fptas``) vs ``dense`` at 8192 capacity units, L = 64, E = 64:
+      speed and value lost on synthetic curves, value lost on the layer-oracle curves of generated
+      mixtral_8x7b / olmoe_1b_7b / deepseek_v3 instances (tests/maxconv_curves.py) and J of the plain
+      successive pass on mixtral_8x7b with each backend.
   (d) one deepseek_v3-scale instance (L=58, E=256, K=8, 9 nodes, 1024 tokens) with successive-fast.
   (e) peak resident memory after each part (the process high-water mark).
   (t) throughput of ``solve_batch(method="successive")`` vs batch size, for several configurations.
@@ -214,7 +217,8 @@ def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64, eps_sw
     their own capacities, with ``fptas`` as used by the solver (exact when the capacity table is
     the smaller one) and forced onto its profit table (``Qmax=None``), (3) real olmoe curves at
     the speed-target scale (4 node problems stacked to L = 64, E = 64, 8 units per expert, Q),
-    and (4) J of successive (fastest-first, no polish, exact oracle) on mixtral_8x7b."""
+    and (4) mean J of successive (fastest-first, no polish) on 8 mixtral_8x7b (exact oracle) and
+    4 olmoe_1b_7b (greedy oracle) instances."""
     from slimjax.ops._maxconv import DEFAULT_EPS, _exact
     from tests.maxconv_curves import model_problems
 
@@ -295,15 +299,16 @@ def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64, eps_sw
         log(f"    olmoe curves stacked to L={L}, E={E}, 8 units per expert, Q={Q} ({n} problems): value loss median/max "
             f"hull {ls['hull']['median']:.2e}/{ls['hull']['max']:.2e}, fptas {ls['fptas']['median']:.2e}/{ls['fptas']['max']:.2e}")
 
-    # (4) J of the plain successive pass on mixtral_8x7b with each backend
-    batch = slimjax.generate.instances(jax.random.key(0), 8, model="mixtral_8x7b")
-    J = {b: float(np.mean(slimjax.solve_batch(batch, "successive", order="fastest-first", polish=0, maxconv=b,
-                                              oracle="exact", progress=False).latency)) for b in ("dense", "hull", "fptas")}
-    out["successive_J_mixtral"] = J
-    out["hull_J_loss_mixtral"] = J["hull"] / J["dense"] - 1
-    out["fptas_J_loss_mixtral"] = J["fptas"] / J["dense"] - 1
-    log(f"    successive (fastest-first, no polish, exact oracle) on 8 mixtral_8x7b: mean J dense {J['dense']:.6f}, "
-        f"hull {J['hull']:.6f} ({out['hull_J_loss_mixtral']:+.2%}), fptas {J['fptas']:.6f} ({out['fptas_J_loss_mixtral']:+.2%})")
+    # (4) J of the plain successive pass with each backend: mixtral_8x7b (exact oracle), olmoe_1b_7b (greedy)
+    for model, B, oracle, tag in (("mixtral_8x7b", 8, "exact", "mixtral"), ("olmoe_1b_7b", 4, "greedy", "olmoe")):
+        batch = slimjax.generate.instances(jax.random.key(0), B, model=model)
+        J = {b: float(np.mean(slimjax.solve_batch(batch, "successive", order="fastest-first", polish=0, maxconv=b,
+                                                  oracle=oracle, progress=False).latency)) for b in ("dense", "hull", "fptas")}
+        out[f"successive_J_{tag}"] = J
+        out[f"hull_J_loss_{tag}"] = J["hull"] / J["dense"] - 1
+        out[f"fptas_J_loss_{tag}"] = J["fptas"] / J["dense"] - 1
+        log(f"    successive (fastest-first, no polish, {oracle} oracle) on {B} {model}: mean J dense {J['dense']:.6f}, "
+            f"hull {J['hull']:.6f} ({out[f'hull_J_loss_{tag}']:+.2%}), fptas {J['fptas']:.6f} ({out[f'fptas_J_loss_{tag}']:+.2%})")
     return out
 
 

@@ -358,8 +358,9 @@ def _dual_bound(
 
 
 def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: float, Qmax: int | None) -> DPResult:
-    """The ``fptas`` backend (module docstring): exact when ``Qmax + 1 <= P``, else the DP over
-    ``P`` rounded-profit levels. ``ok[l, c]``: usable counts (fit in ``Q``, not worse than none)."""
+    """The ``fptas`` backend (see the module docstring): exact when ``Qmax + 1 <= P``, else the
+    layer DP over ``P = fptas_levels(L, eps, Qmax)`` rounded-profit levels. Returns a
+    :class:`DPResult` with ``table`` int32 [P] (or ``dense``'s [Qmax+1] where exact)."""
     L, C1 = g.shape
     P = fptas_levels(L, eps, Qmax)
     if Qmax is not None and Qmax + 1 <= P:
@@ -427,8 +428,10 @@ def capacity_dp(
     """Split capacity ``Q`` over layers: maximize Σ_l g[l, c_l] s.t. Σ_l c_l·s[l] ≤ Q.
 
     Args:
-      g: float [L, C+1] gain curves (``g[:, 0] = 0``; the DP does not need them non-decreasing,
-        but the ``hull`` guarantees are stated for non-decreasing curves).
+      g: float [L, C+1] finite gain curves (``g[:, 0] = 0``; the DP does not need them
+        non-decreasing, but the ``hull`` guarantees are stated for non-decreasing curves).
+        ``fptas`` takes any ``g[:, 0]``: its guarantee is on the gain over ``Σ_l g[l, 0]``, so it
+        holds for the value itself whenever ``g[:, 0] >= 0``.
       s: int [L] unit cost of one item of each layer (>= 1).
       Q: int capacity (traced, may be 0).
       Qmax: static upper bound on Q (the table size of ``dense``; ``Q`` is clipped to it).
