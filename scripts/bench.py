@@ -208,7 +208,7 @@ def _losses(v, opt) -> dict:
 REAL_MODELS = (("mixtral_8x7b", 8), ("olmoe_1b_7b", 4), ("deepseek_v3", 1))  # (model, instances)
 
 
-def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64, eps_sweep=(0.2, 0.1, 0.02)) -> dict:
+def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64, eps_sweep=(0.2, 0.05, 0.02)) -> dict:
     """Capacity-DP backends: ``hull`` and ``fptas`` (default eps, and an eps sweep) against ``dense``.
 
     Speed at Q, L, E on synthetic curves (times do not depend on the curve values, only the value
