@@ -458,6 +458,8 @@ def main(argv=None) -> int:
     ap.add_argument("--milp-limit", type=float, default=None, help="HiGHS time limit per instance (s)")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64, 256, 1024],
                     help="batch sizes of the throughput part 't' (comma-separated)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timing repetitions of part c (default 3 with --quick, else 5; more under a loaded machine)")
     ap.add_argument("--plots", metavar="DIR", help="write the figures of the scaling curves (parts t, s) to DIR")
     ap.add_argument("--experts", type=lambda v: [int(x) for x in v.split(",")], default=None,
                     help="E values of the scaling part 's' (default 4,8,12,16; --quick 4,8,12)")
@@ -477,7 +479,7 @@ def main(argv=None) -> int:
         "a": lambda: part_objective(4096, 8 if q else 32, 5 if q else 10),
         "b": lambda: part_successive(args.successive_batch, 2 if q else 8, args.milp_n if args.milp_n is not None else (1 if q else 3),
                                      args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 2 if q else 5),
-        "c": lambda: part_hull(8 if q else 32, 3 if q else 5),
+        "c": lambda: part_hull(8 if q else 32, args.reps or (3 if q else 5)),
         "d": lambda: part_deepseek(),
         "t": lambda: part_throughput(args.sizes, args.chunk, args.configs),
         "s": lambda: part_scaling(args.scaling_batch or (64 if q else 256), args.experts or ([4, 8, 12] if q else [4, 8, 12, 16]), args.units, 2 if q else 3),
