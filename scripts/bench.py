@@ -301,7 +301,7 @@ def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64, eps_sw
     # (4) J of the plain successive pass with each backend: mixtral_8x7b (exact oracle), olmoe_1b_7b (greedy)
     for model, B, oracle, tag in (("mixtral_8x7b", 8, "exact", "mixtral"), ("olmoe_1b_7b", 4, "greedy", "olmoe")):
         batch = slimjax.generate.instances(jax.random.key(0), B, model=model)
-        J = {b: float(np.mean(slimjax.solve_batch(batch, "successive", order="fastest-first", polish=0, maxconv=b,
+        J = {b: float(np.mean(slimjax.solve_batch(batch, "successive", maxconv=b,
                                                   oracle=oracle, progress=False).latency)) for b in ("dense", "hull", "fptas")}
         out[f"successive_J_{tag}"] = J
         out[f"hull_J_loss_{tag}"] = J["hull"] / J["dense"] - 1

@@ -371,7 +371,7 @@ def test_successive_with_fptas_matches_dense_on_mixtral():
     import slimjax
 
     batch = slimjax.generate.instances(jax.random.key(0), 2, model="mixtral_8x7b")
-    sols = {b: slimjax.solve_batch(batch, "successive", order="fastest-first", polish=0, maxconv=b, oracle="exact")
+    sols = {b: slimjax.solve_batch(batch, "successive", maxconv=b, oracle="exact")
             for b in ("dense", "fptas")}
     np.testing.assert_array_equal(np.asarray(sols["fptas"].placement), np.asarray(sols["dense"].placement))
 

@@ -8,9 +8,11 @@ split is the multiple-choice knapsack
 
 solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
 
-- ``"dense"`` — exact. Every layer is one (max,+) convolution (:func:`maxplus_conv`): a broadcast
-  ``[Qmax+1, C+1]`` gather, mask, max/argmax, inside a ``lax.scan`` over layers; the argmax table
-  ``[L, Qmax+1]`` is backtracked from ``Q``. O(L·Qmax·C).
+- ``"dense"`` — exact. Every layer is one (max,+) convolution: a broadcast ``[Qmax+1, C+1]``
+  gather, mask and max inside a ``lax.scan`` over layers, keeping the tables ``G_{l-1}``
+  ``[L, Qmax+1]``; the backtrack from ``Q`` recomputes one row of ``C+1`` candidates per layer
+  and takes the smallest maximizing count (the same optimum and tie rule as an argmax table;
+  :func:`maxplus_conv` is the one-layer operation). O(L·Qmax·C).
 - ``"hull"`` — every curve is replaced by its upper concave envelope (:func:`upper_envelope`);
   the envelope segments of all layers are taken in decreasing gain-per-unit order while they fit,
   skipping (and closing the layer of) those that do not. The value is ≥ the LP bound − the largest
@@ -126,28 +128,6 @@ def maxplus_conv(
     arg = jnp.argmax(vals, axis=1).astype(jnp.int32)
     out = jnp.take_along_axis(vals, arg[:, None], axis=1)[:, 0]
     return out, arg
-
-
-def _dense(g, s, Q, Qmax: int) -> DPResult:
-    g = jnp.asarray(g)
-    G0 = jnp.zeros((Qmax + 1,), g.dtype)
-
-    def step(G, gs):
-        gl, sl = gs
-        out, arg = maxplus_conv(G, gl, sl)
-        return out, arg
-
-    G, args = lax.scan(step, G0, (g, s))  # G [Qmax+1], args [L, Qmax+1]
-    Qc = jnp.clip(Q, 0, Qmax)
-
-    def back(q, xs):
-        arg_l, sl = xs
-        c = arg_l[q]
-        return q - c * sl, c
-
-    _, counts = lax.scan(back, Qc, (args, s), reverse=True)
-    value = G[Qc]
-    return DPResult(value, counts.astype(jnp.int32), value, G)
 
 
 def _tol(g: Array) -> Array:
@@ -473,7 +453,7 @@ def capacity_dp(
     if backend == "dense":
         if Qmax is None:
             raise ValueError("Qmax: the dense backend needs a static Qmax (table size)")
-        return _dense(g, s, Qa, int(Qmax))
+        return _exact(g, s, Qa, int(Qmax))
     if backend == "hull":
         if Qmax is not None:
             Qa = jnp.minimum(Qa, int(Qmax))
