@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+from pathlib import Path
+
+# the hooks import slimjax: the repository's own tree, whatever else is installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 _OPTIONS = re.compile(r"<!--\s*solver-options:\s*([A-Za-z_][A-Za-z0-9_]*)\s*-->")
 _NAMES = re.compile(r"<!--\s*solver-names\s*-->")

@@ -289,8 +289,7 @@ def _expert_panels(ex, path: Path, title: str | None) -> Path:
     h = 0.55 + min(E, 64) * 0.045
     fig, axes = plt.subplots(len(panels), 1, figsize=(min(14, 3 + 0.22 * L), h * len(panels) + 0.9), sharex=True,
                              squeeze=False)
-    cmap = plt.get_cmap("magma_r").copy()
-    cmap.set_bad("#e4e4e4")
+    cmap = plt.get_cmap("magma_r").with_extremes(bad="#e4e4e4")
     im = None
     for ax, (name, here) in zip(axes[:, 0], panels):
         img = np.where(here, freq, np.nan).T  # [E, L]
@@ -339,7 +338,7 @@ def layer_contribution(
     L = len(c)
     f, tname = _time_unit(ex.layers["J_empty"].to_numpy(), time_unit)
     g = _size_unit(size_unit)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(min(16, 5 + 0.28 * L), 3.8),
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(9.0, min(16.0, 5 + 0.28 * L)), 4.2),
                                   gridspec_kw={"width_ratios": [3, 1]})
     colours = _place_colours(list(c.columns))
     bottom = np.zeros(L)
@@ -350,8 +349,9 @@ def layer_contribution(
             continue
         ax.bar(xs, v, bottom=bottom, color=colours[place], label=place, width=0.85)
         bottom += v
-    ax.step(np.r_[xs - 0.5, xs[-1] + 0.5], np.r_[ex.layers["J_empty"].to_numpy(), ex.layers["J_empty"].to_numpy()[-1:]] * f,
-            where="post", color="k", lw=1.0, label="nothing cached")
+    empty = ex.layers["J_empty"].to_numpy() * f
+    ax.step(np.r_[xs - 0.5, xs[-1] + 0.5], np.r_[empty, empty[-1:]], where="post", color="k", lw=1.0,
+            label="nothing cached")
     ax.set_ylim(0, None)
     ax.set_xlim(-0.6, L - 0.4)
     ax.set_xlabel("MoE layer (index)")
@@ -359,9 +359,7 @@ def layer_contribution(
     ax.legend(title="slowest expert of the pattern served by", fontsize=7, title_fontsize=7, loc="upper center",
               bbox_to_anchor=(0.5, -0.16), ncol=min(6, len(c.columns) + 1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title or (f"latency by layer and serving node: J = {_fmt_time(ex.J)} per token "
-                           f"({100 * ex.gain_frac:.1f} % below {_fmt_time(ex.J_empty)} with nothing cached)"),
-                 fontsize=9)
+    ax.set_title("latency of each layer, by the node that decides it", fontsize=9)
 
     nodes = ex.nodes
     ys = np.arange(len(nodes))[::-1]
@@ -372,9 +370,11 @@ def layer_contribution(
     ax2.set_yticks(ys, nodes["name"].tolist(), fontsize=8)
     ax2.set_xlim(0, None)
     ax2.set_xlabel(f"expert storage ({size_unit})")
-    ax2.legend(fontsize=7, loc="lower right")
+    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax2.set_title("storage per node", fontsize=9)
     ax2.grid(axis="x", alpha=0.3)
+    fig.suptitle(title or (f"J = {_fmt_time(ex.J)} per token, {100 * ex.gain_frac:.1f} % below "
+                           f"{_fmt_time(ex.J_empty)} with nothing cached"), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
