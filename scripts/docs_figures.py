@@ -33,7 +33,7 @@ def main() -> None:
     plots.latency_per_solver(df, OUT / "latency_per_solver.png")
     tokens = np.asarray(batch.patterns[0, 0]).transpose(1, 0, 2)
     plots.token_cdf({s: slimjax.replay(batch[0], r.placement[0], tokens) for s, r in sols.items()},
-                    OUT / "token_cdf.png")
+                    OUT / "token_cdf.png", title="per-token latency of instance 0's tokens")
     for p in sorted(OUT.glob("*.png")):
         print(p)
 
