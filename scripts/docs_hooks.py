@@ -25,6 +25,15 @@ _NAMES = re.compile(r"<!--\s*solver-names\s*-->")
 
 
 def _cell(text: str) -> str:
+    """Plain text in a Markdown table cell: no emphasis (``N*L*E``), no HTML, no column breaks."""
+    text = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    for ch in "*_[]":
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code(text: str) -> str:
+    """Text in a code span of a table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -41,7 +50,7 @@ def options_table(cls) -> str:
             default = repr(f.default_factory())  # type: ignore[misc]
         else:
             default = "(required)"
-        rows.append(f"| `{f.name}` | `{_cell(default)}` | {_cell(doc)} |")
+        rows.append(f"| `{f.name}` | `{_code(default)}` | {_cell(doc)} |")
     if len(rows) == 2:
         return f"`{cls.__name__}` has no options."
     return "\n".join(rows)
@@ -53,7 +62,7 @@ def names_table() -> str:
 
     rows = ["| name | object |", "|---|---|"]
     for name, obj in slimjax.methods().items():
-        rows.append(f"| `{name}` | `{_cell(repr(obj))}` |")
+        rows.append(f"| `{name}` | `{_code(repr(obj))}` |")
     return "\n".join(rows)
 
 

@@ -190,7 +190,9 @@ def test_api_reference_covers_every_public_name(site, module):
         if isinstance(obj, type(sys)):  # a submodule: its own page
             if f'id="{obj.__name__}' not in api:
                 missing.append(name)
-        elif f'id="{module}.{name}"' not in api:
+        elif f'id="{module}.{name}"' not in api and f'id="{module}.{name}.{name}"' not in api:
+            # (the second form: a function re-exported under the name of its own submodule,
+            # e.g. slimjax.generate.instances, is documented from that submodule)
             missing.append(name)
     assert not missing, f"not in the API reference: {', '.join(f'{module}.{n}' for n in missing)}"
 
@@ -198,8 +200,7 @@ def test_api_reference_covers_every_public_name(site, module):
 def test_every_solver_option_is_documented(site):
     import slimjax.solvers as S
 
-    page = html.unescape((site / "api" / "solvers" / "index.html").read_text())
-    page = re.sub(r"<[^>]+>", "", page)
+    page = html.unescape(re.sub(r"<[^>]+>", "", (site / "api" / "solvers" / "index.html").read_text()))
     for name in S.__all__:
         cls = getattr(S, name)
         if not (isinstance(cls, type) and issubclass(cls, S.Solver)) or cls in (S.Solver, S.Chain):
