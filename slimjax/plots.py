@@ -6,7 +6,8 @@ says its unit. Bars start at zero. Nodes are shown in display order: the users' 
 then the servers fastest first (:func:`slimjax.ops.node_speed`), never by raw index.
 
 - :func:`latency_per_solver`: mean J per solver (95% Student-t interval, instances as dots);
-- :func:`placement_heatmap`: share of each layer's experts cached per node (mean over a batch);
+- :func:`placement_heatmap`: share of each layer's experts cached per node (mean over a batch),
+  with :func:`nodes_by_speed` to average many chunks in display order;
 - :func:`expert_placement`: one instance: which expert sits on which node, coloured by how often
   it is activated;
 - :func:`layer_contribution`: one instance: each layer's latency split by the node that decides
@@ -29,6 +30,7 @@ __all__ = [
     "expert_placement",
     "latency_per_solver",
     "layer_contribution",
+    "nodes_by_speed",
     "placement_heatmap",
     "run_figures",
     "sweep_figure",
@@ -168,6 +170,38 @@ def _ordinal(i: int) -> str:
     return {1: "", 2: "2nd ", 3: "3rd "}.get(i, f"{i}th ")
 
 
+def nodes_by_speed(
+    placement: Bool[np.ndarray, "B N L E"], speed: Float[np.ndarray, "B N"], users: int = 1
+) -> np.ndarray:
+    """Reorder every instance's nodes into display order: the first ``users`` nodes (the devices),
+    then the servers fastest first by ``speed`` (traffic-weighted mean latency per node,
+    :func:`slimjax.ops.node_speed`).
+
+    Use it to average placements over many chunks (sum the reordered chunks, divide by the count)
+    and draw the mean with ``placement_heatmap(mean[None], ..., ordered=True)``.
+
+    Args:
+      placement: bool or float [B, N, L, E] (or [N, L, E] with speed [N]).
+      speed: [B, N] (or [N]).
+      users: how many of the first nodes are devices.
+
+    Returns:
+      the placement with the node axis permuted per instance, same dtype and shape.
+    """
+    from slimjax._explain import node_display_order
+
+    x = np.asarray(placement)
+    one = x.ndim == 3
+    x = x.reshape((-1,) + x.shape[-3:])
+    B, N = x.shape[:2]
+    sp = np.asarray(speed, np.float64).reshape(-1, N)
+    if sp.shape[0] != B:
+        raise ValueError(f"speed: expected [B={B}, N={N}], got {list(np.shape(speed))}")
+    order = np.stack([node_display_order(v, users) for v in sp])  # [B, N]
+    out = np.take_along_axis(x, order[:, :, None, None], axis=1)
+    return out[0] if one else out
+
+
 def placement_heatmap(
     placement: Bool[np.ndarray, "B N L E"],
     path: Path,
@@ -176,37 +210,36 @@ def placement_heatmap(
     *,
     batch=None,
     speed: Float[np.ndarray, "B N"] | None = None,
+    ordered: bool = False,
 ) -> Path:
     """Share of each layer's experts cached on each node, averaged over a batch [B, N, L, E].
 
     Rows are the users' devices (the first ``users`` nodes), then the servers **fastest first**:
     with ``batch`` (the instances, for :func:`slimjax.ops.node_speed`) or ``speed`` ([B, N]
     traffic-weighted mean latency per node), every instance's servers are sorted by speed
-    before averaging, so row "fastest server" is the fastest server of each instance. Without
-    either, servers keep index order (and the axis says so).
+    before averaging (:func:`nodes_by_speed`), so row "fastest server" is the fastest server of
+    each instance. ``ordered=True`` says the nodes already are in that order. Otherwise servers
+    keep index order, and the axis says so.
 
     Args:
-      placement: bool [B, N, L, E] (or [N, L, E]).
+      placement: bool [B, N, L, E] (or [N, L, E]); floats in [0, 1] (e.g. a mean over many
+        instances, shape [1, N, L, E]) work too.
       path: the image file to write.
       title: the figure title.
       users: how many of the first nodes are devices.
       batch: the :class:`~slimjax.Instance` batch the placement belongs to (optional).
       speed: per-instance node speed [B, N] (optional; computed from ``batch`` when omitted).
+      ordered: the nodes of ``placement`` are already devices first, then servers fastest first.
     """
     plt = _plt()
-    x = np.asarray(placement, bool)
+    x = np.asarray(placement, np.float64)
     x = x.reshape((-1,) + x.shape[-3:])  # [B, N, L, E]
     B, N, L, E = x.shape
     if speed is None and batch is not None:
         speed = _batch_speed(batch)
     if speed is not None:
-        from slimjax._explain import node_display_order
-
-        sp = np.asarray(speed, np.float64).reshape(-1, N)
-        if sp.shape[0] != B:
-            raise ValueError(f"speed: expected [B={B}, N={N}], got {np.shape(speed)}")
-        order = np.stack([node_display_order(s, users) for s in sp])  # [B, N]
-        x = np.take_along_axis(x, order[:, :, None, None], axis=1)
+        x = nodes_by_speed(x, speed, users)
+    if speed is not None or ordered:
         servers = [f"{_ordinal(i)}fastest server" for i in range(1, N - users + 1)]
         ylabel = "node (devices, then servers fastest first)"
     else:

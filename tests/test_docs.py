@@ -2,7 +2,8 @@
 
 - every ```python block of README.md and docs/ runs, page by page in one namespace (like a
   notebook), in a temporary working directory; blocks that only include a file with the snippet
-  syntax (``--8<--``) show an example, which runs in ``test_examples``;
+  syntax (``--8<--``) show an example, which runs in ``test_examples``; a block whose first line
+  is ``# needs: torch, transformers`` (an optional extra) is left out where those are missing;
 - every script in examples/ runs (small arguments; the GPU one on the CPU);
 - ``bash scripts/docs.sh`` builds the site with no warning, and the API reference shows every
   public name of the documented modules and every solver option with its documentation;
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -64,6 +66,9 @@ def test_code_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     ns = module.__dict__
     for line, code in python_blocks(page):
+        needs = re.match(r"# needs: (.+)\n", code)  # a block that needs an optional extra says so
+        if needs and not all(importlib.util.find_spec(m.strip()) for m in needs.group(1).split(",")):
+            continue
         try:
             exec(compile(code, f"{page}:{line}", "exec"), ns)
         except Exception as e:  # noqa: BLE001 - report which block failed

@@ -78,6 +78,11 @@ def test_heatmap_orders_servers_by_speed(figures, tmp_path):
     plots.placement_heatmap(y, tmp_path / "h1.png", speed=sp)
     img = np.asarray(figures[-1].axes[0].images[0].get_array())
     assert np.allclose(img[1], 100.0) and np.allclose(img[2:], 0.0)
+    # averaged in chunks (the app's streamed runs): reorder each chunk, sum, draw the mean
+    mean = (plots.nodes_by_speed(y[:2], sp[:2]).sum(0) + plots.nodes_by_speed(y[2:], sp[2:]).sum(0)) / 3
+    plots.placement_heatmap(mean[None], tmp_path / "h3.png", ordered=True)
+    np.testing.assert_allclose(np.asarray(figures[-1].axes[0].images[0].get_array()), img)
+    assert "fastest first" in figures[-1].axes[0].get_ylabel()
     plots.placement_heatmap(x, tmp_path / "h2.png")  # without speeds: index order, and it says so
     assert "index order" in figures[-1].axes[0].get_ylabel()
 
