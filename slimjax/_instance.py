@@ -1,6 +1,6 @@
 """The problem data: :class:`Instance`, a JAX pytree, its validation and batching.
 
-An instance describes one SlimCaching problem (DESIGN §2–§3). A *batch* is the same class with
+An instance describes one SlimCaching problem. A *batch* is the same class with
 one extra leading axis on every field. Shapes (single instance):
 
 ======== ============== ======= ===================================================
@@ -66,7 +66,7 @@ class Instance:
       traffic: float [U] or None (uniform), sums to 1.
       base: float [U] or None (zeros).
       normalize: rescale ``weight`` and ``traffic`` to sum to 1 instead of refusing them.
-      validate: check every rule of DESIGN §10 (host-side, never inside jit).
+      validate: check every rule (shapes, ids, NaN, signs, sums; host-side, never inside jit).
 
     Raises:
       ValueError: naming the field, the offending index and the rule.
@@ -226,7 +226,7 @@ def _where(mask: np.ndarray) -> tuple:
 
 
 def _validate(v: dict[str, np.ndarray], nb: int) -> None:
-    """Check DESIGN §10 on host arrays; ``nb`` = number of leading batch dims."""
+    """Check the validation rules on host arrays; ``nb`` = number of leading batch dims."""
     for name in FIELDS:
         a = v[name]
         if a.ndim != nb + _NDIM[name]:

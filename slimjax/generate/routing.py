@@ -1,4 +1,4 @@
-"""Routing generators (DESIGN §5.3), sampled in JAX from a PRNG key.
+"""Routing generators, sampled in JAX from a PRNG key.
 
 Each generator draws ``tokens`` routed tokens per user and turns them into the routing
 distribution of the instance: ``patterns [U, L, M, K]`` (the K expert ids of each token at each

@@ -1,4 +1,4 @@
-"""Batched (max,+) convolution and the capacity DP over layers (DESIGN §4.3).
+"""Batched (max,+) convolution and the capacity DP over layers.
 
 Per node the storage ``Q`` (integer grid units) is split over ``L`` layers. With ``g[l, c]`` the
 best gain from caching ``c`` experts of layer ``l`` (cost ``c * s[l]`` units, ``c = 0..C``) the

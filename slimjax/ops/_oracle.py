@@ -1,4 +1,4 @@
-"""Layer oracles of the successive decomposition (DESIGN §4.4, step 1).
+"""Layer oracles of the successive decomposition (step 1 for every node).
 
 For one node, given the current expert latencies ``d [U, L, E]`` and what they would become if
 this node cached the expert, ``newp = min(d, latency[:, n]) [U, L, E]``, an oracle returns for
