@@ -3,7 +3,7 @@
     python examples/sweep_to_pandas.py                 # runs a small grid with the `slimjax` app first
     python examples/sweep_to_pandas.py multirun/<sweep> # or reads a finished multirun directory
 
-The grid (2 x 8 small instances) takes about a minute on 2 CPU cores. Every grid point writes its
+The grid (2 points x 8 small instances x 2 solvers) takes under a minute on 2 CPU cores. Every grid point writes its
 rows to ``<sweep>/<job>/results.parquet`` (one row per instance x solver); a finished multirun
 also merges them into ``<sweep>/results_all.parquet``.
 """
@@ -25,9 +25,9 @@ GRID = [
     "-m",
     "network.servers=1,4",
     "batch_size=8",
-    "model.layers=8",
+    "model.layers=4",
     "routing.tokens=64",
-    "solvers=[successive,greedy,popularity]",
+    "solvers=[successive,popularity]",
     "output.summary=false",
     "paths.jax_cache=null",
 ]

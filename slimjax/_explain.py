@@ -24,7 +24,7 @@ from jaxtyping import Bool, Float, Int
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import AGGREGATIONS, check_placement
 
-__all__ = ["Explanation", "explain", "node_names", "node_display_order"]
+__all__ = ["Explanation", "explain", "node_display_order", "node_names"]
 
 CLOUD = "cloud"
 

@@ -234,7 +234,7 @@ def placement_heatmap(
     plt = _plt()
     x = np.asarray(placement, np.float64)
     x = x.reshape((-1,) + x.shape[-3:])  # [B, N, L, E]
-    B, N, L, E = x.shape
+    B, N, L, _ = x.shape
     if speed is None and batch is not None:
         speed = _batch_speed(batch)
     if speed is not None:
@@ -315,7 +315,7 @@ def expert_placement(
 def _expert_panels(ex, path: Path, title: str | None) -> Path:
     plt = _plt()
     x = np.asarray(ex.placement, bool)  # [N, L, E]
-    N, L, E = x.shape
+    _, L, E = x.shape
     freq = ex.frequency * 100.0  # [L, E] percent
     panels = [(ex.names[n], x[n]) for n in ex.order] + [("cloud", ~x.any(0))]
     vmax = max(float(freq.max()), 1e-9)

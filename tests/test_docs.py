@@ -71,7 +71,7 @@ def test_code_blocks_run(page, tmp_path, monkeypatch):
             continue
         try:
             exec(compile(code, f"{page}:{line}", "exec"), ns)
-        except Exception as e:  # noqa: BLE001 - report which block failed
+        except Exception as e:  # report which block failed
             raise AssertionError(f"{page}: the Python block at line {line} failed: {type(e).__name__}: {e}") from e
 
 

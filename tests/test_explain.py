@@ -50,7 +50,7 @@ def test_layers_sum_to_J_float64(case):
 
 
 def test_shares_and_contributions_add_up(case):
-    inst, x, ex = case
+    _, x, ex = case
     N = x.shape[0]
     assert list(ex.shares.index)[-1] == "cloud" and len(ex.shares) == N + 1
     for col in ("activations", "steps"):
@@ -130,7 +130,7 @@ def test_multi_user_and_sum_aggregation():
 
 
 def test_accepts_a_solution_and_prints(case):
-    inst, x, ex = case
+    inst, _, ex = case
     sol = slimjax.solve(inst, "greedy")
     assert slimjax.explain(inst, sol).J == pytest.approx(ex.J)
     text = repr(ex)
@@ -143,7 +143,7 @@ def test_accepts_a_solution_and_prints(case):
 
 
 def test_bad_input(case):
-    inst, x, ex = case
+    inst, x, _ = case
     batch = slimjax.stack([inst, inst])
     with pytest.raises(ValueError, match="inst"):
         slimjax.explain(batch, np.stack([x, x]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pandas as pd
@@ -36,13 +38,13 @@ def run():
 
 
 def _png(path):
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     return path
 
 
 def test_latency_per_solver_bars_from_zero_with_units(run, figures, tmp_path):
-    batch, sols, df = run
+    df = run[2]
     _png(plots.latency_per_solver(df, tmp_path / "lat.png"))
     ax = figures[-1].axes[0]
     assert ax.get_ylim()[0] == 0.0
@@ -88,7 +90,7 @@ def test_heatmap_orders_servers_by_speed(figures, tmp_path):
 
 
 def test_layer_contribution_sums_to_J(run, figures, tmp_path):
-    batch, sols, df = run
+    batch, sols, _ = run
     ex = slimjax.explain(batch[0], sols["greedy"].placement[0])
     _png(plots.layer_contribution(ex, tmp_path / "c.png"))
     ax, ax2 = figures[-1].axes[:2]
@@ -106,7 +108,7 @@ def test_layer_contribution_sums_to_J(run, figures, tmp_path):
 
 
 def test_expert_placement_panels(run, figures, tmp_path):
-    batch, sols, df = run
+    batch, sols, _ = run
     x = np.asarray(sols["greedy"].placement[0])
     _png(plots.expert_placement(batch[0], x, tmp_path / "e.png"))
     fig = figures[-1]
