@@ -505,7 +505,7 @@ def sweep_figure(df: pd.DataFrame, x: str, y: str, path: Path, logx: bool = Fals
     ax.set_xlabel(_XLABEL.get(x, x))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(f"{y} vs {x} (mean, 95% CI)")
+    ax.set_title(f"{y} vs {_XLABEL.get(x, x)} (mean, 95% CI)")
     return _save(fig, path)
 
 
