@@ -153,7 +153,9 @@ def sample_routing(
     Args:
       key: a PRNG key.
       cfg: the routing configuration (static).
-      layers, experts, top_k: ``L``, ``E``, ``K`` of the model.
+      layers: ``L``, the model's MoE layers.
+      experts: ``E``, routed experts per layer.
+      top_k: ``K``, experts per token and layer.
       users: ``U``.
       dtype: float dtype of ``weight``.
 
