@@ -62,14 +62,20 @@ __all__ = [
     "total_latency",
     "traces",
     "unstack",
+    "utilization",
+    "load",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load")
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"slimjax.{name}")
+    if name == "utilization":
+        from slimjax.load import utilization
+
+        return utilization
     raise AttributeError(f"module 'slimjax' has no attribute {name!r}")
 
 
