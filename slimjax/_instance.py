@@ -1,6 +1,6 @@
 """The problem data: :class:`Instance`, a JAX pytree, its validation and batching.
 
-An instance describes one SlimCaching problem (DESIGN §2–§3). A *batch* is the same class with
+An instance describes one SlimCaching problem. A *batch* is the same class with
 one extra leading axis on every field. Shapes (single instance):
 
 ======== ============== ======= ===================================================
@@ -82,7 +82,7 @@ class Instance:
       rate: float [U] or None, finite and >= 0: user u's tokens per second (load model). Give
         both ``service`` and ``rate`` or neither.
       normalize: rescale ``weight`` and ``traffic`` to sum to 1 instead of refusing them.
-      validate: check every rule of DESIGN §10 (host-side, never inside jit).
+      validate: check every rule (shapes, ids, NaN, signs, sums; host-side, never inside jit).
 
     Raises:
       ValueError: naming the field, the offending index and the rule.
@@ -270,7 +270,7 @@ def _where(mask: np.ndarray) -> tuple:
 
 
 def _validate(v: dict[str, np.ndarray], nb: int) -> None:
-    """Check DESIGN §10 on host arrays; ``nb`` = number of leading batch dims. Optional fields
+    """Check the validation rules on host arrays; ``nb`` = number of leading batch dims. Optional fields
     may be absent from ``v`` or ``None``."""
     present = [f for f in ALL_FIELDS if v.get(f) is not None]
     for name in present:

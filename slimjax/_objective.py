@@ -1,4 +1,4 @@
-"""The exact expected per-token latency J(x) (DESIGN §2, §4.1), pure JAX.
+"""The exact expected per-token latency J(x), pure JAX.
 
     d[u, l, e] = min(fallback[u, l, e], min_{n : x[n, l, e]} latency[u, n, l, e])
     J(x)      = Σ_u traffic[u] Σ_l Σ_m weight[u, l, m] · max_k d[u, l, patterns[u, l, m, k]]
@@ -184,7 +184,7 @@ def check_placement(inst: Instance, placement) -> Array:
     )
 
 
-# -- the multilinear extension (DESIGN §4.6) -------------------------------------------------
+# -- the multilinear extension ---------------------------------------------------------------
 #
 # For independent Bernoulli placements x ~ p, the latency of expert (l, e) for user u is the min
 # over the nodes that cache it and the fallback. With the node values clipped to the fallback

@@ -1,4 +1,4 @@
-"""Instances built from real routing traces (DESIGN §5.3 ``trace``, §5.4).
+"""Instances built from real routing traces (the ``trace`` routing).
 
 The routing part (``patterns``, ``weight``) is the empirical distribution of the trace's tokens
 (:func:`slimjax.traces.patterns`); the network part (``latency``, ``fallback``, ``size``,

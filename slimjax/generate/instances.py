@@ -131,7 +131,7 @@ def instances(
       routing: a :class:`RoutingConfig`, a mapping, a kind name (``"latent"``, ``"zipf"``,
         ``"uniform"``) or ``None`` (latent, 256 tokens).
       dtype: float32 (default) or float64 (needs x64).
-      validate: check the result (DESIGN §10) on the host.
+      validate: check the result on the host (the rules of :class:`~slimjax.Instance`).
       chunk_size: instances drawn per vmapped chunk (bounds memory; the result does not
         depend on it).
 

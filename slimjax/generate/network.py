@@ -1,4 +1,4 @@
-"""Edge network and latency model (DESIGN §5.2), sampled in JAX from a PRNG key.
+"""Edge network and latency model, sampled in JAX from a PRNG key.
 
 Nodes: each user's own device first, then the edge servers (``N = U + S``; ``N = 1 + S`` for a
 single user). A cloud fallback holds every expert. For one decoded token and one expert:
@@ -10,7 +10,7 @@ single user). A cloud fallback holds every expert. For one decoded token and one
 * ``latency[u, n, l, e] = link[u, n] + expert time on n`` (times a log-normal jitter if asked);
 * ``fallback[u, l, e] = cloud_rtt[u] + 2 · hidden · act_bytes · 8 / cloud_rate[u]``
   ``+ max(expert_flops / cloud_compute, expert_bytes / cloud_bandwidth)``;
-* ``base[u]``: the non-routed per-token work (attention + shared experts, DESIGN §5.1) on the
+* ``base[u]``: the non-routed per-token work (attention + shared experts) on the
   user's device, ``max(dense_flops / compute, dense_bytes / bandwidth)``.
 * with ``load`` set (the load model): ``service[n, l, e]`` = the expert time on node n, the part
   of the latency that queues (with ``jitter``, clipped to ``min_u latency[u, n, l, e]`` so that
