@@ -8,6 +8,7 @@ The public API::
     slimjax.replay, slimjax.replay_stats                             per-token latencies
     slimjax.solve, slimjax.solve_batch, slimjax.methods, slimjax.Solution, slimjax.Status
     slimjax.lower_bound                                              certified lower bounds on J
+    slimjax.explain, slimjax.Explanation                             why a placement is good
     slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
     slimjax.generate (instance generators), slimjax.traces (real routing traces)
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 
+from slimjax._explain import Explanation, explain
 from slimjax._instance import Instance, stack, unstack
 from slimjax._objective import (
     expert_latency,
@@ -33,11 +35,13 @@ from slimjax._replay import replay, replay_stats
 __version__ = "1.0.0"
 
 __all__ = [
+    "Explanation",
     "Instance",
     "Solution",
     "Status",
     "chain",
     "expert_latency",
+    "explain",
     "feasible",
     "generate",
     "layer_latency",
@@ -57,9 +61,11 @@ __all__ = [
     "total_latency",
     "traces",
     "unstack",
+    "utilization",
+    "load",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load")
 #: names re-exported from ``slimjax.solvers`` (imported on first use)
 _FROM_SOLVERS = ("Solution", "Status", "chain", "feasible", "methods", "solve", "solve_batch")
 
@@ -71,6 +77,10 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module("slimjax.solvers"), name)
         globals()[name] = value  # later lookups are plain attribute reads
         return value
+    if name == "utilization":
+        from slimjax.load import utilization
+
+        return utilization
     raise AttributeError(f"module 'slimjax' has no attribute {name!r}")
 
 

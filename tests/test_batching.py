@@ -13,7 +13,7 @@ import pytest
 import slimjax
 from slimjax.solvers._batching import chunk_size_for
 from slimjax.solvers import Successive
-from tests.helpers import random_instance
+from tests.helpers import assert_same_solutions, random_instance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,9 +31,9 @@ def test_chunked_equals_unchunked(name, sizes):
     full = slimjax.solve_batch(b, name, chunk_size=7, progress=False)
     for cs in sizes:
         part = slimjax.solve_batch(b, name, chunk_size=cs, progress=False)
-        np.testing.assert_array_equal(part.placement, full.placement)
-        np.testing.assert_allclose(part.objective, full.objective, rtol=1e-6)
         assert part.placement.shape[0] == 7  # padding dropped
+        # another chunk size is another compiled program: same J, placements up to exact ties
+        assert_same_solutions(b, part.placement, full.placement, part.objective, full.objective)
 
 
 def test_chunk_size_from_memory_budget():
@@ -127,9 +127,8 @@ def test_sharded_over_4_devices_equals_single_device():
     got = json.loads(r.stdout.strip().splitlines()[-1])
     b = slimjax.stack([random_instance(s, U=1, N=3, L=3, E=5, M=6, K=2) for s in range(10)])
     ref = slimjax.solve_batch(b, "successive", progress=False)
-    for key in got:
-        np.testing.assert_array_equal(np.array(got[key][0], bool), ref.placement)
-        np.testing.assert_allclose(got[key][1], ref.objective, rtol=1e-6)
+    for key in got:  # 4 devices vs 1: other programs, so placements agree up to exact ties
+        assert_same_solutions(b, np.array(got[key][0], bool), ref.placement, got[key][1], ref.objective)
 
 
 def test_every_stage_stays_within_a_small_memory_budget(monkeypatch):
@@ -152,4 +151,4 @@ def test_every_stage_stays_within_a_small_memory_budget(monkeypatch):
     assert 0 < clocks[-1].peak_bytes <= budget_mb * 2**20, clocks[-1].peak_bytes / 2**20
     whole = slimjax.solve_batch(batch, "successive", memory_budget_mb=4096.0)
     assert clocks[-1].peak_bytes > budget_mb * 2**20  # the check above is not vacuous
-    np.testing.assert_array_equal(small.placement, whole.placement)
+    assert_same_solutions(batch, small.placement, whole.placement, small.objective, whole.objective)

@@ -26,7 +26,7 @@ from slimjax.solvers import (
     chain,
 )
 from slimjax.solvers._compile import clear_cache
-from tests.helpers import random_instance
+from tests.helpers import assert_same_solutions, random_instance
 from tests.reference import latency_ref
 
 CLASSES = [Successive, Greedy, Relaxed, Polish, Random, Popularity, LayerUniform, CoactivationBlind, EPLB, BruteForce, MILP]
@@ -156,16 +156,15 @@ def test_solution_fields_and_chain_info():
 
 @pytest.mark.parametrize("name", ["greedy", "popularity", "random", "coactivation-blind", "successive-best"])
 def test_solve_equals_solve_batch_item(name):
-    """solve(batch[i], key=fold_in(k, i)) == solve_batch(batch, key=k)[i]: the same placement
-    (documented guarantee: same instance, same key, same options; the programs differ only in the
-    batch size, and the solvers take no data-dependent float ties here), J within float32 noise."""
+    """solve(batch[i], key=fold_in(k, i)) vs solve_batch(batch, key=k)[i]: what the docstrings
+    guarantee (the programs differ in the batch size): J equal up to float32 rounding, placements
+    equal up to exact ties."""
     insts = [_inst(10 + s) for s in range(3)]
+    batch = slimjax.stack(insts)
     k = jax.random.key(5)
-    sb = slimjax.solve_batch(slimjax.stack(insts), name, key=k)
-    for i, inst in enumerate(insts):
-        s = slimjax.solve(inst, name, key=jax.random.fold_in(k, i))
-        np.testing.assert_array_equal(s.placement, sb.placement[i])
-        np.testing.assert_allclose(s.objective, sb.objective[i], rtol=1e-6)  # different compiled programs
+    sb = slimjax.solve_batch(batch, name, key=k)
+    ones = [slimjax.solve(inst, name, key=jax.random.fold_in(k, i)) for i, inst in enumerate(insts)]
+    assert_same_solutions(batch, [o.placement for o in ones], sb.placement, [o.objective for o in ones], sb.objective)
 
 
 def test_instances_get_independent_keys():

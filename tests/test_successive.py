@@ -13,7 +13,7 @@ import slimjax
 from slimjax.solvers import _successive as succ
 from slimjax.ops._grid import bucket_units
 from slimjax.solvers._successive import successive_instance
-from tests.helpers import random_instance
+from tests.helpers import assert_same_solutions, random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
 from tests.reference_successive import successive_ref
 
@@ -212,8 +212,8 @@ def test_vmap_vs_loop_and_no_recompile(tiny):
     for i in range(3):
         # solve(batch[i], key=fold_in(key, i)) is solve_batch(batch, key)[i] (restarts are random)
         one = slimjax.solve(insts[i], BEST_NO_POLISH, key=jax.random.fold_in(jax.random.key(3), i))
-        np.testing.assert_array_equal(one.placement, first.placement[i])
-        assert one.objective == pytest.approx(first.objective[i], rel=1e-6)
+        assert_same_solutions(batch[i:i + 1], one.placement[None], first.placement[i:i + 1], [one.objective],
+                              first.objective[i:i + 1])
 
 
 def test_jit_vs_eager():
