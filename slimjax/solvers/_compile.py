@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import jax
 
+from slimjax.solvers._cache import ensure_cache
+
 __all__ = ["Clock", "call", "clear_cache"]
 
 _CACHE: dict = {}
@@ -50,6 +52,7 @@ def call(fn: Callable, static: tuple, args: tuple, clock: Clock | None = None) -
     key = (fn, static, treedef, tuple(_aval(x) for x in leaves))
     hit = _CACHE.get(key)
     if hit is None:
+        ensure_cache()  # solver objects called directly get the persistent cache too
         t0 = time.perf_counter()
         compiled = fn.lower(*static, *args).compile()
         if clock is not None:

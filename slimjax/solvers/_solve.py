@@ -21,6 +21,7 @@ from slimjax.ops._grid import capacity_grid
 from slimjax.ops._patterns import merge_codes_fn, merged_size, with_patterns
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solution, Solver, Status
+from slimjax.solvers._cache import ensure_cache
 from slimjax.solvers._compile import Clock, call
 from slimjax.solvers._methods import DEFAULT, as_solver
 
@@ -266,6 +267,7 @@ def solve_batch(
     """
     clock = Clock()
     t0 = time.perf_counter()
+    ensure_cache()
     if not isinstance(batch, Instance):
         raise ValueError(f"batch: expected a slimjax.Instance, got {type(batch).__name__}")
     if not is_batched(batch):
@@ -302,6 +304,7 @@ def solve(
     """
     clock = Clock()
     t0 = time.perf_counter()
+    ensure_cache()
     if not isinstance(inst, Instance):
         raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
     if is_batched(inst):
