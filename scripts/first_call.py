@@ -43,14 +43,14 @@ def main(argv=None) -> int:
     import slimjax
 
     out = {"import_s": time.perf_counter() - t, "method": args.method, "model": args.model}
+    from slimjax._cache import cache_dir, default_cache_dir
+
+    before = _files(cache_dir() or default_cache_dir())
     t = time.perf_counter()
     batch = slimjax.generate.instances(jax.random.key(0), 1, model=args.model)
     jax.block_until_ready(batch)
     out["generate_s"] = time.perf_counter() - t
     inst = batch[0]
-    from slimjax.solvers._cache import cache_dir, default_cache_dir
-
-    before = _files(cache_dir() or default_cache_dir())
     t = time.perf_counter()
     sol = slimjax.solve(inst, args.method)
     out["first_solve_s"] = time.perf_counter() - t

@@ -13,8 +13,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 CHILD = textwrap.dedent(
@@ -22,7 +20,7 @@ CHILD = textwrap.dedent(
     import json, sys
     import jax
     import slimjax
-    from slimjax.solvers._cache import cache_dir
+    from slimjax._cache import cache_dir
 
     if len(sys.argv) > 1:  # the user's own directory, set in code before the first solve
         jax.config.update("jax_compilation_cache_dir", sys.argv[1])
@@ -82,7 +80,7 @@ def test_cache_off_and_the_users_own_directory(tmp_path):
 
 
 def test_default_directory_rules(monkeypatch, tmp_path):
-    from slimjax.solvers._cache import default_cache_dir
+    from slimjax._cache import default_cache_dir
 
     monkeypatch.setenv("SLIMJAX_CACHE_DIR", str(tmp_path / "x"))
     assert default_cache_dir() == str(tmp_path / "x")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import jax
 
-from slimjax.solvers._cache import ensure_cache
+from slimjax._cache import ensure_cache
 
 __all__ = ["Clock", "call", "clear_cache"]
 

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slimjax._cache import ensure_cache
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import AGGREGATIONS, check_placement, objective_from_d
 from slimjax.ops._grid import capacity_grid
 from slimjax.ops._patterns import merge_codes_fn, merged_size, with_patterns
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solution, Solver, Status
-from slimjax.solvers._cache import ensure_cache
 from slimjax.solvers._compile import Clock, call
 from slimjax.solvers._methods import DEFAULT, as_solver
 
