@@ -14,6 +14,12 @@ compiling them again. Rules, in order:
   1 s, is left alone when the user changed it).
 
 A directory that cannot be created leaves the cache off (with a warning), never the solve.
+
+In slimjax's own directory (never in one the user configured), the solver programs are also kept
+after tracing, as serialized ``jax.export`` modules under ``programs/``: a later process loads them
+instead of tracing and lowering the solver again (the part of a compilation that JAX's cache does
+not save), keyed by the solver's configuration, the argument shapes, the JAX version and a digest
+of slimjax's source files.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import threading
 
 import jax
 
-__all__ = ["cache_dir", "default_cache_dir", "ensure_cache"]
+__all__ = ["cache_dir", "default_cache_dir", "ensure_cache", "programs_dir", "source_digest"]
 
 log = logging.getLogger("slimjax")
 
 _LOCK = threading.Lock()
 _DONE = False
+_OURS: str | None = None  # the directory slimjax configured itself (None: the user's or none)
+_DIGEST: str | None = None
 _OFF = ("0", "false", "off", "no")
 _JAX_DEFAULT_MIN_SECS = 1.0  # jax_persistent_cache_min_compile_time_secs when nobody set it
 MIN_COMPILE_SECS = 0.05
@@ -65,7 +73,7 @@ def ensure_cache() -> str | None:
     Returns:
       the cache directory in use afterwards, or None when there is none.
     """
-    global _DONE
+    global _DONE, _OURS
     if _DONE:
         return cache_dir()
     with _LOCK:
@@ -82,8 +90,37 @@ def ensure_cache() -> str | None:
             if not os.access(path, os.W_OK):
                 raise PermissionError(f"{path} is not writable")
             jax.config.update("jax_compilation_cache_dir", path)
+            _OURS = path
             if jax.config.jax_persistent_cache_min_compile_time_secs == _JAX_DEFAULT_MIN_SECS:
                 jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
         except Exception as e:  # noqa: BLE001 - a read-only home must not stop a solve
             log.warning("slimjax: persistent compilation cache off (%s); set SLIMJAX_CACHE_DIR or SLIMJAX_CACHE=0", e)
         return cache_dir()
+
+
+def programs_dir() -> str | None:
+    """Where traced solver programs are kept: ``programs/`` in slimjax's own cache directory
+    while JAX still uses it (None when the user configured the cache, or it is off)."""
+    if _OURS is None or cache_dir() != _OURS:
+        return None
+    return os.path.join(_OURS, "programs")
+
+
+def source_digest() -> str:
+    """A digest of slimjax's Python sources (a changed solver never loads a stale program)."""
+    global _DIGEST
+    if _DIGEST is None:
+        import hashlib
+
+        root = os.path.dirname(os.path.abspath(__file__))
+        h = hashlib.sha256()
+        for dirpath, dirnames, files in os.walk(root):
+            dirnames.sort()
+            for f in sorted(files):
+                if f.endswith(".py"):
+                    full = os.path.join(dirpath, f)
+                    h.update(os.path.relpath(full, root).encode())
+                    with open(full, "rb") as fh:
+                        h.update(fh.read())
+        _DIGEST = h.hexdigest()
+    return _DIGEST
