@@ -77,12 +77,12 @@ def call(fn: Callable, static: tuple, args: tuple, clock: Clock | None = None) -
         if clock is not None:
             clock.compile_seconds += time.perf_counter() - t0
             clock.compiled += 1
-        hit = (run[0], _footprint(run[1]))
+        hit = (run[0], _footprint(run[1]), run[1])  # runner, XLA footprint, the executable
         with _LOCK:
             if len(_CACHE) >= _MAX_ENTRIES:  # bound the cache (shapes swept one by one)
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = hit
-    runner, nbytes = hit
+    runner, nbytes, _ = hit
     if clock is not None:
         clock.peak_bytes = max(clock.peak_bytes, nbytes)
     return runner(args)
@@ -147,6 +147,12 @@ def _footprint(compiled) -> int:
         return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
     except Exception:  # noqa: BLE001 - not every backend reports it
         return 0
+
+
+def compiled_programs() -> list:
+    """``(function name, executable)`` of every program compiled in this process (for size checks)."""
+    with _LOCK:
+        return [(getattr(k[0], "__name__", str(k[0])), v[2]) for k, v in _CACHE.items()]
 
 
 def clear_cache() -> None:
