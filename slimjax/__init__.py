@@ -18,6 +18,7 @@ Submodules are imported on first use, so ``import slimjax`` stays light.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from slimjax._explain import Explanation, explain
 from slimjax._instance import Instance, stack, unstack
@@ -31,6 +32,9 @@ from slimjax._objective import (
     total_latency,
 )
 from slimjax._replay import replay, replay_stats
+
+if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for type checkers and docs
+    from slimjax.solvers import Solution, Status, chain, feasible, methods, solve, solve_batch
 
 __version__ = "1.0.0"
 
