@@ -93,3 +93,20 @@ def test_default_directory_rules(monkeypatch, tmp_path):
     monkeypatch.delenv("SLIMJAX_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == os.path.join(str(tmp_path / "xdg"), "slimjax", "jax")
+
+
+def test_only_slimjax_configured_programs_are_stored():
+    """A user's own solver class is not covered by slimjax's source digest: never stored."""
+    import dataclasses
+
+    from slimjax.solvers import Polish, Successive, chain
+    from slimjax.solvers._compile import _ours
+
+    @dataclasses.dataclass(frozen=True)
+    class Mine:
+        rounds: int = 3
+
+    assert _ours((Successive(), chain(Successive(), Polish())))
+    assert not _ours((Mine(),))
+    assert not _ours((Successive(), {"nested": Mine()}))
+    assert not _ours((lambda x: x,))

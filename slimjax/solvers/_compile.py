@@ -92,6 +92,30 @@ def _is_key(x) -> bool:
     return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+_PRIMITIVES = (int, float, complex, str, bytes, bool, type(None))
+
+
+def _ours(x, depth: int = 0) -> bool:
+    """Whether a static argument is made only of plain values and slimjax's own classes, so that
+    its repr plus slimjax's source digest identify the program (a user's class is not covered by
+    the digest: a program it configures is never stored)."""
+    if depth > 32:
+        return False
+    if isinstance(x, _PRIMITIVES):
+        return True
+    t = type(x)
+    mine = t.__module__.startswith("slimjax")
+    if isinstance(x, (tuple, list, frozenset)):
+        return (t in (tuple, list, frozenset) or mine) and all(_ours(v, depth + 1) for v in x)
+    if isinstance(x, dict):
+        return t is dict and all(_ours(k, depth + 1) and _ours(v, depth + 1) for k, v in x.items())
+    if not mine:
+        return False
+    if dataclasses.is_dataclass(x):
+        return all(_ours(getattr(x, f.name), depth + 1) for f in dataclasses.fields(x))
+    return True
+
+
 def _stored(fn, static, treedef, avals, leaves, where):
     """The program from the store, or traced, exported and stored; None when it cannot be keyed.
 
@@ -99,6 +123,8 @@ def _stored(fn, static, treedef, avals, leaves, where):
     the flat outputs; its output structure is stored beside it. Both processes run the same
     module, compiled through JAX's persistent cache.
     """
+    if not str(getattr(fn, "__module__", "")).startswith("slimjax") or not _ours(tuple(static)):
+        return None
     text = repr((getattr(fn, "__module__", ""), getattr(fn, "__qualname__", ""), static, str(treedef),
                  [(str(a), str(sh)) for a, sh in avals], jax.__version__, jax.default_backend(),
                  bool(jax.config.jax_enable_x64), source_digest()))
