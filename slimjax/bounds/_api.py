@@ -17,16 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from slimjax._instance import Instance, is_batched
-from slimjax.bounds import _assignment, _threshold
+from slimjax.bounds import _assignment, _levels, _threshold
 from slimjax.bounds import _pdhg as pdhg
-from slimjax.ops._patterns import merge_patterns
+from slimjax.ops._patterns import _merge_numpy
 
-__all__ = ["Bound", "Certificate", "METHODS", "lower_bound", "certify", "objective64"]
+__all__ = ["Bound", "Certificate", "HostBatch", "METHODS", "lower_bound", "certify", "host_batch", "objective64"]
 
 #: Bound methods: the default first.
-METHODS = ("threshold", "lp", "threshold-highs", "highs", "trivial")
+METHODS = ("auto", "levels", "threshold", "lp", "threshold-highs", "highs", "trivial")
 _STATUS = {pdhg.STATUS_RUNNING: "iteration_limit", pdhg.STATUS_OPTIMAL: "optimal",
-           pdhg.STATUS_CONVERGED: "converged", pdhg.STATUS_TARGET: "target"}
+           pdhg.STATUS_CONVERGED: "converged", pdhg.STATUS_TARGET: "target", pdhg.STATUS_DOMINATED: "dominated"}
 _FORMS = {"threshold": _threshold, "lp": _assignment}
 
 
@@ -35,13 +35,17 @@ class Bound(NamedTuple):
 
     Attributes:
       value: float64 [B], ≤ the optimal J of each instance.
-      status: str [B]: ``"optimal"`` (the LP's relative KKT error ≤ ``rtol``), ``"converged"``
-        (the bound rose by < ``stall_rtol`` over ``patience`` checks), ``"target"`` (the bound
-        reached ``upper / (1 + target_gap)``), ``"iteration_limit"``, ``"time_limit"``; HiGHS
-        methods: ``"optimal"`` or ``"time_limit"`` (then the trivial bound); ``"exact"`` for
-        ``trivial``. The value is a valid bound whatever the status.
+      status: str [B]: ``"optimal"`` (within ``rtol`` of a feasible LP point: the LP is solved),
+        ``"converged"`` (the bound rose by < ``stall_rtol`` over ``patience`` checks and the LP's
+        relative KKT error is ≤ ``rtol``), ``"dominated"`` (``auto``: a feasible point of the
+        threshold LP is already below the ``levels`` bound, which is kept), ``"target"`` (the bound
+        reached ``upper / (1 + target_gap)``), ``"iteration_limit"``, ``"time_limit"``; ``levels``:
+        ``"solved"``; HiGHS methods: ``"optimal"`` or ``"time_limit"`` (then the trivial bound);
+        ``"exact"`` for ``trivial``. The value is a valid bound whatever the status.
       iterations: int [B] first-order iterations (0 for host methods).
       lp_error: float [B] relative KKT error of the LP at the end (nan where not measured).
+      lp_gap: float [B] relative gap between a feasible LP point and the bound (an upper bound on
+        how far the bound is below the LP optimum; nan where not measured).
       seconds: wall time of the call without compilation (the whole batch).
       compile_seconds: time spent compiling (0 when cached).
       instance_seconds: float [B] time per instance (batched methods: ``seconds / B``).
@@ -52,6 +56,7 @@ class Bound(NamedTuple):
     status: np.ndarray
     iterations: np.ndarray
     lp_error: np.ndarray
+    lp_gap: np.ndarray
     seconds: float
     compile_seconds: float
     instance_seconds: np.ndarray
@@ -152,6 +157,40 @@ def _trivial(batch: Instance, aggregation: str) -> np.ndarray:
     return objective64(batch, np.ones((B, N, L, E), bool), aggregation)
 
 
+# -- the data the bounds are computed from ------------------------------------------------------
+
+
+class HostBatch(NamedTuple):
+    """A batch as float64 NumPy arrays (patterns int64), with ``aggregation="sum"`` already turned
+    into one-member patterns and identical patterns merged in float64 (so the bounds see exactly
+    the instance's J: merging in float32 would round the summed weights)."""
+
+    latency: np.ndarray
+    fallback: np.ndarray
+    size: np.ndarray
+    capacity: np.ndarray
+    patterns: np.ndarray
+    weight: np.ndarray
+    traffic: np.ndarray
+
+
+def host_batch(batch: Instance, aggregation: str = "max", merge: bool = True) -> HostBatch:
+    """The float64 host copy of a batch the bounds are built from (see :class:`HostBatch`)."""
+    pat = np.asarray(batch.patterns).astype(np.int64)
+    w = np.asarray(batch.weight, np.float64)
+    if aggregation == "sum":
+        pat, w = _threshold._sum_patterns(pat, w)
+    E = batch.latency.shape[-1]
+    M, K = pat.shape[-2:]
+    Mp = min(M, math.comb(E + K - 1, K))
+    if merge and Mp < M:
+        pat, w = _merge_numpy(pat, w, Mp)
+    return HostBatch(np.asarray(batch.latency, np.float64), np.asarray(batch.fallback, np.float64),
+                     np.asarray(batch.size, np.float64), np.asarray(batch.capacity, np.float64),
+                     np.asarray(pat).astype(np.int64), np.asarray(w, np.float64),
+                     np.asarray(batch.traffic, np.float64))
+
+
 # -- first-order methods -------------------------------------------------------------------------
 
 _COMPILED: dict = {}
@@ -160,7 +199,7 @@ _COMPILED: dict = {}
 def _compiled(name, fn, *args, **static):
     """AOT-compile ``fn`` for these argument shapes once per process; returns (callable, seconds)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    key = (name, tree, tuple((np.shape(a), np.result_type(a)) for a in leaves), tuple(sorted(static.items())))
+    key = (name, tree, tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves), tuple(sorted(static.items())))
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     t0 = time.perf_counter()
@@ -182,20 +221,52 @@ def _run(mod, data, st, target, rtol, stall_rtol, total, check_every, n_checks, 
                                        check_every=check_every, n_checks=n_checks, patience=patience)
 
 
-def _first_order(batch, method, aggregation, upper, target_gap, max_iters, check_every, rtol, stall_rtol,
-                 patience, time_limit, dtype, chunk_checks: int = 16):
+def _targets(upper, target_gap, B):
+    if target_gap is None:
+        return np.full(B, np.inf)
+    return np.where(np.isfinite(upper), upper / (1 + target_gap), np.inf)
+
+
+def _levels_bound(batch, host, aggregation, upper, target_gap, dtype, max_levels: int = 32):
+    """The level-decomposition bound (exact, non-iterative)."""
+    t0 = time.perf_counter()
+    B = batch.latency.shape[0]
+    data = _levels.build(host, "max", max_levels)
+    dt = jnp.dtype(dtype) if dtype is not None else batch.latency.dtype
+    U, G, L = data["free"].shape[1:]
+    E = batch.latency.shape[-1]
+    Wc = _levels._masks_by_size(E).shape[1]
+    per = U * L * ((1 << E) + (E + 1) * Wc) * 12 + 1
+    bs = int(max(1, min(B, (1 << 28) // per)))
+    args = tuple(jnp.asarray(data[k], dt if k == "w" else jnp.int32) for k in ("masks", "w", "free", "elig", "cap",
+                                                                                "s_hat"))
+    fn, comp = _compiled(("levels",), lambda *a, E, qmax, batch_size: _levels.level_opt.__wrapped__(
+        *a, E=E, qmax=qmax, batch_size=batch_size), *args, E=E, qmax=int(data["qmax"]), batch_size=bs)
+    opt = np.asarray(fn(*args))
+    value = _levels.value64(data, opt, dt)
+    value = np.maximum(value, _trivial(batch, aggregation))
+    secs = time.perf_counter() - t0 - comp
+    status = np.where(value >= _targets(upper, target_gap, B), "target", "solved").astype(object)
+    return Bound(value, status, np.zeros(B, np.int64), np.full(B, np.nan), np.full(B, np.nan), secs, comp,
+                 np.full(B, secs / B), "levels")
+
+
+def _first_order(batch, host, method, aggregation, upper, target_gap, max_iters, check_every, rtol, stall_rtol,
+                 patience, time_limit, dtype, chunk_checks: int = 16, start=None):
     mod = _FORMS[method]
     t0 = time.perf_counter()
     B = batch.latency.shape[0]
-    data64 = mod.build(batch, aggregation)
+    data64 = mod.build(host, "max")
     dt = jnp.dtype(dtype) if dtype is not None else batch.latency.dtype
     data = mod.to_device(data64, dt)
-    tgt = np.where(np.isfinite(upper), upper / (1 + (target_gap or 0.0)), np.inf)
-    tgt = jnp.asarray(tgt if target_gap is not None else np.full(B, np.inf), dt)
-    b0 = jnp.full((B,), -jnp.inf, dt)
+    tgt_np = _targets(upper, target_gap, B)
+    tgt = jnp.asarray(tgt_np, dt)
+    b0 = jnp.asarray(start if start is not None else np.full(B, -np.inf), dt)
     init, c1 = _compiled(("init", method), lambda d, b: _init(mod, d, b), data, b0)
     st = init(data, b0)
-    n_checks = max(1, min(chunk_checks, -(-max_iters // check_every)))
+    if start is not None:  # instances already certified to the target by another bound: no iterations
+        st = st._replace(status=jnp.where(jnp.asarray(start >= tgt_np), pdhg.STATUS_TARGET, st.status))
+    n_checks = chunk_checks  # fixed, so that max_iters does not change the compiled program
     args = (data, st, tgt, jnp.asarray(rtol, dt), jnp.asarray(stall_rtol, dt), jnp.int32(max_iters))
     run, c2 = _compiled(("run", method), lambda d, s, t, r, sr, tot, check_every, n_checks, patience:
                         _run(mod, d, s, t, r, sr, tot, check_every, n_checks, patience),
@@ -219,8 +290,11 @@ def _first_order(batch, method, aggregation, upper, target_gap, max_iters, check
     if timed_out:
         names[running] = "time_limit"
     value = np.maximum(value, _trivial(batch, aggregation))  # both are valid; keep the larger
+    if start is not None:
+        value = np.maximum(value, start)
     seconds = time.perf_counter() - t0 - compile_s
-    return Bound(value, names, iters.astype(np.int64), np.asarray(st.err, np.float64), seconds, compile_s,
+    return Bound(value, names, iters.astype(np.int64), np.asarray(st.err, np.float64), np.asarray(st.gap, np.float64),
+                 seconds, compile_s,
                  np.full(B, seconds / B), method)
 
 
@@ -228,7 +302,7 @@ def _first_order(batch, method, aggregation, upper, target_gap, max_iters, check
 
 
 def _threshold_highs_one(data64: dict, b: int, time_limit, threads):
-    """The threshold LP of instance b on HiGHS; the bound is g(μ) at HiGHS's row duals."""
+    """The threshold LP of instance b on HiGHS: (g(μ) at HiGHS's row duals, status, HiGHS's LP objective)."""
     from slimjax.solvers._exact import _highspy, _Model
 
     highspy = _highspy()
@@ -274,7 +348,9 @@ def _threshold_highs_one(data64: dict, b: int, time_limit, threads):
         rd = np.asarray(sol.row_dual)[:nrow]
         mu[0, uu, ll, mm, kk, ii] = np.maximum(-rd, 0.0)
     one = {k: v[b : b + 1] for k, v in data64.items()}
-    return float(_threshold.dual_value64(one, (mu, None))[0]), ("optimal" if status == "Optimal" else "time_limit")
+    objective = float(h.getInfo().objective_function_value) if status == "Optimal" else np.nan
+    return (float(_threshold.dual_value64(one, (mu, None))[0]), ("optimal" if status == "Optimal" else "time_limit"),
+            objective)
 
 
 def _highs(batch, method, aggregation, time_limit, threads):
@@ -285,11 +361,11 @@ def _highs(batch, method, aggregation, time_limit, threads):
     B = batch.latency.shape[0]
     triv = _trivial(batch, aggregation)
     vals, names, secs = np.empty(B), np.empty(B, dtype=object), np.empty(B)
-    data64 = _threshold.build(batch, aggregation) if method == "threshold-highs" else None
+    data64 = _threshold.build(host_batch(batch, aggregation), "max") if method == "threshold-highs" else None
     for b in range(B):
         t1 = time.perf_counter()
         if method == "threshold-highs":
-            v, s = _threshold_highs_one(data64, b, time_limit, threads)
+            v, s, _ = _threshold_highs_one(data64, b, time_limit, threads)
         else:
             _, _, st, info, _ = _solve_highs(batch[b], aggregation, True, time_limit, None, threads, False)
             if st == "Optimal":
@@ -300,7 +376,8 @@ def _highs(batch, method, aggregation, time_limit, threads):
         vals[b], names[b] = max(v, triv[b]), s
         secs[b] = time.perf_counter() - t1
     seconds = time.perf_counter() - t0
-    return Bound(vals, names, np.zeros(B, np.int64), np.full(B, np.nan), seconds, 0.0, secs, method)
+    return Bound(vals, names, np.zeros(B, np.int64), np.full(B, np.nan), np.full(B, np.nan), seconds, 0.0, secs,
+                 method)
 
 
 # -- public functions ----------------------------------------------------------------------------
@@ -308,7 +385,7 @@ def _highs(batch, method, aggregation, time_limit, threads):
 
 def lower_bound(
     batch: Instance,
-    method: str = "threshold",
+    method: str = "auto",
     *,
     aggregation: str = "max",
     upper=None,
@@ -321,6 +398,7 @@ def lower_bound(
     time_limit: float | None = None,
     dtype=None,
     threads: int | None = None,
+    max_levels: int = 32,
     merge: bool = True,
 ) -> Bound:
     """Certified lower bounds on the optimal J of every instance of a batch.
@@ -348,6 +426,8 @@ def lower_bound(
       time_limit: seconds (PDHG: for the batch, checked every 16 checks; HiGHS: per instance).
       dtype: iteration precision of PDHG (default: the instance's); the certified value is float64.
       threads: HiGHS threads.
+      max_levels: most latency levels of the ``levels`` bound (a coarser grid when there are more
+        distinct latencies; still valid, possibly weaker).
       merge: merge identical patterns first (J unchanged; smaller LPs).
 
     Returns:
@@ -364,13 +444,28 @@ def lower_bound(
     """
     _check_options(method, aggregation, max_iters, check_every, rtol, stall_rtol, patience, target_gap, time_limit,
                    dtype)
+    if isinstance(max_levels, bool) or not isinstance(max_levels, (int, np.integer)) or max_levels < 1:
+        raise ValueError(f"max_levels: must be an integer >= 1, got {max_levels!r}")
     batch, single = _as_batch(batch)
     B = batch.latency.shape[0]
     up = _check_upper(upper, B)
-    if merge:
-        batch = merge_patterns(batch)
-    if method in _FORMS:
-        res = _first_order(batch, method, aggregation, up, target_gap, int(max_iters), int(check_every), float(rtol),
+    host = host_batch(batch, aggregation, merge) if method not in ("highs", "threshold-highs", "trivial") else None
+    E = batch.latency.shape[-1]
+    if method == "levels" or (method == "auto" and E <= _levels.LEVELS_MAX_E):
+        res = _levels_bound(batch, host, aggregation, up, target_gap, dtype, int(max_levels))
+        if method == "auto":
+            lv = res
+            res = _first_order(batch, host, "threshold", aggregation, up, target_gap, int(max_iters),
+                               int(check_every), float(rtol), float(stall_rtol), int(patience), time_limit, dtype,
+                               start=lv.value)
+            res = res._replace(seconds=res.seconds + lv.seconds, compile_seconds=res.compile_seconds + lv.compile_seconds,
+                               instance_seconds=res.instance_seconds + lv.instance_seconds, method="auto")
+    elif method == "auto":
+        res = _first_order(batch, host, "threshold", aggregation, up, target_gap, int(max_iters),
+                           int(check_every), float(rtol), float(stall_rtol), int(patience), time_limit,
+                           dtype)._replace(method="auto")
+    elif method in _FORMS:
+        res = _first_order(batch, host, method, aggregation, up, target_gap, int(max_iters), int(check_every), float(rtol),
                            float(stall_rtol), int(patience), time_limit, dtype)
     elif method in ("highs", "threshold-highs"):
         res = _highs(batch, method, aggregation, time_limit, threads)
@@ -378,12 +473,22 @@ def lower_bound(
         t0 = time.perf_counter()
         v = _trivial(batch, aggregation)
         s = time.perf_counter() - t0
-        res = Bound(v, np.array(["exact"] * B, dtype=object), np.zeros(B, np.int64), np.full(B, np.nan), s, 0.0,
-                    np.full(B, s / B), method)
+        res = Bound(v, np.array(["exact"] * B, dtype=object), np.zeros(B, np.int64), np.full(B, np.nan),
+                    np.full(B, np.nan), s, 0.0, np.full(B, s / B), method)
     if single:
-        res = res._replace(value=res.value[0], status=res.status[0], iterations=res.iterations[0],
-                           lp_error=res.lp_error[0], instance_seconds=res.instance_seconds[0])
+        res = _squeeze(res)
     return res
+
+
+_PER_INSTANCE = ("value", "status", "iterations", "lp_error", "lp_gap", "instance_seconds")
+
+
+def _squeeze(b: Bound) -> Bound:
+    return b._replace(**{k: np.asarray(getattr(b, k)).reshape(-1)[0] for k in _PER_INSTANCE})
+
+
+def _unsqueeze(b: Bound) -> Bound:
+    return b._replace(**{k: np.atleast_1d(getattr(b, k)) for k in _PER_INSTANCE})
 
 
 def _storage_check(batch: Instance, x: np.ndarray) -> None:
@@ -396,7 +501,7 @@ def _storage_check(batch: Instance, x: np.ndarray) -> None:
                          f"{cap[b, n]:.6g}; a lower bound certifies feasible placements only")
 
 
-def certify(batch: Instance, solution: Any, method: str = "threshold", *, aggregation: str = "max",
+def certify(batch: Instance, solution: Any, method: str = "auto", *, aggregation: str = "max",
             target_gap: float | None = 1e-5, bound: Bound | None = None, **options) -> Certificate:
     """Certified optimality gap of placements (or objective values): ``J / bound − 1`` per instance.
 
@@ -440,9 +545,7 @@ def certify(batch: Instance, solution: Any, method: str = "threshold", *, aggreg
     if bound is None:
         bound = lower_bound(b, method, aggregation=aggregation, upper=obj, target_gap=target_gap, **options)
         if single:
-            bound = bound._replace(value=np.atleast_1d(bound.value), status=np.atleast_1d(bound.status),
-                                   iterations=np.atleast_1d(bound.iterations), lp_error=np.atleast_1d(bound.lp_error),
-                                   instance_seconds=np.atleast_1d(bound.instance_seconds))
+            bound = _unsqueeze(bound)
     lb = np.asarray(bound.value, np.float64).reshape(-1)
     if lb.shape != (B,):
         raise ValueError(f"bound: expected {B} values, got shape {np.shape(bound.value)}")
@@ -456,8 +559,5 @@ def certify(batch: Instance, solution: Any, method: str = "threshold", *, aggreg
         gap = np.where(lb > 0, obj / lb - 1, np.where(obj <= 0, 0.0, np.inf))
     gap = np.maximum(gap, 0.0)
     if single:
-        return Certificate(gap[0], obj[0], bound._replace(value=lb[0], status=bound.status[0],
-                                                           iterations=bound.iterations[0],
-                                                           lp_error=bound.lp_error[0],
-                                                           instance_seconds=bound.instance_seconds[0]))
+        return Certificate(gap[0], obj[0], _squeeze(_unsqueeze(bound)))
     return Certificate(gap, obj, bound)

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from slimjax._instance import Instance
 from slimjax.bounds._pdhg import Formulation, lagrangian
 from slimjax.bounds._threshold import _sum_patterns
 
@@ -57,8 +56,9 @@ class AssignmentData(NamedTuple):
     qcap: Float[Array, "N"]
 
 
-def build(batch: Instance, aggregation: str = "max") -> dict:
-    """The LP of every instance (host NumPy, float64); patterns should already be merged."""
+def build(batch, aggregation: str = "max") -> dict:
+    """The LP of every instance of ``batch`` (an Instance or the float64 host copy of
+    ``lower_bound``, patterns merged in float64) as NumPy float64 arrays (leading axis B)."""
     lat = np.asarray(batch.latency, np.float64)
     fb = np.asarray(batch.fallback, np.float64)
     pat = np.asarray(batch.patterns).astype(np.int64)
@@ -144,12 +144,27 @@ def _upper(d: AssignmentData):
     return d.hasx, d.useful, d.ymax
 
 
-def _bound(d: AssignmentData, dual):
-    dual = tuple(jnp.maximum(t, 0) for t in dual)
-    return lagrangian(FORMULATION, d, dual)
+def _bound(d: AssignmentData, dual, kty=None):
+    """The Lagrangian at y ≥ 0 (iterates are already projected; ``kty`` = Kᵀy when known)."""
+    return lagrangian(FORMULATION, d, dual, kty)
 
 
-FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound)
+def _primal(d: AssignmentData, v):
+    """Σ traffic·weight·y at a feasible point repaired from v: x clipped and scaled per node to
+    fit, a ≤ x and scaled to Σ_n a ≤ 1, y the largest member latency it implies."""
+    x, a, _ = v
+    x = jnp.clip(x, 0, d.hasx)
+    used = (d.size[None] * x).sum(axis=(1, 2))
+    x = x * jnp.where(used > d.qcap, d.qcap / jnp.where(used > 0, used, 1), 1.0)[:, None, None]
+    a = jnp.minimum(jnp.clip(a, 0, d.useful), x[None])
+    tot = a.sum(1)
+    a = a * jnp.where(tot > 1, 1 / jnp.where(tot > 0, tot, 1), 1.0)[:, None]
+    S = (d.saving * a).sum(1)
+    y = jnp.where(d.gm > 0, d.fbm - _gather(S, d.gidx), 0).max(-1)
+    return (d.cy * jnp.maximum(y, 0)).sum()
+
+
+FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal)
 
 
 def initial_primal(d: AssignmentData):

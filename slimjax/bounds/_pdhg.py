@@ -42,11 +42,12 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 __all__ = ["Formulation", "PDHGState", "init_state", "run_chunks", "STATUS_RUNNING", "STATUS_OPTIMAL",
-           "STATUS_CONVERGED", "STATUS_TARGET"]
+           "STATUS_CONVERGED", "STATUS_TARGET",
+           "STATUS_DOMINATED"]
 
 PyTree = Any
 
-STATUS_RUNNING, STATUS_OPTIMAL, STATUS_CONVERGED, STATUS_TARGET = 0, 1, 2, 3
+STATUS_RUNNING, STATUS_OPTIMAL, STATUS_CONVERGED, STATUS_TARGET, STATUS_DOMINATED = 0, 1, 2, 3, 4
 OMEGA_MIN, OMEGA_MAX = 1e-8, 1e8
 
 
@@ -56,7 +57,9 @@ class Formulation(NamedTuple):
     Each function takes one instance's data (no batch axis):
       K(data, v) -> rows, KT(data, y) -> cols, Kabs(data, v), KTabs(data, y) (absolute coefficients),
       cost(data) -> c (v-shaped), rhs(data) -> q (y-shaped), upper(data) -> hi (v-shaped),
-      bound(data, y) -> a valid lower bound at y ≥ 0 (scalar; may improve on g(y)).
+      bound(data, y, kty) -> a valid lower bound at y ≥ 0 given Kᵀy (scalar; may improve on g(y)),
+      primal(data, v) -> the objective (with the same constants as ``bound``) of a feasible point
+        repaired from v: an upper bound on the LP optimum, so ``primal − bound`` is a true gap.
     """
 
     K: Callable
@@ -67,6 +70,7 @@ class Formulation(NamedTuple):
     rhs: Callable
     upper: Callable
     bound: Callable
+    primal: Callable
 
 
 class PDHGState(NamedTuple):
@@ -74,6 +78,8 @@ class PDHGState(NamedTuple):
 
     v: PyTree
     y: PyTree
+    tau: PyTree  # diagonal primal steps (v-shaped)
+    sigma: PyTree  # diagonal dual steps (y-shaped)
     kty: PyTree  # Kᵀ y of the current y
     v_sum: PyTree
     y_sum: PyTree
@@ -88,6 +94,7 @@ class PDHGState(NamedTuple):
     best_bound: Float[Array, "B"]
     best_y: PyTree
     err: Float[Array, "B"]
+    gap: Float[Array, "B"]  # (primal(repaired) − best bound) / |primal|: a true relative LP gap
     stall_ref: Float[Array, "B"]
     stall_count: Int[Array, "B"]
     status: Int[Array, "B"]
@@ -135,7 +142,7 @@ def _kkt(form: Formulation, data, v, y, kty):
     dobj = lagrangian(form, data, y, kty)
     e_p = pres / (1 + jnp.sqrt(_sq(q)))
     e_g = jnp.abs(pobj - dobj) / (1 + jnp.abs(pobj) + jnp.abs(dobj))
-    return jnp.maximum(e_p, e_g)
+    return jnp.maximum(e_p, e_g), pobj, e_p
 
 
 def init_state(form: Formulation, data, v0, y0, bound0) -> PDHGState:
@@ -144,15 +151,16 @@ def init_state(form: Formulation, data, v0, y0, bound0) -> PDHGState:
     def one(d, v, y, b0):
         y = _tmap(lambda a: jnp.maximum(a, 0), y)
         kty = form.KT(d, y)
-        err = _kkt(form, d, v, y, kty)
-        b = jnp.maximum(form.bound(d, y), b0)
+        err, _, _ = _kkt(form, d, v, y, kty)
+        b = jnp.maximum(form.bound(d, y, kty), b0)
         zero = jnp.zeros((), jnp.int32)
         # PDLP's initial primal weight ‖c‖/‖q‖ (1 when either is 0).
         nc, nq = jnp.sqrt(_sq(form.cost(d))), jnp.sqrt(_sq(form.rhs(d)))
         omega = jnp.where((nc > 0) & (nq > 0), nc / jnp.where(nq > 0, nq, 1), 1.0)
         omega = jnp.clip(omega, OMEGA_MIN, OMEGA_MAX).astype(err.dtype)
-        return PDHGState(v, y, kty, _tmap(jnp.zeros_like, v), _tmap(jnp.zeros_like, y), zero, v, y, err, err,
-                         omega, zero, zero, b, y, err, b, zero, zero)
+        tau, sigma = _steps(form, d)
+        return PDHGState(v, y, tau, sigma, kty, _tmap(jnp.zeros_like, v), _tmap(jnp.zeros_like, y), zero, v, y, err, err,
+                         omega, zero, zero, b, y, err, jnp.asarray(jnp.inf, err.dtype), b, zero, zero)
 
     return jax.vmap(one)(data, v0, y0, bound0)
 
@@ -164,7 +172,7 @@ def _select(done, old, new):
 def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_rtol, target, total_iters, data,
                st: PDHGState) -> PDHGState:
     """``check_every`` PDHG steps of one instance, then the restart / bound / stopping check."""
-    tau, sigma = _steps(form, data)
+    tau, sigma = st.tau, st.sigma
     c, q, hi = form.cost(data), form.rhs(data), form.upper(data)
     eta = jnp.asarray(0.999, st.omega.dtype)
 
@@ -183,14 +191,21 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
     n = st.n_avg + check_every
     va = _tmap(lambda a: a / n, vs)
     ya = _tmap(lambda a: a / n, ys)
-    ktya = form.KT(data, ya)
-    err_cur = _kkt(form, data, v, y, kty)
-    err_avg = _kkt(form, data, va, ya, ktya)
-    use_avg = err_avg < err_cur
-    err_c = jnp.where(use_avg, err_avg, err_cur)
+
+    def assess(vv, yy):  # (KKT error, bound, Kᵀy) of one candidate
+        kk = form.KT(data, yy)
+        e, _, _ = _kkt(form, data, vv, yy, kk)
+        return e, form.bound(data, yy, kk), kk
+
+    pair_v = _tmap(lambda a, b: jnp.stack([a, b]), v, va)
+    pair_y = _tmap(lambda a, b: jnp.stack([a, b]), y, ya)
+    errs, bnds, ktys = jax.vmap(assess)(pair_v, pair_y)  # over (current, average)
+    pick = lambda t, i: _tmap(lambda a: a[i], t)  # noqa: E731
+    use_avg = errs[1] < errs[0]
+    err_c = jnp.where(use_avg, errs[1], errs[0])
     vc = _select(use_avg, va, v)
     yc = _select(use_avg, ya, y)
-    ktyc = _select(use_avg, ktya, kty)
+    ktyc = _select(use_avg, pick(ktys, 1), kty)
     since = st.since_restart + check_every
     iters = st.iters + check_every
     restart = ((err_c <= 0.2 * st.err_restart)
@@ -205,10 +220,8 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
                                   + 0.5 * jnp.log(st.omega)), st.omega)
     omega = jnp.clip(omega, OMEGA_MIN, OMEGA_MAX)
     # Best dual point so far by the formulation's bound (valid at any y ≥ 0).
-    b_cur = form.bound(data, y)
-    b_avg = form.bound(data, ya)
-    better_avg = b_avg > b_cur
-    b_new = jnp.maximum(b_cur, b_avg)
+    better_avg = bnds[1] > bnds[0]
+    b_new = jnp.maximum(bnds[0], bnds[1])
     y_new = _select(better_avg, ya, y)
     improve = b_new > st.best_bound
     best_bound = jnp.where(improve, b_new, st.best_bound)
@@ -217,13 +230,26 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
     moved = best_bound > st.stall_ref + stall_rtol * jnp.maximum(jnp.abs(st.stall_ref), 1e-30)
     stall_ref = jnp.where(moved, best_bound, st.stall_ref)
     stall_count = jnp.where(moved, 0, st.stall_count + 1)
-    status = jnp.where(stall_count >= patience, STATUS_CONVERGED, STATUS_RUNNING)
-    status = jnp.where(err_c <= rtol, STATUS_OPTIMAL, status)
+    # A stall counts only once the LP's relative KKT error is ≤ rtol: before that the bound can pause
+    # for a while and then move again after a restart.
+    status = jnp.where((stall_count >= patience) & (err_c <= rtol), STATUS_CONVERGED, STATUS_RUNNING)
+    # Dominated: a nearly feasible primal point already has an objective below the best bound known
+    # (e.g. one from another method passed as the start), so this LP cannot give a better bound.
+    # Optimal: the bound is within rtol of a feasible point's objective (a true LP gap).
+    # Dominated: a feasible point of this LP is already below the best bound known (e.g. one from
+    # another method passed as the start), so this LP cannot give a better bound.
+    upper_c = form.primal(data, vc)
+    gap_c = (upper_c - best_bound) / jnp.maximum(jnp.abs(upper_c), jnp.finfo(upper_c.dtype).tiny)
+    dominated = upper_c < b_new
+    status = jnp.where(gap_c <= rtol, STATUS_OPTIMAL, status)
+    status = jnp.where(dominated & (gap_c > rtol), STATUS_DOMINATED, status)
     status = jnp.where(best_bound >= target, STATUS_TARGET, status)
     zero = jnp.zeros((), jnp.int32)
     new = PDHGState(
         v=_select(restart, vc, v),
         y=_select(restart, yc, y),
+        tau=tau,
+        sigma=sigma,
         kty=_select(restart, ktyc, kty),
         v_sum=_select(restart, _tmap(jnp.zeros_like, vs), vs),
         y_sum=_select(restart, _tmap(jnp.zeros_like, ys), ys),
@@ -238,6 +264,7 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
         best_bound=best_bound,
         best_y=best_y,
         err=err_c,
+        gap=gap_c,
         stall_ref=stall_ref,
         stall_count=stall_count,
         status=status,

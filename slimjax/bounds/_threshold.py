@@ -45,9 +45,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jaxtyping import Array, Float, Int
 
-from slimjax._instance import Instance
 from slimjax.bounds._pdhg import Formulation
 
 __all__ = ["ThresholdData", "build", "to_device", "FORMULATION", "dual_value64", "storage_cut", "initial_dual"]
@@ -117,11 +117,11 @@ def _sum_patterns(patterns: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray,
     return p, w
 
 
-def build(batch: Instance, aggregation: str = "max") -> dict:
+def build(batch, aggregation: str = "max") -> dict:
     """The threshold LP of every instance of ``batch`` (host NumPy, float64).
 
-    Patterns should already be merged (identical patterns as one); zero-weight patterns are
-    inactive. Returns a dict of NumPy arrays with the fields of :class:`ThresholdData` (leading
+    ``batch``: a batch (Instance or the float64 host copy of ``lower_bound``, with patterns
+    merged in float64); zero-weight patterns are inactive. Returns a dict of NumPy arrays with the fields of :class:`ThresholdData` (leading
     axis B); the interval axis I is the largest number of intervals over the batch.
     """
     lat = np.asarray(batch.latency, np.float64)
@@ -239,23 +239,34 @@ def _upper(d: ThresholdData):
     return jnp.ones((N, L, E), d.c.dtype), jnp.ones_like(d.c)
 
 
-def _frac_knap(r, s_hat, q_hat):
-    """Fractional knapsack per node: r [N, L, E] >= 0, sizes ŝ [L], capacities Q̂ [N] -> [N]."""
-    N, L, E = r.shape
-    size = jnp.broadcast_to(s_hat[None, :, None], r.shape).reshape(N, -1)
-    val = r.reshape(N, -1)
-    order = jnp.argsort(-val / size, axis=-1)
-    v = jnp.take_along_axis(val, order, axis=-1)
-    s = jnp.take_along_axis(size, order, axis=-1)
-    cs = jnp.cumsum(s, axis=-1)
-    full = cs <= q_hat[:, None]
-    room = q_hat[:, None] - (cs - s)
-    part = jnp.clip(room / s, 0, 1)
-    return jnp.where(full, v, part * v).sum(-1)
+def _frac_knap(r, s_hat, q_hat, iters: int = 40):
+    """An upper bound on the knapsack of every node, ``min_λ≥0 λ·Q̂ + Σ max(0, r − λ·ŝ)`` (the LP
+    dual of the fractional knapsack), minimized by bisection on λ with a fixed number of steps:
+    every λ gives an upper bound, the minimizer gives the fractional knapsack. r [N, L, E] >= 0,
+    ŝ [L], Q̂ [N] -> [N]."""
+    s = s_hat[None, :, None]
+
+    def phi(lam):
+        return lam * q_hat + jnp.maximum(r - lam[:, None, None] * s, 0).sum(axis=(1, 2))
+
+    def slope(lam):  # Q̂ − Σ_{r > λ ŝ} ŝ, non-decreasing in λ
+        return q_hat - jnp.where(r > lam[:, None, None] * s, s, 0).sum(axis=(1, 2))
+
+    hi = jnp.max(r / s, axis=(1, 2))
+    lo = jnp.zeros_like(hi)
+
+    def step(_, b):
+        a, c = b
+        m = 0.5 * (a + c)
+        up = slope(m) >= 0
+        return jnp.where(up, a, m), jnp.where(up, m, c)
+
+    lo, hi = lax.fori_loop(0, iters, step, (lo, hi))
+    return jnp.minimum(phi(lo), phi(hi))
 
 
-def _bound(d: ThresholdData, y):
-    """g(μ) with the fractional knapsack (the LP's own λ-optimal value), in the data's dtype."""
+def _bound(d: ThresholdData, y, kty=None):
+    """g(μ) with the fractional-knapsack upper bound (≈ the LP's λ-optimal value), in the data's dtype."""
     mu, _ = y
     mu = jnp.maximum(mu, 0) * d.act
     tot = mu.sum(3)
@@ -266,7 +277,19 @@ def _bound(d: ThresholdData, y):
     return d.j0 - zterm - _frac_knap(r, d.s_hat, d.q_hat).sum()
 
 
-FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound)
+def _primal(d: ThresholdData, v):
+    """J0 − Σ c·z at a feasible point repaired from v: x clipped to [0, 1] and scaled per node to
+    fit the storage row, z = min(1, min over member rows of F(x))."""
+    x, _ = v
+    x = jnp.clip(x, 0, 1)
+    used = jnp.einsum("nle,l->n", x, d.s_hat)
+    x = x * jnp.where(used > d.q_hat, d.q_hat / jnp.where(used > 0, used, 1), 1.0)[:, None, None]
+    F = jnp.where(d.act > 0, _F(d, x), jnp.inf).min(3)
+    z = jnp.clip(F, 0, 1)
+    return d.j0 - (d.c * z).sum()
+
+
+FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal)
 
 
 def initial_dual(d: ThresholdData):
