@@ -240,9 +240,9 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
     # another method passed as the start), so this LP cannot give a better bound.
     upper_c = form.primal(data, vc)
     gap_c = (upper_c - best_bound) / jnp.maximum(jnp.abs(upper_c), jnp.finfo(upper_c.dtype).tiny)
-    dominated = upper_c < b_new
+    dominated = upper_c < best_bound
     status = jnp.where(gap_c <= rtol, STATUS_OPTIMAL, status)
-    status = jnp.where(dominated & (gap_c > rtol), STATUS_DOMINATED, status)
+    status = jnp.where(dominated, STATUS_DOMINATED, status)
     status = jnp.where(best_bound >= target, STATUS_TARGET, status)
     zero = jnp.zeros((), jnp.int32)
     new = PDHGState(
