@@ -191,6 +191,21 @@ def host_batch(batch: Instance, aggregation: str = "max", merge: bool = True) ->
                      np.asarray(batch.traffic, np.float64))
 
 
+def expert_spread(host: HostBatch, rtol: float = 1e-6) -> np.ndarray:
+    """bool [B]: some node serves some user at different latencies for different experts (or the
+    fallbacks differ between experts). ``auto`` runs the threshold LP only on such instances (and
+    where ``levels`` does not apply): on node-wise latencies the level bound was the tighter one on
+    every instance measured, at a fraction of the time."""
+    lat = host.latency
+    fin = np.isfinite(lat)
+    hi = np.where(fin, lat, -np.inf).max(axis=(3, 4))
+    lo = np.where(fin, lat, np.inf).min(axis=(3, 4))
+    node = (fin.any(axis=(3, 4)) & (hi - lo > rtol * np.abs(hi))).any(axis=(1, 2))
+    fb = host.fallback
+    fbs = (fb.max(axis=(2, 3)) - fb.min(axis=(2, 3)) > rtol * fb.max(axis=(2, 3))).any(axis=1)
+    return node | fbs
+
+
 # -- first-order methods -------------------------------------------------------------------------
 
 _COMPILED: dict = {}
@@ -252,7 +267,7 @@ def _levels_bound(batch, host, aggregation, upper, target_gap, dtype, max_levels
 
 
 def _first_order(batch, host, method, aggregation, upper, target_gap, max_iters, check_every, rtol, stall_rtol,
-                 patience, time_limit, dtype, chunk_checks: int = 16, start=None):
+                 patience, time_limit, dtype, chunk_checks: int = 16, start=None, skip=None):
     mod = _FORMS[method]
     t0 = time.perf_counter()
     B = batch.latency.shape[0]
@@ -264,8 +279,11 @@ def _first_order(batch, host, method, aggregation, upper, target_gap, max_iters,
     b0 = jnp.asarray(start if start is not None else np.full(B, -np.inf), dt)
     init, c1 = _compiled(("init", method), lambda d, b: _init(mod, d, b), data, b0)
     st = init(data, b0)
-    if start is not None:  # instances already certified to the target by another bound: no iterations
-        st = st._replace(status=jnp.where(jnp.asarray(start >= tgt_np), pdhg.STATUS_TARGET, st.status))
+    done0 = np.zeros(B, bool) if skip is None else np.asarray(skip, bool)
+    if start is not None:  # instances already certified to the target by another bound
+        done0 |= start >= tgt_np
+    if done0.any():  # frozen from the start: no iterations
+        st = st._replace(status=jnp.where(jnp.asarray(done0), pdhg.STATUS_TARGET, st.status))
     n_checks = chunk_checks  # fixed, so that max_iters does not change the compiled program
     args = (data, st, tgt, jnp.asarray(rtol, dt), jnp.asarray(stall_rtol, dt), jnp.int32(max_iters))
     run, c2 = _compiled(("run", method), lambda d, s, t, r, sr, tot, check_every, n_checks, patience:
@@ -455,11 +473,17 @@ def lower_bound(
         res = _levels_bound(batch, host, aggregation, up, target_gap, dtype, int(max_levels))
         if method == "auto":
             lv = res
-            res = _first_order(batch, host, "threshold", aggregation, up, target_gap, int(max_iters),
-                               int(check_every), float(rtol), float(stall_rtol), int(patience), time_limit, dtype,
-                               start=lv.value)
-            res = res._replace(seconds=res.seconds + lv.seconds, compile_seconds=res.compile_seconds + lv.compile_seconds,
-                               instance_seconds=res.instance_seconds + lv.instance_seconds, method="auto")
+            need = expert_spread(host) & (lv.status != "target")
+            if need.any():
+                res = _first_order(batch, host, "threshold", aggregation, up, target_gap, int(max_iters),
+                                   int(check_every), float(rtol), float(stall_rtol), int(patience), time_limit,
+                                   dtype, start=lv.value, skip=~need)
+                res = res._replace(status=np.where(need, res.status, lv.status),
+                                   iterations=np.where(need, res.iterations, 0),
+                                   seconds=res.seconds + lv.seconds,
+                                   compile_seconds=res.compile_seconds + lv.compile_seconds,
+                                   instance_seconds=res.instance_seconds + lv.instance_seconds)
+            res = res._replace(method="auto")
     elif method == "auto":
         res = _first_order(batch, host, "threshold", aggregation, up, target_gap, int(max_iters),
                            int(check_every), float(rtol), float(stall_rtol), int(patience), time_limit,
