@@ -50,7 +50,7 @@ def main() -> None:
         f"{args.n} instances, model={args.model}: U={U} N={N} L={L} E={E} M={M} K={K}; backend={jax.default_backend()}"
     )
     empty = np.zeros((args.n, N, L, E), bool)
-    J0 = np.asarray(slimjax.latency(batch, empty), np.float64)
+    J0 = np.asarray(slimjax.objective(batch, empty), np.float64)
     registered = slimjax.methods()
     rows, Js = [], {}
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
@@ -66,7 +66,7 @@ def main() -> None:
         t0 = time.perf_counter()
         sol = slimjax.solve_batch(batch, name, key=0, **opts)
         sec = time.perf_counter() - t0
-        Js[name] = np.asarray(sol.latency, np.float64)
+        Js[name] = np.asarray(sol.objective, np.float64)
         rows.append((name, warm, sec / args.n))
     if not rows:
         return

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Set up (.venv with [dev,milp], plus torch + transformers for the trace-recorder tests where a
+# Set up (.venv with [dev,milp,docs], plus torch + transformers for the trace-recorder tests where a
 # CPU torch can be installed) and run the default test suite (not slow, not gpu).
 # `bash scripts/test.sh --slow` also runs the slow tests; other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/_setup.sh dev,milp
+bash scripts/_setup.sh dev,milp,docs
 if [ ! -f .venv/.slimjax-traces ] && [ "${SLIMJAX_SKIP_TORCH:-0}" != 1 ]; then
   # The recorder tests need torch + transformers. Pin the CPU build (a plain `torch` pulls a
   # multi-GB CUDA build); where it cannot be installed the recorder tests skip with a reason.
-  if .venv/bin/python -m pip install -q "torch==2.13.0" && .venv/bin/python -m pip install -q "transformers>=4.45"; then
+  pins=()
+  if [ "${SLIMJAX_UNPINNED:-0}" != 1 ] && [ -f constraints.txt ]; then pins=(-c constraints.txt); fi
+  if .venv/bin/python -m pip install -q "${pins[@]}" "torch==2.13.0" && .venv/bin/python -m pip install -q "${pins[@]}" "transformers>=4.45"; then
     touch .venv/.slimjax-traces
   else
     echo "note: torch/transformers not installed; the trace-recorder tests will be skipped"

@@ -1,47 +1,86 @@
 """slimjax: batched solvers and experiments for expert caching in edge networks for MoE inference.
 
-Public API (DESIGN §3)::
+The public API::
 
-    slimjax.Instance, slimjax.stack, slimjax.unstack
-    slimjax.latency, slimjax.total_latency, slimjax.expert_latency, slimjax.storage_used
-    slimjax.replay, slimjax.replay_stats
-    slimjax.solve, slimjax.solve_batch, slimjax.methods, slimjax.Solution
+    slimjax.Instance, slimjax.stack, slimjax.unstack                 the problem data
+    slimjax.objective, slimjax.total_latency, slimjax.expert_latency, slimjax.layer_latency,
+    slimjax.pattern_latency, slimjax.storage_used, slimjax.multilinear, slimjax.feasible
+    slimjax.replay, slimjax.replay_stats                             per-token latencies
+    slimjax.solve, slimjax.solve_batch, slimjax.methods, slimjax.Solution, slimjax.Status
+    slimjax.lower_bound                                              certified lower bounds on J
+    slimjax.explain, slimjax.Explanation                             why a placement is good
+    slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
     slimjax.generate (instance generators), slimjax.traces (real routing traces)
+
+Submodules are imported on first use, so ``import slimjax`` stays light.
 """
 
-from slimjax.ops._grid import Grid, capacity_grid
+from __future__ import annotations
 
+import importlib
+
+from slimjax._explain import Explanation, explain
 from slimjax._instance import Instance, stack, unstack
-from slimjax._objective import expert_latency, latency, layer_latency, pattern_latency, storage_used, total_latency
+from slimjax._objective import (
+    expert_latency,
+    layer_latency,
+    multilinear,
+    objective,
+    pattern_latency,
+    storage_used,
+    total_latency,
+)
 from slimjax._replay import replay, replay_stats
-from slimjax.solvers import Solution, methods, solve, solve_batch
-from slimjax import generate  # noqa: E402
+from slimjax.solvers import Solution, Status, chain, feasible, methods, solve, solve_batch
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 __all__ = [
-    "Grid",
+    "Explanation",
     "Instance",
     "Solution",
-    "capacity_grid",
+    "Status",
+    "chain",
     "expert_latency",
+    "explain",
+    "feasible",
     "generate",
-    "latency",
     "layer_latency",
+    "lower_bound",
     "methods",
+    "multilinear",
+    "objective",
+    "ops",
     "pattern_latency",
     "replay",
     "replay_stats",
     "solve",
     "solve_batch",
+    "solvers",
     "stack",
     "storage_used",
     "total_latency",
+    "traces",
     "unstack",
+    "utilization",
+    "load",
 ]
+
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"slimjax.{name}")
+    if name == "utilization":
+        from slimjax.load import utilization
+
+        return utilization
+    raise AttributeError(f"module 'slimjax' has no attribute {name!r}")
 
 
 def lower_bound(inst, **options):
-    """Certified lower bound on J from the LP relaxation of the MILP (DESIGN §4.8)."""
+    """Certified lower bound on J from the LP relaxation of the MILP (needs the ``milp`` extra)."""
     from slimjax.solvers._exact import lower_bound as _lb
+
     return _lb(inst, **options)

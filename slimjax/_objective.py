@@ -1,4 +1,4 @@
-"""The exact expected per-token latency J(x) (DESIGN §2, §4.1), pure JAX.
+"""The exact expected per-token latency J(x), pure JAX.
 
     d[u, l, e] = min(fallback[u, l, e], min_{n : x[n, l, e]} latency[u, n, l, e])
     J(x)      = Σ_u traffic[u] Σ_l Σ_m weight[u, l, m] · max_k d[u, l, patterns[u, l, m, k]]
@@ -14,11 +14,13 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance, is_batched
 __all__ = [
-    "latency",
+    "objective",
+    "check_placement",
     "total_latency",
     "expert_latency",
     "pattern_latency",
@@ -41,10 +43,10 @@ def _batched(fn):
     """Let ``fn(inst, placement, ...)`` accept a batch by vmapping over the leading axis."""
 
     def wrapper(inst: Instance, placement, *args, **kwargs):
+        if not isinstance(inst, Instance):
+            raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
+        placement = check_placement(inst, placement)
         if is_batched(inst):
-            placement = jnp.asarray(placement)
-            if placement.ndim != 4:
-                raise ValueError(f"placement: a batch needs shape [batch, N, L, E], got {placement.shape}")
             return jax.vmap(lambda i, p: fn(i, p, *args, **kwargs))(inst, placement)
         return fn(inst, placement, *args, **kwargs)
 
@@ -66,7 +68,6 @@ def expert_latency_from(
 @_batched
 def expert_latency(inst: Instance, placement: Bool[Array, "N L E"]) -> Float[Array, "U L E"]:
     """Per-user expert latency d [U, L, E] (batched: [batch, U, L, E])."""
-    _check_placement(inst, placement)
     return expert_latency_from(inst.latency, inst.fallback, placement)
 
 
@@ -103,26 +104,50 @@ def layer_latency(inst: Instance, placement: Bool[Array, "N L E"], aggregation: 
 
 
 @_batched
-def latency(inst: Instance, placement: Bool[Array, "N L E"], aggregation: Aggregation = "max") -> Float[Array, ""]:
-    """Expected per-token latency J(x) of the MoE part (scalar; batched: [batch]).
+def _objective(inst: Instance, placement: Bool[Array, "N L E"], aggregation: Aggregation = "max") -> Float[Array, ""]:
+    d = expert_latency.__wrapped__(inst, placement)
+    return objective_from_d(inst, d, aggregation)
+
+
+def objective(
+    inst: Instance,
+    placement: Bool[Array, "N L E"],
+    aggregation: Aggregation = "max",
+    *,
+    load: bool = False,
+    max_utilization: float = 0.95,
+) -> Float[Array, ""]:
+    """The objective J(x): expected per-token latency of the MoE part (scalar; batched: [batch]).
 
     Args:
       inst: an :class:`~slimjax.Instance` or a batch of them.
       placement: bool (or 0/1) [N, L, E], or [batch, N, L, E] for a batch.
       aggregation: "max" (experts run in parallel) or "sum" (one after another).
+      load: J_load instead of J: node latencies with the M/M/1 waiting time of their
+        utilisation (needs the instance's ``service`` and ``rate`` fields; see
+        :func:`slimjax.load.loaded_objective`); ``inf`` when a node reaches ``max_utilization``.
+      max_utilization: with ``load=True``, the utilisation from which a placement is load-infeasible.
 
     Examples:
-      >>> import jax.numpy as jnp, slimjax
-      >>> inst = slimjax.generate.instances(jax.random.key(0), 4)   # doctest: +SKIP
-      >>> slimjax.latency(inst, jnp.zeros((4,) + inst.latency.shape[-3:], bool))  # doctest: +SKIP
+      >>> import jax, jax.numpy as jnp, slimjax
+      >>> batch = slimjax.generate.instances(jax.random.key(0), 4, model="mixtral_8x7b")
+      >>> J = slimjax.objective(batch, jnp.zeros((4,) + batch.latency.shape[-3:], bool))
+      >>> J.shape
+      (4,)
     """
-    d = expert_latency.__wrapped__(inst, placement)
-    return objective_from_d(inst, d, aggregation)
+    if load:
+        if not isinstance(inst, Instance) or not inst.has_load:
+            raise ValueError("load: load=True needs an instance with a load model (fields service and rate); "
+                             "generate one with network={'load': 0.3} or pass service=... and rate=...")
+        from slimjax.load import loaded_objective
+
+        return loaded_objective(inst, placement, max_utilization=max_utilization, aggregation=aggregation)
+    return _objective(inst, placement, aggregation)
 
 
 def total_latency(inst: Instance, placement, aggregation: Aggregation = "max"):
     """J plus the traffic-weighted non-expert ``base`` latency (what a user sees per token)."""
-    return latency(inst, placement, aggregation) + (inst.traffic * inst.base).sum(-1)
+    return objective(inst, placement, aggregation) + (inst.traffic * inst.base).sum(-1)
 
 
 @_batched
@@ -131,14 +156,35 @@ def storage_used(inst: Instance, placement: Bool[Array, "N L E"]) -> Float[Array
     return jnp.einsum("nle,le->n", jnp.asarray(placement).astype(inst.size.dtype), inst.size)
 
 
-def _check_placement(inst: Instance, placement) -> None:
+def check_placement(inst: Instance, placement) -> Array:
+    """``placement`` as a bool array after checking its shape and dtype (host-side when concrete).
+
+    Accepts bool, or integers that are all 0 or 1; refuses other dtypes (fractional cache
+    probabilities go to :func:`multilinear`). Shape [N, L, E], or [batch, N, L, E] for a batch.
+
+    Raises:
+      ValueError: naming ``placement``, the expected shape or the dtype rule.
+    """
+    want = tuple(inst.latency.shape[:-4]) + tuple(inst.latency.shape[-3:])
     shp = tuple(jnp.shape(placement))
-    want = tuple(inst.latency.shape[-3:])
     if shp != want:
-        raise ValueError(f"placement: expected shape [N, L, E] = {want}, got {shp}")
+        lead = "[batch, N, L, E]" if inst.latency.ndim > 4 else "[N, L, E]"
+        raise ValueError(f"placement: expected shape {lead} = {list(want)}, got {list(shp)}")
+    dtype = np.dtype(placement.dtype if hasattr(placement, "dtype") else np.asarray(placement).dtype)
+    if dtype == np.bool_:
+        return jnp.asarray(placement)
+    if np.issubdtype(dtype, np.integer):
+        if not isinstance(placement, jax.core.Tracer):
+            vals = np.asarray(placement)
+            if ((vals != 0) & (vals != 1)).any():
+                raise ValueError(f"placement: integer placements must hold only 0 and 1, got {vals[(vals != 0) & (vals != 1)][0]}")
+        return jnp.asarray(placement).astype(bool)
+    raise ValueError(
+        f"placement: must be bool (or 0/1 integers), got dtype {dtype}; for cache probabilities use slimjax.multilinear"
+    )
 
 
-# -- the multilinear extension (DESIGN §4.6) -------------------------------------------------
+# -- the multilinear extension ---------------------------------------------------------------
 #
 # For independent Bernoulli placements x ~ p, the latency of expert (l, e) for user u is the min
 # over the nodes that cache it and the fallback. With the node values clipped to the fallback

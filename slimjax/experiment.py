@@ -1,4 +1,4 @@
-"""The experiment app (DESIGN §7): a pure ``run(cfg) -> dict`` behind the ``slimjax`` command.
+"""The experiment app: a pure ``run(cfg) -> dict`` behind the ``slimjax`` command.
 
 ``run`` takes a composed Hydra config (``conf/config.yaml``), generates a batch of instances,
 solves it with every method in ``cfg.solvers`` (:func:`slimjax.solve_batch`), evaluates them and
@@ -18,6 +18,7 @@ writes to the run directory:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -193,7 +194,7 @@ def make_batch(cfg: DictConfig, key) -> tuple[Any, dict]:
 
 
 def _trace_batch(key, B: int, model: dict, network: dict, routing: dict) -> tuple[Any, dict]:
-    """Instances whose patterns come from the training part of a real trace (DESIGN §5.4).
+    """Instances whose patterns come from the training part of a real trace.
 
     Every instance has the same patterns (the trace's) and its own sampled network; the held-out
     tokens are returned for replay.
@@ -230,33 +231,44 @@ def _trace_batch(key, B: int, model: dict, network: dict, routing: dict) -> tupl
 # solving
 
 
-def solver_options(cfg: DictConfig, method: str) -> dict:
-    """Options for ``method`` (``"X"`` or ``"X+polish"``): ``solve_options`` + ``solver.X`` (+ polish)."""
-    from slimjax.solvers._registry import COMMON_OPTIONS, get_method
-    parts = method.split("+")
-    base = parts[0]
-    table = _plain(OmegaConf.select(cfg, "solver")) or {}
+#: keys of ``solve_options`` that are keyword arguments of ``solve_batch`` (not solver options)
+EXECUTION_KEYS = ("aggregation", "capacity_unit", "chunk_size", "memory_budget_mb", "progress", "merge_patterns")
+
+
+def execution_options(cfg: DictConfig) -> dict:
+    """``solve_options`` (the problem-level and execution keywords of ``solve_batch``)."""
     opts = dict(_plain(cfg.get("solve_options")) or {})
-    opts.update(table.get(base) or {})
-    if "polish" in parts[1:]:
-        valid = set(COMMON_OPTIONS) | set(get_method(base).defaults)
-        for k, v in (table.get("polish") or {}).items():
-            if k not in valid:
-                opts[f"polish_{k}"] = v
+    unknown = set(opts) - set(EXECUTION_KEYS)
+    if unknown:
+        raise ValueError(f"solve_options: unknown key(s) {sorted(unknown)}; valid keys are {list(EXECUTION_KEYS)}")
     return opts
 
 
-def _solve_all(cfg: DictConfig, batch, key, console) -> dict:
-    """``{method: Solution}`` for every method in ``cfg.solvers`` (progress on the console)."""
+def make_solver(cfg: DictConfig, name: str):
+    """The solver object of ``name`` (a name from ``slimjax.methods()`` or ``"A+B"``) with the
+    options of ``solver.<name>`` (for ``"A+B"``: ``solver.A`` for stage A, ``solver.B`` for B)."""
+    from slimjax.solvers import as_solver, chain
+
+    table = _plain(OmegaConf.select(cfg, "solver")) or {}
+    parts = str(name).split("+")
+    if len(parts) == 1:
+        return as_solver(name, **(table.get(name) or {}))
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"solvers: {name!r} names a stage twice")
+    return chain(*(as_solver(p, **(table.get(p) or {})) for p in parts))
+
+
+def _solve_all(cfg: DictConfig, batch, key, console) -> tuple[dict, dict]:
+    """``({name: Solution}, {name: solver object})`` for every name in ``cfg.solvers``."""
     import slimjax
 
-    names = list(cfg.solvers)
+    names = [str(n) for n in cfg.solvers]
     if not names:
-        raise ValueError("solvers: the list is empty; name at least one method (slimjax.methods())")
+        raise ValueError("solvers: the list is empty; name at least one solver (slimjax.methods())")
     if len(set(names)) != len(names):
         raise ValueError(f"solvers: duplicate names in {names}")
-    for n in names:  # fail before any work for a typo
-        slimjax.solvers.registry._parse(n, solver_options(cfg, n))
+    objs = {n: make_solver(cfg, n) for n in names}  # fails before any work for a typo
+    exe = execution_options(cfg)
     sols = {}
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -273,23 +285,20 @@ def _solve_all(cfg: DictConfig, batch, key, console) -> dict:
         task = prog.add_task("solving", total=len(names))
         for n in names:
             prog.update(task, description=f"solving with {n}")
-            opts = solver_options(cfg, n)
-            if cfg.get("warmup", False):
-                slimjax.solve_batch(batch, n, key=key, **opts)
-            t0 = time.perf_counter()
-            sol = slimjax.solve_batch(batch, n, key=key, **opts)
-            log.info(
-                "%s: mean J %.6g, %.3f s for %d instances",
-                n,
-                float(np.mean(sol.latency)),
-                time.perf_counter() - t0,
-                len(sol.latency),
-            )
+            sol = slimjax.solve_batch(batch, objs[n], key=key, throw=False, **exe)
+            sol = dataclasses.replace(sol, solver=n)
+            failed = int((~sol.ok).sum())
+            if failed:  # one failed instance must not cost the other rows of a sweep
+                log.warning("%s: %d of %d instances failed (status 'failed', J = NaN in the results)", n, failed,
+                            len(sol.objective))
+                console.print(f"{n}: {failed} of {len(sol.objective)} instances failed (status 'failed', J = NaN)")
+            log.info("%s: mean J %.6g, %.3f s solve + %.2f s compile for %d instances", n,
+                     float(np.nanmean(sol.objective)), sol.seconds, sol.compile_seconds, len(sol.objective))
             if not console.is_terminal:
-                console.print(f"solved with {n}: {sol.seconds:.2f} s")
+                console.print(f"solved with {n}: {sol.seconds:.2f} s (+ {sol.compile_seconds:.2f} s compile)")
             sols[n] = sol
             prog.advance(task)
-    return sols
+    return sols, objs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,46 +358,84 @@ def _scalar_info(info: dict, B: int) -> dict:
     return out
 
 
-def evaluate(cfg: DictConfig, batch, sols: dict, extra: dict) -> tuple[pd.DataFrame, dict]:
-    """Rows (instance x solver) and per-token latencies (for the CDF) of solved methods."""
+def reference(batch, sols: dict, objs: dict) -> dict:
+    """Per instance: the proven optimum (NaN where none), the best lower bound, the reference's status.
+
+    A solver's J counts as the optimum only where its status is ``OPTIMAL`` and it is exact by
+    construction (``Solver.exact``: brute force, or HiGHS when it proved optimality); a time-limited
+    MILP is never the optimum. Lower bounds: every exact solver's ``info["bound"]`` (HiGHS's dual
+    bound; brute force's optimum) and every proven optimum.
+    """
+    from slimjax.solvers import Status
+
+    B = batch.batch_shape[0]
+    opt = np.full(B, np.nan)
+    lb = np.full(B, -np.inf)
+    status = np.full(B, "none", dtype=object)
+    for name, sol in sols.items():
+        if not getattr(objs.get(name), "exact", False):
+            continue
+        st = np.asarray(sol.status)
+        proven = (st == Status.OPTIMAL) & np.isfinite(sol.objective)
+        opt = np.where(np.isnan(opt) & proven, np.asarray(sol.objective, np.float64), opt)
+        bound = np.asarray(sol.info.get("bound", np.full(B, -np.inf)), np.float64)
+        lb = np.fmax(lb, np.where(np.isfinite(bound), bound, -np.inf))
+        lb = np.where(proven, np.fmax(lb, np.asarray(sol.objective, np.float64)), lb)
+        fresh = status == "none"
+        status = np.where(fresh, np.asarray(sol.status_names, dtype=object), status)
+    return {"J_opt": opt, "lower_bound": np.where(np.isfinite(lb), lb, np.nan), "ref_status": status.astype(str)}
+
+
+def evaluate(cfg: DictConfig, batch, sols: dict, extra: dict, objs: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """Rows (instance x solver) and per-token latencies (for the CDF) of solved methods.
+
+    ``gap_opt``/``gain_frac_opt`` are filled only against a proven optimum (else NaN);
+    ``gap_lb`` = J / best lower bound − 1 is a certified gap wherever a bound exists.
+    """
     import jax.numpy as jnp
 
     import slimjax
+    from slimjax.solvers import as_solver
 
+    objs = objs or {n: as_solver(n) for n in sols}
     B = batch.batch_shape[0]
     agg = OmegaConf.select(cfg, "solve_options.aggregation") or "max"
     empty = jnp.zeros(batch.latency.shape[:1] + batch.latency.shape[2:], bool)  # [B, N, L, E]
-    j_empty = np.asarray(slimjax.latency(batch, empty, agg), np.float64)
-    Js = np.stack([np.asarray(s.latency, np.float64) for s in sols.values()])  # [S, B]
-    j_best = Js.min(0)
-    j_opt = None
-    if "milp" in sols:
-        j_opt = np.asarray(sols["milp"].latency, np.float64)
+    j_empty = np.asarray(slimjax.objective(batch, empty, agg), np.float64)
+    Js = np.stack([np.asarray(s.objective, np.float64) for s in sols.values()])  # [S, B]
+    j_best = np.nanmin(Js, 0)
+    ref = reference(batch, sols, objs)
+    has_ref = any(getattr(o, "exact", False) for o in objs.values())
     capacity = np.asarray(batch.capacity, np.float64).sum(-1)
     base = config_columns(cfg, batch.shape)
     frames = []
     token_lat: dict[str, np.ndarray] = {}
     tokens = extra.get("tokens")
     for name, sol in sols.items():
-        J = np.asarray(sol.latency, np.float64)
+        J = np.asarray(sol.objective, np.float64)
         used = np.asarray(sol.used, np.float64).sum(-1)
         d = {
             "solver": name,
             "instance": np.arange(B),
             "J": J,
             "total": np.asarray(sol.total, np.float64),
+            "status": np.asarray(sol.status_names).astype(str),
             "J_empty": j_empty,
             "used": used,
             "used_frac": np.where(capacity > 0, used / np.maximum(capacity, 1e-300), 0.0),
             "cached": np.asarray(sol.placement).reshape(B, -1).sum(-1),
             "seconds": np.full(B, sol.seconds / B),
             "batch_seconds": np.full(B, sol.seconds),
+            "compile_seconds": np.full(B, sol.compile_seconds),
             "gap_best": J / np.maximum(j_best, 1e-300) - 1.0,
             "gain_frac_best": _gain_frac(j_empty, J, j_best),
         }
-        if j_opt is not None:
-            d["gap_opt"] = J / np.maximum(j_opt, 1e-300) - 1.0
-            d["gain_frac_opt"] = _gain_frac(j_empty, J, j_opt)
+        if has_ref:
+            d["gap_opt"] = J / np.maximum(ref["J_opt"], 1e-300) - 1.0  # NaN without a proven optimum
+            d["gain_frac_opt"] = np.where(np.isfinite(ref["J_opt"]), _gain_frac(j_empty, J, ref["J_opt"]), np.nan)
+            lbv = ref["lower_bound"]
+            d["gap_lb"] = np.where(lbv > 0, J / np.where(lbv > 0, lbv, 1.0) - 1.0, np.nan)
+            d["ref_status"] = ref["ref_status"]
         if tokens is not None:
             stats, lat0 = _replay(batch, sol.placement, tokens, agg)
             d.update(stats)
@@ -411,31 +458,31 @@ def _gain_frac(j_empty, J, j_ref):
 
 
 def _replay(batch, placement, tokens, agg) -> tuple[dict, np.ndarray]:
-    """p50/p95/p99 of held-out tokens for every instance; the token latencies of instance 0."""
-    import slimjax
+    """p50/p95/p99 and mean of held-out tokens for every instance; the token latencies of instance 0."""
+    from slimjax._replay import replay, replay_stats
 
-    B = batch.batch_shape[0]
-    p = {"p50": np.zeros(B), "p95": np.zeros(B), "p99": np.zeros(B), "replay_mean": np.zeros(B)}
-    lat0 = None
-    for i in range(B):
-        lat = np.asarray(slimjax.replay(batch[i], placement[i], tokens, aggregation=agg), np.float64)
-        st = slimjax.replay_stats(lat)
-        p["p50"][i], p["p95"][i], p["p99"][i], p["replay_mean"][i] = st["p50"], st["p95"], st["p99"], st["mean"]
-        if i == 0:
-            lat0 = lat
+    st = replay_stats(batch, placement, tokens, aggregation=agg)  # batched, chunked to a memory budget
+    p = {"p50": st["p50"], "p95": st["p95"], "p99": st["p99"], "replay_mean": st["mean"]}
+    lat0 = np.asarray(replay(batch[0], placement[0], tokens, aggregation=agg), np.float64)  # the CDF figure
     return p, lat0
 
 
 def summarize(df: pd.DataFrame, by: Iterable[str] = ("solver",)) -> pd.DataFrame:
     """Mean and 95% interval of J per group, relative to the best group (by mean J).
 
-    Columns: n, J_mean, J_ci95 (half width, normal approximation), J_rel (mean J / best mean J),
-    gap_best (mean), gap_opt (mean, when milp ran), ms_per_instance, p95 (traces).
+    Columns: n, J_mean, J_ci95 (half width of Student's t interval over the instances, which are
+    independent draws), J_rel (mean J / best mean J), gap_best (mean), gap_opt and gain_frac_opt
+    (means over the ``n_opt`` instances with a proven optimum), gap_lb (mean certified gap to the
+    best lower bound), ms_per_instance (solve time without compilation), compile_s (compilation
+    of the call), p95 (traces).
     """
+    from scipy import stats
+
     by = list(by)
     g = df.groupby(by, sort=False)
     out = g["J"].agg(n="count", J_mean="mean", J_std="std").reset_index()
-    out["J_ci95"] = 1.96 * out["J_std"].fillna(0.0) / np.sqrt(out["n"].clip(lower=1))
+    tq = np.where(out["n"] > 1, stats.t.ppf(0.975, np.maximum(out["n"] - 1, 1)), np.nan)
+    out["J_ci95"] = tq * out["J_std"] / np.sqrt(out["n"].clip(lower=1))
     out = out.drop(columns="J_std")
     rest = [b for b in by if b != "solver"]
     if rest:
@@ -443,14 +490,13 @@ def summarize(df: pd.DataFrame, by: Iterable[str] = ("solver",)) -> pd.DataFrame
     else:
         best = out["J_mean"].min()
     out["J_rel"] = out["J_mean"] / best
-    means = g.agg(
-        **{
-            c: (c, "mean")
-            for c in ("gap_best", "gain_frac_best", "gap_opt", "gain_frac_opt", "p95", "seconds")
-            if c in df
-        }
-    )
-    out = out.merge(means.reset_index(), on=by)
+    cols = {c: (c, "mean") for c in ("gap_best", "gain_frac_best", "gap_opt", "gain_frac_opt", "gap_lb", "p95", "seconds")
+            if c in df}
+    if "gap_opt" in df:
+        cols["n_opt"] = ("gap_opt", "count")
+    if "compile_seconds" in df:
+        cols["compile_s"] = ("compile_seconds", "mean")
+    out = out.merge(g.agg(**cols).reset_index(), on=by)
     if "seconds" in out:
         out["ms_per_instance"] = 1e3 * out.pop("seconds")
     return out
@@ -463,9 +509,12 @@ _DISPLAY = {  # summary column -> (header, format)
     "J_rel": ("vs best", "{:.4f}"),
     "gap_best": ("gap best", "{:.2%}"),
     "gap_opt": ("gap opt", "{:.2%}"),
+    "n_opt": ("n opt", "{:d}"),
     "gain_frac_opt": ("gain/opt", "{:.4f}"),
+    "gap_lb": ("gap lb", "{:.2%}"),
     "p95": ("p95", "{:.4g}"),
     "ms_per_instance": ("ms/inst", "{:.3g}"),
+    "compile_s": ("compile s", "{:.3g}"),
 }
 
 
@@ -476,17 +525,32 @@ def _summary_cells(row, keys, vals) -> list[str]:
     for c in vals:
         v = row[c]
         try:
-            cells.append(_DISPLAY[c][1].format(int(v) if c == "n" else float(v)))
+            if c not in ("n", "n_opt") and not np.isfinite(float(v)):
+                cells.append("–")  # nothing to show (e.g. no proven optimum)
+            else:
+                cells.append(_DISPLAY[c][1].format(int(v) if c in ("n", "n_opt") else float(v)))
         except (TypeError, ValueError):
             cells.append(str(v))
     return cells
+
+def summary_caption(summary: pd.DataFrame) -> str:
+    """What the summary's gap and time columns mean (printed under the table, and in markdown)."""
+    notes = []
+    if "gap_opt" in summary:
+        notes.append("gap opt = J / proven optimum - 1, over the 'n opt' instances with one")
+    if "gap_lb" in summary:
+        notes.append("gap lb = J / best lower bound - 1 (certified)")
+    if "ms_per_instance" in summary:
+        notes.append("ms/inst = solve time without compilation; compile s = compilation of the call")
+    return "; ".join(notes)
+
 
 def print_summary(summary: pd.DataFrame, title: str, console=None) -> None:
     """A rich table of :func:`summarize`'s output (the best row per group in bold green)."""
     from rich.table import Table
 
     console = console or make_console()
-    t = Table(title=title, title_justify="left")
+    t = Table(title=title, title_justify="left", caption=summary_caption(summary), caption_justify="left")
     keys = [c for c in summary.columns if c not in _DISPLAY and c not in ("gain_frac_best",)]
     vals = [c for c in _DISPLAY if c in summary.columns]
     for c in keys:
@@ -546,8 +610,8 @@ def run(cfg: DictConfig) -> dict:
             batch.shape,
             time.perf_counter() - t0,
         )
-        sols = _solve_all(cfg, batch, k_solve, console)
-        df, token_lat = evaluate(cfg, batch, sols, extra)
+        sols, objs = _solve_all(cfg, batch, k_solve, console)
+        df, token_lat = evaluate(cfg, batch, sols, extra, objs)
         summary = summarize(df)
         resolved = OmegaConf.to_yaml(cfg, resolve=True)
         _atomic_write_bytes(out / "config.yaml", resolved.encode())
@@ -622,6 +686,10 @@ def varying_columns(df: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
         "cached",
         "seconds",
         "batch_seconds",
+        "compile_seconds",
+        "status",
+        "ref_status",
+        "gap_lb",
         "gap_best",
         "gap_opt",
         "gain_frac_best",
@@ -714,7 +782,8 @@ def markdown_table(summary: pd.DataFrame) -> str:
     for _, row in summary.iterrows():
         cells = _summary_cells(row, keys, vals)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    caption = summary_caption(summary)
+    return "\n".join(lines) + "\n" + (f"\n{caption}.\n" if caption else "")
 
 
 def _safe(s: str) -> str:
@@ -733,22 +802,36 @@ class CollectCallback(Callback):
             log.warning("collect after multirun: %s", e)
 
 
-def write_solver_configs(directory: Path | str | None = None, names: Iterable[str] | None = None) -> list[Path]:
-    """(Re)write ``conf/solver/<method>.yaml`` from the registry's defaults (maintenance helper).
+def solver_config(name: str) -> dict:
+    """``{option: default}`` of a named solver as it appears in ``conf/solver/<name>.yaml``
+    (for a chain: every stage's options; an option applies to each stage that has it)."""
+    from slimjax.solvers import methods
 
-    ``python -c "import slimjax.experiment as e; e.write_solver_configs()"`` after a method's
-    options change; ``tests/test_config.py`` checks that the files match the registry.
+    obj = methods()[name]
+    out: dict = {}
+    for stage in obj.stages():
+        for k, v in stage.options().items():
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def write_solver_configs(directory: Path | str | None = None, names: Iterable[str] | None = None) -> list[Path]:
+    """(Re)write ``conf/solver/<name>.yaml`` from the solver objects' defaults (maintenance helper).
+
+    ``python -c "import slimjax.experiment as e; e.write_solver_configs()"`` after a solver's
+    options change; ``tests/test_config.py`` checks that the files match the objects.
     """
-    from slimjax.solvers._registry import get_method, methods
+    from slimjax.solvers import methods
+
     directory = Path(directory) if directory else Path(__file__).with_name("conf") / "solver"
     written = []
     for name in names or methods():
-        m = get_method(name)
-        body = OmegaConf.to_yaml({name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in m.defaults.items()}})
+        obj = methods()[name]
+        body = OmegaConf.to_yaml({name: solver_config(name)})
         head = (
-            f"# Options of method '{name}': {m.description}\n"
-            f"# (the registry's defaults; override with solver.{name}.<option>=..., see slimjax.methods()).\n"
-            f"# Common options (aggregation, capacity_unit, chunk_size, ...) are in solve_options.\n"
+            f"# Options of solver '{name}' = {obj!r}\n"
+            f"# Override with solver.{name}.<option>=... (help(slimjax.solvers.{type(obj.stages()[0]).__name__}) explains each).\n"
+            "# Problem-level and execution options (aggregation, capacity_unit, chunk_size, ...) are in solve_options.\n"
         )
         p = directory / f"{name}.yaml"
         p.write_text(head + body)

@@ -56,3 +56,22 @@ def random_placement(inst: slimjax.Instance, seed: int = 0, p: float = 0.4) -> n
     """A random (not necessarily feasible) placement [N, L, E] (batched: [B, N, L, E])."""
     rng = np.random.default_rng(seed)
     return rng.random(tuple(inst.latency.shape[:-4]) + tuple(inst.latency.shape[-3:])) < p
+
+
+def assert_same_solutions(batch, xa, xb, Ja, Jb, rtol: float = 1e-5, aggregation: str = "max") -> None:
+    """What two *different compiled programs* (another batch size, chunk size or device count)
+    guarantee for the same instances, keys and options: the same J up to float32 rounding, and the
+    same placement except among placements of equal J (a near-tie can be broken either way when
+    float rounding differs). Each differing placement is checked in float64 to have the same J.
+
+    ``batch``: a batched Instance [B]; ``xa``, ``xb``: placements [B, N, L, E]; ``Ja``, ``Jb``: [B].
+    """
+    from tests.reference import latency_ref
+
+    np.testing.assert_allclose(np.asarray(Ja, np.float64), np.asarray(Jb, np.float64), rtol=rtol)
+    xa, xb = np.asarray(xa), np.asarray(xb)
+    for i in range(xa.shape[0]):
+        if not np.array_equal(xa[i], xb[i]):
+            inst = batch[i]
+            ja, jb = latency_ref(inst, xa[i], aggregation), latency_ref(inst, xb[i], aggregation)
+            assert abs(ja - jb) <= rtol * max(abs(ja), 1e-12), (i, ja, jb)

@@ -28,10 +28,7 @@ PREFERRED = ["greedy", "popularity", "random", "layer-uniform", "successive", "p
 
 
 def solvers(n=2) -> str:
-    have = [m for m in PREFERRED if m in slimjax.methods()]
-    if not have:
-        pytest.skip("no cheap solver registered yet")
-    return "solvers=[" + ",".join(have[:n]) + "]"
+    return "solvers=[" + ",".join(PREFERRED[:n]) + "]"
 
 
 @pytest.fixture(scope="module")

@@ -134,29 +134,24 @@ def test_network_and_routing_configs_are_valid_generator_configs():
     assert set(r) == {f.name for f in dataclasses.fields(RoutingConfig)}
 
 
-def test_solver_files_match_the_registry():
+def test_solver_files_match_the_solver_objects():
     import slimjax
-    from slimjax.solvers._registry import COMMON_OPTIONS, get_method
+    from slimjax.experiment import EXECUTION_KEYS, make_solver, solver_config
+
     cfg = make()
-    registered = set(slimjax.methods())
+    named = set(slimjax.methods())
     files = set(options("solver"))
-    missing = registered - files
-    assert not missing, f"registered methods without conf/solver/<name>.yaml: {sorted(missing)}"
-    for name in sorted(files & registered):
-        m = get_method(name)
+    missing = named - files
+    assert not missing, f"named solvers without conf/solver/<name>.yaml: {sorted(missing)}"
+    for name in sorted(files & named):
         opts = OmegaConf.to_container(cfg.solver[name])
-        unknown = set(opts) - set(m.defaults) - set(COMMON_OPTIONS)
-        assert not unknown, f"conf/solver/{name}.yaml: options {sorted(unknown)} are not options of {name}"
-        for k, v in opts.items():
-            if k in m.defaults:
-                dv = m.defaults[k]
-                dv = list(dv) if isinstance(dv, tuple) else dv
-                assert v == dv, (
-                    f"conf/solver/{name}.yaml: {k}={v!r} differs from the registry default {dv!r}; regenerate with "
-                    "python -c 'import slimjax.experiment as e; e.write_solver_configs()'"
-                )
+        assert opts == solver_config(name), (
+            f"conf/solver/{name}.yaml differs from the defaults of {slimjax.methods()[name]!r}; regenerate with "
+            "python -c 'import slimjax.experiment as e; e.write_solver_configs()'"
+        )
+        assert make_solver(cfg, name) == slimjax.methods()[name]  # the file builds exactly the named solver
     common = OmegaConf.to_container(cfg.solve_options)
-    assert set(common) == set(COMMON_OPTIONS)
+    assert set(common) == set(EXECUTION_KEYS)
 
 
 @pytest.mark.parametrize(

@@ -134,13 +134,13 @@ def test_objective_extremes_follow_the_latency_model(default_batch):
     fb = np.asarray(b.fallback)[:, 0, 0, 0]
     dev = np.asarray(b.latency)[:, 0, 0, 0, 0]
     none = np.zeros((8, 5, 32, 8), bool)
-    np.testing.assert_allclose(np.asarray(slimjax.latency(b, none)), L * fb, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(slimjax.objective(b, none)), L * fb, rtol=1e-5)
     on_device = none.copy()
     on_device[:, 0] = True
-    np.testing.assert_allclose(np.asarray(slimjax.latency(b, on_device)), L * dev, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(slimjax.objective(b, on_device)), L * dev, rtol=1e-5)
     everywhere = np.ones_like(none)
     best = np.asarray(b.latency)[:, 0, :, 0, 0].min(-1)
-    np.testing.assert_allclose(np.asarray(slimjax.latency(b, everywhere)), L * best, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(slimjax.objective(b, everywhere)), L * best, rtol=1e-5)
 
 
 # -- the latency model against hand formulas -------------------------------------------------------

@@ -29,14 +29,14 @@ def test_k1_ratio_vs_brute_force(U):
     insts = [random_instance(1000 * U + s, U=U, N=2, L=2, E=3, M=4, K=1) for s in range(12)]
     # integer sizes: a unit of 1 makes the storage grid exact (the default unit, the smallest
     # expert size, rounds sizes like 3 on a unit of 2 up and would lose feasible placements)
-    sol = slimjax.solve_batch(slimjax.stack(insts), method="greedy", capacity_unit=1.0)
-    sol0 = slimjax.solve_batch(slimjax.stack(insts), method="greedy", capacity_unit=1.0, p=0)
+    sol = slimjax.solve_batch(slimjax.stack(insts), solver="greedy", capacity_unit=1.0)
+    sol0 = slimjax.solve_batch(slimjax.stack(insts), solver="greedy", capacity_unit=1.0, p=0)
     ratios, ratios0 = [], []
     for i, inst in enumerate(insts):
         assert feasible_ref(inst, sol.placement[i])
         Jopt, _ = brute_force_ref(inst)
-        ratios.append(_gain_ratio(inst, float(sol.latency[i]), Jopt))
-        ratios0.append(_gain_ratio(inst, float(sol0.latency[i]), Jopt))
+        ratios.append(_gain_ratio(inst, float(sol.objective[i]), Jopt))
+        ratios0.append(_gain_ratio(inst, float(sol0.objective[i]), Jopt))
     assert min(ratios) >= BOUND, ratios
     assert min(ratios0) >= BOUND, ratios0
     assert all(r >= r0 - 1e-6 for r, r0 in zip(ratios, ratios0))  # enumeration never hurts
@@ -56,19 +56,19 @@ def test_k1_single_node_closed_form():
     gain = (w[0] * (fb[0] - lat[0, 0])).ravel()
     top = np.argsort(-gain)[:c]
     J_closed = (w[0] * fb[0]).sum() - gain[top].sum()
-    sol = slimjax.solve(inst, method="greedy")
-    np.testing.assert_allclose(sol.latency, J_closed, rtol=1e-5)
+    sol = slimjax.solve(inst, solver="greedy")
+    np.testing.assert_allclose(sol.objective, J_closed, rtol=1e-5)
     assert sol.placement.sum() == c
 
 
 def test_capacity_zero_and_full():
     inst = random_instance(3, U=2, N=3, L=2, E=3, M=4, K=2, capacity=(0, 0))
-    sol = slimjax.solve(inst, method="greedy")
+    sol = slimjax.solve(inst, solver="greedy")
     assert not sol.placement.any()
     # capacity for everything: every expert reaches its fastest reachable latency
     v = {f: np.asarray(getattr(inst, f)) for f in ("latency", "fallback", "size", "patterns", "weight", "traffic")}
     full = slimjax.Instance(capacity=np.full(3, 1e3), **v)
-    sol = slimjax.solve(full, method="greedy")
+    sol = slimjax.solve(full, solver="greedy")
     d_best = np.minimum(v["fallback"], v["latency"].min(axis=1))
     d_sol = np.asarray(slimjax.expert_latency(full, sol.placement))
     np.testing.assert_allclose(d_sol, d_best, rtol=1e-6)
@@ -77,11 +77,11 @@ def test_capacity_zero_and_full():
 @pytest.mark.parametrize(("K", "agg"), [(1, "max"), (3, "max"), (2, "sum")])
 def test_feasible_and_not_worse_than_empty(K, agg):
     insts = [random_instance(40 + s, U=2, N=3, L=2, E=4, M=5, K=K, capacity=(0, K + 2)) for s in range(4)]
-    sol = slimjax.solve_batch(slimjax.stack(insts), method="greedy", aggregation=agg)
+    sol = slimjax.solve_batch(slimjax.stack(insts), solver="greedy", aggregation=agg)
     for i, inst in enumerate(insts):
         assert feasible_ref(inst, sol.placement[i])
         J = latency_ref(inst, sol.placement[i], agg)
-        np.testing.assert_allclose(sol.latency[i], J, rtol=1e-5)
+        np.testing.assert_allclose(sol.objective[i], J, rtol=1e-5)
         assert J <= latency_ref(inst, np.zeros_like(sol.placement[i]), agg) + 1e-6
 
 
@@ -91,9 +91,9 @@ def test_k2_coactivated_pair_found():
     fb = np.full((1, 1, 3), 10.0)
     pats = np.array([[[[0, 1]]]])
     inst = slimjax.Instance(lat, fb, np.ones((1, 3)), np.array([2.0]), pats, np.ones((1, 1, 1)))
-    sol = slimjax.solve(inst, method="greedy")
+    sol = slimjax.solve(inst, solver="greedy")
     assert sol.placement[0, 0, :2].all()
-    np.testing.assert_allclose(sol.latency, 1.0)
+    np.testing.assert_allclose(sol.objective, 1.0)
 
 
 def test_enumeration_starts():

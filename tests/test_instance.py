@@ -181,7 +181,7 @@ def test_merge_patterns_keeps_J_and_shrinks():
     for s in range(3):
         x = random_placement(inst, s)
         for agg in ("max", "sum"):
-            np.testing.assert_allclose(float(slimjax.latency(merged, x, agg)), float(slimjax.latency(inst, x, agg)), rtol=1e-6)
+            np.testing.assert_allclose(float(slimjax.objective(merged, x, agg)), float(slimjax.objective(inst, x, agg)), rtol=1e-6)
     b = slimjax.stack([inst, inst])
     mb = merge_patterns(b)
     np.testing.assert_array_equal(np.array(mb.patterns[1]), np.array(merged.patterns))

@@ -68,7 +68,7 @@ def test_equals_latency_exactly_at_01_points(x64, aggregation):
         for q in (0.0, 0.3, 0.7, 1.0):
             x = rng.random(inst.latency.shape[1:]) < q
             ml = multilinear(inst, jnp.asarray(x, jnp.float64), aggregation)
-            J = slimjax.latency(inst, x, aggregation)
+            J = slimjax.objective(inst, x, aggregation)
             assert float(ml) == float(J), (seed, q, float(ml), float(J))
             assert abs(float(ml) - latency_ref(inst, x, aggregation)) <= 1e-12 * abs(float(J))
 
@@ -82,7 +82,7 @@ def test_batched_is_vmapped(x64):
         np.testing.assert_allclose(float(got[i]), float(multilinear(batch[i], p[i])), rtol=1e-14)
     x = np.asarray(p) < 0.5
     np.testing.assert_array_equal(
-        np.asarray(multilinear(batch, jnp.asarray(x, jnp.float64))), np.asarray(slimjax.latency(batch, x))
+        np.asarray(multilinear(batch, jnp.asarray(x, jnp.float64))), np.asarray(slimjax.objective(batch, x))
     )
 
 
@@ -116,7 +116,7 @@ def test_monte_carlo_float32():
     p = np.random.default_rng(7).random(inst.latency.shape[1:]).astype(np.float32)
     x = np.random.default_rng(8).random((20000,) + p.shape) < p
     batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (x.shape[0],) + a.shape), inst)
-    J = np.asarray(slimjax.latency(batch, jnp.asarray(x)), np.float64)
+    J = np.asarray(slimjax.objective(batch, jnp.asarray(x)), np.float64)
     ml = float(multilinear(inst, jnp.asarray(p)))
     assert abs(ml - J.mean()) < 4 * J.std() / np.sqrt(len(J)) + 1e-5 * abs(ml)
 
@@ -138,5 +138,5 @@ def test_k8_against_enumeration(x64, aggregation):
     bits = ((np.arange(2**16)[:, None] >> np.arange(16)) & 1).astype(bool).reshape((-1,) + shape)
     prob = np.prod(np.where(bits, p, 1.0 - p), axis=(1, 2, 3))
     batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(bits),) + a.shape), inst)
-    J = np.asarray(slimjax.latency(batch, jnp.asarray(bits), aggregation))
+    J = np.asarray(slimjax.objective(batch, jnp.asarray(bits), aggregation))
     np.testing.assert_allclose(float(multilinear(inst, jnp.asarray(p), aggregation)), (prob * J).sum(), rtol=1e-11)

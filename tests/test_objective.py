@@ -23,7 +23,7 @@ def test_latency_matches_reference(case, aggregation):
     for seed in range(4):
         inst = random_instance(seed, **case)
         x = random_placement(inst, seed)
-        J = float(slimjax.latency(inst, x, aggregation))
+        J = float(slimjax.objective(inst, x, aggregation))
         np.testing.assert_allclose(J, latency_ref(inst, x, aggregation), rtol=2e-6)
 
 
@@ -31,7 +31,7 @@ def test_float64_exact(x64):
     inst = random_instance(5, U=2, N=3, L=3, E=5, M=7, K=3, dtype=np.float64)
     for s in range(3):
         x = random_placement(inst, s)
-        J = slimjax.latency(inst, x)
+        J = slimjax.objective(inst, x)
         assert J.dtype == jnp.float64
         np.testing.assert_allclose(float(J), latency_ref(inst, x), rtol=1e-12)
 
@@ -52,12 +52,12 @@ def test_batched_equals_loop_and_jit():
     insts = [random_instance(s, U=2, N=3, L=2, E=5, M=4, K=2) for s in range(5)]
     b = slimjax.stack(insts)
     xs = np.stack([random_placement(i, s) for s, i in enumerate(insts)])
-    Jb = np.array(slimjax.latency(b, xs))
-    Jl = np.array([float(slimjax.latency(i, x)) for i, x in zip(insts, xs)])
+    Jb = np.array(slimjax.objective(b, xs))
+    Jl = np.array([float(slimjax.objective(i, x)) for i, x in zip(insts, xs)])
     np.testing.assert_allclose(Jb, Jl, rtol=1e-6)
-    Jj = np.array(jax.jit(slimjax.latency, static_argnames="aggregation")(b, jnp.asarray(xs)))
+    Jj = np.array(jax.jit(slimjax.objective, static_argnames="aggregation")(b, jnp.asarray(xs)))
     np.testing.assert_allclose(Jj, Jb, rtol=1e-6)
-    np.testing.assert_allclose(np.array(jax.vmap(slimjax.latency)(b, jnp.asarray(xs))), Jb, rtol=1e-6)
+    np.testing.assert_allclose(np.array(jax.vmap(slimjax.objective)(b, jnp.asarray(xs))), Jb, rtol=1e-6)
 
 
 def test_total_adds_base():
@@ -73,7 +73,7 @@ def test_layer_latency_sums_to_J_and_storage():
     x = random_placement(inst, 1)
     ll = np.array(slimjax.layer_latency(inst, x))
     assert ll.shape == (3,)
-    np.testing.assert_allclose(ll.sum(), float(slimjax.latency(inst, x)), rtol=1e-6)
+    np.testing.assert_allclose(ll.sum(), float(slimjax.objective(inst, x)), rtol=1e-6)
     used = np.array(slimjax.storage_used(inst, x))
     np.testing.assert_allclose(used, (np.array(inst.size)[None] * x).sum((1, 2)), rtol=1e-6)
 
@@ -81,12 +81,12 @@ def test_layer_latency_sums_to_J_and_storage():
 def test_monotone_and_grad():
     inst = random_instance(6, N=2, L=2, E=4)
     x = random_placement(inst, 2)
-    J = float(slimjax.latency(inst, x))
+    J = float(slimjax.objective(inst, x))
     for n, l, e in zip(*np.nonzero(~x)):
         y = x.copy()
         y[n, l, e] = True
-        assert float(slimjax.latency(inst, y)) <= J + 1e-6  # caching one more copy never hurts
-    g = jax.grad(lambda lat: slimjax.latency(inst.replace(latency=lat), x))(inst.latency)
+        assert float(slimjax.objective(inst, y)) <= J + 1e-6  # caching one more copy never hurts
+    g = jax.grad(lambda lat: slimjax.objective(inst.replace(latency=lat), x))(inst.latency)
     assert np.isfinite(np.array(g)).all()
 
 
@@ -95,12 +95,12 @@ def test_padding_patterns_do_not_count():
     x = random_placement(inst, 0)
     v = {f: np.array(getattr(inst, f)) for f in slimjax._instance.FIELDS}
     v["patterns"][..., 3:, :] = 1  # change what the zero-weight padding points at
-    np.testing.assert_allclose(float(slimjax.latency(slimjax.Instance(**v), x)), float(slimjax.latency(inst, x)), rtol=1e-7)
+    np.testing.assert_allclose(float(slimjax.objective(slimjax.Instance(**v), x)), float(slimjax.objective(inst, x)), rtol=1e-7)
 
 
 def test_bad_placement_shape():
     inst = random_instance(0)
     with pytest.raises(ValueError, match="placement"):
-        slimjax.latency(inst, np.zeros((9, 9, 9), bool))
+        slimjax.objective(inst, np.zeros((9, 9, 9), bool))
     with pytest.raises(ValueError, match="aggregation"):
-        slimjax.latency(inst, random_placement(inst), "mean")
+        slimjax.objective(inst, random_placement(inst), "mean")

@@ -5,24 +5,20 @@ Instances are grouped by shape so that each (shape, options) compiles once.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
 import slimjax
 from slimjax.solvers import _successive as succ
 from slimjax.ops._grid import bucket_units
-from slimjax.solvers._successive import successive_batch, successive_instance
-from tests.helpers import random_instance
+from slimjax.solvers._successive import successive_instance
+from tests.helpers import assert_same_solutions, random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
 from tests.reference_successive import successive_ref
 
-
-def _polish_available() -> bool:
-    try:
-        from slimjax.solvers._polish import polish_instance  # noqa: F401
-    except ImportError:
-        return False
-    return True
+#: successive-best without its polish stage
+BEST_NO_POLISH = slimjax.solvers.Successive(order="best-of", union_first="auto", revisit="auto", restarts="auto")
 
 
 def _empty(batch):
@@ -48,13 +44,13 @@ def test_matches_numpy_reference(cfg, x64):
     insts = [random_instance(s, U=2, N=3, L=2, E=4, M=5, K=2, dtype=np.float64) for s in range(5)]
     insts += [random_instance(10 + s, U=2, N=3, L=2, E=4, M=5, K=2, capacity=(1, 3), dtype=np.float64) for s in range(3)]
     batch = slimjax.stack(insts)
-    sol = slimjax.solve_batch(batch, "successive", polish=0, restarts=0, **cfg)
-    _g = slimjax.capacity_grid(batch)  # the grid the method uses
+    sol = slimjax.solve_batch(batch, "successive", restarts=0, **cfg)
+    _g = slimjax.ops.capacity_grid(batch)  # the grid the method uses
     su, cu, mu = _g.size_units, _g.capacity_units, _g.max_units
     for i, inst in enumerate(insts):
         x, info = successive_ref(inst, su[i], cu[i], **cfg)
         assert feasible_ref(inst, x)
-        assert sol.latency[i] == pytest.approx(latency_ref(inst, x), rel=1e-9, abs=1e-9)
+        assert sol.objective[i] == pytest.approx(latency_ref(inst, x), rel=1e-9, abs=1e-9)
         np.testing.assert_array_equal(sol.placement[i], x)
         if not cfg["revisit"]:
             np.testing.assert_allclose(sol.info["node_gain"][i], info["node_gain"], rtol=1e-9, atol=1e-9)
@@ -64,14 +60,14 @@ def test_matches_numpy_reference(cfg, x64):
 def test_matches_numpy_reference_sum_k3(x64):
     insts = [random_instance(30 + s, U=1, N=2, L=2, E=4, M=4, K=3, dtype=np.float64) for s in range(4)]
     batch = slimjax.stack(insts)
-    _g = slimjax.capacity_grid(batch)
+    _g = slimjax.ops.capacity_grid(batch)
     su, cu = _g.size_units, _g.capacity_units
     for agg in ("sum", "max"):
         cfg = dict(order="largest-first", oracle="exact", maxconv="dense", union_first="off")
-        sol = slimjax.solve_batch(batch, "successive", polish=0, aggregation=agg, **cfg)
+        sol = slimjax.solve_batch(batch, "successive", aggregation=agg, **cfg)
         for i, inst in enumerate(insts):
             x, _ = successive_ref(inst, su[i], cu[i], aggregation=agg, **cfg)
-            assert sol.latency[i] == pytest.approx(latency_ref(inst, x, agg), rel=1e-9, abs=1e-9)
+            assert sol.objective[i] == pytest.approx(latency_ref(inst, x, agg), rel=1e-9, abs=1e-9)
 
 
 # -- quality against brute force -------------------------------------------------------------------
@@ -99,32 +95,45 @@ def _ratios(groups, method, **opts):
         sol = slimjax.solve_batch(batch, method, **opts)
         for i, inst in enumerate(insts):
             assert feasible_ref(inst, sol.placement[i])
-            assert sol.latency[i] >= opt[i] - 1e-4 * max(1.0, abs(opt[i]))
-            ratios.append(_gain_ratio(inst, sol.latency[i], opt[i]))
+            assert sol.objective[i] >= opt[i] - 1e-4 * max(1.0, abs(opt[i]))
+            ratios.append(_gain_ratio(inst, sol.objective[i], opt[i]))
     return np.array(ratios)
 
 
+def test_plain_is_the_paper_method(x64):
+    """``successive`` (no options) and ``Successive()`` are the plain paper method: fastest-first,
+    exact oracle, dense DP, nothing else — equal to the independent NumPy implementation."""
+    from slimjax.solvers import Successive
+
+    insts = [random_instance(500 + s, U=2, N=3, L=2, E=4, M=5, K=2, dtype=np.float64) for s in range(4)]
+    batch = slimjax.stack(insts)
+    by_name = slimjax.solve_batch(batch, "successive")
+    by_object = slimjax.solve_batch(batch, Successive())
+    np.testing.assert_array_equal(by_name.placement, by_object.placement)  # same program: exact equality
+    g = slimjax.ops.capacity_grid(batch)
+    for i, inst in enumerate(insts):
+        x, _ = successive_ref(inst, g.size_units[i], g.capacity_units[i], order="fastest-first", oracle="exact",
+                              maxconv="dense", union_first="off", revisit=0)
+        np.testing.assert_array_equal(by_name.placement[i], x)
+
+
 def test_default_quality_vs_brute_force(tiny):
-    if not _polish_available():
-        pytest.skip("slimjax.solvers.polish.polish_instance not available yet (default uses polish)")
-    r = _ratios(tiny, "successive")
+    r = _ratios(tiny, "successive-best")
     assert np.median(r) >= 0.99, r
     assert np.percentile(r, 5) >= 0.95, r
 
 
 @pytest.mark.slow
 def test_best_of_without_polish_quality(tiny):
-    r = _ratios(tiny, "successive", polish=0)
+    r = _ratios(tiny, BEST_NO_POLISH)
     assert np.median(r) >= 0.97, r
     assert np.percentile(r, 5) >= 0.80, r
 
 
 @pytest.mark.slow
 def test_default_quality_vs_brute_force_many():
-    if not _polish_available():
-        pytest.skip("polish not available")
     groups = _tiny_groups(20, seed0=7)
-    r = _ratios(groups, "successive")
+    r = _ratios(groups, "successive-best")
     assert np.median(r) >= 0.99, r
     assert np.percentile(r, 5) >= 0.95, r
     rf = _ratios(groups, "successive-fast")
@@ -150,7 +159,7 @@ def test_k1_single_node_closed_form():
                              patterns=pats.astype(np.int32), weight=w)
         )
     batch = slimjax.stack(insts)
-    for method, opts in (("successive", dict(order="fastest-first", polish=0)), ("successive-fast", {})):
+    for method, opts in (("successive", {}), ("successive-fast", {})):
         sol = slimjax.solve_batch(batch, method, **opts)
         for i, inst in enumerate(insts):
             pats, w = np.asarray(inst.patterns), np.asarray(inst.weight, np.float64)
@@ -161,7 +170,7 @@ def test_k1_single_node_closed_form():
                     gain[l, e] += w[0, l, m] * (float(inst.fallback[0, l, e]) - float(inst.latency[0, 0, l, e]))
             J0 = latency_ref(inst, np.zeros((1, 2, 5), bool))
             best = J0 - np.sort(gain.ravel())[::-1][: i + 2].sum()
-            assert sol.latency[i] == pytest.approx(best, rel=1e-5), method
+            assert sol.objective[i] == pytest.approx(best, rel=1e-5), method
 
 
 def _below_k_instance(seed):
@@ -178,16 +187,16 @@ def _below_k_instance(seed):
 def test_capacity_below_k_union_first_repairs():
     insts = [_below_k_instance(s) for s in range(3)]
     batch = slimjax.stack(insts)
-    J0 = np.asarray(slimjax.latency(batch, _empty(batch)))
-    plain = slimjax.solve_batch(batch, "successive", order="fastest-first", polish=0, union_first="off")
-    np.testing.assert_allclose(plain.latency, J0)  # the pure per-node pass gains nothing
-    union = slimjax.solve_batch(batch, "successive", order="fastest-first", polish=0, union_first="on")
-    assert (union.latency < J0 - 1.0).all()
-    best = slimjax.solve_batch(batch, "successive", polish=0)  # best-of includes the union candidate
-    assert (best.latency <= union.latency + 1e-6).all()
+    J0 = np.asarray(slimjax.objective(batch, _empty(batch)))
+    plain = slimjax.solve_batch(batch, "successive")
+    np.testing.assert_allclose(plain.objective, J0)  # the pure per-node pass gains nothing
+    union = slimjax.solve_batch(batch, "successive", union_first="on")
+    assert (union.objective < J0 - 1.0).all()
+    best = slimjax.solve_batch(batch, BEST_NO_POLISH)  # best-of includes the union candidate
+    assert (best.objective <= union.objective + 1e-6).all()
     for i, inst in enumerate(insts):
         J_opt = brute_force_ref(inst)[0]
-        assert union.latency[i] == pytest.approx(J_opt, rel=1e-5)  # here the union is optimal
+        assert union.objective[i] == pytest.approx(J_opt, rel=1e-5)  # here the union is optimal
         assert union.used[i].max() <= 1.0
 
 
@@ -196,25 +205,24 @@ def test_capacity_below_k_union_first_repairs():
 
 def test_vmap_vs_loop_and_no_recompile(tiny):
     batch, insts, _ = tiny[0]
-    opts = dict(polish=0)
-    first = slimjax.solve_batch(batch, "successive", **opts)
-    n_compiled = successive_batch._cache_size()
-    second = slimjax.solve_batch(batch, "successive", **opts)
-    assert successive_batch._cache_size() == n_compiled  # no recompile with the same shapes
+    first = slimjax.solve_batch(batch, BEST_NO_POLISH, key=3)
+    second = slimjax.solve_batch(batch, BEST_NO_POLISH, key=3)
+    assert second.compile_seconds == 0.0  # no recompile with the same shapes and options
     np.testing.assert_array_equal(first.placement, second.placement)
     for i in range(3):
-        one = slimjax.solve(insts[i], "successive", **opts)
-        np.testing.assert_array_equal(one.placement, first.placement[i])
-        assert one.latency == pytest.approx(first.latency[i], rel=1e-6)
+        # solve(batch[i], key=fold_in(key, i)) is solve_batch(batch, key)[i] (restarts are random)
+        one = slimjax.solve(insts[i], BEST_NO_POLISH, key=jax.random.fold_in(jax.random.key(3), i))
+        assert_same_solutions(batch[i:i + 1], one.placement[None], first.placement[i:i + 1], [one.objective],
+                              first.objective[i:i + 1])
 
 
 def test_jit_vs_eager():
     import jax
 
     inst = random_instance(3, U=1, N=2, L=1, E=3, M=3, K=2)
-    grid = slimjax.capacity_grid(inst)
+    grid = slimjax.ops.capacity_grid(inst)
     cfg = succ.SuccessiveConfig(Qmax=bucket_units(grid.max_units), orders=("fastest-first", "given"),
-                                unions=(False, True), oracle="greedy", maxconv="hull", polish=0, aggregation="max")
+                                unions=(False, True), oracle="greedy", maxconv="hull", aggregation="max")
     args = (inst, np.asarray(grid.size_units), np.asarray(grid.capacity_units))
     xj, ij = jax.jit(successive_instance, static_argnums=3)(*args, cfg)
     with jax.disable_jit():
@@ -243,8 +251,12 @@ def test_bad_options():
         slimjax.solve(inst, "successive", oracle="magic")
     with pytest.raises(ValueError, match="maxconv"):
         slimjax.solve(inst, "successive", maxconv="sparse")
-    with pytest.raises(ValueError, match="polish"):
-        slimjax.solve(inst, "successive", polish=-1)
+    with pytest.raises(ValueError, match="revisit"):
+        slimjax.solve(inst, "successive", revisit=-1)
+    with pytest.raises(ValueError, match="unknown option.*'polish'"):
+        slimjax.solve(inst, "successive", polish=3)  # no hidden second stage: chain a Polish instead
+    with pytest.raises(ValueError, match="tabu"):
+        slimjax.solvers.Successive(tabu=1.5)
     with pytest.raises(ValueError, match="union_first"):
         slimjax.solve(inst, "successive", union_first="maybe")
     big = random_instance(0, U=1, N=1, L=1, E=17, M=3, K=2)
@@ -256,24 +268,24 @@ def test_refined_grid_keeps_real_optima():
     """Sizes 2 and 3 with the smallest-size unit (2) cost 1 and 2 units; the default grid uses unit 1."""
     inst = random_instance(3, U=1, N=2, L=2, E=3, M=4, K=2, capacity=(1, 3))  # sizes [2, 3], capacities [3, 1]
     batch = slimjax.stack([inst])
-    coarse = slimjax.capacity_grid(batch, unit=2.0)
+    coarse = slimjax.ops.capacity_grid(batch, unit=2.0)
     np.testing.assert_array_equal(coarse.size_units[0], [1, 2])
-    grid = slimjax.capacity_grid(batch)
+    grid = slimjax.ops.capacity_grid(batch)
     np.testing.assert_array_equal(grid.size_units[0], [2, 3])
     np.testing.assert_array_equal(grid.capacity_units[0], [3, 1])
     assert grid.max_units == 3
-    sol = slimjax.solve(inst, "successive", order="fastest-first", polish=0)
-    assert sol.latency == pytest.approx(brute_force_ref(inst)[0], rel=1e-5)
+    sol = slimjax.solve(inst, "successive")
+    assert sol.objective == pytest.approx(brute_force_ref(inst)[0], rel=1e-5)
 
 
 # -- successive-fast quality (greedy chain offers the best single expert) --------------------------
 
 
 def test_fast_quality_vs_brute_force(tiny):
-    """successive-fast (greedy oracle + hull) on tiny instances: it must gain something wherever
+    """successive with the greedy oracle and the hull DP on tiny instances: it must gain something wherever
     gain is possible (a node holding fewer experts than the pattern size K still gets its best
     single expert), and be near-optimal in the median."""
-    r = _ratios(tiny, "successive-fast")
+    r = _ratios(tiny, "successive", oracle="greedy", maxconv="hull")
     assert (r > 0.05).all(), r
     assert np.median(r) >= 0.97, r
     assert np.percentile(r, 5) >= 0.5, r

@@ -54,7 +54,7 @@ TRACES = [
 # Same marginals as olmoe/expert_counts (checked below), so not evaluated twice.
 DUPLICATE = ("allenai__OLMoE/olmoe/expert_counts_crosslayer/c4.pkl", "allenai__OLMoE/olmoe/expert_counts/c4.pkl")
 
-PREFERRED = ["successive", "successive-fast", "greedy", "coactivation-blind", "popularity", "layer-uniform", "random"]
+PREFERRED = ["successive-best", "successive", "successive-fast", "greedy", "coactivation-blind", "popularity", "layer-uniform", "random"]
 
 
 def raw_dir() -> str:
@@ -100,21 +100,21 @@ def evaluate(traces, methods, storages, seeds, log, partial=None):
             b_test = slimjax.stack([instance_from_trace(test, model=model, network=net, key=k) for k in keys])
             N, L, E = b_train.latency.shape[-3:]
             empty = np.zeros((seeds, N, L, E), bool)
-            cloud = tr.replay_trace(b_train, empty, test)["mean"]
+            cloud = slimjax.replay_stats(b_train, empty, test)["mean"]
             oracle = None
             if "successive" in slimjax.methods():
-                oracle = np.asarray(slimjax.solve_batch(b_test, method="successive").latency)
+                oracle = np.asarray(slimjax.solve_batch(b_test, solver="successive-best").objective)
             for method in ["cloud-only"] + methods:
                 t0 = time.perf_counter()
                 if method == "cloud-only":
-                    x, j_train, secs = empty, np.asarray(slimjax.latency(b_train, empty)), 0.0
+                    x, j_train, secs = empty, np.asarray(slimjax.objective(b_train, empty)), 0.0
                 else:
-                    sol = slimjax.solve_batch(b_train, method=method)
-                    x, j_train = np.asarray(sol.placement), np.asarray(sol.latency)
+                    sol = slimjax.solve_batch(b_train, solver=method)
+                    x, j_train = np.asarray(sol.placement), np.asarray(sol.objective)
                     secs = time.perf_counter() - t0
-                st = tr.replay_trace(b_train, x, test, return_tokens=True)
+                st = slimjax.replay_stats(b_train, x, test)  # [seeds] held-out mean and percentiles
                 if split_name == "random" and storage == storages[0]:
-                    cdf[(name, method)] = st["latency"][0]
+                    cdf[(name, method)] = np.asarray(slimjax.replay(b_train[0], x[0], test))
                 for s in range(seeds):
                     rows.append(dict(
                         trace=name, approximate=trace.approximate, tokens=trace.num_tokens, L=L, E=E, K=trace.top_k,
@@ -281,7 +281,7 @@ def _calibration_figure(calib, out, plt):
 
 def tables(summary, calib, proposal, errors, out):
     lines = ["Saved = latency saved vs cloud-only (% of the cloud-only per-token latency); loss = held-out J / train J - 1;",
-             "regret = held-out J / J of `successive` solved on the held-out tokens themselves - 1. * = approximate trace."]
+             "regret = held-out J / J of `successive-best` solved on the held-out tokens themselves - 1. * = approximate trace."]
     for split in summary.split.unique():
         s = summary[(summary.split == split) & (summary.method != "cloud-only")]
         lines.append(f"\n### Held-out tokens, {split} split (means over instances)\n")

@@ -12,7 +12,7 @@ import numpy as np
 
 from slimjax._instance import Instance
 
-__all__ = ["Grid", "capacity_grid", "bucket_units"]
+__all__ = ["Grid", "MAX_UNITS", "capacity_grid", "bucket_units"]
 
 
 class Grid(NamedTuple):
@@ -22,12 +22,19 @@ class Grid(NamedTuple):
     capacity_units: int [..., N] whole units per node.
     max_units: the largest capacity in units over the batch (a static DP size).
     unit: float [...] the capacity unit in the instance's size unit.
+    explicit: True when the unit was given (``capacity_unit=...``), False for the default.
     """
 
     size_units: np.ndarray
     capacity_units: np.ndarray
     max_units: int
     unit: np.ndarray
+    explicit: bool = False
+
+
+#: The largest number of grid units a node or an expert may take: beyond it the integer grid
+#: (int32, and float32-exact counts) is refused with a ValueError naming ``capacity_unit``.
+MAX_UNITS = 2**24
 
 
 def capacity_grid(
@@ -38,14 +45,14 @@ def capacity_grid(
     max_factor: int = 8,
     max_auto_units: int = 1 << 16,
 ) -> Grid:
-    """Map sizes and capacities to an integer grid (DESIGN §3).
+    """Map sizes and capacities to an integer grid.
 
     Args:
       inst: an instance or a batch.
       unit: capacity unit. Default (None): per instance the coarsest ``min_size / k``
         (k = 1..``max_factor``) of which every layer size is an integer multiple, as long as the
         largest capacity stays within ``max_auto_units`` units; otherwise the smallest expert size
-        (DESIGN's default). With layers of sizes 2 and 3 the plain smallest-size unit would charge
+        (the classic default). With layers of sizes 2 and 3 the plain smallest-size unit would charge
         the size-3 layer 2 units (4 in real size) and lose real optima; the finer unit does not.
       max_units_cap: if given, capacities are clipped to this many units.
 
@@ -69,10 +76,18 @@ def capacity_grid(
             u = np.where(take, base / k, u)
             chosen |= exact
     else:
-        if not unit > 0:
-            raise ValueError(f"capacity_unit: must be > 0, got {unit}")
+        if isinstance(unit, bool) or not isinstance(unit, (int, float, np.integer, np.floating)) or not np.isfinite(unit) or not unit > 0:
+            raise ValueError(f"capacity_unit: must be a finite number > 0 or None, got {unit!r}")
         u = np.full(size.shape[:-1], float(unit))
     ratio = size / u[..., None]
+    full_units = (np.ceil(ratio) * E).sum(-1)  # storage of every expert, in units (float64: no overflow)
+    worst = float(np.max(np.minimum(cap / u[..., None], full_units[..., None]), initial=0.0))
+    if max(worst, float(np.max(ratio, initial=0.0))) > MAX_UNITS:
+        raise ValueError(
+            f"capacity_unit: {float(np.min(u)):.6g} makes a node {worst:.4g} grid units (an expert "
+            f"{float(np.max(ratio)):.4g}); the limit is {MAX_UNITS} units. Use a coarser capacity_unit "
+            "(None = the smallest expert size or a fraction of it)"
+        )
     # Round up, but forgive float noise (1.0000001 units is 1 unit).
     size_units = np.maximum(np.ceil(ratio - 1e-6 * np.maximum(ratio, 1)), 1).astype(np.int64)
     cratio = cap / u[..., None]
@@ -82,7 +97,7 @@ def capacity_grid(
     if max_units_cap is not None:
         capacity_units = np.minimum(capacity_units, max_units_cap)
     max_units = int(capacity_units.max()) if capacity_units.size else 0
-    return Grid(size_units.astype(np.int32), capacity_units.astype(np.int32), max_units, u)
+    return Grid(size_units.astype(np.int32), capacity_units.astype(np.int32), max_units, u, unit is not None)
 
 
 def bucket_units(q: int) -> int:

@@ -12,7 +12,7 @@ from jax import Array, lax
 
 from slimjax._instance import Instance
 
-__all__ = ["merge_patterns"]
+__all__ = ["merge_patterns", "merged_size", "with_patterns", "merge_codes_fn"]
 
 
 def _sort_small(p: Array) -> Array:
@@ -63,6 +63,30 @@ def _merge_codes(patterns: Array, weight: Array, E: int, Mp: int, hist_limit: in
     return out_pat.reshape(*lead, Mp, K).astype(patterns.dtype), out_w.reshape(*lead, Mp)
 
 
+def merged_size(batch: Instance):
+    """``(E, M', on_device)`` when merging can shrink the pattern axis M to M', else None.
+
+    M' = min(M, C(E + K − 1, K)) (the number of multisets of K ids); ``on_device`` when a pattern
+    fits one int32 code (E^K < 2^31) so the JAX path applies.
+    """
+    *_, E, M, K = batch.shape
+    Mp = min(M, math.comb(E + K - 1, K))
+    if Mp >= M:
+        return None
+    return E, Mp, E**K < 2**31
+
+
+@functools.lru_cache(maxsize=None)
+def merge_codes_fn():
+    """``jit(f)(E, Mp, patterns, weight)`` with E, Mp static (for ahead-of-time compilation)."""
+    return jax.jit(lambda E, Mp, p, w: _merge_codes(p, w, E, Mp), static_argnums=(0, 1))
+
+
+def with_patterns(batch: Instance, patterns, weight) -> Instance:
+    """``batch`` with new routing patterns and weights (every other field kept; not re-validated)."""
+    return batch.replace(patterns=patterns, weight=jnp.asarray(weight).astype(batch.weight.dtype), validate=False)
+
+
 def merge_patterns(batch: Instance) -> Instance:
     """Merge identical patterns (as multisets) of every (instance, user, layer).
 
@@ -77,19 +101,15 @@ def merge_patterns(batch: Instance) -> Instance:
     patterns alone or in any batch. Routing traces with many tokens (M ≫ distinct patterns)
     evaluate far faster this way. Unused slots get pattern 0 and weight 0.
     """
-    *_, E, M, K = batch.shape
-    Mp = min(M, math.comb(E + K - 1, K))
-    if Mp >= M:
+    plan = merged_size(batch)
+    if plan is None:
         return batch
-    if E**K < 2**31:  # a pattern fits one int32 code: sort and merge on the device
-        out_pat, out_w = _merge_codes(jnp.asarray(batch.patterns), jnp.asarray(batch.weight), E, Mp)
+    E, Mp, on_device = plan
+    if on_device:
+        out_pat, out_w = merge_codes_fn()(E, Mp, jnp.asarray(batch.patterns), jnp.asarray(batch.weight))
     else:
         out_pat, out_w = _merge_numpy(np.asarray(batch.patterns), np.asarray(batch.weight), Mp)
-    return Instance(
-        latency=batch.latency, fallback=batch.fallback, size=batch.size, capacity=batch.capacity,
-        patterns=out_pat, weight=out_w.astype(batch.weight.dtype), traffic=batch.traffic, base=batch.base,
-        validate=False,
-    )
+    return with_patterns(batch, out_pat, out_w)
 
 
 def _merge_numpy(patterns: np.ndarray, weight: np.ndarray, Mp: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,15 @@
-"""Baselines (DESIGN §4.7): ``random``, ``popularity``, ``layer-uniform``, ``coactivation-blind``.
+"""Baselines: ``random``, ``popularity``, ``layer-uniform``, ``coactivation-blind``.
 
 All are pure JAX, vmapped over the batch and jitted, on the integer storage grid:
 
-- ``random``: every node is filled with experts in a random order (the registry's key, shared by
-  all instances), each one taken when it still fits.
+- ``random``: every node is filled with experts in a random order (each instance's own key), each one taken when it still fits.
 - ``popularity`` (LFU, what a plain cache does): nodes from the fastest (traffic-weighted mean
   latency over the users that reach them) to the slowest; each is filled with the most frequently
   activated experts first (activation probability Σ_u traffic·P(e in the token's top-K)), skipping
   copies that cannot help (no user that activates the expert gets it faster than it already does).
 - ``layer-uniform``: like ``popularity`` but round-robin over layers (every layer's most popular
   helpful expert, then every layer's second, ...), i.e. equal slots per layer while they fit.
-- ``coactivation-blind``: the greedy of §4.5 on the K = 1 surrogate (per-expert activation
+- ``coactivation-blind``: the ``greedy`` solver on the K = 1 surrogate (per-expert activation
   probabilities, Σ instead of max), which isolates the value of modelling co-activation.
 - ``eplb``: the idea of DeepSeek's expert-parallel load balancer, the placement serving stacks use.
   Hot experts are replicated, and the replicas are packed so that the nodes' loads are balanced.
@@ -23,7 +22,9 @@ All are pure JAX, vmapped over the batch and jitted, on the integer storage grid
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +35,9 @@ from slimjax.ops._fill import priority_fill
 from slimjax.ops._order import node_orders
 from slimjax.solvers._greedy import greedy_batch
 from slimjax.ops._gains import expert_frequency
-from slimjax.solvers._registry import register
+from slimjax.solvers._base import Solver
 
-__all__ = ["eplb_instance", "popularity_instance", "random_instance"]
+__all__ = ["Random", "Popularity", "LayerUniform", "EPLB", "CoactivationBlind", "baseline_batch", "eplb_instance", "popularity_instance", "random_instance"]
 
 _NEG = -jnp.inf
 
@@ -113,57 +114,61 @@ def eplb_instance(inst: Instance, size_units, capacity_units) -> Bool[Array, "N 
 
 
 @partial(jax.jit, static_argnames=("kind",))
-def _baseline_batch(batch, size_units, capacity_units, key, *, kind: str):
+def baseline_batch(batch, size_units, capacity_units, keys, *, kind: str):
+    """One baseline (``kind``: random, popularity, layer-uniform, eplb) vmapped over a batch."""
     if kind == "eplb":
         return jax.vmap(eplb_instance)(batch, size_units, capacity_units)
     if kind == "random":
-        return jax.vmap(lambda i, s, c: random_instance(i, s, c, key))(batch, size_units, capacity_units)
+        return jax.vmap(random_instance)(batch, size_units, capacity_units, keys)
     lu = kind == "layer-uniform"
     return jax.vmap(lambda i, s, c: popularity_instance(i, s, c, layer_uniform=lu))(batch, size_units, capacity_units)
 
 
-def _runner(kind):
-    def fn(batch, grid, key, options, **extra):
-        x = _baseline_batch(
-            batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), key, kind=kind
+class _Baseline(Solver):
+    def chunk(self, static, shared, batch, size_units, capacity_units, per_instance, keys, start):
+        return baseline_batch(batch, size_units, capacity_units, keys, kind=self.name), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Random(_Baseline):
+    """Each node filled with experts in a uniformly random order (the instance's key) while they fit."""
+
+    name: ClassVar[str] = "random"
+
+
+@dataclasses.dataclass(frozen=True)
+class Popularity(_Baseline):
+    """LFU, what a plain cache does: most frequently activated experts first, fastest node first,
+    skipping copies that help no user."""
+
+    name: ClassVar[str] = "popularity"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerUniform(_Baseline):
+    """Equal slots per layer (round-robin over layers), most popular first, fastest node first."""
+
+    name: ClassVar[str] = "layer-uniform"
+
+
+@dataclasses.dataclass(frozen=True)
+class EPLB(_Baseline):
+    """The idea of DeepSeek's expert-parallel load balancer: replicate hot experts and pack the
+    replicas for balanced node load, ignoring latency (see the module docstring)."""
+
+    name: ClassVar[str] = "eplb"
+
+
+@dataclasses.dataclass(frozen=True)
+class CoactivationBlind(Solver):
+    """Greedy on the K = 1 surrogate (per-expert activation probabilities, sum instead of max):
+    isolates the value of modelling co-activation."""
+
+    name: ClassVar[str] = "coactivation-blind"
+
+    def chunk(self, static, shared, batch, size_units, capacity_units, per_instance, keys, start):
+        N, L, E = batch.latency.shape[-3:]
+        x, _, rule, _, steps = greedy_batch(
+            batch, size_units, capacity_units, jnp.zeros((1, N, L, E), bool), aggregation="sum", surrogate=True
         )
-        return x, {}
-
-    fn.__name__ = f"_{kind.replace('-', '_')}_method"
-    return fn
-
-
-register("random", defaults={}, description="Each node filled with random experts while they fit (§4.7)")(_runner("random"))
-register(
-    "popularity",
-    defaults={},
-    description="LFU: most frequently activated experts first, fastest node first, skipping useless copies (§4.7)",
-)(_runner("popularity"))
-register(
-    "eplb",
-    defaults={},
-    description="EPLB idea: replicate hot experts, pack replicas for balanced node load, ignoring latency (§4.7)",
-)(_runner("eplb"))
-register(
-    "layer-uniform",
-    defaults={},
-    description="Equal slots per layer (round-robin over layers), most popular first, fastest node first (§4.7)",
-)(_runner("layer-uniform"))
-
-
-@register(
-    "coactivation-blind",
-    defaults={},
-    description="Greedy on the K=1 surrogate (per-expert probabilities, sum instead of max) (§4.7)",
-)
-def _coactivation_blind_method(batch, grid, key, options, **extra):
-    N, L, E = batch.latency.shape[-3:]
-    x, _, rule, _, steps = greedy_batch(
-        batch,
-        jnp.asarray(grid.size_units, jnp.int32),
-        jnp.asarray(grid.capacity_units, jnp.int32),
-        jnp.zeros((1, N, L, E), bool),
-        aggregation="sum",
-        surrogate=True,
-    )
-    return x, {"rule": rule, "steps": steps}
+        return x, {"rule": rule, "steps": steps}

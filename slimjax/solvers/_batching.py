@@ -1,4 +1,4 @@
-"""Chunked, padded and sharded execution of a registered method over a batch (DESIGN §6).
+"""Chunked, padded and sharded execution of a registered method over a batch.
 
 ``run`` splits a batch into chunks of a fixed size (the last one padded by repeating its last
 instance, so every chunk has the same shape and compiles once), places each chunk on a
@@ -19,15 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from slimjax.ops._grid import Grid
 
 from slimjax._instance import Instance
-__all__ = ["run", "chunk_size_for", "memory_budget_bytes", "default_bytes_per_instance", "batch_mesh"]
-
-
-def default_bytes_per_instance(shape: tuple, max_units: int, options) -> float:
-    """A rough working-set estimate of one instance for a JAX method (bytes)."""
-    U, N, L, E, M, K = shape
-    inst = 4 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
-    dp = 4 * L * (max_units + 1) * (E + 1) * 2  # (max,+) tables
-    return 16 * inst + dp
+__all__ = ["run", "chunk_size_for", "memory_budget_bytes", "batch_mesh", "CHUNK_PROGRAM"]
 
 
 #: The budget of ``memory_budget_mb="auto"`` on CPU (MB), and the share of an accelerator's memory.
@@ -55,16 +47,15 @@ def memory_budget_bytes(value) -> float:
     return float(value) * 2**20
 
 
-def chunk_size_for(method, shape: tuple, max_units: int, options, n: int) -> int:
-    """Instances per chunk: ``chunk_size`` if given, else what fits ``memory_budget_mb``."""
-    if options["chunk_size"] is not None:
-        c = int(options["chunk_size"])
-        if c < 1:
-            raise ValueError(f"chunk_size: must be >= 1, got {c}")
-        return c
-    est = (method.bytes_per_instance or default_bytes_per_instance)(shape, max_units, options)
-    budget = memory_budget_bytes(options["memory_budget_mb"])
-    c = max(1, int(budget // max(est, 1)))
+def chunk_size_for(estimate: float, n: int, chunk_size, memory_budget_mb) -> int:
+    """Instances per chunk: ``chunk_size`` if given, else what fits ``memory_budget_mb`` given the
+    working-set ``estimate`` of one instance (bytes); at least 1, at most ``n``."""
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValueError(f"chunk_size: must be an integer >= 1 or None, got {chunk_size!r}")
+        return int(min(chunk_size, n))
+    budget = memory_budget_bytes(memory_budget_mb)
+    c = max(1, int(budget // max(estimate, 1)))
     return min(c, n)
 
 
@@ -95,69 +86,129 @@ def _take(tree, start: int, stop: int, size: int):
     return jax.tree_util.tree_map(one, tree)
 
 
-def run(method, batch: Instance, grid: Grid, key, options, **extra) -> tuple[Any, dict]:
-    """Run ``method.fn`` over ``batch`` in fixed-size chunks; returns (placement [B,N,L,E], info).
+def _chunk_program(solver, static, shared, batch, size_units, capacity_units, per_instance, keys, start):
+    return solver.chunk(static, shared, batch, size_units, capacity_units, per_instance, keys, start)
 
-    ``extra`` holds further per-instance arrays (leading axis B, e.g. an initial placement) that
-    are chunked alongside the batch and passed to ``method.fn`` as keyword arguments.
+
+#: the one jitted entry of every JAX-native solver (solver and its static config are static)
+CHUNK_PROGRAM = jax.jit(_chunk_program, static_argnums=(0, 1))
+
+
+def run(
+    solver,
+    prepared,
+    batch: Instance,
+    grid: Grid,
+    keys,
+    start=None,
+    *,
+    chunk_size=None,
+    memory_budget_mb="auto",
+    progress=None,
+    clock=None,
+) -> tuple[np.ndarray, dict]:
+    """Run a JAX-native ``solver`` over ``batch`` in fixed-size chunks.
+
+    Args:
+      solver: a :class:`~slimjax.solvers.Solver` with ``jax_native``.
+      prepared: its :meth:`~slimjax.solvers.Solver.prepare` result for this batch and grid.
+      keys: PRNG keys [B], one per instance.
+      start: optional start placements bool [B, N, L, E] (refining solvers).
+      progress: None (a bar when there are several chunks and stderr is a terminal), a bool, or
+        a callable ``progress(done, total)`` called after every chunk.
+      clock: a :class:`~slimjax.solvers._compile.Clock` that receives the compile seconds.
+
+    Returns:
+      (placement bool [B, N, L, E] on the host, info {name: host array [B, ...]}).
     """
+    import sys
+
     B = batch.batch_shape[0]
-    if not method.jax_native:
-        return method.fn(batch, grid, key, options, **extra)
     mesh = batch_mesh()
     ndev = jax.local_device_count() if mesh is not None else 1
-    size = chunk_size_for(method, batch.shape, grid.max_units, options, B)
-    size = min(size, B)
+    est = solver.bytes_per_instance(batch.shape, prepared.static)
+    size = chunk_size_for(est, B, chunk_size, memory_budget_mb)
     size = int(math.ceil(size / ndev) * ndev)  # divisible over devices
     nchunks = int(math.ceil(B / size))
-    show = options["progress"] if options["progress"] is not None else nchunks > 1
+    callback = progress if callable(progress) else None
+    show = bool(progress) if progress is not None and callback is None else (nchunks > 1 and sys.stderr.isatty())
+    if callback is not None:
+        show = False
     sharding = NamedSharding(mesh, PartitionSpec("batch")) if mesh is not None else None
 
     placements, infos = [], []
-    progress = None
+    bar = None
     pending = None
+    done = 0
 
     def collect(x, info, n):
+        nonlocal done
         placements.append(np.asarray(x)[:n])
         infos.append({k: np.asarray(v)[:n] for k, v in info.items()})
-        if progress is not None:
-            progress.update(task, advance=n)
+        done += n
+        if bar is not None:
+            bar.update(task, advance=n)
+        if callback is not None:
+            callback(done, B)
 
     if show:
         from rich.progress import Progress
 
-        progress = Progress(transient=True)
-        task = progress.add_task(f"{method.name}: {B} instances", total=B)
-        progress.start()
+        bar = Progress(transient=True)
+        task = bar.add_task(f"{solver.name}: {B} instances", total=B)
+        bar.start()
+    from slimjax.solvers._compile import call
+
+    su_all, cu_all = grid.size_units, grid.capacity_units
     try:
         for c in range(nchunks):
-            start, stop = c * size, min(B, (c + 1) * size)
-            chunk = _take(batch, start, stop, size)
-            cgrid = Grid(
-                _take(grid.size_units, start, stop, size),
-                _take(grid.capacity_units, start, stop, size),
-                grid.max_units,
-                _take(grid.unit, start, stop, size),
-            )
-            cextra = {k: _take(jnp.asarray(v), start, stop, size) for k, v in extra.items()}
+            lo, hi = c * size, min(B, (c + 1) * size)
+            if nchunks == 1 and hi - lo == size:
+                part = (batch, su_all, cu_all, prepared.per_instance, keys, start)
+            else:
+                part = _take((batch, su_all, cu_all, prepared.per_instance, keys, start), lo, hi, size)
+            chunk, su, cu, per, ks, st = part
+            su = jnp.asarray(su, jnp.int32)
+            cu = jnp.asarray(cu, jnp.int32)
+            if st is not None:
+                st = jnp.asarray(st, bool)
             if sharding is not None:
-                chunk = jax.device_put(chunk, sharding)
-                cgrid = cgrid._replace(
-                    size_units=jax.device_put(jnp.asarray(cgrid.size_units), sharding),
-                    capacity_units=jax.device_put(jnp.asarray(cgrid.capacity_units), sharding),
-                )
-                cextra = {k: jax.device_put(v, sharding) for k, v in cextra.items()}
-            x, info = method.fn(chunk, cgrid, key, options, **cextra)
+                chunk, su, cu, per, ks, st = jax.device_put((chunk, su, cu, per, ks, st), sharding)
+            x, info = call(CHUNK_PROGRAM, (solver, prepared.static), (prepared.shared, chunk, su, cu, per, ks, st), clock)
             # One chunk in flight: chunk c is dispatched before chunk c-1 is copied to the host,
             # so the device is not idle while the host collects results.
             if pending is not None:
                 collect(*pending)
-            pending = (x, info, stop - start)
+            pending = (x, info, hi - lo)
         if pending is not None:
             collect(*pending)
     finally:
-        if progress is not None:
-            progress.stop()
+        if bar is not None:
+            bar.stop()
     placement = np.concatenate(placements)
     info = {k: np.concatenate([i[k] for i in infos]) for k in infos[0]} if infos else {}
     return placement, info
+
+
+def map_chunks(fn, static: tuple, args: tuple, size: int, clock=None, *, to_host: bool = True):
+    """``fn(*static, *args)`` over fixed-size chunks of the leading axis of every leaf of ``args``
+    (the last chunk padded, so one program serves every chunk), results concatenated.
+
+    For the bookkeeping programs of a solve (pattern merging, the final evaluation of J), so that
+    they also stay within the memory budget on large batches.
+    """
+    from slimjax.solvers._compile import call
+
+    B = jax.tree_util.tree_leaves(args)[0].shape[0]
+    size = max(1, min(int(size), B))
+    outs = []
+    for lo in range(0, B, size):
+        hi = min(B, lo + size)
+        part = args if (lo == 0 and hi == B) else _take(args, lo, hi, size)
+        out = call(fn, static, part, clock)
+        cut = (lambda a, n=hi - lo: np.asarray(a)[:n]) if to_host else (lambda a, n=hi - lo: a[:n])
+        outs.append(jax.tree_util.tree_map(cut, out))
+    if len(outs) == 1:
+        return outs[0]
+    cat = np.concatenate if to_host else jnp.concatenate
+    return jax.tree_util.tree_map(lambda *a: cat(a), *outs)

@@ -1,4 +1,4 @@
-"""Exact references (DESIGN §4.8): ``brute-force``, ``milp`` (HiGHS) and :func:`lower_bound`.
+"""Exact references: ``brute-force``, ``milp`` (HiGHS) and :func:`lower_bound`.
 
 Both work in **real** storage units (not the rounded grid), with the same tolerance as the
 feasibility check of the registry: ``Σ size·x[n] ≤ capacity[n]·(1 + 1e-6) + 1e-9``.
@@ -24,8 +24,10 @@ and the expert is ever activated, so models stay small. For ``aggregation="sum"`
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import partial
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +35,9 @@ import numpy as np
 
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import objective_from_d
-from slimjax.solvers._registry import register
-__all__ = ["MAX_BRUTE_FORCE", "brute_force_instance", "lower_bound", "milp_instance"]
+from slimjax.solvers import _compile
+from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
+__all__ = ["BruteForce", "MILP", "MAX_BRUTE_FORCE", "brute_force_instance", "lower_bound", "milp_instance"]
 
 #: Largest N·L·E that ``brute-force`` accepts (2^20 placements).
 MAX_BRUTE_FORCE = 20
@@ -92,21 +95,26 @@ def _check_brute(batch: Instance) -> None:
         )
 
 
-@register(
-    "brute-force",
-    defaults={},
-    description=f"Exact optimum by enumerating all placements (N·L·E ≤ {MAX_BRUTE_FORCE}; tests), §4.8",
-    jax_native=False,
-    exact=True,
-)
-def _brute_force_method(batch, grid, key, options, **extra):
-    _check_brute(batch)
-    xs, Js = [], []
-    for i in range(batch.latency.shape[0]):
-        x, J = brute_force_instance(batch[i], aggregation=options["aggregation"])
-        xs.append(np.asarray(x))
-        Js.append(float(J))
-    return np.stack(xs), {"bound": np.asarray(Js)}
+_BRUTE = jax.jit(lambda aggregation, batch: jax.lax.map(lambda i: brute_force_instance(i, aggregation=aggregation), batch),
+                 static_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class BruteForce(Solver):
+    """Exact optimum by enumerating all 2^(N·L·E) placements (N·L·E <= 20; for tests and checks).
+
+    Works in real storage units (the tolerance of the feasibility check). Status: optimal.
+    """
+
+    name: ClassVar[str] = "brute-force"
+    exact: ClassVar[bool] = True
+    jax_native: ClassVar[bool] = False
+
+    def host_solve(self, batch, grid, keys, aggregation, start, clock):
+        _check_brute(batch)
+        xs, Js = _compile.call(_BRUTE, (aggregation,), (batch,), clock)
+        B = batch.latency.shape[0]
+        return np.asarray(xs), {"bound": np.asarray(Js, np.float64)}, np.full(B, Status.OPTIMAL, np.int8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,6 +268,9 @@ def _np_instance(inst: Instance) -> dict:
             ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic")}
 
 
+_SCHEDULER_THREADS = 0
+
+
 def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_rel_gap, threads, verbose):
     highspy = _highspy()
     mdl, xcol, offset = _build(_np_instance(inst), aggregation)
@@ -267,6 +278,13 @@ def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_
     h.setOptionValue("output_flag", bool(verbose))
     if time_limit is not None:
         h.setOptionValue("time_limit", float(time_limit))
+    global _SCHEDULER_THREADS
+    want = int(threads) if threads is not None else 0  # 0 = HiGHS's default
+    if want != _SCHEDULER_THREADS:
+        # HiGHS keeps one global thread pool per process and refuses to run with another thread
+        # count than the one it was started with ("Not Set", silently): restart the pool.
+        h.resetGlobalScheduler(True)
+        _SCHEDULER_THREADS = want
     if threads is not None:
         h.setOptionValue("threads", int(threads))
     if not relax:
@@ -274,9 +292,11 @@ def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_
         h.setOptionValue("mip_abs_gap", 1e-9)
     h.passModel(mdl.lp(highspy, relax, offset))
     t0 = time.perf_counter()
-    h.run()
+    ran = h.run()
     secs = time.perf_counter() - t0
     status = h.modelStatusToString(h.getModelStatus())
+    if ran == highspy.HighsStatus.kError and status == "Not Set":
+        raise RuntimeError("HiGHS refused to run the model (HighsStatus.kError); rerun with verbose=True for its log")
     info = h.getInfo()
     return h, xcol, status, info, secs
 
@@ -305,33 +325,69 @@ def milp_instance(inst: Instance, *, aggregation="max", time_limit=None, mip_rel
     }
 
 
-@register(
-    "milp",
-    defaults={"time_limit": 600.0, "mip_rel_gap": 1e-6, "threads": None, "verbose": False},
-    description="Exact MILP on HiGHS (highspy, extra [milp]) with time limit, status, bound and gap, §4.8",
-    jax_native=False,
-    exact=True,
-)
-def _milp_method(batch, grid, key, options, **extra):
-    _highspy()
-    xs, infos = [], []
-    for i in range(batch.latency.shape[0]):
-        x, info = milp_instance(
-            batch[i],
-            aggregation=options["aggregation"],
-            time_limit=options["time_limit"],
-            mip_rel_gap=options["mip_rel_gap"],
-            threads=options["threads"],
-            verbose=options["verbose"],
-        )
-        xs.append(x)
-        infos.append(info)
-    info = {k: np.asarray([d[k] for d in infos]) for k in infos[0]}
-    return np.stack(xs), info
+def _milp_status(info: dict) -> int:
+    has = np.isfinite(info["objective"])
+    if info["status"] == "Optimal" and has:
+        return Status.OPTIMAL
+    if not has:
+        return Status.FAILED
+    if info["status"] == "Time limit reached":
+        return Status.TIME_LIMIT
+    return Status.FEASIBLE
+
+
+@document_options
+@dataclasses.dataclass(frozen=True)
+class MILP(Solver):
+    """The exact MILP on HiGHS (needs the ``milp`` extra: ``pip install 'slimjax[milp]'``).
+
+    Per instance: status ``optimal`` when HiGHS proves optimality (within ``mip_rel_gap``),
+    ``time-limit`` when it stops at ``time_limit`` with an incumbent (the placement is that
+    incumbent; ``info["bound"]`` is HiGHS's dual bound), ``failed`` when it has no incumbent (then
+    the placement is empty and not a result: ``solve`` raises unless ``throw=False``). ``info``:
+    ``highs_status`` (HiGHS's words), ``incumbent`` (HiGHS's objective value, inf without one; at
+    a time limit it can exceed the placement's exact J, which is what ``objective`` reports), ``bound``,
+    ``gap`` (relative, HiGHS's definition), ``nodes``, ``solver_seconds``.
+    """
+
+    name: ClassVar[str] = "milp"
+    exact: ClassVar[bool] = True
+    jax_native: ClassVar[bool] = False
+    time_limit: Any = option(600.0, "seconds per instance (> 0), or None for no limit")
+    mip_rel_gap: float = option(1e-6, "relative gap at which HiGHS stops and calls the incumbent optimal (>= 0)")
+    threads: Any = option(None, "HiGHS threads (int >= 1), or None for HiGHS's default")
+    verbose: bool = option(False, "print HiGHS's log")
+
+    def validate(self) -> None:
+        check_float("time_limit", self.time_limit, 0.0, open_lo=True, none=True)
+        check_float("mip_rel_gap", self.mip_rel_gap, 0.0)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1)
+        if not isinstance(self.verbose, bool):
+            raise ValueError(f"verbose: must be a bool, got {self.verbose!r}")
+
+    def host_solve(self, batch, grid, keys, aggregation, start, clock):
+        _highspy()
+        xs, infos = [], []
+        for i in range(batch.latency.shape[0]):  # HiGHS solves one model at a time
+            x, info = milp_instance(batch[i], aggregation=aggregation, time_limit=self.time_limit,
+                                    mip_rel_gap=self.mip_rel_gap, threads=self.threads, verbose=self.verbose)
+            xs.append(x)
+            infos.append(info)
+        status = np.asarray([_milp_status(d) for d in infos], np.int8)
+        info = {
+            "highs_status": np.asarray([d["status"] for d in infos]),
+            "incumbent": np.asarray([d["objective"] for d in infos], np.float64),
+            "bound": np.asarray([d["bound"] for d in infos], np.float64),
+            "gap": np.asarray([d["gap"] for d in infos], np.float64),
+            "nodes": np.asarray([d["nodes"] for d in infos]),
+            "solver_seconds": np.asarray([d["solver_seconds"] for d in infos], np.float64),
+        }
+        return np.stack(xs), info, status
 
 
 def lower_bound(inst: Instance, *, aggregation: str = "max", time_limit=None, threads=None, verbose=False):
-    """Certified lower bound on J from the LP relaxation of the MILP (DESIGN §4.8).
+    """Certified lower bound on J from the LP relaxation of the MILP.
 
     Args:
       inst: one instance or a batch.
@@ -345,6 +401,7 @@ def lower_bound(inst: Instance, *, aggregation: str = "max", time_limit=None, th
     """
     if aggregation not in ("max", "sum"):
         raise ValueError(f"aggregation: must be one of ('max', 'sum'), got {aggregation!r}")
+    check_float("time_limit", time_limit, 0.0, open_lo=True, none=True)
     if not isinstance(inst, Instance):
         raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
     if is_batched(inst):

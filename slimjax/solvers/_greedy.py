@@ -1,4 +1,4 @@
-"""Greedy over (node, expert) pairs — the paper's method for K = 1 (DESIGN §4.5), method ``greedy``.
+"""Greedy over (node, expert) pairs — the paper's method for K = 1, method ``greedy``.
 
 Two greedy rules are run from the same start and the better placement (lower J) is kept:
 
@@ -31,9 +31,11 @@ other layers' gains are unchanged because J separates per layer). Starts × rule
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from functools import partial
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +44,8 @@ from jaxtyping import Array, Bool, Int
 
 from slimjax._instance import Instance
 from slimjax.ops._gains import add_gain_layer, expert_frequency, pattern_top
-from slimjax.solvers._registry import register
-__all__ = ["enumeration_starts", "greedy_batch", "greedy_instance"]
+from slimjax.solvers._base import Prepared, Solver, check_int, document_options, option
+__all__ = ["Greedy", "enumeration_starts", "greedy_batch", "greedy_instance"]
 
 _NEG = -jnp.inf
 
@@ -144,26 +146,32 @@ def greedy_batch(
     *,
     aggregation: str = "max",
     surrogate: bool = False,
+    start: Bool[Array, "B N L E"] | None = None,
 ):
     """Both greedy rules from every start, on every instance; the best run per instance.
+
+    ``start`` (optional, per instance) is added to every start (the greedy completes it).
 
     Returns:
       placement bool [B, N, L, E], value [B], rule int32 [B] (0 cost-benefit, 1 plain),
       start int32 [B] (index into ``starts``), steps int32 [B].
     """
 
-    def one(inst, su, cu):
+    def one(inst, su, cu, x0):
         def run(start, ratio):
             return greedy_instance(inst, su, cu, start, ratio, aggregation=aggregation, surrogate=surrogate)
 
         S = starts.shape[0]
-        st = jnp.concatenate([starts, starts])
+        own = starts if x0 is None else starts | x0[None]
+        st = jnp.concatenate([own, own])
         ratio = jnp.concatenate([jnp.ones(S, bool), jnp.zeros(S, bool)])
         xs, vals, steps = jax.vmap(run)(st, ratio)
         b = jnp.argmin(vals)
         return xs[b], vals[b], (b // S).astype(jnp.int32), (b % S).astype(jnp.int32), steps[b]
 
-    return jax.vmap(one)(batch, size_units, capacity_units)
+    if start is None:
+        return jax.vmap(lambda i, su, cu: one(i, su, cu, None))(batch, size_units, capacity_units)
+    return jax.vmap(one)(batch, size_units, capacity_units, start)
 
 
 def enumeration_starts(N: int, L: int, E: int, p, budget: int) -> np.ndarray:
@@ -192,27 +200,53 @@ def enumeration_starts(N: int, L: int, E: int, p, budget: int) -> np.ndarray:
     return starts.reshape(count, N, L, E)
 
 
-def _greedy_bytes(shape, max_units, options):
+def _greedy_bytes(shape, starts: int) -> float:
     U, N, L, E, M, K = shape
     n = N * L * E
-    starts = len(enumeration_starts(N, L, E, options["p"], int(options["enum_budget"]))) if n <= 64 else 1
     return 4.0 * 2 * starts * (8 * n + 6 * U * L * E + 4 * U * L * M * K + 2 * U * N * M * L)
 
 
-@register(
-    "greedy",
-    defaults={"p": "auto", "enum_budget": 256},
-    description="Cost-benefit and plain-gain greedy over (node, expert) pairs, better of the two (K=1 method), §4.5",
-    bytes_per_instance=_greedy_bytes,
-)
-def _greedy_method(batch, grid, key, options, **extra):
-    N, L, E = batch.latency.shape[-3:]
-    starts = enumeration_starts(N, L, E, options["p"], int(options["enum_budget"]))
-    x, val, rule, start, steps = greedy_batch(
-        batch,
-        jnp.asarray(grid.size_units, jnp.int32),
-        jnp.asarray(grid.capacity_units, jnp.int32),
-        jnp.asarray(starts),
-        aggregation=options["aggregation"],
-    )
-    return x, {"rule": rule, "start": start, "steps": steps}
+def enumeration_count(N: int, L: int, E: int, p, budget: int) -> int:
+    """Number of greedy starts of :func:`enumeration_starts` (without building them)."""
+    n = N * L * E
+    if p == "auto":
+        p = 0
+        for q in (1, 2):
+            if sum(math.comb(n, i) for i in range(q + 1)) <= budget:
+                p = q
+    return sum(math.comb(n, i) for i in range(int(p) + 1))
+
+
+@document_options
+@dataclasses.dataclass(frozen=True)
+class Greedy(Solver):
+    """Cost-benefit and plain-gain greedy over (node, expert) pairs, the better of the two — the
+    paper's method for K = 1 (see the module docstring for the guarantees it has and has not).
+
+    As a later stage of a :func:`~slimjax.solvers.chain` it completes the previous placement.
+    Cost: at most N·L·E steps, each one batched argmax over all pairs, times 2·starts.
+    """
+
+    name: ClassVar[str] = "greedy"
+    refines: ClassVar[bool] = True
+    p: Any = option("auto", "partial enumeration depth: every start of at most p pairs (int >= 0), or 'auto' = the "
+                    "largest p <= 2 with at most enum_budget starts; cost x starts")
+    enum_budget: int = option(256, "largest number of enumeration starts (int >= 1)")
+
+    def validate(self) -> None:
+        check_int("p", self.p, 0, auto=True)
+        check_int("enum_budget", self.enum_budget, 1)
+
+    def prepare(self, batch, grid, aggregation):
+        N, L, E = batch.latency.shape[-3:]
+        starts = enumeration_starts(N, L, E, self.p, int(self.enum_budget))
+        return Prepared(static=(aggregation, len(starts)), shared=jnp.asarray(starts))
+
+    def chunk(self, static, shared, batch, size_units, capacity_units, per_instance, keys, start):
+        aggregation, _ = static
+        x, val, rule, st, steps = greedy_batch(batch, size_units, capacity_units, shared, aggregation=aggregation,
+                                               start=start)
+        return x, {"rule": rule, "start": st, "steps": steps}
+
+    def bytes_per_instance(self, shape, static) -> float:
+        return _greedy_bytes(shape, static[1])

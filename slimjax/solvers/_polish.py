@@ -1,4 +1,4 @@
-"""Polish: batched best-improvement local search with add and swap moves (DESIGN §4.9).
+"""Polish: batched best-improvement local search with add and swap moves.
 
 ``polish_instance`` improves one placement by repeating, for at most ``rounds`` trips:
 
@@ -33,7 +33,9 @@ instance has stopped or ``rounds`` is reached; finished instances are no-ops).
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +43,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance
 from slimjax.ops._gains import add_gain_layer, drop_loss_layer, expert_frequency, pattern_top, second_best, scatter_e
-from slimjax.solvers._registry import register
-__all__ = ["polish_batch", "polish_instance"]
+from slimjax.solvers._base import Solver, check_int, document_options, option
+__all__ = ["Polish", "polish_batch", "polish_instance"]
 
 _NEG = -jnp.inf
 #: Up to this many experts per layer the same-layer swap neighbourhood is complete (E×E per node).
@@ -319,38 +321,40 @@ def polish_batch(
     return jax.vmap(f)(batch, size_units, capacity_units, placement)
 
 
-def _polish_bytes(shape: tuple, max_units: int, options) -> float:
+def _polish_bytes(shape: tuple, swap_candidates: int) -> float:
     U, N, L, E, M, K = shape
-    k = min(E, int(options["swap_candidates"]))
+    k = min(E, int(swap_candidates))
     per_layer_swap = U * M * N * k * k * 3
     return 4.0 * (16 * (U * N * L * E + U * L * M * K) + min(L, 16) * per_layer_swap * 4 + N * L * L * 4)
 
 
-@register(
-    "polish",
-    defaults={"rounds": 64, "swap_candidates": 8},
-    description="Best-improvement add/swap local search (from empty, or after X in 'X+polish'), §4.9",
-    bytes_per_instance=_polish_bytes,
-)
-def _polish_method(batch, grid, key, options, placement=None, **extra):
-    """Registry entry: ``placement`` [B, N, L, E] from the previous method, else empty."""
-    rounds = int(options["rounds"])
-    k = int(options["swap_candidates"])
-    if rounds < 0:
-        raise ValueError(f"rounds: must be >= 0, got {rounds}")
-    if k < 0:
-        raise ValueError(f"swap_candidates: must be >= 0, got {k}")
-    B = batch.latency.shape[0]
-    N, L, E = batch.latency.shape[-3:]
-    if placement is None:
-        placement = jnp.zeros((B, N, L, E), bool)
-    x, moves = polish_batch(
-        batch,
-        jnp.asarray(grid.size_units, jnp.int32),
-        jnp.asarray(grid.capacity_units, jnp.int32),
-        jnp.asarray(placement, bool),
-        rounds=rounds,
-        aggregation=options["aggregation"],
-        swap_candidates=k,
-    )
-    return x, {"moves": moves}
+@document_options
+@dataclasses.dataclass(frozen=True)
+class Polish(Solver):
+    """Best-improvement local search with add, swap and pair-add moves (see the module docstring).
+
+    Starts from the placement of the previous stage of a :func:`~slimjax.solvers.chain` (or from
+    nothing when used alone) and never increases J. Cost per round: O(U·M·K²·N + N·E²) per layer
+    for E <= 32 (complete same-layer swaps), O(U·M·N·k²) per layer above.
+    """
+
+    name: ClassVar[str] = "polish"
+    refines: ClassVar[bool] = True
+    rounds: int = option(64, "maximum number of improving moves (int >= 0); the search stops earlier at a local optimum")
+    swap_candidates: int = option(8, "for E > 32: cheapest drops x best adds evaluated per (node, layer) (int >= 1)")
+
+    def validate(self) -> None:
+        check_int("rounds", self.rounds, 0)
+        check_int("swap_candidates", self.swap_candidates, 1)
+
+    def chunk(self, static, shared, batch, size_units, capacity_units, per_instance, keys, start):
+        B = batch.latency.shape[0]
+        N, L, E = batch.latency.shape[-3:]
+        if start is None:
+            start = jnp.zeros((B, N, L, E), bool)
+        x, moves = polish_batch(batch, size_units, capacity_units, start, rounds=int(self.rounds),
+                                aggregation=static, swap_candidates=int(self.swap_candidates))
+        return x, {"moves": moves}
+
+    def bytes_per_instance(self, shape, static) -> float:
+        return _polish_bytes(shape, self.swap_candidates)

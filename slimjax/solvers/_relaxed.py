@@ -1,4 +1,4 @@
-"""The relaxed gradient baseline (DESIGN §4.6) — method ``relaxed``.
+"""The relaxed gradient baseline — method ``relaxed``.
 
 Cache probabilities ``p ∈ [0, 1]^{N×L×E}`` minimise the exact multilinear extension
 ``E_{x~Bernoulli(p)} J(x)`` (:func:`slimjax.objective.multilinear`) by projected first-order
@@ -18,7 +18,7 @@ rounded two ways:
 The rounding works on a fine integer storage grid (``resolution`` units per smallest expert
 size, sizes rounded up and capacities down, so feasible in real units) rather than the coarse
 ``capacity_unit`` grid of the DP methods, unless ``capacity_unit`` is given. Identical patterns
-are merged first (J is unchanged; token-level pattern lists shrink a lot).
+are merged first by ``solve_batch`` (J is unchanged; token-level pattern lists shrink a lot).
 
 The best rounded placement by the exact J is completed by a greedy fill of the leftover storage
 (``fill_steps`` steps of the best feasible single addition by marginal gain per unit) and
@@ -30,14 +30,14 @@ The result depends only on the key and the instance, so ``solve`` and ``solve_ba
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-from slimjax.ops._patterns import merge_patterns
 
 from slimjax.ops._grid import Grid
 
@@ -45,44 +45,17 @@ from slimjax._instance import Instance
 from slimjax._objective import _multilinear_eval, _multilinear_plan, expert_latency_from, objective_from_d
 from slimjax.ops._fill import priority_fill
 from slimjax.ops._projection import project_storage
-from slimjax.solvers._registry import Options, register
-__all__ = ["SCHEDULES", "relax"]
+from slimjax.solvers._base import Prepared, Solver, check_choice, check_float, check_int, document_options, option
+__all__ = ["Relaxed", "SCHEDULES", "relax"]
 
 SCHEDULES = ("constant", "cosine", "linear", "exponential", "warmup_cosine")
 
-DEFAULTS = {
-    "optimizer": "adam",  # any optax optimizer taking learning_rate (adam, sgd, adamw, rmsprop, ...)
-    "learning_rate": 0.05,  # peak step size (p lives in [0, 1])
-    "schedule": "cosine",  # one of SCHEDULES
-    "steps": 200,  # optimizer steps per restart (fixed)
-    "restarts": 4,  # independent runs, vmapped (run 0 from the uniform fill)
-    "samples": 8,  # Bernoulli roundings per run (0 = deterministic rounding only)
-    "fill_steps": 16,  # greedy additions into the leftover storage after rounding
-    "proj_iters": 40,  # bisection steps of the projection
-    "center": True,  # center the gradient on full nodes (see _center); needed by adam
-    "resolution": 1024,  # storage grid of the rounding: units per smallest expert size (None: the
-    #                      common capacity_unit grid of the other methods, also used when it is set)
-}
 _EPS = 1e-6  # p below this counts as "not wanted" by the rounding
 
 
-def _check(cfg: Options) -> None:
-    name = cfg["optimizer"]
-    if not isinstance(name, str) or not callable(getattr(optax, name, None)):
-        raise ValueError(f"optimizer: must name an optax optimizer (e.g. 'adam', 'sgd'), got {name!r}")  # noqa: TRY004
-    if cfg["schedule"] not in SCHEDULES:
-        raise ValueError(f"schedule: must be one of {SCHEDULES}, got {cfg['schedule']!r}")
-    if not float(cfg["learning_rate"]) > 0:
-        raise ValueError(f"learning_rate: must be > 0, got {cfg['learning_rate']}")
-    for k, lo in (("steps", 1), ("restarts", 1), ("samples", 0), ("fill_steps", 0), ("proj_iters", 1)):
-        v = cfg[k]
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise ValueError(f"{k}: must be an integer >= {lo}, got {v!r}")
-
-
-def _schedule(cfg: Options):
-    lr, steps = float(cfg["learning_rate"]), int(cfg["steps"])
-    kind = cfg["schedule"]
+def _schedule(cfg: "Relaxed"):
+    lr, steps = float(cfg.learning_rate), int(cfg.steps)
+    kind = cfg.schedule
     if kind == "constant":
         return optax.constant_schedule(lr)
     if kind == "cosine":
@@ -162,18 +135,18 @@ def _J(inst: Instance, x, aggregation):
     return objective_from_d(inst, expert_latency_from(inst.latency, inst.fallback, x), aggregation)
 
 
-def relax(inst: Instance, size_units, capacity_units, key, cfg: Options):
+def relax(inst: Instance, size_units, capacity_units, key, cfg: "Relaxed", aggregation: str = "max"):
     """Solve one instance (unbatched). ``size_units`` [L], ``capacity_units`` [N] (the grid).
 
     Returns (placement bool [N, L, E], relaxed value, rounded value, steps int32).
     """
-    agg = cfg["aggregation"]
+    agg = aggregation
     _, N, L, E = inst.latency.shape
     dtype = inst.latency.dtype
     size = jnp.broadcast_to(jnp.asarray(size_units, dtype)[:, None], (L, E))
     cap = jnp.asarray(capacity_units, dtype)
-    R, S, steps = cfg["restarts"], cfg["samples"], cfg["steps"]
-    proj = partial(project_storage, size=size, capacity=cap, iters=cfg["proj_iters"])
+    R, S, steps = int(cfg.restarts), int(cfg.samples), int(cfg.steps)
+    proj = partial(project_storage, size=size, capacity=cap, iters=int(cfg.proj_iters))
 
     plan = _multilinear_plan(inst, agg)
     J0 = _J(inst, jnp.zeros((N, L, E), bool), agg)
@@ -187,13 +160,13 @@ def relax(inst: Instance, size_units, capacity_units, key, cfg: Options):
     rand = jax.random.uniform(k_init, (R, N, L, E), dtype)
     P0 = jax.vmap(proj)(rand.at[0].set(uniform))
 
-    opt = getattr(optax, cfg["optimizer"])(_schedule(cfg))
+    opt = cfg.optimizer if cfg.optimizer is not None else optax.adam(_schedule(cfg))
     vg = jax.vmap(jax.value_and_grad(f))
 
     def step(carry, _):
         P, state, best_P, best_v = carry
         v, g = vg(P)
-        if cfg["center"]:
+        if cfg.center:
             g = jax.vmap(lambda g_, p_: _center(g_, p_, size, cap))(g, P)
         better = v < best_v
         best_P = jnp.where(better[:, None, None, None], P, best_P)
@@ -216,20 +189,15 @@ def relax(inst: Instance, size_units, capacity_units, key, cfg: Options):
     cands = jax.vmap(lambda pr: _fill(pr, size, cap))(jnp.concatenate(prio))  # [(S+2)·R, N, L, E]
     Js = jax.vmap(lambda x: _J(inst, x, agg))(cands)
     x = cands[jnp.argmin(Js)]
-    if cfg["fill_steps"]:
-        x = _greedy_fill(inst, x, size, cap, cfg["fill_steps"], agg)
+    if cfg.fill_steps:
+        x = _greedy_fill(inst, x, size, cap, int(cfg.fill_steps), agg)
     return x, best_v.min() * scale, _J(inst, x, agg), jnp.int32(steps)
-
-
-@partial(jax.jit, static_argnames=("cfg",))
-def _relax_batch(batch, size_units, capacity_units, key, cfg):
-    return jax.vmap(lambda i, s, c: relax(i, s, c, key, cfg))(batch, size_units, capacity_units)
 
 
 def _fine_grid(batch: Instance, resolution: int) -> Grid:
     """The integer storage grid with ``resolution`` units per smallest expert size (host NumPy).
 
-    Sizes round up and capacities down as in :func:`slimjax.capacity_grid`, so a placement that
+    Sizes round up and capacities down as in :func:`slimjax.ops.capacity_grid`, so a placement that
     fits on this grid fits in real units; the resolution is lowered where a node's full storage
     would not stay exact in float32 (2^24 units).
     """
@@ -248,9 +216,9 @@ def _fine_grid(batch: Instance, resolution: int) -> Grid:
     return Grid(size_units.astype(np.int32), capacity_units.astype(np.int32), max_units, u)
 
 
-def _bytes_per_instance(shape, max_units, options) -> float:
+def _bytes_per_instance(shape, cfg: "Relaxed") -> float:
     U, N, L, E, M, K = shape
-    R, S = int(options["restarts"]), int(options["samples"])
+    R, S = int(cfg.restarts), int(cfg.samples)
     B = K * (N + 1)
     plan = 4 * U * L * M * (K + 1) * B
     opt = 4 * 8 * R * N * L * E
@@ -259,25 +227,58 @@ def _bytes_per_instance(shape, max_units, options) -> float:
     return 4 * (plan * R + opt + rounding + greedy) + 4 * U * N * L * E * 8
 
 
-@register(
-    "relaxed",
-    defaults=DEFAULTS,
-    description="Relaxed baseline: optax on the exact multilinear extension, storage projection, rounding",
-    jax_native=True,
-    exact=False,
-    bytes_per_instance=_bytes_per_instance,
-)
-def _relaxed_batch(batch, grid, key, options, **extra):
-    """Projected optax descent on the multilinear extension, then rounding (DESIGN §4.6)."""
-    cfg = Options({k: options[k] for k in (*DEFAULTS, "aggregation") if k != "resolution"})
-    _check(cfg)
-    res = options["resolution"]
-    if res is not None and options["capacity_unit"] is None:
-        if not isinstance(res, int) or isinstance(res, bool) or res < 1:
-            raise ValueError(f"resolution: must be an integer >= 1 or None, got {res!r}")
-        grid = _fine_grid(batch, res)
-    batch = merge_patterns(batch)
-    x, relaxed, rounded, steps = _relax_batch(
-        batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), key, cfg
-    )
-    return x, {"relaxed_value": relaxed, "rounded_value": rounded, "steps": steps}
+@document_options
+@dataclasses.dataclass(frozen=True)
+class Relaxed(Solver):
+    """Projected first-order descent (any optax optimizer) on the exact multilinear extension of J,
+    then rounding (see the module docstring). A strong baseline, not a bound: ``relaxed_value`` in
+    ``info`` is the best multilinear value reached (a local optimum).
+
+    Bring your own optimizer: ``Relaxed(optimizer=optax.sgd(0.1))``. A given optimizer is a static
+    part of the compiled program, compared by identity: reuse the same object across calls (a new
+    ``optax.adam(...)`` per call compiles a new program).
+    """
+
+    name: ClassVar[str] = "relaxed"
+    optimizer: Any = option(None, "an optax GradientTransformation; None = optax.adam(schedule(learning_rate))")
+    learning_rate: float = option(0.05, "peak step size of the default optimizer's schedule (> 0; p lives in [0, 1])")
+    schedule: str = option("cosine", f"learning-rate schedule of the default optimizer, one of {SCHEDULES}")
+    steps: int = option(200, "optimizer steps per restart (int >= 1, fixed; cost linear)")
+    restarts: int = option(4, "independent runs, vmapped (int >= 1; run 0 from the uniform fill; cost linear)")
+    samples: int = option(8, "Bernoulli roundings per run (int >= 0; 0 = deterministic rounding only)")
+    fill_steps: int = option(16, "greedy additions into the storage left after rounding (int >= 0)")
+    proj_iters: int = option(40, "bisection steps of the storage projection (int >= 1)")
+    center: bool = option(True, "center the gradient on full nodes (needed by adam; see the module docstring)")
+    resolution: Any = option(1024, "rounding grid: units per smallest expert size (int >= 1), or None for the "
+                             "common capacity grid (also used when capacity_unit is given)")
+
+    def validate(self) -> None:
+        opt = self.optimizer
+        if opt is not None and not (callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))):
+            raise ValueError(f"optimizer: must be an optax GradientTransformation (with init/update) or None, got {opt!r}")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_float("learning_rate", self.learning_rate, 0.0, open_lo=True)
+        for k, lo in (("steps", 1), ("restarts", 1), ("samples", 0), ("fill_steps", 0), ("proj_iters", 1)):
+            check_int(k, getattr(self, k), lo)
+        if not isinstance(self.center, bool):
+            raise ValueError(f"center: must be a bool, got {self.center!r}")
+        if self.resolution is not None:
+            check_int("resolution", self.resolution, 1)
+
+    def prepare(self, batch, grid, aggregation):
+        if self.resolution is not None and not grid.explicit:
+            fine = _fine_grid(batch, int(self.resolution))
+            per = (jnp.asarray(fine.size_units, jnp.int32), jnp.asarray(fine.capacity_units, jnp.int32))
+        else:
+            per = None
+        return Prepared(static=aggregation, per_instance=per)
+
+    def chunk(self, static, shared, batch, size_units, capacity_units, per_instance, keys, start):
+        if per_instance is not None:
+            size_units, capacity_units = per_instance
+        x, relaxed, rounded, steps = jax.vmap(lambda i, s, c, k: relax(i, s, c, k, self, static))(
+            batch, size_units, capacity_units, keys)
+        return x, {"relaxed_value": relaxed, "rounded_value": rounded, "steps": steps}
+
+    def bytes_per_instance(self, shape, static) -> float:
+        return _bytes_per_instance(shape, self)

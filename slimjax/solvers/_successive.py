@@ -1,49 +1,44 @@
-"""Successive decomposition — SlimCaching's method for K ≥ 1 (DESIGN §4.4) — methods
-``successive`` and ``successive-fast``.
+"""Successive decomposition — SlimCaching's method for K ≥ 1 — the solver :class:`Successive`.
 
 Nodes are taken one after another (a fixed-trip ``lax.scan`` over a computed node order). For
 each node, given what earlier nodes cache (the current expert latencies ``d``):
 
-1. a layer oracle (:mod:`slimjax.solvers.oracle`) gives ``g[l, c]``, the best gain with at most
-   ``c`` experts of layer ``l`` on this node, and the sets behind it;
-2. the capacity DP over layers (:func:`slimjax.maxconv.capacity_dp`) splits the node's storage;
+1. a layer oracle (:mod:`slimjax.ops`) gives ``g[l, c]``, the best gain with at most ``c``
+   experts of layer ``l`` on this node, and the sets behind it;
+2. the capacity DP over layers (:func:`slimjax.ops.capacity_dp`) splits the node's storage;
 3. the chosen sets are committed and ``d`` is updated.
 
-Options (``slimjax.solve(inst, method="successive", **options)``):
+``Successive()`` with its defaults is the paper's method (fastest-first order, exact layer
+oracle where E ≤ 12, dense DP, nothing else). The options below add what goes beyond it (best-of
+orders, union-first, revisits, random restarts); the strongest configuration is the named solver
+``"successive-best"`` = ``chain(Successive(order="best-of", union_first="auto", revisit="auto",
+restarts="auto"), Polish(rounds=16))``.
 
 - ``order``: ``"fastest-first"`` (traffic-weighted mean latency over the users that reach the
-  node), ``"largest-first"`` (capacity), ``"given"`` (index order), an explicit tuple of node ids,
-  or ``"best-of"``: every order in ``best_of`` run in parallel (vmapped), the best J kept.
-- ``oracle``: ``"exact"`` (2^E subsets), ``"greedy"`` (chain), ``"auto"`` (exact when E ≤ 12).
-- ``maxconv``: ``"dense"`` (exact DP) or ``"hull"`` (concave envelopes; reports the LP bound).
-- ``union_first``: ``"on"``, ``"off"`` or ``"auto"`` (= an extra best-of candidate when
-  ``order="best-of"``, else off). Nodes whose capacity is below K experts of every layer cannot
-  complete a pattern alone, so a pure per-node pass gains ~nothing from them; union-first treats
-  them as one virtual node (capacity = their sum, latency = the slowest of them), chooses the
-  union, splits it over them (most important expert first, each to the node with room where it is
-  fastest), then runs the per-node pass over all nodes with the capacity left.
-- ``revisit``: rounds of per-node best response after each pass (block-coordinate descent: each
-  node is re-solved by its oracle + DP given all other nodes; with the exact oracle and dense DP
-  J never increases). ``"auto"`` = 2 with ``order="best-of"``, else 0.
-- ``restarts``: extra best-of candidates whose first pass may not use a random 25 % of the
-  (node, layer, expert) copies, followed by ``revisit``; escapes the node-by-node equilibria a
-  plain pass gets stuck in. Seeded by ``key``. ``"auto"`` = 8 with ``order="best-of"``, else 0.
-- ``polish``: rounds of the §4.9 local search applied to the kept placement (0 = none).
-
-The plain paper method is ``order="fastest-first", polish=0`` (``union_first``, ``revisit`` and
-``restarts`` are then off).
-``successive-fast`` = ``maxconv="hull"``, ``oracle="greedy"``, fastest-first, no polish.
+  node), ``"largest-first"`` (capacity), ``"given"`` (index order), ``"slowest-first"``,
+  ``"smallest-first"``, an explicit tuple of node ids, or ``"best-of"``: every order in
+  ``best_of`` run in parallel (vmapped), the best J kept.
+- ``union_first``: nodes whose capacity is below K experts of every layer cannot complete a
+  pattern alone, so a pure per-node pass gains ~nothing from them; union-first treats them as one
+  virtual node (capacity = their sum, latency = the slowest of them), chooses the union, splits
+  it over them (most important expert first, each to the node with room where it is fastest),
+  then runs the per-node pass over all nodes with the capacity left. ``"auto"`` = an extra
+  best-of candidate when ``order="best-of"``.
+- ``revisit``: rounds of per-node best response after each pass (block-coordinate descent; with
+  the exact oracle and the dense DP J never increases).
+- ``restarts``: extra best-of candidates whose first pass may not use a random share ``tabu`` of
+  the (node, layer, expert) copies, followed by ``revisit``; seeded by the instance's key.
 
 ``info``: ``order`` int [B, N] (the kept node order), ``candidate`` int [B] (its index among the
-best-of candidates), ``node_gain`` [B, N] (DP value per node), ``node_bound`` [B, N] (LP bound for
-``hull``, = node_gain for ``dense``), ``node_gap`` [B, N], ``latency_before_polish`` [B],
-``polish_moves`` [B].
+candidates), ``node_gain`` [B, N] (DP value per node), ``node_bound`` [B, N] (an upper bound on
+each node's DP optimum: = node_gain for ``dense``), ``node_gap`` [B, N].
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +52,8 @@ from slimjax.ops._maxconv import BACKENDS, capacity_dp
 from slimjax._objective import AGGREGATIONS, expert_latency_from, objective_from_d
 from slimjax.ops._order import ORDERS, node_orders
 from slimjax.ops._oracle import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
-from slimjax.solvers._registry import register
-__all__ = ["SuccessiveConfig", "successive_instance", "successive_batch"]
+from slimjax.solvers._base import Prepared, Solver, check_choice, check_float, check_int, document_options, option
+__all__ = ["Successive", "SuccessiveConfig", "successive_instance", "successive_batch"]
 
 ORACLES = ("auto", "exact", "greedy")
 UNION = ("auto", "on", "off")
@@ -78,7 +73,6 @@ class SuccessiveConfig(NamedTuple):
     unions: tuple  # per candidate: union-first on/off
     oracle: str  # "exact" | "greedy"
     maxconv: str  # "dense" | "hull"
-    polish: int  # polish rounds (0 = none)
     aggregation: str
     revisit: int = 0  # rounds of per-node best response after the pass (0 = none)
     restarts: int = 0  # extra candidates: a first pass with random experts forbidden, then revisit
@@ -266,31 +260,14 @@ def successive_instance(
         xs, Js, gains, bounds = jax.vmap(run)(orders, x0, d0, c0, tabu)
         best = jnp.argmin(Js).astype(jnp.int32)
         x, J, gain, bound = xs[best], Js[best], gains[best], bounds[best]
-    moves = jnp.int32(0)
-    if cfg.polish > 0:
-        polish_instance = _polish_fn()
-        x, moves = polish_instance(inst, s, cap, x, rounds=cfg.polish, aggregation=cfg.aggregation)
     info = {
         "order": orders[best],
         "candidate": best,
         "node_gain": gain,
         "node_bound": bound,
         "node_gap": jnp.maximum(bound - gain, 0),
-        "latency_before_polish": J,
-        "polish_moves": jnp.asarray(moves, jnp.int32),
     }
     return x, info
-
-
-def _polish_fn():
-    try:
-        from slimjax.solvers._polish import polish_instance
-    except ImportError as err:  # pragma: no cover - depends on the polish module having landed
-        raise ValueError(
-            "polish: option polish > 0 needs slimjax.solvers.polish.polish_instance, which is not "
-            f"available ({err}); pass polish=0"
-        ) from None
-    return polish_instance
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -299,29 +276,28 @@ def successive_batch(
     size_units: Int[Array, "B L"],
     capacity_units: Int[Array, "B N"],
     cfg: SuccessiveConfig,
-    key: Array | None = None,
+    keys: Array | None = None,
 ):
     """:func:`successive_instance` vmapped over a batch and jitted (one compile per shape and cfg).
 
-    ``key`` (one PRNG key, shared by every instance) seeds the random restarts.
+    ``keys`` [B] (one PRNG key per instance) seed the random restarts; default ``key(0)`` for all.
     """
-    if key is None:
-        key = jax.random.key(0)
-    return jax.vmap(lambda i, su, cu: successive_instance(i, su, cu, cfg, key))(batch, size_units, capacity_units)
+    if keys is None:
+        keys = jnp.broadcast_to(jax.random.key(0), (batch.latency.shape[0],))
+    return jax.vmap(lambda i, su, cu, k: successive_instance(i, su, cu, cfg, k))(batch, size_units, capacity_units, keys)
 
 
 # ----------------------------------------------------------------------------------------------
-# Registry entries
+# The solver object
 # ----------------------------------------------------------------------------------------------
 
 
-def _auto(options, name: str, shape: tuple):
-    """The value of option ``restarts`` or ``revisit``, with ``"auto"`` resolved: the small-instance
-    or large-instance setting with ``order="best-of"`` (N·L·E ≤ :data:`AUTO_SMALL` is small), else 0."""
-    value = options[name]
+def _resolve_auto(value, name: str, order, shape: tuple) -> int:
+    """Option ``restarts`` or ``revisit`` with ``"auto"`` resolved: the small-instance or
+    large-instance setting with ``order="best-of"`` (N·L·E ≤ :data:`AUTO_SMALL` is small), else 0."""
     if value != "auto":
-        return value
-    if options["order"] != "best-of":
+        return int(value)
+    if order != "best-of":
         return 0
     _, N, L, E, _, _ = shape
     small = N * L * E <= AUTO_SMALL
@@ -330,69 +306,130 @@ def _auto(options, name: str, shape: tuple):
     return AUTO_REVISIT if small else AUTO_REVISIT_LARGE
 
 
-def _config(batch: Instance, grid, options) -> SuccessiveConfig:
-    U, N, L, E, M, K = batch.shape
-    agg = options["aggregation"]
-    if agg not in AGGREGATIONS:
-        raise ValueError(f"aggregation: must be one of {AGGREGATIONS}, got {agg!r}")
-    oracle = options["oracle"]
-    if oracle not in ORACLES:
-        raise ValueError(f"oracle: must be one of {ORACLES}, got {oracle!r}")
-    if oracle == "auto":
-        oracle = "exact" if E <= AUTO_EXACT_MAX_E else "greedy"
-    if oracle == "exact" and E > EXACT_MAX_E and agg == "max":
-        raise ValueError(f"oracle: 'exact' needs E <= {EXACT_MAX_E} (2^E subsets), got E={E}; use oracle='greedy'")
-    backend = options["maxconv"]
-    if backend not in BACKENDS:
-        raise ValueError(f"maxconv: must be one of {BACKENDS}, got {backend!r}")
-    polish = options["polish"]
-    if isinstance(polish, bool) or not isinstance(polish, (int, np.integer)) or polish < 0:
-        raise ValueError(f"polish: must be an int >= 0 (rounds), got {polish!r}")
-    restarts = _auto(options, "restarts", batch.shape)
-    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 0:
-        raise ValueError(f"restarts: must be an int >= 0, got {restarts!r}")
-    revisit = _auto(options, "revisit", batch.shape)
-    if isinstance(revisit, bool) or not isinstance(revisit, (int, np.integer)) or revisit < 0:
-        raise ValueError(f"revisit: must be an int >= 0 (rounds), got {revisit!r}")
-    union = options["union_first"]
-    if union not in UNION:
-        raise ValueError(f"union_first: must be one of {UNION}, got {union!r}")
-
-    def check_order(o, name):
-        if isinstance(o, str):
-            if o not in ORDERS:
-                raise ValueError(f"{name}: unknown order {o!r}; valid orders are {ORDERS} (or a tuple of node ids)")
-            return o
+def _check_order(o, name: str):
+    if isinstance(o, str):
+        if o not in ORDERS:
+            raise ValueError(f"{name}: unknown order {o!r}; valid orders are {ORDERS} (or a tuple of node ids)")
+        return
+    try:
         ids = tuple(int(i) for i in o)
-        if sorted(ids) != list(range(N)):
-            raise ValueError(f"{name}: an explicit order must be a permutation of 0..{N - 1}, got {ids}")
-        return ids
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: must be an order name {ORDERS} or a tuple of node ids, got {o!r}") from None
+    if sorted(ids) != list(range(len(ids))):
+        raise ValueError(f"{name}: an explicit order must be a permutation of 0..N-1, got {ids}")
 
-    order = options["order"]
-    if order == "best-of":
-        best_of = options["best_of"]
-        if isinstance(best_of, str) or len(best_of) < 1:
-            raise ValueError(f"best_of: must be a non-empty tuple of orders, got {best_of!r}")
-        orders = tuple(check_order(o, "best_of") for o in best_of)
-        unions = (union == "on",) * len(orders)
-        if union == "auto" and agg == "max" and K >= 2:
-            orders = orders + ("fastest-first",)
-            unions = unions + (True,)
-    else:
-        orders = (check_order(order, "order"),)
-        unions = (union == "on",)
-    return SuccessiveConfig(
-        Qmax=bucket_units(grid.max_units),
-        orders=orders,
-        unions=unions,
-        oracle=oracle,
-        maxconv=backend,
-        polish=int(polish),
-        aggregation=agg,
-        revisit=int(revisit),
-        restarts=int(restarts),
-        Qunion=_union_units(grid, K) if any(unions) else 0,
-    )
+
+#: DP working memory above which a dense successive refuses the grid (share of the memory budget)
+DENSE_DP_SHARE = 0.5
+
+
+@document_options
+@dataclasses.dataclass(frozen=True)
+class Successive(Solver):
+    """SlimCaching's successive decomposition: per node, a layer oracle and a (max,+) DP over layers.
+
+    The defaults are the paper's method (fastest-first, exact layer oracle for E ≤ 12, dense DP,
+    nothing else); see the module :mod:`slimjax.solvers._successive` for what each extension does.
+    Cost: one oracle + DP per node and candidate; ``exact`` oracle O(L·(M·K·2^K + E·2^E)) per node,
+    ``dense`` DP O(L·Q·E) with Q the node's capacity in grid units, ``hull`` O(L·E·log(L·E)).
+    """
+
+    name: ClassVar[str] = "successive"
+    order: Any = option("fastest-first", f"node order: one of {ORDERS}, 'best-of' (every order of best_of in "
+                        "parallel, best J kept; cost x candidates) or a tuple of node ids")
+    best_of: tuple = option(("fastest-first", "largest-first", "given"),
+                            "candidate orders of order='best-of' (names or tuples of node ids)")
+    oracle: str = option("auto", "layer oracle: 'exact' (all 2^E subsets, E <= 16), 'greedy' (a chain of growing "
+                         "sets incl. pattern completions), 'auto' (exact when E <= 12)")
+    maxconv: str = option("dense", f"capacity DP backend, one of {BACKENDS}: 'dense' is exact (O(L*Q*E) per node); "
+                          "'fptas' is >= (1 - 0.1)*optimum per node in time independent of Q; 'hull' (concave "
+                          "envelopes) can lose much on real curves (see slimjax.ops.capacity_dp)")
+    union_first: str = option("off", "'on', 'off' or 'auto' (an extra best-of candidate when order='best-of'): "
+                              "choose one union for the nodes below K experts, then split it by speed")
+    revisit: Any = option(0, "rounds of per-node best response after each pass (int >= 0, or 'auto' = 2 on small "
+                          "instances with order='best-of', 1 on large ones); cost ~ one pass per round")
+    restarts: Any = option(0, "extra best-of candidates whose first pass forbids a random share tabu of the copies "
+                           "(int >= 0, or 'auto' = 8 when N*L*E <= 512 with order='best-of', else 0)")
+    tabu: float = option(0.25, "share of (node, layer, expert) copies a restart's first pass may not use, in (0, 1)")
+
+    def validate(self) -> None:
+        if self.order != "best-of":
+            _check_order(self.order, "order")
+        if isinstance(self.best_of, str) or not isinstance(self.best_of, tuple) or len(self.best_of) < 1:
+            raise ValueError(f"best_of: must be a non-empty tuple of orders, got {self.best_of!r}")
+        for o in self.best_of:
+            _check_order(o, "best_of")
+        check_choice("oracle", self.oracle, ORACLES)
+        check_choice("maxconv", self.maxconv, BACKENDS)
+        check_choice("union_first", self.union_first, UNION)
+        check_int("revisit", self.revisit, 0, auto=True)
+        check_int("restarts", self.restarts, 0, auto=True)
+        check_float("tabu", self.tabu, 0.0, 1.0, open_lo=True)
+        if self.tabu >= 1.0:
+            raise ValueError(f"tabu: must be in (0, 1), got {self.tabu!r}")
+
+    def config(self, shape: tuple, grid, aggregation: str) -> SuccessiveConfig:
+        """The static :class:`SuccessiveConfig` of this solver on a batch of ``shape`` and ``grid``."""
+        U, N, L, E, M, K = shape
+        oracle = self.oracle
+        if oracle == "auto":
+            oracle = "exact" if E <= AUTO_EXACT_MAX_E else "greedy"
+        if oracle == "exact" and E > EXACT_MAX_E and aggregation == "max":
+            raise ValueError(f"oracle: 'exact' needs E <= {EXACT_MAX_E} (2^E subsets), got E={E}; use oracle='greedy'")
+
+        def perm(o, name):
+            if isinstance(o, str):
+                return o
+            ids = tuple(int(i) for i in o)
+            if len(ids) != N:
+                raise ValueError(f"{name}: an explicit order must be a permutation of 0..{N - 1}, got {ids}")
+            return ids
+
+        if self.order == "best-of":
+            orders = tuple(perm(o, "best_of") for o in self.best_of)
+            unions = (self.union_first == "on",) * len(orders)
+            if self.union_first == "auto" and aggregation == "max" and K >= 2:
+                orders = orders + ("fastest-first",)
+                unions = unions + (True,)
+        else:
+            orders = (perm(self.order, "order"),)
+            unions = (self.union_first == "on",)
+        return SuccessiveConfig(
+            Qmax=bucket_units(grid.max_units),
+            orders=orders,
+            unions=unions,
+            oracle=oracle,
+            maxconv=self.maxconv,
+            aggregation=aggregation,
+            revisit=_resolve_auto(self.revisit, "revisit", self.order, shape),
+            restarts=_resolve_auto(self.restarts, "restarts", self.order, shape),
+            tabu=float(self.tabu),
+            Qunion=_union_units(grid, K) if any(unions) else 0,
+        )
+
+    def prepare(self, batch, grid, aggregation):
+        return Prepared(static=self.config(batch.shape, grid, aggregation))
+
+    def chunk(self, static, shared, batch, size_units, capacity_units, per_instance, keys, start):
+        return successive_batch(batch, size_units, capacity_units, static, keys)
+
+    def bytes_per_instance(self, shape, static) -> float:
+        return _bytes(shape, static)
+
+    def check_memory(self, shape, static, budget_bytes: float, grid) -> None:
+        """Refuse a dense DP whose table alone exceeds :data:`DENSE_DP_SHARE` of the budget."""
+        if static.maxconv != "dense":
+            return
+        U, N, L, E, M, K = shape
+        q = max(static.Qmax, static.Qunion) + 1
+        need = (4.0 * q * (E + 1) * 3 + 8.0 * L * q) * len(static.orders + ((),) * static.restarts)
+        if need > DENSE_DP_SHARE * budget_bytes:
+            raise ValueError(
+                f"capacity_unit: the storage grid has {static.Qmax} units per node, so the dense DP needs about "
+                f"{need / 2**20:.0f} MB per instance, more than {DENSE_DP_SHARE:.0%} of memory_budget_mb "
+                f"({budget_bytes / 2**20:.0f} MB); choose a coarser capacity_unit (e.g. the smallest expert size, "
+                "the default), raise memory_budget_mb, or use an accelerated maxconv"
+            )
 
 
 def _union_units(grid, K: int) -> int:
@@ -403,63 +440,16 @@ def _union_units(grid, K: int) -> int:
     return bucket_units(max(int((cu * small).sum(-1).max(initial=0)), int(grid.max_units)))
 
 
-def _bytes(shape: tuple, max_units: int, options) -> float:
+def _bytes(shape: tuple, cfg: SuccessiveConfig) -> float:
     """Working set of one instance (bytes), for the chunker. Calibrated against XLA's own
-    ``memory_analysis`` of the compiled solver (mixtral, phi3.5, qwen1.5: within 1–4× above it):
-    the candidates run side by side (vmapped), the polish afterwards."""
+    ``memory_analysis`` of the compiled solver (mixtral, phi3.5, qwen1.5: within 1–4x above it;
+    measuring it per shape would cost two extra compilations per call): the candidates run side
+    by side (vmapped)."""
     U, N, L, E, M, K = shape
-    q = bucket_units(max_units) + 1
-    best = options["order"] == "best-of"
-    restarts = _auto(options, "restarts", shape)
-    restarts = int(restarts) if isinstance(restarts, (int, np.integer)) else 0  # bad values are refused by _config
-    C = (len(options["best_of"]) + 1 if best else 1) + restarts
-    exact = options["oracle"] == "exact" or (options["oracle"] == "auto" and E <= AUTO_EXACT_MAX_E)
+    q = max(cfg.Qmax, cfg.Qunion) + 1
+    C = len(cfg.orders) + cfg.restarts
+    exact = cfg.oracle == "exact"
     oracle = 4 * (L * 2**E * (E + 2) + U * L * M * 2**K * 4) if exact else 4 * U * L * M * K * 16
     dp = 4 * q * (E + 1) * 3 + 4 * L * q
     inst = 4 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
-    pol = 4.0 * (0.35 * U * L * M * E * E + 16 * (U * N * L * E + U * L * M * K)) if options["polish"] else 0.0
-    return 4 * inst + max(C * (oracle + dp + 4 * N * L * E), pol)
-
-
-def _run(batch, grid, options, key=None):
-    cfg = _config(batch, grid, options)
-    x, info = successive_batch(
-        batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32), cfg, key
-    )
-    return x, info
-
-
-SUCCESSIVE_DEFAULTS = {
-    "order": "best-of",
-    "best_of": ("fastest-first", "largest-first", "given"),
-    "oracle": "auto",
-    "maxconv": "dense",
-    "union_first": "auto",
-    "revisit": "auto",
-    "restarts": "auto",
-    "polish": 16,
-}
-# successive-fast: the same options, with the accelerated backends and the plain node order.
-FAST_DEFAULTS = dict(SUCCESSIVE_DEFAULTS, order="fastest-first", oracle="greedy", maxconv="hull", polish=0)
-
-
-@register(
-    "successive",
-    defaults=SUCCESSIVE_DEFAULTS,
-    description="SlimCaching successive decomposition: per-node layer oracle + (max,+) DP over layers, §4.4",
-    bytes_per_instance=_bytes,
-)
-def _successive_method(batch, grid, key, options, **extra):
-    """Successive decomposition (see the module docstring)."""
-    return _run(batch, grid, options, key)
-
-
-@register(
-    "successive-fast",
-    defaults=FAST_DEFAULTS,
-    description="Successive decomposition with the hull (max,+) backend and the greedy layer oracle, §4.3-4.4",
-    bytes_per_instance=_bytes,
-)
-def _successive_fast_method(batch, grid, key, options, **extra):
-    """Accelerated successive decomposition (hull DP, greedy chain oracle)."""
-    return _run(batch, grid, options, key)
+    return 4 * inst + C * (oracle + dp + 4 * N * L * E)
