@@ -187,7 +187,7 @@ def test_medium_instances_match_highs():
         v, r = lower_bound(batch, ours, rtol=1e-6).value, lower_bound(batch, ref).value
         assert (v <= r * (1 + 1e-6)).all()  # equal sizes: the exact knapsack is the LP's
         np.testing.assert_allclose(v, r, rtol=2e-5)
-    sol = slimjax.solve_batch(batch, method="successive")
+    sol = slimjax.solve_batch(batch, "successive")
     assert (lower_bound(batch).value <= objective64(batch, sol.placement) * (1 + VALID_RTOL)).all()
 
 
@@ -270,7 +270,7 @@ def test_certify_placements_and_values(tiny):
     batch, opt, bounds, x_opt = tiny
     J = objective64(batch, x_opt)
     np.testing.assert_allclose(J, opt, rtol=1e-12)
-    np.testing.assert_allclose(J, np.asarray(slimjax.latency(batch, x_opt)), rtol=1e-5)
+    np.testing.assert_allclose(J, np.asarray(slimjax.objective(batch, x_opt)), rtol=1e-5)
     c = certify(batch, x_opt, bound=bounds["auto"])
     np.testing.assert_allclose(c.objective, J, rtol=1e-12)
     np.testing.assert_allclose(c.gap, J / bounds["auto"].value - 1, rtol=1e-12)
@@ -328,3 +328,26 @@ def test_bad_batch_and_large_e_levels():
     inst = random_instance(seed=0, U=1, N=1, L=1, E=17, M=2, K=2)
     with pytest.raises(ValueError, match="E <= 16"):
         lower_bound(inst, "levels")
+
+
+# -- the public entry points ------------------------------------------------------------------------
+
+
+def test_public_lower_bound_and_certify(tiny):
+    """slimjax.lower_bound / slimjax.certify are the bounds functions; "highs" is the HiGHS LP, and a
+    solver's Solution is certified as its placement."""
+    batch, opt, bounds, x_opt = tiny
+    pub = slimjax.lower_bound(batch)
+    np.testing.assert_array_equal(pub.value, bounds["auto"].value)  # same deterministic computation
+    assert pub.value.shape == pub.status.shape == (len(batch),)
+    hi = slimjax.lower_bound(batch[:4], "highs")
+    assert (hi.status == "optimal").all() and (hi.value <= opt[:4] * (1 + 1e-6)).all()  # HiGHS tolerance
+    sol = slimjax.solve_batch(batch, "successive-best")
+    c = slimjax.certify(batch, sol)
+    J = objective64(batch, np.asarray(sol.placement))
+    np.testing.assert_allclose(c.objective, J, rtol=1e-12)
+    assert (c.gap >= 0).all() and (c.lower <= opt * (1 + VALID_RTOL)).all()
+    np.testing.assert_allclose(c.gap, J / c.lower - 1, rtol=1e-12)
+    assert c.status.shape == (len(batch),) and c.seconds >= 0
+    c1 = slimjax.certify(batch[2], np.asarray(sol.placement)[2])
+    assert np.ndim(c1.gap) == 0 and c1.lower <= opt[2] * (1 + VALID_RTOL)

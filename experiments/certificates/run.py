@@ -44,14 +44,15 @@ MODELS = [
     ("phi3_5_moe", 16, None),
     ("olmoe_1b_7b", 8, 120.0),
     ("qwen3_30b_a3b", 4, 120.0),
-    ("deepseek_v3", 2, 100.0),
+    ("deepseek_v3", 1, 100.0),
 ]
 STORAGE = [0.1, 0.25, 0.5]  # share of all expert bytes the edge holds (None = the default network)
-# name -> (registry method, options); "successive" is the strongest configuration (best-of orders,
-# union-first, revisits, restarts, polish), "successive-plain" the paper's plain pass.
+PART_A_MAX = 8  # part A (every bound option, HiGHS) on the first instances only: the MILP's LP is slow
+# name -> (registry method, options); "successive-best" is the strongest configuration (best-of
+# orders, union-first, revisits, restarts, polish), "successive" the paper's plain pass.
 METHODS = {
+    "successive-best": ("successive-best", {}),
     "successive": ("successive", {}),
-    "successive-plain": ("successive", dict(order="fastest-first", polish=0)),
     "greedy": ("greedy", {}),
     "coactivation-blind": ("coactivation-blind", {}),
     "popularity": ("popularity", {}),
@@ -60,6 +61,7 @@ METHODS = {
 }
 LARGE_SKIP = {"greedy"}  # too slow on the largest models on 2 cores (pairs x steps)
 HIGHS_INSTANCES = 2
+HIGHS_LP_LIMIT = 120.0  # HiGHS's LP relaxation gets at least this long (to see its value where it finishes)
 
 
 def network(storage):
@@ -84,8 +86,10 @@ def solve_all(batch, model):
 
 
 def part_a(model, B, limit, sols, batch, rows):
-    """The bound options on the same instances, and HiGHS with the same time."""
-    best = np.min([objective64(batch, x) for x, _ in sols.values()], axis=0)
+    """The bound options on the same (first PART_A_MAX) instances, and HiGHS with the same time."""
+    B = min(B, PART_A_MAX)
+    batch = batch[:B]
+    best = np.min([objective64(batch, x[:B]) for x, _ in sols.values()], axis=0)
     E = batch.latency.shape[-1]
     per_inst = {}
     for method in ("lp", "threshold", "levels", "auto"):
@@ -104,10 +108,11 @@ def part_a(model, B, limit, sols, batch, rows):
     T = max(per_inst["auto"], 1.0)  # HiGHS gets our per-instance time (at least 1 s)
     for i in range(min(HIGHS_INSTANCES, B)):
         inst = batch[i]
-        r, wall, _ = timed(lower_bound, inst, "highs", time_limit=T)
+        r, wall, _ = timed(lower_bound, inst, "highs", time_limit=max(T, HIGHS_LP_LIMIT))
         rows.append(dict(model=model, instance=i, bound_method="highs-lp", bound=float(r.value), best_J=best[i],
                          gap=best[i] / r.value - 1, status=r.status, iterations=0, batch_seconds=wall,
-                         compile_seconds=0.0, batch_wall=wall, batch_cpu=np.nan, instances=1, time_limit=T))
+                         compile_seconds=0.0, batch_wall=wall, batch_cpu=np.nan, instances=1,
+                         time_limit=max(T, HIGHS_LP_LIMIT)))
         (_, info), wall, _ = timed(milp_instance, inst, time_limit=T)
         bnd = max(float(info["bound"]), float(lower_bound(inst, "trivial").value))
         rows.append(dict(model=model, instance=i, bound_method="highs-milp", bound=bnd, best_J=best[i],
@@ -194,9 +199,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few instances, two models, one storage level")
     ap.add_argument("--models", nargs="*", default=None, help="subset of models")
+    ap.add_argument("--storage", nargs="*", type=float, default=None,
+                    help="storage levels besides the default network (default: %(default)s -> all)")
+    ap.add_argument("--instances", type=int, nargs="*", default=None, help="instances per model (same order)")
+    ap.add_argument("--skip", nargs="*", default=[], help="methods to leave out")
+    ap.add_argument("--tag", default="", help="suffix of the output files (results{tag}.csv, ...)")
     args = ap.parse_args()
     models = [m for m in MODELS if args.models is None or m[0] in args.models]
-    storages = [None] + STORAGE
+    if args.instances:
+        models = [(m, n, lim) for (m, _, lim), n in zip(models, args.instances)]
+    for name in args.skip:
+        METHODS.pop(name, None)
+    storages = [None] + (STORAGE if args.storage is None else args.storage)
     if args.quick:
         models = [(m, 4, lim) for m, _, lim in models[:2]]
         storages = [None, 0.25]
@@ -210,12 +224,13 @@ def main():
             if storage is None:
                 part_a(model, B, limit, sols, batch, brow)
             part_b(model, storage, sols, batch, limit, rrow)
-            pd.DataFrame(brow).to_csv(os.path.join(HERE, "bounds.csv"), index=False)
-            pd.DataFrame(rrow).to_csv(os.path.join(HERE, "results.csv"), index=False)
+            pd.DataFrame(brow).to_csv(os.path.join(HERE, f"bounds{args.tag}.csv"), index=False)
+            pd.DataFrame(rrow).to_csv(os.path.join(HERE, f"results{args.tag}.csv"), index=False)
     bounds, results = pd.DataFrame(brow), pd.DataFrame(rrow)
-    with open(os.path.join(HERE, "table.md"), "w") as f:
+    with open(os.path.join(HERE, f"table{args.tag}.md"), "w") as f:
         f.write(tables(bounds, results))
-    figures(bounds, results)
+    if not args.tag:
+        figures(bounds, results)
     print(tables(bounds, results))
 
 

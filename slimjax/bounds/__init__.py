@@ -1,8 +1,9 @@
 """Certified lower bounds on the optimal expected latency J and certified optimality gaps.
 
-``lower_bound(batch, method="threshold")`` gives, per instance, a number ≤ the optimal J with a
+``lower_bound(batch, method="auto")`` gives, per instance, a number ≤ the optimal J with a
 status and the time taken; ``certify(batch, solution)`` gives the certified gap ``J / bound − 1``.
-Methods and their validity: ``docs/bounds.md``.
+The methods, why each is valid, and the measured gaps: the handbook page *Certified bounds*.
+``slimjax.lower_bound`` and ``slimjax.certify`` are these two functions, imported on first use.
 """
 
 from slimjax.bounds._api import METHODS as METHODS

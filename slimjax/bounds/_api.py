@@ -23,8 +23,8 @@ from slimjax.ops._patterns import _merge_numpy
 
 __all__ = ["Bound", "Certificate", "HostBatch", "METHODS", "lower_bound", "certify", "host_batch", "objective64"]
 
-#: Bound methods: the default first.
 METHODS = ("auto", "levels", "threshold", "lp", "threshold-highs", "highs", "trivial")
+"""The bound methods of :func:`lower_bound`, the default first."""
 _STATUS = {pdhg.STATUS_RUNNING: "iteration_limit", pdhg.STATUS_OPTIMAL: "optimal",
            pdhg.STATUS_CONVERGED: "converged", pdhg.STATUS_TARGET: "target", pdhg.STATUS_DOMINATED: "dominated"}
 _FORMS = {"threshold": _threshold, "lp": _assignment}
@@ -75,6 +75,21 @@ class Certificate(NamedTuple):
     gap: np.ndarray
     objective: np.ndarray
     bound: Bound
+
+    @property
+    def lower(self) -> np.ndarray:
+        """float64 [B]: the certified lower bounds (``bound.value``)."""
+        return self.bound.value
+
+    @property
+    def status(self) -> np.ndarray:
+        """str [B]: the bound's status per instance (``bound.status``)."""
+        return self.bound.status
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the bound for the batch, compilation apart (``bound.seconds``)."""
+        return self.bound.seconds
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -421,15 +436,21 @@ def lower_bound(
 ) -> Bound:
     """Certified lower bounds on the optimal J of every instance of a batch.
 
-    Methods:
-      ``"threshold"`` (default): the threshold formulation of the pattern max with whole-expert
+    The methods (``method=``):
+
+    - ``"auto"`` (default): ``levels`` where it applies (E ≤ 16), raised by ``threshold`` on the
+      instances whose node latencies differ between experts and that ``levels`` did not already
+      certify to ``target_gap``; ``threshold`` alone for larger E.
+    - ``"levels"``: the level decomposition, an exact knapsack per latency level over all 2^E
+      expert sets of a layer (E ≤ 16).
+    - ``"threshold"``: the threshold formulation of the pattern max with whole-expert
       (Chvátal–Gomory) storage rows, solved for the whole batch by restarted PDHG in JAX; the value
       is its Lagrangian dual with the per-node 0/1 knapsacks solved exactly, in float64.
-      ``"lp"``: the LP relaxation of the MILP (DESIGN §4.8) by the same PDHG; equals HiGHS's LP
-      value when converged (weaker than ``threshold``).
-      ``"threshold-highs"``: the threshold LP on HiGHS (CPU, one instance at a time), value at
-      HiGHS's duals. ``"highs"``: the MILP's LP on HiGHS (the reference). ``"trivial"``: J with
-      every expert on every node.
+    - ``"lp"``: the LP relaxation of the MILP by the same PDHG; equals HiGHS's LP value when
+      converged (weaker than ``threshold``).
+    - ``"threshold-highs"``: the threshold LP on HiGHS (CPU, one instance at a time), value at
+      HiGHS's duals; ``"highs"``: the MILP's LP on HiGHS (the reference; the trivial bound when it
+      does not finish within ``time_limit``); ``"trivial"``: J with every expert on every node.
 
     Args:
       batch: an Instance or a batch (leading axis B).
@@ -438,9 +459,11 @@ def lower_bound(
       upper: optional float [B], known objective values (e.g. J of a solution); with
         ``target_gap`` an instance stops once its bound reaches ``upper / (1 + target_gap)``.
       target_gap: relative gap at which to stop (None: never stop on the gap).
-      max_iters, check_every, rtol, stall_rtol, patience: PDHG iteration cap, steps between checks,
-        relative KKT tolerance, and the stall rule (the bound rose < ``stall_rtol`` relative over
-        ``patience`` checks).
+      max_iters: PDHG iteration cap per instance.
+      check_every: PDHG steps between two bound evaluations.
+      rtol: relative KKT error (and LP gap) at which an instance counts as solved.
+      stall_rtol: an instance stops when its bound rose by less than this (relative) ...
+      patience: ... over this many checks.
       time_limit: seconds (PDHG: for the batch, checked every 16 checks; HiGHS: per instance).
       dtype: iteration precision of PDHG (default: the instance's); the certified value is float64.
       threads: HiGHS threads.

@@ -1,4 +1,4 @@
-r"""The LP relaxation of the MILP (DESIGN §4.8) in PDHG form — the same LP that HiGHS solves.
+r"""The LP relaxation of the MILP (the exact `milp` solver's model) in PDHG form — the same LP that HiGHS solves.
 
 Variables: ``x[n,l,e] ∈ [0, 1]`` (0 where no user gains from the copy), the assignment
 ``a[u,n,l,e] ∈ [0, 1]`` (0 where useless), the pattern latency ``y[u,l,m] ∈ [0, ymax]`` with
