@@ -7,10 +7,11 @@ The public API::
     slimjax.pattern_latency, slimjax.storage_used, slimjax.multilinear, slimjax.feasible
     slimjax.replay, slimjax.replay_stats                             per-token latencies
     slimjax.solve, slimjax.solve_batch, slimjax.methods, slimjax.Solution, slimjax.Status
-    slimjax.lower_bound                                              certified lower bounds on J
+    slimjax.lower_bound, slimjax.certify                             certified bounds and optimality gaps
     slimjax.explain, slimjax.Explanation                             why a placement is good
     slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
-    slimjax.generate (instance generators), slimjax.traces (real routing traces)
+    slimjax.generate (instance generators), slimjax.traces (real routing traces),
+    slimjax.bounds (lower-bound methods, Bound, Certificate)
 
 Submodules are imported on first use, so ``import slimjax`` stays light.
 """
@@ -43,6 +44,8 @@ __all__ = [
     "Instance",
     "Solution",
     "Status",
+    "bounds",
+    "certify",
     "chain",
     "expert_latency",
     "explain",
@@ -69,7 +72,7 @@ __all__ = [
     "load",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load", "bounds")
 #: names re-exported from ``slimjax.solvers`` (imported on first use)
 _FROM_SOLVERS = ("Solution", "Status", "chain", "feasible", "methods", "solve", "solve_batch")
 
@@ -92,8 +95,71 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
-def lower_bound(inst, **options):
-    """Certified lower bound on J from the LP relaxation of the MILP (needs the ``milp`` extra)."""
-    from slimjax.solvers._exact import lower_bound as _lb
+def lower_bound(batch: Instance, method: str = "auto", **options):
+    """Certified lower bounds on the optimal J, one per instance of a batch.
 
-    return _lb(inst, **options)
+    The same function as :func:`slimjax.bounds.lower_bound` (imported on first call, so that
+    ``import slimjax`` stays light); every option is described there.
+
+    Args:
+      batch: an Instance or a batch of B instances.
+      method: ``"auto"`` (default: the best of the JAX bounds that apply), ``"levels"``,
+        ``"threshold"``, ``"lp"`` (the MILP's LP relaxation by PDHG in JAX), ``"highs"`` (that LP
+        on HiGHS, one instance at a time; needs the ``milp`` extra), ``"threshold-highs"`` or
+        ``"trivial"`` (see :data:`slimjax.bounds.METHODS`).
+      **options: keyword options of :func:`slimjax.bounds.lower_bound` (``time_limit``,
+        ``upper``, ``target_gap``, ``aggregation``, ...).
+
+    Returns:
+      a :class:`slimjax.bounds.Bound`: ``value`` float64 [B] (each ≤ the optimal J of its
+      instance, whatever the status), ``status`` str [B], ``iterations`` int [B], ``seconds`` (the
+      batch, compilation apart in ``compile_seconds``). Per-instance fields are 0-d for one
+      instance.
+
+    Raises:
+      ValueError: an unknown method or option.
+      ImportError: ``"highs"`` or ``"threshold-highs"`` without the ``milp`` extra.
+
+    Examples:
+      >>> import jax, slimjax
+      >>> batch = slimjax.generate.instances(jax.random.key(0), 4, model="mixtral_8x7b")
+      >>> lb = slimjax.lower_bound(batch)
+      >>> lb.value.shape, lb.status.shape
+      ((4,), (4,))
+    """
+    from slimjax.bounds import lower_bound as _lb
+
+    return _lb(batch, method, **options)
+
+
+def certify(batch: Instance, solution, method: str = "auto", **options):
+    """Certified optimality gaps ``J / bound − 1`` of placements, one per instance.
+
+    The same function as :func:`slimjax.bounds.certify` (imported on first call).
+
+    Args:
+      batch: an Instance or a batch of B instances.
+      solution: a :class:`Solution` of ``batch`` (its ``placement``), a placement bool
+        [B, N, L, E] ([N, L, E] for one instance), or objective values float [B].
+      method: the bound method (:func:`lower_bound`).
+      **options: keyword options of :func:`slimjax.bounds.certify` (``bound=`` a precomputed
+        bound, ``target_gap``, ``time_limit``, ...).
+
+    Returns:
+      a :class:`slimjax.bounds.Certificate`: ``gap`` float64 [B] (≥ the true gap to the
+      optimum), ``objective`` float64 [B] (J in float64), ``lower`` float64 [B] and ``status``
+      str [B] (the bound's), ``seconds`` (time of the bound), and the full ``bound``.
+
+    Raises:
+      ValueError: a placement of the wrong shape or over a node's storage.
+
+    Examples:
+      >>> import jax, slimjax
+      >>> batch = slimjax.generate.instances(jax.random.key(0), 4, model="mixtral_8x7b")
+      >>> cert = slimjax.certify(batch, slimjax.solve_batch(batch, "successive-best"))
+      >>> bool((cert.gap >= 0).all()), cert.gap.shape
+      (True, (4,))
+    """
+    from slimjax.bounds import certify as _certify
+
+    return _certify(batch, solution, method, **options)
