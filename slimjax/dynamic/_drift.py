@@ -28,7 +28,7 @@ import numpy as np
 from slimjax._instance import Instance
 from slimjax.dynamic._timeline import Timeline
 from slimjax.generate.instances import _as_key, _resolve_dtype, resolve
-from slimjax.generate.network import sample_network
+from slimjax.generate.network import sample_network, uniform_pool
 from slimjax.generate.routing import RoutingConfig, _gumbel, _latent_logits, _top_k_indices
 
 __all__ = ["drift", "DRIFT_MODES", "DRIFT_ROUTING"]
@@ -39,45 +39,40 @@ DRIFT_MODES = ("piecewise", "smooth")
 DRIFT_ROUTING = {"kind": "latent", "tokens": 256, "clusters": 8, "task_spread": 2.0}
 
 
-def _one(key, T: int, period: int, mode: str, model, net_cfg, rc: RoutingConfig, dtype):
-    knet, krout, kmix, kwin = jax.random.split(key, 4)
+def _one(key, smooth, T: int, period: int, model, net_cfg, rc: RoutingConfig, dtype):
+    knet, krout, kwin = jax.random.split(key, 3)
     net = sample_network(knet, model, net_cfg, dtype)
     U, L, E, K = net_cfg.users, model.layers, model.experts, model.top_k
     rd, C, Mtok = rc.latent_dim, rc.clusters, rc.tokens
-    kW, kb, kc = jax.random.split(krout, 3)
-    router = {
-        "W": jax.random.normal(kW, (L, rd, E), dtype),
-        "b": jax.random.normal(kb, (L, E), dtype),
-        "centres": jax.random.normal(kc, (C, rd), dtype),
-    }
     P = -(-T // period)
-    anchors = jax.random.normal(kmix, (P + 1, U, C), dtype)
+    # one draw for the router, the task centres and the phases' log task weights (compiles fast)
+    fixed = uniform_pool(krout, {"W": (L, rd, E), "b": (L, E), "centres": (C, rd), "anchors": (P + 1, U, C)},
+                         dtype, normal=("W", "b", "centres", "anchors"))
     t = jnp.arange(T)
     p = t // period
-    if mode == "piecewise":
-        mix = anchors[p]  # [T, U, C]
-    else:
-        frac = ((t % period) / period).astype(dtype)[:, None, None]
-        mix = (1 - frac) * anchors[p] + frac * anchors[p + 1]
+    anchors = fixed.pop("anchors")
+    # piecewise (smooth = 0): phase p's weights; smooth (1): linear from phase p's to phase p+1's
+    frac = smooth * ((t % period) / period).astype(dtype)[:, None, None]
+    mix = (1 - frac) * anchors[p] + frac * anchors[p + 1]  # [T, U, C]
+
+    shapes = {"task": (U, Mtok), "z": (U, Mtok, rd)}
+    if rc.temperature > 0:
+        shapes["gumbel"] = (U, L, Mtok, E)
 
     def window(k, m):
-        kt, kz, kg = jax.random.split(k, 3)
-        r = dict(router, mix=m,
-                 task=jax.random.uniform(kt, (U, Mtok), dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0),
-                 z=jax.random.normal(kz, (U, Mtok, rd), dtype))
-        logits = _latent_logits(r, rc, U, L, E)  # [U, L, M, E]
+        r = uniform_pool(k, shapes, dtype, normal=("z",))
+        logits = _latent_logits(dict(fixed, mix=m, task=r["task"], z=r["z"]), rc, U, L, E)  # [U, L, M, E]
         if rc.temperature > 0:
-            u = jax.random.uniform(kg, logits.shape, dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0)
-            logits = logits + rc.temperature * _gumbel(u)
+            logits = logits + rc.temperature * _gumbel(r["gumbel"])
         return _top_k_indices(logits, K).astype(jnp.int32)
 
     pats = jax.vmap(window)(jax.random.split(kwin, T), mix)  # [T, U, L, M, K]
     return net, pats, mix
 
 
-@partial(jax.jit, static_argnames=("T", "period", "mode", "model", "net_cfg", "rc", "dtype"))
-def _generate(keys, T, period, mode, model, net_cfg, rc, dtype):
-    return jax.vmap(lambda k: _one(k, T, period, mode, model, net_cfg, rc, dtype))(keys)
+@partial(jax.jit, static_argnames=("T", "period", "model", "net_cfg", "rc", "dtype"))
+def _generate(keys, smooth, T, period, model, net_cfg, rc, dtype):
+    return jax.vmap(lambda k: _one(k, smooth, T, period, model, net_cfg, rc, dtype))(keys)
 
 
 def drift(
@@ -127,7 +122,8 @@ def drift(
     dt = _resolve_dtype(dtype)
     B, T = int(timelines), int(windows)
     keys = jax.random.split(_as_key(key), B)
-    net, pats, _ = _generate(keys, T, int(period), mode, m, net_cfg, rc, dt)
+    smooth = jnp.asarray(1.0 if mode == "smooth" else 0.0, dt)  # traced: both modes share one program
+    net, pats, _ = _generate(keys, smooth, T, int(period), m, net_cfg, rc, dt)
     U, Mtok, L, K = net_cfg.users, rc.tokens, m.layers, m.top_k
     rep = lambda a: jnp.broadcast_to(a[:, None], (B, T) + a.shape[1:])  # noqa: E731
     windows_inst = Instance(

@@ -64,6 +64,9 @@ class WindowConfig(NamedTuple):
     oracle: "exact" | "greedy". maxconv: DP backend. aggregation: "max" | "sum".
     revisit: rounds of per-node best response. rounds: local-search rounds.
     budgeted: a migration budget is given (enables the bisection). bisect: its steps.
+    migration: migration may have a price in this program (a budget or a penalty > 0 somewhere):
+    enables the start from ``x_prev``, the keep step and the comparison with ``x_prev``; False
+    is the from-scratch solve.
     moves: candidate moves re-evaluated exactly per local-search round. swap_k: adds × drops per
     node combined into swaps.
     """
@@ -77,6 +80,7 @@ class WindowConfig(NamedTuple):
     rounds: int = 16
     budgeted: bool = False
     bisect: int = 12
+    migration: bool = False
     moves: int = 8
     swap_k: int = 8
 
@@ -114,7 +118,13 @@ def _pattern_value(v, patterns, aggregation):
 
 
 def _choose(oracle, inst, tw, d, newp, q, b, s, new_n, newsz_n, pen, cfg: WindowConfig):
-    """One node's set given the others: bool [L, E] within capacity ``q`` and budget ``b`` (units)."""
+    """One node's set given the others: bool [L, E] within capacity ``q`` and budget ``b`` (units).
+
+    Without a budget: one oracle + DP at the user's penalty. With one: attempt 0 is μ = 0 (kept when
+    it fits the budget), attempt 1 is μ_hi (no new copy can pay off: feasible), then ``cfg.bisect``
+    geometric bisection steps; the feasible attempt of the best net gain is kept. All attempts run
+    through one loop body, so the oracle and the DP are traced once.
+    """
     cost0 = pen * newsz_n
 
     def attempt(mu):
@@ -125,68 +135,63 @@ def _choose(oracle, inst, tw, d, newp, q, b, s, new_n, newsz_n, pen, cfg: Window
         value = res.value + mu * jnp.where(ch, newsz_n, 0).sum()  # net gain at the user's penalty
         return ch, moved, value
 
-    ch0, m0, v0 = attempt(jnp.zeros((), newsz_n.dtype))
     if not cfg.budgeted:
-        return ch0
+        return attempt(jnp.zeros((), newsz_n.dtype))[0]
     # Above mu_hi every new copy costs more than the node can gain in total, so none is taken.
     G = (tw * (_pattern_value(d, inst.patterns, cfg.aggregation)
                - _pattern_value(newp, inst.patterns, cfg.aggregation))).sum()
     smin = jnp.where(new_n, newsz_n, jnp.inf).min()
-    tiny = jnp.finfo(newsz_n.dtype).tiny
-    mu_hi = jnp.where(jnp.isfinite(smin), 2 * G / jnp.where(jnp.isfinite(smin), smin, 1) + tiny, 1.0)
-    ch_h, m_h, v_h = attempt(mu_hi)
-    ok_h = m_h <= b
-    best = (jnp.where(ok_h, ch_h, ch0 & ~new_n), jnp.where(ok_h, v_h, -jnp.inf))
-    hi = jnp.log(mu_hi)
-    lo = hi - BISECT_OCTAVES * np.log(2.0)
+    has_new = jnp.isfinite(smin)
+    mu_hi = jnp.where(has_new, 2 * G / jnp.where(has_new, smin, 1), 0.0) + jnp.finfo(newsz_n.dtype).tiny
+    hi0 = jnp.log(mu_hi)
+    lo0 = hi0 - BISECT_OCTAVES * np.log(2.0)
 
-    def step(_, st):
-        lo, hi, bch, bv = st
+    def step(i, st):
+        lo, hi, bch, bv, done = st
         mid = 0.5 * (lo + hi)
-        ch, m, v = attempt(jnp.exp(mid))
-        ok = m <= b
+        mu = jnp.where(i == 0, 0.0, jnp.where(i == 1, mu_hi, jnp.exp(mid)))
+        ch, m, v = attempt(mu.astype(newsz_n.dtype))
+        ok = (m <= b) & ~done
         better = ok & (v > bv)
-        return (jnp.where(ok, lo, mid), jnp.where(ok, mid, hi), jnp.where(better, ch, bch), jnp.where(better, v, bv))
+        bisecting = i >= 2
+        lo = jnp.where(bisecting & ~ok, mid, lo)
+        hi = jnp.where(bisecting & ok, mid, hi)
+        # mu = 0 within the budget is the node's optimum: stop there
+        done = done | ((i == 0) & ok)
+        return lo, hi, jnp.where(better, ch, bch), jnp.where(better, v, bv), done
 
-    _, _, bch, _ = lax.fori_loop(0, cfg.bisect, step, (lo, hi) + best)
-    ch = jnp.where(m0 <= b, ch0, bch)
-    # repair: the budget must hold whatever float noise did
-    over = jnp.where(ch & new_n, s[:, None], 0).sum() > b
+    init = (lo0, hi0, jnp.zeros_like(new_n), jnp.asarray(-jnp.inf, newsz_n.dtype), jnp.bool_(False))
+    _, _, ch, bv, _ = lax.fori_loop(0, 2 + cfg.bisect, step, init)
+    # repair: the budget must hold whatever float noise did (dropping the node's new copies does it)
+    over = ~jnp.isfinite(bv) | (jnp.where(ch & new_n, s[:, None], 0).sum() > b)
     return jnp.where(over, ch & ~new_n, ch)
 
 
-def _node_pass(inst, tw, su, cu, order, bud, new, newsz, pen, oracle, cfg):
-    """Successive pass over ``order`` from nothing; returns x [N, L, E]."""
+def _passes(inst, tw, su, cu, order, bud, new, newsz, pen, oracle, cfg):
+    """The successive pass over ``order`` from nothing, then ``cfg.revisit`` rounds of per-node best
+    response (kept when the net objective falls): one scan over the node sequence, so the node
+    step is traced once. Returns x [N, L, E]."""
     N = inst.latency.shape[1]
-
-    def body(carry, n):
-        d, x = carry
-        newp = jnp.minimum(d, jnp.take(inst.latency, n, axis=1))
-        ch = _choose(oracle, inst, tw, d, newp, cu[n], bud[n], su, new[n], newsz[n], pen, cfg)
-        return (jnp.where(ch[None], newp, d), x.at[n].set(ch)), None
-
-    x0 = jnp.zeros((N,) + inst.latency.shape[2:], bool)
-    (_, x), _ = lax.scan(body, (inst.fallback, x0), order)
-    return x
-
-
-def _revisit(inst, tw, su, cu, order, bud, new, newsz, pen, oracle, x, cfg):
-    """Per-node best response given the others, ``cfg.revisit`` rounds; kept when the net objective falls."""
     lat, fb = inst.latency, inst.fallback
-    J0 = net_objective(inst, x, newsz, pen, cfg.aggregation)
+    seq = jnp.tile(order, 1 + cfg.revisit)
+    first = jnp.arange(seq.shape[0]) < N
 
-    def body(carry, n):
+    def body(carry, step):
         x, J = carry
+        n, is_first = step
         others = x.at[n].set(False)
         d = expert_latency_from(lat, fb, others)
         newp = jnp.minimum(d, jnp.take(lat, n, axis=1))
         ch = _choose(oracle, inst, tw, d, newp, cu[n], bud[n], su, new[n], newsz[n], pen, cfg)
         xn = others.at[n].set(ch)
+        if cfg.revisit == 0:
+            return (xn, J), None
         Jn = net_objective(inst, xn, newsz, pen, cfg.aggregation)
-        better = Jn < J - _tol(J)
-        return (jnp.where(better, xn, x), jnp.where(better, Jn, J)), None
+        keep = is_first | (Jn < J - _tol(J))
+        return (jnp.where(keep, xn, x), jnp.where(keep, Jn, J)), None
 
-    (x, _), _ = lax.scan(body, (x, J0), jnp.tile(order, cfg.revisit))
+    x0 = jnp.zeros((N,) + lat.shape[2:], bool)
+    (x, _), _ = lax.scan(body, (x0, jnp.asarray(jnp.inf, lat.dtype)), (seq, first))
     return x
 
 
@@ -212,6 +217,30 @@ def _move_gains(inst, x, aggregation):
     return add, drop
 
 
+def _same_layer_swaps(inst, x, ri, ai, aggregation):
+    """Exact ΔJ of dropping item ``ri[n, i]`` and adding ``ai[n, j]`` on node n when both are in
+    one layer: that layer re-evaluated with both changes, [N, k, k] (other pairs: any value)."""
+    lat, fb = inst.latency, inst.fallback
+    N, L, E = x.shape
+    d = expert_latency_from(lat, fb, x)  # [U, L, E]
+
+    def one(n, r, a):
+        l, er, ea = a // E, r % E, a % E  # the layer of the add (= the drop's for the pairs used)
+        x_l = x[:, l]  # [N, E]
+        x_new = x_l.at[n, er].set(False).at[n, ea].set(True)
+        lat_l = lat[:, :, l]  # [U, N, E]
+        d_new = jnp.minimum(fb[:, l], jnp.where(x_new[None], lat_l, jnp.inf).min(axis=1))  # [U, E]
+        pat = inst.patterns[:, l]  # [U, M, K]
+        old = _pattern_value(d[:, l][:, None], pat[:, None], aggregation)[:, 0]
+        new = _pattern_value(d_new[:, None], pat[:, None], aggregation)[:, 0]
+        return (inst.traffic[:, None] * inst.weight[:, l] * (new - old)).sum()
+
+    nodes = jnp.broadcast_to(jnp.arange(N)[:, None, None], (N, ri.shape[1], ai.shape[1]))
+    r = jnp.broadcast_to(ri[:, :, None], nodes.shape)
+    a = jnp.broadcast_to(ai[:, None, :], nodes.shape)
+    return jax.vmap(one)(nodes.reshape(-1), r.reshape(-1), a.reshape(-1)).reshape(nodes.shape)
+
+
 def _local_search(inst, su, cu, bud, new, newsz, pen, x, cfg: WindowConfig):
     """Fixed rounds of the best exact improving add / drop / one-node swap (storage and budget hold)."""
     N, L, E = x.shape
@@ -234,15 +263,20 @@ def _local_search(inst, su, cu, bud, new, newsz, pen, x, cfg: WindowConfig):
         a_ok = ~xf & (used[:, None] + sz <= cu[:, None]) & (mv[:, None] + newu <= bud[:, None])
         d_add = jnp.where(a_ok, flat_cost - add, jnp.inf)
         d_drop = jnp.where(xf, drop - flat_cost, jnp.inf)
-        # one-node swaps: the k best adds x the k cheapest drops of every node (exact across layers)
+        # one-node swaps: the k best adds x the k cheapest drops of every node; exact deltas (across
+        # layers the sum of both, within a layer the layer re-evaluated with both changes)
         av, ai = lax.top_k(jnp.where(~xf, add - flat_cost, -jnp.inf), k)  # [N, k]
         rv, ri = lax.top_k(jnp.where(xf, flat_cost - drop, -jnp.inf), k)
         s_a, s_r = jnp.take_along_axis(sz, ai, -1), jnp.take_along_axis(sz, ri, -1)
         n_a, n_r = jnp.take_along_axis(newu, ai, -1), jnp.take_along_axis(newu, ri, -1)
         fit = (used[:, None, None] - s_r[:, :, None] + s_a[:, None, :] <= cu[:, None, None]) & (
             mv[:, None, None] - n_r[:, :, None] + n_a[:, None, :] <= bud[:, None, None])
-        d_swap = jnp.where(fit & jnp.isfinite(av)[:, None, :] & jnp.isfinite(rv)[:, :, None],
-                           -(av[:, None, :] + rv[:, :, None]), jnp.inf)  # [N, k(drop), k(add)]
+        approx = -(av[:, None, :] + rv[:, :, None])  # [N, k(drop), k(add)]
+        same = (ai // E)[:, None, :] == (ri // E)[:, :, None]
+        exact_same = _same_layer_swaps(inst, x, ri, ai, cfg.aggregation) + (
+            jnp.take_along_axis(flat_cost, ai, -1)[:, None, :] - jnp.take_along_axis(flat_cost, ri, -1)[:, :, None])
+        d_swap = jnp.where(same, exact_same, approx)
+        d_swap = jnp.where(fit & jnp.isfinite(av)[:, None, :] & jnp.isfinite(rv)[:, :, None], d_swap, jnp.inf)
         deltas = jnp.concatenate([d_add.reshape(-1), d_drop.reshape(-1), d_swap.reshape(-1)])
         nA = N * LE
         _, pick = lax.top_k(-deltas, C)
@@ -312,9 +346,7 @@ def window_solve(
     orders = jnp.stack([named[o] if isinstance(o, str) else jnp.asarray(o, jnp.int32) for o in cfg.orders])
 
     def candidate(order):
-        x = _node_pass(inst, tw, su, cu, order, bud, new, newsz, pen, oracle, cfg)
-        if cfg.revisit > 0:
-            x = _revisit(inst, tw, su, cu, order, bud, new, newsz, pen, oracle, x, cfg)
+        x = _passes(inst, tw, su, cu, order, bud, new, newsz, pen, oracle, cfg)
         return x, net_objective(inst, x, newsz, pen, cfg.aggregation)
 
     if len(cfg.orders) == 1:
@@ -322,9 +354,16 @@ def window_solve(
     else:
         xs, Js = jax.vmap(candidate)(orders)
         x = xs[jnp.argmin(Js)]
-    if cfg.rounds > 0:
-        x = _local_search(inst, su, cu, bud, new, newsz, pen, x, cfg)
+    if not cfg.migration:  # free migration: nothing depends on x_prev
+        return _local_search(inst, su, cu, bud, new, newsz, pen, x, cfg) if cfg.rounds > 0 else x
     priced = (bud < cu).any() | (pen > 0)
+    if cfg.rounds > 0:
+        # two starts: the best pass, and (when migration has a price) the previous placement,
+        # from which a tight budget allows only a few changes
+        starts = jnp.stack([x, jnp.where(priced, x_prev, x)])
+        xs = jax.vmap(lambda s: _local_search(inst, su, cu, bud, new, newsz, pen, s, cfg))(starts)
+        Js = jax.vmap(lambda xc: net_objective(inst, xc, newsz, pen, cfg.aggregation))(xs)
+        x = xs[jnp.argmin(Js)]
     kept = _keep(inst, su, cu, x, x_prev)
     x = jnp.where(priced, kept, x)
     J = net_objective(inst, x, newsz, pen, cfg.aggregation)

@@ -60,18 +60,19 @@ def _window(windows: Instance, t) -> Instance:
     return jax.tree_util.tree_map(lambda a: lax.dynamic_index_in_dim(a, t, 0, keepdims=False), windows)
 
 
-def forecast_window(windows: Instance, t, forecast: str, alpha: float, horizon: int) -> Instance:
+def forecast_window(windows: Instance, t, forecast: str, alpha: float, horizon: int, lag=1) -> Instance:
     """What a policy believes about window ``t`` (``t >= 1``) from windows ``< t``; one Instance.
 
-    ``last``: window t-1. ``ema``: the patterns of windows t-1 .. t-horizon side by side
-    (``[U, L, horizon·M, K]``), window t-1-k weighted by ``alpha·(1-alpha)^k`` (renormalised over
-    the windows that exist), and the users' traffic averaged the same way.
+    ``last``: window t-lag. ``ema``: the patterns of windows t-lag .. t-lag-horizon+1 side by side
+    (``[U, L, horizon·M, K]``), window t-lag-k weighted by ``alpha·(1-alpha)^k`` (renormalised over
+    the windows that exist), and the users' traffic averaged the same way. ``lag`` (traced) is 1
+    for a policy; 0 is hindsight (window t itself).
     """
     if forecast == "last":
-        return _window(windows, t - 1)
+        return _window(windows, t - lag)
     T = windows.latency.shape[0]
     ks = jnp.arange(horizon)
-    idx = t - 1 - ks
+    idx = t - lag - ks
     a = alpha * (1.0 - alpha) ** ks.astype(windows.weight.dtype) * (idx >= 0)
     a = a / a.sum()
     past = jax.tree_util.tree_map(lambda arr: arr[jnp.clip(idx, 0, T - 1)], windows)  # [H, ...]
@@ -197,9 +198,13 @@ def timeline_policy(
     x0: Bool[Array, "N L E"],
     budget: Int[Array, "N"],
     penalty: Float[Array, ""],
+    lag: Int[Array, ""],
     cfg: PolicyConfig,
 ):
     """Run one policy over one timeline (windows ``[T, ...]``); a ``lax.scan`` over t = 1..T-1.
+
+    ``hindsight`` is ``incremental`` with ``lag = 0`` (it sees window t itself; ``lag`` is traced,
+    so both share one compiled program); every other policy has ``lag = 1``.
 
     Returns:
       (placements bool [T, N, L, E] with ``placements[0] = x0``, info dict of [T, ...] arrays:
@@ -223,17 +228,15 @@ def timeline_policy(
         x_prev, ts, clock = carry
         loaded = jnp.zeros(N, jnp.int32)
         p = cfg.policy
-        if p == "hindsight":
-            F = _window(windows, t)
-        else:
-            F = forecast_window(windows, t, cfg.forecast, cfg.alpha, cfg.horizon)
+        F = forecast_window(windows, t, cfg.forecast, cfg.alpha, cfg.horizon, lag)
         if p == "static":
             x = x_prev
         elif p == "resolve":
-            x = window_solve(F, su, cu, zeros, nolimit, jnp.zeros_like(pen), cfg.window._replace(budgeted=False))
+            x = window_solve(F, su, cu, zeros, nolimit, jnp.zeros_like(pen),
+                             cfg.window._replace(budgeted=False, migration=False))
             if cfg.window.budgeted:
                 x = _admit(x, x_prev, _popularity(F), su, cu, budget)
-        elif p in ("incremental", "hindsight"):
+        elif p == "incremental":
             x = window_solve(F, su, cu, x_prev, budget, pen, cfg.window)
         elif p == "lfu":
             x, pop = lfu_placement(F, su, cu)

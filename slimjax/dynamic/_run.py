@@ -75,7 +75,8 @@ class DynamicResult(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 
 
-def window_config(solver: Any, shape: tuple, grid, aggregation: str, *, budgeted: bool, bisect: int) -> WindowConfig:
+def window_config(solver: Any, shape: tuple, grid, aggregation: str, *, budgeted: bool, bisect: int = 12,
+                  migration: bool | None = None) -> WindowConfig:
     """The static :class:`WindowConfig` of a solver object or name (``Successive``, optionally
     chained with ``Polish``): its node orders (``best-of`` candidates), oracle, DP backend and
     revisit rounds, and Polish's rounds as local-search rounds. Union-first candidates and random
@@ -97,7 +98,8 @@ def window_config(solver: Any, shape: tuple, grid, aggregation: str, *, budgeted
     orders = tuple(o for o, u in zip(sc.orders, sc.unions) if not u)
     rounds = int(stages[1].rounds) if len(stages) == 2 else 0
     return WindowConfig(Qmax=int(sc.Qmax), orders=orders, oracle=sc.oracle, maxconv=sc.maxconv, aggregation=aggregation,
-                        revisit=int(sc.revisit), rounds=rounds, budgeted=bool(budgeted), bisect=int(bisect))
+                        revisit=int(sc.revisit), rounds=rounds, budgeted=bool(budgeted), bisect=int(bisect),
+                        migration=bool(budgeted) if migration is None else bool(migration))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,8 +116,8 @@ def _x0_fn(cfg: WindowConfig, windows, su, cu):
     return jax.vmap(one)(windows, su, cu)
 
 
-def _policy_fn(cfg: PolicyConfig, windows, tokens, token_user, token_weight, su, cu, x0, budget, penalty):
-    return jax.vmap(lambda *a: timeline_policy(*a, cfg=cfg))(
+def _policy_fn(cfg: PolicyConfig, windows, tokens, token_user, token_weight, su, cu, x0, budget, penalty, lag):
+    return jax.vmap(lambda *a: timeline_policy(*a, lag, cfg=cfg))(
         windows, tokens, token_user, token_weight, su, cu, x0, budget, penalty)
 
 
@@ -359,7 +361,8 @@ def run(
     unit = np.asarray(grid.unit, np.float64).reshape(B)
     budget_real, bud = _budget_units(budget, B, N, unit, cu)
     pen = _penalty(penalty, B)
-    cfg = window_config(solver, tl.shape, grid, aggregation, budgeted=budget is not None, bisect=bisect)
+    cfg = window_config(solver, tl.shape, grid, aggregation, budgeted=budget is not None, bisect=bisect,
+                        migration=budget is not None or bool((pen > 0).any()))
     devs = (0,)
     evict = 1
     if policy == "lru":
@@ -367,13 +370,16 @@ def run(
         if not tl.has_tokens:
             tl = sample_tokens(tl, sampled_tokens, key, clock)
         evict = int(np.max(-(-su.max(-1) // su.min(-1))))
-    pcfg = PolicyConfig(policy=policy, window=cfg, forecast=forecast, alpha=float(ema_alpha),
-                        horizon=int(ema_horizon) if forecast == "ema" else 1, devices=devs, evict=evict)
+    hind = policy == "hindsight"  # incremental knowing window t: the same program with lag 0
+    fc = "last" if hind else forecast
+    pcfg = PolicyConfig(policy="incremental" if hind else policy, window=cfg, forecast=fc, alpha=float(ema_alpha),
+                        horizon=int(ema_horizon) if fc == "ema" else 1, devices=devs, evict=evict)
     fdt = w.size.dtype
     su_j, cu_j = jnp.asarray(su), jnp.asarray(cu)
-    x0 = call(_X0, (cfg._replace(budgeted=False),), (w, su_j, cu_j), clock)
+    x0 = call(_X0, (cfg._replace(budgeted=False, migration=False),), (w, su_j, cu_j), clock)
     tok = (tl.tokens, tl.token_user, tl.token_weight) if (tl.has_tokens and policy == "lru") else (None, None, None)
-    xs, info = call(_POLICY, (pcfg,), (w, *tok, su_j, cu_j, x0, jnp.asarray(bud), jnp.asarray(pen, fdt)), clock)
+    lag = jnp.int32(0 if hind else 1)
+    xs, info = call(_POLICY, (pcfg,), (w, *tok, su_j, cu_j, x0, jnp.asarray(bud), jnp.asarray(pen, fdt), lag), clock)
     J, moved, tok_lat = call(_EVAL, (aggregation,), (w, xs, tl.tokens, tl.token_user), clock)
     xs = np.asarray(xs)
     J = np.asarray(J, np.float64)
