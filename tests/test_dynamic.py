@@ -310,7 +310,22 @@ def test_sampled_tokens_follow_the_routing(tls):
     np.testing.assert_allclose(freq, ref, atol=0.04)
     r = dynamic.run(plain, "lru", budget=2.0, solver=LIGHT, sampled_tokens=24, key=0)  # the LRU program of `results`
     assert np.isfinite(r.p95).all() and (r.moved <= 2.0 + 1e-6).all()
-    assert r.compile_seconds < 1e-9 or r.info["loaded"].sum() > 0
+
+
+def test_lru_without_budget_follows_the_tokens(tls, results):
+    """Without a budget the device ends every window holding the most recently used experts."""
+    r = dynamic.run(tls, "lru", solver=LIGHT)  # the same program as with a budget (the budget is traced)
+    assert r.compile_seconds == 0.0
+    assert r.info["loaded"].sum() > results["lru"].info["loaded"].sum()
+    su = np.asarray(slimjax.ops.capacity_grid(tls.windows[:, 0]).size_units)
+    cu = np.asarray(slimjax.ops.capacity_grid(tls.windows[:, 0]).capacity_units)
+    tok = np.asarray(tls.tokens)
+    for b, t in itertools.product(range(len(tls)), range(1, tls.num_windows)):
+        held = r.placements[b, t, 0]
+        last = tok[b, t - 1, -1]  # the window's last token: its last layer's experts were used last
+        l = last.shape[0] - 1
+        if su[b, l] * len(set(last[l])) <= cu[b, 0]:
+            assert held[l, last[l]].all(), (b, t)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ Every policy is one step ``x_t = step(x_{t-1}, windows < t)`` of a ``lax.scan`` 
 The forecast of window t (``last``: window t-1; ``ema``: the exponential moving average of the
 pattern frequencies of the last ``horizon`` windows, weight ``alpha·(1-alpha)^k`` on window
 t-1-k, renormalised over the windows that exist) is what ``resolve``, ``incremental`` and ``lfu``
-see. Budgets hold for every policy: ``resolve`` and ``lfu`` admit their new copies by activation
-frequency while the node's budget allows (then keep what they held while storage remains),
+see. Budgets hold for every policy: ``resolve`` admits the new copies of its from-scratch solution by
+their value in it (the J its removal would cost) and ``lfu`` by activation frequency while the
+node's budget allows, then both keep what they held while storage remains;
 ``lru`` admits a miss only while the budget allows, ``static`` never moves. The penalty is traded
 by ``incremental`` and ``hindsight`` (the policies that optimise J); the others ignore it.
 """
@@ -31,7 +32,7 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance
-from slimjax.dynamic._myopic import WindowConfig, window_solve
+from slimjax.dynamic._myopic import WindowConfig, _move_gains, window_solve
 from slimjax.ops._gains import expert_frequency
 from slimjax.ops._order import node_orders
 
@@ -132,16 +133,17 @@ def _fill(prio, su, cap, x_prev=None, budget=None, taken=None):
     return (jnp.zeros(L * E, bool).at[order].set(took) | x0).reshape(L, E)
 
 
-def _admit(target, x_prev, pop, su, cu, bud):
+def _admit(target, x_prev, value, pop, su, cu, bud):
     """Move towards ``target`` within the budget: keep target ∩ held, admit target's new copies by
-    ``pop`` while the budget allows, then keep held copies by ``pop`` while storage remains."""
+    ``value`` [N, L, E] while the budget allows, then keep held copies by ``pop`` [L, E] while
+    storage remains."""
     keep = target & x_prev
 
-    def node(t, xp, kp, c, b):
-        x = _fill(jnp.where(t & ~xp, pop, _NEG), su, c, xp, b, taken=kp)
+    def node(t, xp, kp, v, c, b):
+        x = _fill(jnp.where(t & ~xp, v, _NEG), su, c, xp, b, taken=kp)
         return _fill(jnp.where(xp & ~x, pop, _NEG), su, c, taken=x)
 
-    return jax.vmap(node)(target, x_prev, keep, cu, bud)
+    return jax.vmap(node)(target, x_prev, keep, value, cu, bud)
 
 
 def _lru_window(x, ts, clock, x_prev, tokens, user, weight, su, cu, bud, devices, evict):
@@ -234,14 +236,15 @@ def timeline_policy(
         elif p == "resolve":
             x = window_solve(F, su, cu, zeros, nolimit, jnp.zeros_like(pen),
                              cfg.window._replace(budgeted=False, migration=False))
-            if cfg.window.budgeted:
-                x = _admit(x, x_prev, _popularity(F), su, cu, budget)
+            if cfg.window.budgeted:  # new copies by their value in the target (J lost without them)
+                _, value = _move_gains(F, x, cfg.window.aggregation)
+                x = _admit(x, x_prev, value, _popularity(F), su, cu, budget)
         elif p == "incremental":
             x = window_solve(F, su, cu, x_prev, budget, pen, cfg.window)
         elif p == "lfu":
             x, pop = lfu_placement(F, su, cu)
             if cfg.window.budgeted:
-                x = _admit(x, x_prev, pop, su, cu, budget)
+                x = _admit(x, x_prev, jnp.broadcast_to(pop, x.shape), pop, su, cu, budget)
         else:  # lru on the devices; the servers keep x_0
             xd, ts, clock, loaded = _lru_window(x_prev, ts, clock, x_prev, tokens[t - 1], token_user[t - 1],
                                                 token_weight[t - 1], su, cu, budget, cfg.devices, cfg.evict)

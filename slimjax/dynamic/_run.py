@@ -370,9 +370,12 @@ def run(
         if not tl.has_tokens:
             tl = sample_tokens(tl, sampled_tokens, key, clock)
         evict = int(np.max(-(-su.max(-1) // su.min(-1))))
+        if budget is None:  # the LRU counts its admissions against the budget: none = unbounded
+            bud = np.full_like(bud, np.iinfo(np.int32).max)
     hind = policy == "hindsight"  # incremental knowing window t: the same program with lag 0
+    wcfg = cfg._replace(budgeted=False, migration=False) if policy in ("static", "lru") else cfg  # unused by them
     fc = "last" if hind else forecast
-    pcfg = PolicyConfig(policy="incremental" if hind else policy, window=cfg, forecast=fc, alpha=float(ema_alpha),
+    pcfg = PolicyConfig(policy="incremental" if hind else policy, window=wcfg, forecast=fc, alpha=float(ema_alpha),
                         horizon=int(ema_horizon) if fc == "ema" else 1, devices=devs, evict=evict)
     fdt = w.size.dtype
     su_j, cu_j = jnp.asarray(su), jnp.asarray(cu)
