@@ -1,4 +1,4 @@
-"""The experiment app (DESIGN §7): a pure ``run(cfg) -> dict`` behind the ``slimjax`` command.
+"""The experiment app: a pure ``run(cfg) -> dict`` behind the ``slimjax`` command.
 
 ``run`` takes a composed Hydra config (``conf/config.yaml``), generates a batch of instances,
 solves it with every method in ``cfg.solvers`` (:func:`slimjax.solve_batch`), evaluates them and
@@ -194,7 +194,7 @@ def make_batch(cfg: DictConfig, key) -> tuple[Any, dict]:
 
 
 def _trace_batch(key, B: int, model: dict, network: dict, routing: dict) -> tuple[Any, dict]:
-    """Instances whose patterns come from the training part of a real trace (DESIGN §5.4).
+    """Instances whose patterns come from the training part of a real trace.
 
     Every instance has the same patterns (the trace's) and its own sampled network; the held-out
     tokens are returned for replay.

@@ -1,4 +1,4 @@
-"""Experiment loggers for the app (``logger=none|csv|wandb``, DESIGN §7).
+"""Experiment loggers for the app (``logger=none|csv|wandb``).
 
 Every logger has ``log_run(cfg, rows, summary, figures)`` and ``finish(exit_code)``; the app calls
 ``finish`` in a ``finally`` block, so a failed run is closed (and marked failed) too.
