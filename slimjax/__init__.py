@@ -11,6 +11,7 @@ The public API::
     slimjax.explain, slimjax.Explanation                             why a placement is good
     slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
     slimjax.generate (instance generators), slimjax.traces (real routing traces)
+    slimjax.dynamic (re-placing experts over time as routing drifts)
 
 Submodules are imported on first use, so ``import slimjax`` stays light.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "Solution",
     "Status",
     "chain",
+    "dynamic",
     "expert_latency",
     "explain",
     "feasible",
@@ -66,7 +68,7 @@ __all__ = [
     "load",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load", "dynamic")
 
 
 def __getattr__(name: str):

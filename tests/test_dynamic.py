@@ -300,6 +300,51 @@ def test_no_recompile_on_second_call(tls, results):
     assert (again.moved <= 1.0 + 1e-6).all()
 
 
+def test_sweep_rows_are_the_runs(tls, results):
+    cap = np.asarray(tls.windows.capacity[:, 0], np.float64)
+    share = 0.25
+    out = dynamic.sweep(tls, ("static", "incremental", "hindsight"), (share, None), solver=LIGHT)
+    w, tot = out["windows"], out["totals"]
+    B, T = len(tls), tls.num_windows
+    assert len(w["objective"]) == 2 * 3 * B * T and len(tot["total"]) == 2 * 3 * B
+    assert all(len(v) == len(w["objective"]) for v in w.values())
+    ref = dynamic.run(tls, "incremental", budget=share * cap, solver=LIGHT)
+    sel = (w["policy"] == "incremental") & (w["budget_share"] == share)
+    np.testing.assert_array_equal(w["objective"][sel], ref.objective.reshape(-1))
+    np.testing.assert_array_equal(w["moved"][sel], ref.moved.sum(-1).reshape(-1))
+    np.testing.assert_array_equal(w["timeline"][sel], np.repeat(np.arange(B), T))
+    np.testing.assert_array_equal(w["window"][sel], np.tile(np.arange(T), B))
+    assert (w["moved_max_node"][sel] <= share * cap.max() + 1e-6).all()
+    assert not w["evaluated"][w["window"] == 0].any() and w["evaluated"][w["window"] > 0].all()
+    free = (w["policy"] == "incremental") & np.isinf(w["budget_share"])
+    np.testing.assert_array_equal(w["objective"][free], results["incremental-free"].objective.reshape(-1))
+    assert (w["moved"][w["policy"] == "static"] == 0).all()
+    # totals and the share of the static -> hindsight gap recovered, per timeline
+    t_sel = (tot["policy"] == "incremental") & (tot["budget_share"] == share)
+    np.testing.assert_array_equal(tot["total"][t_sel], ref.total)
+    st = tot["total"][(tot["policy"] == "static") & (tot["budget_share"] == share)]
+    hi = tot["total"][(tot["policy"] == "hindsight") & (tot["budget_share"] == share)]
+    gap = st - hi
+    want = np.where(gap > 0, (st - ref.total) / np.where(gap > 0, gap, 1), np.nan)
+    np.testing.assert_allclose(tot["gap_recovered"][t_sel], want, equal_nan=True)
+    st_rec = tot["gap_recovered"][(tot["policy"] == "static") & (tot["budget_share"] == share)]
+    assert (st_rec[gap > 0] == 0).all() and np.isnan(st_rec[gap <= 0]).all()
+    assert np.isfinite(tot["gap_recovered"]).any()
+
+
+def test_sweep_bad_input_names_the_field(tls):
+    with pytest.raises(ValueError, match="policies"):
+        dynamic.sweep(tls, ("static", "nope"), (0.1,))
+    with pytest.raises(ValueError, match="policies"):
+        dynamic.sweep(tls, "static", (0.1,))
+    with pytest.raises(ValueError, match="budget_shares"):
+        dynamic.sweep(tls, ("static",), 0.1)
+    with pytest.raises(ValueError, match="budget_shares"):
+        dynamic.sweep(tls, ("static",), (-0.1,))
+    with pytest.raises(ValueError, match="budget"):
+        dynamic.sweep(tls, ("static",), (0.1,), budget=1.0)
+
+
 def test_sampled_tokens_follow_the_routing(tls):
     plain = dynamic.Timeline(tls.windows)  # no tokens
     # every b has the same routing (one trace): pool the tokens of window 0 over b and 12 keys

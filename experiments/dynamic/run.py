@@ -2,7 +2,7 @@
 """Dynamic caching: re-placing experts as routing drifts, with the cost of moving them.
 
 Timelines from the drift generator (``slimjax.dynamic.drift``: latent routing whose task mix
-jumps between phases) and from the real per-token traces in ../shared/traces/raw, cut into
+jumps between phases) and from the real per-token traces (``$SLIMJAX_SHARED/traces/raw``), cut into
 windows in the order the tokens were served. Every policy of ``slimjax.dynamic.run`` on each,
 with a migration budget per node and window given as a share of the node's storage.
 
@@ -205,6 +205,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--replot", action="store_true", help="figures and tables from the CSVs only")
     ap.add_argument("--solver", default="successive-best", help="the per-window solve (default: successive-best)")
+    ap.add_argument("--timelines", type=int, default=None, help="drift timelines (default 8; --quick 4)")
+    ap.add_argument("--windows", type=int, default=None, help="windows per drift timeline (default 12; --quick 8)")
     args = ap.parse_args()
     period = 4
     if args.replot:
@@ -213,6 +215,7 @@ def main():
         windows = pd.read_csv(os.path.join(HERE, "windows.csv"))
     else:
         B, T, tokens = (4, 8, 128) if args.quick else (8, 12, 256)
+        B, T = args.timelines or B, args.windows or T
         frontier = (0.0, HEADLINE) if args.quick else FRONTIER
         rows, wins = [], []
         print(f"jax {jax.__version__} on {jax.default_backend()}; solver {args.solver}", flush=True)

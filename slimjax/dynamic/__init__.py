@@ -17,6 +17,8 @@ routing.
 
 Build timelines with :func:`timeline` (from windows), :func:`timeline_from_trace` (a real trace
 cut into windows) or :func:`drift` (a synthetic drifting workload). Policies: :data:`POLICIES`.
+:func:`sweep` runs several policies and budgets and returns flat result rows (for experiment
+runners and dashboards).
 """
 
 from slimjax.dynamic._drift import DRIFT_MODES as DRIFT_MODES
@@ -31,6 +33,8 @@ from slimjax.dynamic._run import DynamicResult as DynamicResult
 from slimjax.dynamic._run import run as run
 from slimjax.dynamic._run import sample_tokens as sample_tokens
 from slimjax.dynamic._run import window_config as window_config
+from slimjax.dynamic._sweep import result_rows as result_rows
+from slimjax.dynamic._sweep import sweep as sweep
 from slimjax.dynamic._timeline import ALIGNS as ALIGNS
 from slimjax.dynamic._timeline import Timeline as Timeline
 from slimjax.dynamic._timeline import stack_timelines as stack_timelines
@@ -49,9 +53,11 @@ __all__ = [
     "WindowConfig",
     "brute_force_window",
     "drift",
+    "result_rows",
     "run",
     "sample_tokens",
     "stack_timelines",
+    "sweep",
     "timeline",
     "timeline_from_trace",
     "window_config",
