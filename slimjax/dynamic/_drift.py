@@ -91,8 +91,10 @@ def drift(
 
     Args:
       key: a PRNG key or an int seed; timeline b depends only on ``key`` and b.
-      timelines: B >= 1. windows: T >= 2.
-      model, network: as in :func:`slimjax.generate.instances` (preset name, configuration).
+      timelines: B >= 1.
+      windows: T >= 2.
+      model: a model preset name, as in :func:`slimjax.generate.instances`.
+      network: the network configuration, as in :func:`slimjax.generate.instances`.
       routing: the latent routing configuration (``kind`` must be ``"latent"``); unset fields take
         :data:`DRIFT_ROUTING` (a mapping is merged over it). ``tokens`` = tokens per user and window.
       mode: ``"piecewise"`` or ``"smooth"`` (see the module docstring).

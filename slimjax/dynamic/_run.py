@@ -319,7 +319,8 @@ def run(
         routing (with ``key``).
       bisect: bisection steps of the budget multiplier (with a budget).
       key: PRNG seed or key (only used to sample tokens).
-      capacity_unit, aggregation: as in :func:`slimjax.solve_batch`.
+      capacity_unit: the unit of the integer storage grid, as in :func:`slimjax.solve_batch`.
+      aggregation: ``"max"`` or ``"sum"`` over a pattern's experts, as in :func:`slimjax.solve_batch`.
 
     Returns:
       a :class:`DynamicResult` (``placements`` [B, T, N, L, E], ``objective`` [B, T], ``moved``
