@@ -19,7 +19,7 @@ from slimjax.dynamic._policies import POLICIES
 from slimjax.dynamic._run import DynamicResult, _as_batched, run
 from slimjax.dynamic._timeline import Timeline
 
-__all__ = ["sweep", "result_rows"]
+__all__ = ["result_rows", "sweep"]
 
 
 def _share(b) -> float:
@@ -137,5 +137,5 @@ def sweep(
             gap = st - hi
             with np.errstate(divide="ignore", invalid="ignore"):
                 t["gap_recovered"] = np.where(gap > 0, (st - t["total"]) / gap, np.nan)
-    cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # noqa: E731
+    cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return {"windows": cat(rows), "totals": cat(tot_rows)}
