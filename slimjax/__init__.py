@@ -11,7 +11,8 @@ The public API::
     slimjax.explain, slimjax.Explanation                             why a placement is good
     slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
     slimjax.generate (instance generators), slimjax.traces (real routing traces),
-    slimjax.bounds (lower-bound methods, Bound, Certificate)
+    slimjax.bounds (lower-bound methods, Bound, Certificate),
+    slimjax.dynamic (re-placing experts over time as routing drifts)
 
 Submodules are imported on first use, so ``import slimjax`` stays light.
 """
@@ -47,6 +48,7 @@ __all__ = [
     "bounds",
     "certify",
     "chain",
+    "dynamic",
     "expert_latency",
     "explain",
     "feasible",
@@ -72,7 +74,7 @@ __all__ = [
     "load",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load", "bounds")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load", "bounds", "dynamic")
 #: names re-exported from ``slimjax.solvers`` (imported on first use)
 _FROM_SOLVERS = ("Solution", "Status", "chain", "feasible", "methods", "solve", "solve_batch")
 

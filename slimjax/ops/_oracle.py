@@ -22,6 +22,11 @@ minus after, summed over users with ``traffic`` (``tw = traffic · weight``).
 
 Ties: among sets of one size the smallest bit mask wins; a larger size is used only when its
 gain is strictly larger (so no expert without gain is ever added).
+
+Item costs (optional, every oracle): ``item_cost [L, E]`` is subtracted once per chosen expert,
+so ``g[l, c]`` is the best *net* gain (gain minus the chosen experts' costs) with at most ``c``
+experts; e.g. the cost of migrating a copy the node does not hold yet. ``None`` (the default) is
+the plain oracle, computed exactly as without the argument.
 """
 
 from __future__ import annotations
@@ -85,14 +90,17 @@ def modular_oracle(
     newp: Float[Array, "U L E"],
     patterns: Int[Array, "U L M K"],
     tw: Float[Array, "U L M"],
+    item_cost: Float[Array, "L E"] | None = None,
 ) -> tuple[Float[Array, "L E1"], Select]:
-    """Exact oracle for ``aggregation="sum"`` (J separates per expert): top-c experts by gain."""
+    """Exact oracle for ``aggregation="sum"`` (J separates per expert): top-c experts by (net) gain."""
     U, L, M, K = patterns.shape
     E = d.shape[-1]
     imp = _members(d - newp, patterns)  # [U, L, M, K] (duplicates count twice, as in the sum)
     contrib = tw[..., None] * imp
     lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], patterns.shape)
     ge = jnp.zeros((L * E,), d.dtype).at[(lidx * E + patterns).reshape(-1)].add(contrib.reshape(-1)).reshape(L, E)
+    if item_cost is not None:
+        ge = ge - jnp.asarray(item_cost, d.dtype)
     order = jnp.argsort(-ge, axis=-1, stable=True)
     rank = jnp.argsort(order, axis=-1).astype(jnp.int32)  # rank[l, e]
     sorted_g = jnp.take_along_axis(ge, order, axis=-1)
@@ -113,6 +121,7 @@ def exact_oracle(
     tw: Float[Array, "U L M"],
     dup: Bool[Array, "U L M K"],
     aggregation: str = "max",
+    item_cost: Float[Array, "L E"] | None = None,
 ) -> tuple[Float[Array, "L E1"], Select]:
     """Exact layer oracle by enumerating all 2^E subsets (see the module docstring).
 
@@ -121,12 +130,14 @@ def exact_oracle(
       newp: latencies if this node caches the expert, ``min(d, latency[:, n])`` [U, L, E].
       patterns: [U, L, M, K]; tw: traffic·weight [U, L, M]; dup: repeated positions [U, L, M, K].
       aggregation: "max" or "sum" (static).
+      item_cost: float [L, E] or None: subtracted once per chosen expert (``g`` is then the best
+        net gain; a larger set is still used only when strictly better).
 
     Returns:
       (g float [L, E+1], select: counts int [L] -> bool [L, E]).
     """
     if aggregation == "sum":
-        return modular_oracle(d, newp, patterns, tw)
+        return modular_oracle(d, newp, patterns, tw, item_cost)
     U, L, M, K = patterns.shape
     E = d.shape[-1]
     if E > EXACT_MAX_E:
@@ -151,6 +162,8 @@ def exact_oracle(
     P = 2**E
     lidx = jnp.arange(L, dtype=jnp.int32)[None, :, None, None]
     H = jnp.zeros((L * P,), dt).at[(lidx * P + mk).reshape(-1)].add(f.reshape(-1)).reshape(L, P)
+    if item_cost is not None:  # a modular term: -cost at the singletons, summed into every superset below
+        H = H.at[:, jnp.asarray(1 << np.arange(E), jnp.int32)].add(-jnp.asarray(item_cost, dt))
     for i in range(E):  # zeta (subset-sum) transform over the E experts
         H = H.reshape(L, 2 ** (E - 1 - i), 2, 2**i)
         H = jnp.stack([H[:, :, 0, :], H[:, :, 1, :] + H[:, :, 0, :]], axis=2)
@@ -180,6 +193,7 @@ def greedy_oracle(
     aggregation: str = "max",
     steps: int | None = None,
     limit: Int[Array, "L"] | None = None,
+    item_cost: Float[Array, "L E"] | None = None,
 ) -> tuple[Float[Array, "L E1"], Select]:
     """Greedy chain layer oracle (see the module docstring).
 
@@ -199,12 +213,14 @@ def greedy_oracle(
       steps: most chain steps (static; default E; at most E). Sets larger than ``steps`` experts are
         never formed, so ``min(E, Qmax)`` loses nothing.
       limit: int [L], the most experts of each layer the node can hold (dynamic; default E).
+      item_cost: float [L, E] or None: subtracted once per chosen expert. Candidates are ranked
+        by net gain and ``g[c]`` is the best net gain of the chain's sets of size ≤ c.
 
     Returns:
       (g float [L, E+1], select: counts int [L] -> bool [L, E]).
     """
     if aggregation == "sum":
-        return modular_oracle(d, newp, patterns, tw)
+        return modular_oracle(d, newp, patterns, tw, item_cost)
     U, L, M, K = patterns.shape
     E = d.shape[-1]
     T = E if steps is None else max(1, min(int(steps), E))
@@ -223,11 +239,14 @@ def greedy_oracle(
     _, p0 = p_of(d)
 
     lim = jnp.full((L,), E, jnp.int32) if limit is None else jnp.minimum(jnp.asarray(limit, jnp.int32), E)
+    cost = None if item_cost is None else jnp.asarray(item_cost, dt)
 
     def step(state):
         t, active, inS, cur, s0, added_at, gains, sizes = state
         cur_k, curP = p_of(cur)
         gain_now = (tw * (p0 - curP)).sum(axis=(0, 2))  # [L] exact gain of the current set
+        if cost is not None:
+            gain_now = gain_now - jnp.where(inS, cost, 0).sum(-1)
         size_now = inS.sum(-1).astype(jnp.int32)
         # exact single-expert gains
         i1 = jnp.argmax(cur_k, axis=-1)
@@ -237,6 +256,8 @@ def greedy_oracle(
         alt = jnp.maximum(new, excl)  # pattern latency if only position k's expert is added
         drop = jnp.where(dup, 0, curP[..., None] - alt)
         single = jnp.zeros((L * E,), dt).at[flat_idx].add((tw[..., None] * drop).reshape(-1)).reshape(L, E)
+        if cost is not None:
+            single = single - cost  # net single gains (a completion's estimate sums its members' net gains)
         # pattern completions
         in_s = inS.reshape(-1)[flat_idx].reshape(patterns.shape)
         A = ~dup & ~in_s & improv_u  # [U, L, M, K]
@@ -272,12 +293,20 @@ def greedy_oracle(
     t_end, _, inS, cur, singles0, added_at, gains, sizes = lax.while_loop(
         lambda st: (st[0] < T) & st[1].any(), step, init)  # singles0: gains vs d
     _, pT = p_of(cur)
-    gains = lax.dynamic_update_index_in_dim(gains, (tw * (p0 - pT)).sum(axis=(0, 2)), t_end, 0).T  # [L, T+1]
+    gain_end = (tw * (p0 - pT)).sum(axis=(0, 2))
+    if cost is not None:
+        gain_end = gain_end - jnp.where(inS, cost, 0).sum(-1)
+    gains = lax.dynamic_update_index_in_dim(gains, gain_end, t_end, 0).T  # [L, T+1]
     sizes = lax.dynamic_update_index_in_dim(sizes, inS.sum(-1).astype(jnp.int32), t_end, 0).T  # [L, T+1]
-    gains = lax.cummax(gains, axis=1)  # exact gains are non-decreasing already; guard float noise
     c = jnp.arange(E + 1, dtype=jnp.int32)
-    t_of_c = (sizes[:, None, :] <= c[None, :, None]).sum(-1) - 1  # [L, E+1] largest t with size_t ≤ c
-    g = jnp.take_along_axis(gains, t_of_c, axis=-1)
+    if cost is None:
+        gains = lax.cummax(gains, axis=1)  # exact gains are non-decreasing already; guard float noise
+        t_of_c = (sizes[:, None, :] <= c[None, :, None]).sum(-1) - 1  # [L, E+1] largest t with size_t ≤ c
+        g = jnp.take_along_axis(gains, t_of_c, axis=-1)
+    else:  # net gains can fall along the chain: the best state of size ≤ c (the first among ties)
+        vals = jnp.where(sizes[:, None, :] <= c[None, :, None], gains[:, None, :], -jnp.inf)  # [L, E+1, T+1]
+        t_of_c = jnp.argmax(vals, axis=-1).astype(jnp.int32)
+        g = jnp.take_along_axis(vals, t_of_c[..., None], axis=-1)[..., 0]
     g = g.at[:, 0].set(0.0)
     # The chain may jump past small sizes (a completion adds several experts at once), so a node
     # holding fewer experts than a pattern would get nothing: every c >= 1 is at least the best
