@@ -99,13 +99,16 @@ def _fits(inst: Instance, x):
     return (used <= inst.capacity * (1 + _CAP_RTOL) + _CAP_ATOL * jnp.maximum(inst.size.max(), 1)).all()
 
 
-def _flips(x):
+def _flips(x, nodes):
+    """Every single flip of ``x`` on the given nodes: [len(nodes)·L·E, N, L, E]."""
     N, L, E = x.shape
-    C = N * L * E
-    return x.reshape(1, C) ^ jnp.eye(C, dtype=bool)  # [C, C]: candidate c flips bit c
+    idx = (np.asarray(nodes)[:, None] * (L * E) + np.arange(L * E)[None]).reshape(-1)  # flat bits
+    flip = np.zeros((len(idx), N * L * E), bool)
+    flip[np.arange(len(idx)), idx] = True
+    return (x.reshape(1, -1) ^ jnp.asarray(flip)).reshape(-1, N, L, E)
 
 
-def _repair_one(inst: Instance, x, cap, aggregation, batch_size):
+def _repair_one(inst: Instance, x, cap, aggregation, batch_size, nodes):
     """Remove copies from over-cap nodes until every ``rho[n] < cap`` (see the module docstring)."""
     N, L, E = x.shape
     p = _activation_one(inst)
@@ -122,8 +125,8 @@ def _repair_one(inst: Instance, x, cap, aggregation, batch_size):
     def body(state):
         xx, removed = state
         _, rho = excess(xx)
-        over = (rho >= thr)[:, None, None] & xx  # copies on over-cap nodes
-        cand = _flips(xx).reshape(-1, N, L, E)
+        over = ((rho >= thr)[:, None, None] & xx)[np.asarray(nodes)]  # copies on over-cap nodes
+        cand = _flips(xx, nodes)
 
         def score(xc):
             ex, r = excess(xc)
@@ -135,20 +138,21 @@ def _repair_one(inst: Instance, x, cap, aggregation, batch_size):
         best_ex = ex.min()
         tie = allowed & (ex <= best_ex + 1e-12 * (1 + best_ex))
         c = jnp.argmin(jnp.where(tie, jc, jnp.inf))
-        return cand[c], removed + 1
+        some = allowed.any()  # else nothing to remove here (a copy outside ``nodes``): stop
+        return jnp.where(some, cand[c], xx), jnp.where(some, removed + 1, N * L * E)
 
     x, removed = jax.lax.while_loop(cond, body, (x, jnp.int32(0)))
     return x, removed
 
 
-def _polish_one(inst: Instance, x, cap, aggregation, rounds, batch_size):
+def _polish_one(inst: Instance, x, cap, aggregation, rounds, batch_size, nodes):
     """Best-improvement single flips under the true J_load (load-feasible, storage-feasible)."""
     N, L, E = x.shape
     p = _activation_one(inst)
 
     def step(carry, _):
         xx, j, moves = carry
-        cand = _flips(xx).reshape(-1, N, L, E)
+        cand = _flips(xx, nodes)
         vals = jax.lax.map(lambda xc: jnp.where(_fits(inst, xc), _jload(inst, xc, p, cap, aggregation)[0], jnp.inf),
                            cand, batch_size=batch_size)
         c = jnp.argmin(vals)
@@ -160,14 +164,23 @@ def _polish_one(inst: Instance, x, cap, aggregation, rounds, batch_size):
     return x, moves
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _repair_batch(aggregation, batch_size, batch, x, cap):
-    return jax.vmap(lambda i, xi: _repair_one(i, xi, cap, aggregation, batch_size))(batch, x)
-
-
 @partial(jax.jit, static_argnums=(0, 1, 2))
-def _polish_batch(aggregation, rounds, batch_size, batch, x, cap):
-    return jax.vmap(lambda i, xi: _polish_one(i, xi, cap, aggregation, rounds, batch_size))(batch, x)
+def _repair_batch(aggregation, batch_size, nodes, batch, x, cap):
+    return jax.vmap(lambda i, xi: _repair_one(i, xi, cap, aggregation, batch_size, nodes))(batch, x)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _polish_batch(aggregation, rounds, batch_size, nodes, batch, x, cap):
+    return jax.vmap(lambda i, xi: _polish_one(i, xi, cap, aggregation, rounds, batch_size, nodes))(batch, x)
+
+
+def _storage_nodes(batch: Instance) -> tuple:
+    """The nodes that can hold some expert in some instance of the batch (only they get moves)."""
+    size = np.asarray(batch.size, np.float64).reshape(batch.size.shape[0], -1)
+    cap = np.asarray(batch.capacity, np.float64)
+    fits = size.min(-1)[:, None] <= cap * (1 + _CAP_RTOL) + _CAP_ATOL * np.maximum(size.max(-1), 1)[:, None]
+    nodes = tuple(int(n) for n in np.flatnonzero(fits.any(0)))
+    return nodes or (0,)
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -190,6 +203,26 @@ def _loaded_batch(batch, rho_hat, lam, cap):
     return jax.vmap(one)(batch, rho_hat, lam)
 
 
+def _reduced(batch: Instance, nodes: tuple) -> Instance:
+    """The batch on the given nodes only. Exact for placements without copies elsewhere: a node
+    without copies serves nobody, so J_load, rho of the kept nodes and every move are unchanged."""
+    if len(nodes) == batch.latency.shape[2]:
+        return batch
+    idx = np.asarray(nodes)
+    return batch.replace(latency=batch.latency[:, :, idx], capacity=batch.capacity[:, idx],
+                         service=batch.service[:, idx], validate=False)
+
+
+def _on_nodes(fn, batch: Instance, nodes: tuple, x, *args):
+    """``fn`` (repair or polish) on the reduced batch; its placement embedded back (and the rest of ``fn``'s outputs)."""
+    x = np.asarray(x, bool)
+    idx = np.asarray(nodes)
+    out, extra = fn(_reduced(batch, nodes), jnp.asarray(x[:, idx]), *args)
+    full = x.copy()
+    full[:, idx] = np.asarray(out)
+    return full, extra
+
+
 def repair(inst: Instance, placement, *, max_utilization: float = 0.95, aggregation: str = "max"):
     """The load-feasibility repair of :class:`LoadAware` on one instance or a batch.
 
@@ -197,8 +230,10 @@ def repair(inst: Instance, placement, *, max_utilization: float = 0.95, aggregat
     placement (same shape). A placement that is already load-feasible comes back unchanged.
     """
     batched, inst, x = _as_batch(inst, placement)
-    out, _ = _repair_batch(aggregation, _MAP_BATCH, inst, x, jnp.asarray(max_utilization, inst.latency.dtype))
-    out = np.asarray(out)
+    nodes = _storage_nodes(inst)
+    cap = jnp.asarray(max_utilization, inst.latency.dtype)
+    out, _ = _on_nodes(lambda b, xx: _repair_batch(aggregation, _MAP_BATCH, tuple(range(len(nodes))), b, xx, cap),
+                       inst, nodes, x)
     return out if batched else out[0]
 
 
@@ -207,8 +242,10 @@ def load_polish(inst: Instance, placement, *, rounds: int = 16, max_utilization:
     """The J_load flip polish of :class:`LoadAware` on one instance or a batch (never increases
     J_load; a load-feasible start stays load-feasible)."""
     batched, inst, x = _as_batch(inst, placement)
-    out, _ = _polish_batch(aggregation, int(rounds), _MAP_BATCH, inst, x, jnp.asarray(max_utilization, inst.latency.dtype))
-    out = np.asarray(out)
+    nodes = _storage_nodes(inst)
+    cap = jnp.asarray(max_utilization, inst.latency.dtype)
+    out, _ = _on_nodes(lambda b, xx: _polish_batch(aggregation, int(rounds), _MAP_BATCH, tuple(range(len(nodes))), b, xx,
+                                                   cap), inst, nodes, x)
     return out if batched else out[0]
 
 
@@ -287,13 +324,17 @@ class LoadAware(Solver):
         best_rep = np.zeros(B, np.int64)
         status = np.full(B, Status.FEASIBLE, np.int8)
         blind = None
+        nodes = _storage_nodes(batch)  # moves only there, on the batch reduced to these nodes
+        local = tuple(range(len(nodes)))
         for it in range(self.load_iterations + 1):
             work = batch if it == 0 else batch.replace(latency=_compile.call(_loaded_batch, (), (batch, rho_hat, lam, cap), clock))
             x, st = _run_stages(self.inner, work, grid, keys, aggregation, start, clock)
             status = np.where(st == Status.FAILED, Status.FAILED, status).astype(np.int8)
             xj = jnp.asarray(x)
             _, rho_t, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, xj, cap), clock)
-            xr, removed = _compile.call(_repair_batch, (aggregation, _MAP_BATCH), (batch, xj, cap), clock)
+            xr, removed = _on_nodes(lambda b, xx: _compile.call(_repair_batch, (aggregation, _MAP_BATCH, local), (b, xx, cap),
+                                                                clock), batch, nodes, x)
+            xr = jnp.asarray(xr)
             j, _, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, xr, cap), clock)
             xr, j, removed = np.asarray(xr), np.asarray(j, np.float64), np.asarray(removed)
             if it == 0:
@@ -311,8 +352,9 @@ class LoadAware(Solver):
             lam = lam + jnp.asarray(self.load_price, dt) * jnp.maximum(rho_t - cap, 0.0) / jnp.maximum(1 - cap, 1e-6)
         moves = np.zeros(B, np.int64)
         if self.load_polish > 0:
-            px, moves = _compile.call(_polish_batch, (aggregation, int(self.load_polish), _MAP_BATCH),
-                                      (batch, jnp.asarray(best_x), cap), clock)
+            px, moves = _on_nodes(lambda b, xx: _compile.call(_polish_batch, (aggregation, int(self.load_polish), _MAP_BATCH,
+                                                                              local), (b, xx, cap), clock),
+                                  batch, nodes, best_x)
             best_x, moves = np.asarray(px), np.asarray(moves)
         j, rho, j0 = _compile.call(_evaluate_batch, (aggregation,), (batch, jnp.asarray(best_x), cap), clock)
         info = {
