@@ -23,6 +23,7 @@ from slimjax.solvers._baselines import Random as Random
 from slimjax.solvers._exact import MILP as MILP
 from slimjax.solvers._exact import BruteForce as BruteForce
 from slimjax.solvers._greedy import Greedy as Greedy
+from slimjax.solvers._load_aware import LoadAware as LoadAware
 from slimjax.solvers._methods import as_solver as as_solver
 from slimjax.solvers._methods import methods as methods
 from slimjax.solvers._methods import register as register
@@ -43,6 +44,7 @@ __all__ = [
     "Feasibility",
     "Greedy",
     "LayerUniform",
+    "LoadAware",
     "Polish",
     "Popularity",
     "Prepared",

@@ -37,7 +37,8 @@ from slimjax._instance import Instance, is_batched
 from slimjax._objective import objective_from_d
 from slimjax.solvers import _compile
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
-__all__ = ["BruteForce", "MILP", "MAX_BRUTE_FORCE", "brute_force_instance", "lower_bound", "milp_instance"]
+__all__ = ["BruteForce", "MILP", "MAX_BRUTE_FORCE", "brute_force_instance", "brute_force_load_instance", "lower_bound",
+           "milp_instance"]
 
 #: Largest N·L·E that ``brute-force`` accepts (2^20 placements).
 MAX_BRUTE_FORCE = 20
@@ -86,6 +87,52 @@ def brute_force_instance(inst: Instance, *, aggregation: str = "max"):
     return x, vals[b]
 
 
+@partial(jax.jit, static_argnames=("aggregation",))
+def brute_force_load_instance(inst: Instance, max_utilization=0.95, *, aggregation: str = "max"):
+    """Exact J_load optimum of one instance over all 2^(N·L·E) placements (load-infeasible ones
+    excluded: the empty placement is always load-feasible).
+
+    Returns:
+      (placement bool [N, L, E], J_load scalar).
+    """
+    from slimjax.load._model import _REPORT
+
+    U, N, L, E = inst.latency.shape
+    n = N * L * E
+    if n > MAX_BRUTE_FORCE:
+        raise ValueError(f"brute-force: N·L·E = {n} > {MAX_BRUTE_FORCE}; use method='milp' for larger instances")
+    chunk = 1 << min(n, 12)
+    nchunks = (1 << n) // chunk
+    bit = jnp.arange(n, dtype=jnp.int32)
+    size = inst.size.reshape(-1)
+    cap = inst.capacity * (1 + _CAP_RTOL) + _CAP_ATOL
+    m = jnp.asarray(max_utilization, inst.latency.dtype)
+
+    def evaluate(c):
+        masks = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
+        x = ((masks[:, None] >> bit[None, :]) & 1).astype(bool).reshape(chunk, N, L, E)
+        used = jnp.einsum("bnq,q->bn", x.reshape(chunk, N, L * E).astype(size.dtype), size)
+        ok = (used <= cap[None]).all(-1)
+        vals = jnp.where(ok, jax.vmap(lambda xx: _REPORT[aggregation](inst, xx, m).objective)(x), jnp.inf)
+        b = jnp.argmin(vals)
+        return vals[b], masks[b]
+
+    vals, masks = jax.lax.map(evaluate, jnp.arange(nchunks, dtype=jnp.int32))
+    b = jnp.argmin(vals)
+    x = ((masks[b] >> bit) & 1).astype(bool).reshape(N, L, E)
+    return x, vals[b]
+
+
+def _check_load(solver, batch: Instance) -> None:
+    if solver.load and not batch.has_load:
+        raise ValueError("load: load=True needs instances with a load model (fields service and rate); "
+                         "generate them with network={'load': 0.3} or pass service=... and rate=...")
+
+
+_BRUTE_LOAD = jax.jit(lambda aggregation, batch, m: jax.lax.map(
+    lambda i: brute_force_load_instance(i, m, aggregation=aggregation), batch), static_argnums=0)
+
+
 def _check_brute(batch: Instance) -> None:
     N, L, E = batch.latency.shape[-3:]
     if N * L * E > MAX_BRUTE_FORCE:
@@ -99,20 +146,39 @@ _BRUTE = jax.jit(lambda aggregation, batch: jax.lax.map(lambda i: brute_force_in
                  static_argnums=0)
 
 
+@document_options
 @dataclasses.dataclass(frozen=True)
 class BruteForce(Solver):
     """Exact optimum by enumerating all 2^(N·L·E) placements (N·L·E <= 20; for tests and checks).
 
     Works in real storage units (the tolerance of the feasibility check). Status: optimal.
+    With ``load=True`` (``solve(inst, "brute-force", load=True)``) it minimises J_load over the
+    load-feasible placements (the reference of the load-aware solvers).
     """
 
     name: ClassVar[str] = "brute-force"
     exact: ClassVar[bool] = True
     jax_native: ClassVar[bool] = False
+    load: bool = option(False, "minimise J_load over the load-feasible placements instead of J")
+    max_utilization: float = option(0.95, "with load: the utilisation cap, rho[n] < max_utilization, in (0, 1]")
+
+    @property
+    def load_objective(self) -> bool:
+        return self.load
+
+    def validate(self) -> None:
+        if not isinstance(self.load, bool):
+            raise ValueError(f"load: must be a bool, got {self.load!r}")
+        check_float("max_utilization", self.max_utilization, 0.0, 1.0, open_lo=True)
 
     def host_solve(self, batch, grid, keys, aggregation, start, clock):
         _check_brute(batch)
-        xs, Js = _compile.call(_BRUTE, (aggregation,), (batch,), clock)
+        _check_load(self, batch)
+        if self.load:
+            m = jnp.asarray(self.max_utilization, batch.latency.dtype)
+            xs, Js = _compile.call(_BRUTE_LOAD, (aggregation,), (batch, m), clock)
+        else:
+            xs, Js = _compile.call(_BRUTE, (aggregation,), (batch,), clock)
         B = batch.latency.shape[0]
         return np.asarray(xs), {"bound": np.asarray(Js, np.float64)}, np.full(B, Status.OPTIMAL, np.int8)
 
@@ -193,8 +259,26 @@ class _Model:
         return lp
 
 
-def _build(inst_np: dict, aggregation: str):
-    """The MILP of one instance (NumPy fields, float64). Returns (model, x column index [N, L, E] or -1, offset)."""
+def _distinct_activation(pat, w):
+    """p[u, l, e] = Σ_m w[u, l, m] · [e ∈ pattern m] (distinct members), NumPy."""
+    U, L, M, K = pat.shape
+    E_max = int(pat.max()) + 1 if pat.size else 1
+    p = np.zeros((U, L, max(E_max, 1)))
+    for u in range(U):
+        for l in range(L):
+            for m in range(M):
+                for e in set(int(v) for v in pat[u, l, m]):
+                    p[u, l, e] += w[u, l, m]
+    return p
+
+
+def _build(inst_np: dict, aggregation: str, max_utilization=None):
+    """The MILP of one instance (NumPy fields, float64). Returns (model, x column index [N, L, E] or -1, offset).
+
+    With ``max_utilization`` (the load cap; needs ``service`` and ``rate`` in ``inst_np``) the
+    assignment is forced to be the fastest cached copy (ties to the lowest index, as the load
+    model) and every node's utilisation, linear in it, is kept below the cap.
+    """
     lat, fb = inst_np["latency"], inst_np["fallback"]
     size, cap = inst_np["size"], inst_np["capacity"]
     pat, w, tr = inst_np["patterns"], inst_np["weight"], inst_np["traffic"]
@@ -204,8 +288,11 @@ def _build(inst_np: dict, aggregation: str):
     act = np.zeros((U, L, E))
     for k in range(K):
         np.add.at(act, (np.arange(U)[:, None, None], np.arange(L)[None, :, None], pat[..., k]), w)
+    if max_utilization is not None:  # a user without traffic still loads the nodes it uses
+        useful = (lat < fb[:, None]) & (act[:, None] > 0)
     act *= tr[:, None, None]
-    useful = (lat < fb[:, None]) & (act[:, None] > 0)  # [U, N, L, E]
+    if max_utilization is None:
+        useful = (lat < fb[:, None]) & (act[:, None] > 0)  # [U, N, L, E]
     mdl = _Model()
     has_x = useful.any(0)  # [N, L, E]
     xcol = np.full((N, L, E), -1, np.int64)
@@ -226,6 +313,8 @@ def _build(inst_np: dict, aggregation: str):
     xn, xl, xe = np.nonzero(has_x)
     store = mdl.rows(N, -np.inf, cap * (1 + 1e-7))  # HiGHS' own 1e-7 tolerance stays inside the check's
     mdl.coef(store[xn], xcol[xn, xl, xe], size[xl, xe])
+    if max_utilization is not None:
+        _load_rows(mdl, inst_np, useful, xcol, acol, float(max_utilization))
     saving = np.where(useful, fb[:, None] - np.where(np.isfinite(lat), lat, 0.0), 0.0)  # [U, N, L, E]
     offset = 0.0
     if aggregation == "sum":
@@ -263,17 +352,49 @@ def _build(inst_np: dict, aggregation: str):
     return mdl, xcol, offset
 
 
+def _load_rows(mdl, inst_np, useful, xcol, acol, max_utilization):
+    """Fastest-copy assignment and the utilisation cap (linear in the assignment).
+
+    For every user u, expert (l, e) and useful node n (in the order of ``latency[u, ·, l, e]``,
+    ties to the lower index): ``a[u, n] ≥ x[n] − Σ_{n' before n} x[n']`` — with ``a ≤ x`` and
+    ``Σ_n a ≤ 1`` this makes ``a`` the one-hot of the fastest cached useful node, as the load model
+    assigns. Then ``Σ_{u,l,e} rate[u]·p[u,l,e]·service[n,l,e]·a[u,n,l,e] ≤ max_utilization·(1 − 1e-6)``.
+    """
+    lat, svc, rate = inst_np["latency"], inst_np["service"], inst_np["rate"]
+    U, N, L, E = lat.shape
+    p = _distinct_activation(inst_np["patterns"], inst_np["weight"])[:, :, :E]
+    for u, l, e in zip(*np.nonzero(useful.any(1))):
+        ns = np.nonzero(useful[u, :, l, e])[0]
+        ns = ns[np.lexsort((ns, lat[u, ns, l, e]))]
+        for i, n in enumerate(ns):
+            r = mdl.rows(1, 0.0, np.inf)  # a[n] − x[n] + Σ_{before} x ≥ 0
+            mdl.coef(r, acol[u, n, l, e], 1.0)
+            mdl.coef(r, xcol[n, l, e], -1.0)
+            if i:
+                mdl.coef(np.repeat(r, i), xcol[ns[:i], l, e], 1.0)
+    uu, nn, ll, ee = np.nonzero(useful)
+    load = rate[uu] * p[uu, ll, ee] * svc[nn, ll, ee]
+    keep = load > 0
+    rows = mdl.rows(N, -np.inf, max_utilization * (1 - 1e-6))
+    mdl.coef(rows[nn[keep]], acol[uu[keep], nn[keep], ll[keep], ee[keep]], load[keep])
+
+
 def _np_instance(inst: Instance) -> dict:
-    return {f: np.asarray(getattr(inst, f), np.int64 if f == "patterns" else np.float64) for f in
-            ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic")}
+    out = {f: np.asarray(getattr(inst, f), np.int64 if f == "patterns" else np.float64) for f in
+           ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic")}
+    if inst.has_load:
+        out["service"] = np.asarray(inst.service, np.float64)
+        out["rate"] = np.asarray(inst.rate, np.float64)
+    return out
 
 
 _SCHEDULER_THREADS = 0
 
 
-def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_rel_gap, threads, verbose):
+def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_rel_gap, threads, verbose,
+                 max_utilization=None):
     highspy = _highspy()
-    mdl, xcol, offset = _build(_np_instance(inst), aggregation)
+    mdl, xcol, offset = _build(_np_instance(inst), aggregation, max_utilization)
     h = highspy.Highs()
     h.setOptionValue("output_flag", bool(verbose))
     if time_limit is not None:
@@ -301,10 +422,16 @@ def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_
     return h, xcol, status, info, secs
 
 
-def milp_instance(inst: Instance, *, aggregation="max", time_limit=None, mip_rel_gap=1e-6, threads=None, verbose=False):
-    """Solve one instance with HiGHS. Returns (placement bool [N, L, E], info dict)."""
+def milp_instance(inst: Instance, *, aggregation="max", time_limit=None, mip_rel_gap=1e-6, threads=None, verbose=False,
+                  max_utilization=None):
+    """Solve one instance with HiGHS. Returns (placement bool [N, L, E], info dict).
+
+    ``max_utilization`` (needs the load model): minimise the unloaded J subject to every node's
+    utilisation below the cap (exact linear constraints on the fastest-copy assignment).
+    """
     N, L, E = inst.latency.shape[-3:]
-    h, xcol, status, info, secs = _solve_highs(inst, aggregation, False, time_limit, mip_rel_gap, threads, verbose)
+    h, xcol, status, info, secs = _solve_highs(inst, aggregation, False, time_limit, mip_rel_gap, threads, verbose,
+                                               max_utilization)
     x = np.zeros((N, L, E), bool)
     if info.primal_solution_status == 2:  # kSolutionStatusFeasible
         vals = np.asarray(h.getSolution().col_value)
@@ -357,8 +484,18 @@ class MILP(Solver):
     mip_rel_gap: float = option(1e-6, "relative gap at which HiGHS stops and calls the incumbent optimal (>= 0)")
     threads: Any = option(None, "HiGHS threads (int >= 1), or None for HiGHS's default")
     verbose: bool = option(False, "print HiGHS's log")
+    load: bool = option(False, "keep every node's utilisation below max_utilization (exact linear constraints; "
+                        "the objective stays the unloaded J, the reported one is J_load)")
+    max_utilization: float = option(0.95, "with load: the utilisation cap, rho[n] < max_utilization, in (0, 1]")
+
+    @property
+    def load_objective(self) -> bool:
+        return self.load
 
     def validate(self) -> None:
+        if not isinstance(self.load, bool):
+            raise ValueError(f"load: must be a bool, got {self.load!r}")
+        check_float("max_utilization", self.max_utilization, 0.0, 1.0, open_lo=True)
         check_float("time_limit", self.time_limit, 0.0, open_lo=True, none=True)
         check_float("mip_rel_gap", self.mip_rel_gap, 0.0)
         if self.threads is not None:
@@ -368,13 +505,18 @@ class MILP(Solver):
 
     def host_solve(self, batch, grid, keys, aggregation, start, clock):
         _highspy()
+        _check_load(self, batch)
+        cap = self.max_utilization if self.load else None
         xs, infos = [], []
         for i in range(batch.latency.shape[0]):  # HiGHS solves one model at a time
             x, info = milp_instance(batch[i], aggregation=aggregation, time_limit=self.time_limit,
-                                    mip_rel_gap=self.mip_rel_gap, threads=self.threads, verbose=self.verbose)
+                                    mip_rel_gap=self.mip_rel_gap, threads=self.threads, verbose=self.verbose,
+                                    max_utilization=cap)
             xs.append(x)
             infos.append(info)
         status = np.asarray([_milp_status(d) for d in infos], np.int8)
+        if self.load:  # optimal for J under the cap, not a proof for J_load
+            status = np.where(status == Status.OPTIMAL, Status.FEASIBLE, status).astype(np.int8)
         info = {
             "highs_status": np.asarray([d["status"] for d in infos]),
             "incumbent": np.asarray([d["objective"] for d in infos], np.float64),

@@ -22,6 +22,8 @@ with a name go to every stage that has them; an option no stage has is refused.
 
 from __future__ import annotations
 
+import dataclasses
+
 from slimjax.solvers._base import Solver, chain
 
 __all__ = ["DEFAULT", "FAST_MAXCONV", "as_solver", "methods", "register"]
@@ -92,8 +94,35 @@ def _named(name: str) -> Solver:
     return _NAMED[name]
 
 
-def as_solver(solver, **options) -> Solver:
-    """A solver object from a name (with its options) or an object (options then replace fields)."""
+def as_solver(solver, *, load: bool = False, **options) -> Solver:
+    """A solver object from a name (with its options) or an object (options then replace fields).
+
+    With ``load=True`` the solver minimises J_load under the utilisation cap: ``brute-force`` and
+    ``milp`` take it as their own option (exact), every other solver is wrapped in
+    :class:`~slimjax.solvers.LoadAware` (which takes the options ``max_utilization``,
+    ``load_iterations``, ``load_damping``, ``load_price``, ``load_polish``).
+    """
+    from slimjax.solvers._load_aware import LOAD_OPTIONS, LoadAware
+
+    if not isinstance(load, bool):
+        raise ValueError(f"load: must be a bool, got {load!r}")
+    mine = {k: options.pop(k) for k in LOAD_OPTIONS if k in options}
+    if mine and not load:
+        raise ValueError(f"options: {sorted(mine)} apply only with load=True")
+    obj = _as_solver(solver, **options)
+    if not load:
+        return obj
+    if isinstance(obj, LoadAware):
+        return obj.replace(**mine) if mine else obj
+    if "load" in {f.name for f in dataclasses.fields(obj)}:  # exact methods: J_load natively
+        extra = set(mine) - {"max_utilization"}
+        if extra:
+            raise ValueError(f"options: {sorted(extra)} do not apply to {obj.name!r} (exact under J_load)")
+        return obj.replace(load=True, **mine)
+    return LoadAware(inner=obj, **mine)
+
+
+def _as_solver(solver, **options) -> Solver:
     if isinstance(solver, Solver):
         return solver.replace(**options) if options else solver
     if not isinstance(solver, str):

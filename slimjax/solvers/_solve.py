@@ -192,6 +192,13 @@ def _run(
     J, total = _batching.map_chunks(_EVALUATE, (aggregation,), (batch, x), budget // eval_bytes, clock)
     J = np.asarray(J, np.float64)
     total = np.asarray(total, np.float64)
+    if getattr(solver, "load_objective", False):  # load=True: the objective is J_load (inf if load-infeasible)
+        from slimjax.load import load_report
+
+        base = total - J
+        J = np.asarray(load_report(batch, x, max_utilization=solver.max_utilization, aggregation=aggregation).objective,
+                       np.float64)
+        total = J + base
     failed = (status == Status.FAILED) | ~fits | ~np.isfinite(J)
     if failed.any():
         bad = np.flatnonzero(failed)

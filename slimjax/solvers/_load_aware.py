@@ -1,0 +1,390 @@
+"""Load-aware solving: any solver, re-run on loaded latencies by a damped fixed-point iteration.
+
+:class:`LoadAware` wraps an inner solver (``successive-best``, ``greedy``, any chain) and
+minimises J_load (:func:`slimjax.load.loaded_objective`) under the utilisation cap
+``rho[n] < max_utilization``. ``solve(inst, "successive-best", load=True)`` is
+``solve(inst, LoadAware(inner=<successive-best>))``.
+
+For a batch, all instances at once:
+
+1. **Iteration 0 (load-blind).** ``rho_hat = 0``, price ``lam = 0``: the inner solver runs on the
+   instance itself, so its placement is the load-blind one.
+2. **Iteration t.** The inner solver runs on a copy of the instance whose latencies are the loaded
+   times at the estimate, plus a price on the utilisation of each node::
+
+       latency_t[u, n, l, e] = latency[u, n, l, e] + service[n, l, e] · r[n] / (1 − r[n])
+                               + lam[n] · service[n, l, e]          r = min(rho_hat, max_utilization)
+
+   (the fallback and unreachable nodes unchanged). Its placement ``x_t`` then gets
+
+   * the **repair**: while some node has ``rho[n] ≥ max_utilization``, remove one copy from an
+     over-cap node — the removal with the least total over-cap utilisation left, ties to the
+     smallest J_load (evaluated with the utilisation clipped at 0.999). Removing a copy never
+     raises its own node's utilisation, and a node without copies has ``rho = 0`` (the fallback
+     does not queue), so the repair ends with a load-feasible placement;
+   * the true J_load of the repaired placement; the best one so far is kept (per instance).
+
+   The estimate and the price move with the *unrepaired* placement's utilisation ``rho_t``::
+
+       rho_hat <- damping · rho_hat + (1 − damping) · rho_t
+       lam[n]  <- lam[n] + price_step · max(0, rho_t[n] − max_utilization) / (1 − max_utilization)
+
+3. **Polish under J_load.** The best placement gets up to ``polish_rounds`` rounds of single
+   flips (add a copy where storage allows, or remove one), each round the flip with the largest
+   decrease of the true J_load (load-feasible flips only), until none decreases it.
+
+So the result is load-feasible, and never worse under J_load than the repaired load-blind
+placement of the same inner solver (iteration 0; equal to the load-blind placement whenever that
+one is load-feasible). ``Solution.objective`` of a load-aware solve is J_load;
+``info["unloaded"]`` is J of the same placement, ``info["utilization"]`` its rho [N],
+``info["blind"]`` J_load of the (repaired) load-blind placement, ``info["best_iteration"]`` the
+iteration that gave the result (0 = load-blind), ``info["repairs"]`` the copies removed from
+it, ``info["polish_moves"]`` the flips that polished it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slimjax._instance import Instance
+from slimjax._objective import objective_from_d
+from slimjax.load._model import _activation_one, _assignment_one, _share, loaded_expert_latency_from, utilization_from
+from slimjax.solvers import _batching
+from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
+
+__all__ = ["LoadAware", "LOAD_OPTIONS", "repair", "load_polish"]
+
+#: the options of ``solve(..., load=True, ...)`` that go to :class:`LoadAware` (not to the inner solver)
+LOAD_OPTIONS = ("max_utilization", "load_iterations", "load_damping", "load_price", "load_polish")
+#: utilisation at which the repair's tie-break J_load is clipped (finite everywhere)
+_CLIP = 0.999
+#: the storage tolerance of the feasibility check (as in ``_solve``)
+_CAP_RTOL, _CAP_ATOL = 1e-6, 1e-9
+
+
+# -- per-instance pieces (pure JAX) -----------------------------------------------------------
+
+
+def _fields(inst: Instance):
+    return inst.service, inst.rate, _activation_one(inst)
+
+
+def _rho(inst: Instance, x, p):
+    N = inst.latency.shape[1]
+    share = _share(_assignment_one(inst, x), N, inst.latency.dtype)
+    return utilization_from(p, inst.rate, inst.service, share)
+
+
+def _j_at(inst: Instance, x, rho, aggregation):
+    d = loaded_expert_latency_from(inst.latency, inst.fallback, inst.service, _assignment_one(inst, x), rho)
+    return objective_from_d(inst, d, aggregation)
+
+
+def _jload(inst: Instance, x, p, cap, aggregation):
+    """(J_load with ``inf`` when load-infeasible, rho)."""
+    rho = _rho(inst, x, p)
+    ok = (rho < cap).all()
+    j = _j_at(inst, x, jnp.where(ok, rho, 0.0), aggregation)
+    return jnp.where(ok, j, jnp.inf), rho
+
+
+def _fits(inst: Instance, x):
+    used = jnp.einsum("nle,le->n", x.astype(inst.size.dtype), inst.size)
+    return (used <= inst.capacity * (1 + _CAP_RTOL) + _CAP_ATOL * jnp.maximum(inst.size.max(), 1)).all()
+
+
+def _flips(x, nodes):
+    """Every single flip of ``x`` on the given nodes: [len(nodes)·L·E, N, L, E]."""
+    N, L, E = x.shape
+    idx = (np.asarray(nodes)[:, None] * (L * E) + np.arange(L * E)[None]).reshape(-1)  # flat bits
+    flip = np.zeros((len(idx), N * L * E), bool)
+    flip[np.arange(len(idx)), idx] = True
+    return (x.reshape(1, -1) ^ jnp.asarray(flip)).reshape(-1, N, L, E)
+
+
+def _repair_one(inst: Instance, x, cap, aggregation, batch_size, nodes):
+    """Remove copies from over-cap nodes until every ``rho[n] < cap`` (see the module docstring)."""
+    N, L, E = x.shape
+    p = _activation_one(inst)
+    thr = cap * (1 - 1e-6)  # strictly below the cap, with room for float rounding across programs
+
+    def excess(xx):
+        rho = _rho(inst, xx, p)
+        return jnp.maximum(rho - thr, 0.0).sum(), rho
+
+    def cond(state):
+        xx, removed = state
+        return (excess(xx)[0] > 0) & (removed < N * L * E)
+
+    def body(state):
+        xx, removed = state
+        _, rho = excess(xx)
+        over = ((rho >= thr)[:, None, None] & xx)[np.asarray(nodes)]  # copies on over-cap nodes
+        cand = _flips(xx, nodes)
+
+        def score(xc):
+            ex, r = excess(xc)
+            return ex, _j_at(inst, xc, jnp.minimum(r, _CLIP), aggregation)
+
+        ex, jc = jax.lax.map(score, cand, batch_size=batch_size)
+        allowed = over.reshape(-1)
+        ex = jnp.where(allowed, ex, jnp.inf)
+        best_ex = ex.min()
+        tie = allowed & (ex <= best_ex + 1e-12 * (1 + best_ex))
+        c = jnp.argmin(jnp.where(tie, jc, jnp.inf))
+        some = allowed.any()  # else nothing to remove here (a copy outside ``nodes``): stop
+        return jnp.where(some, cand[c], xx), jnp.where(some, removed + 1, N * L * E)
+
+    x, removed = jax.lax.while_loop(cond, body, (x, jnp.int32(0)))
+    return x, removed
+
+
+def _polish_one(inst: Instance, x, cap, aggregation, rounds, batch_size, nodes):
+    """Best-improvement single flips under the true J_load (load-feasible, storage-feasible)."""
+    N, L, E = x.shape
+    p = _activation_one(inst)
+
+    def step(carry, _):
+        xx, j, moves = carry
+        cand = _flips(xx, nodes)
+        vals = jax.lax.map(lambda xc: jnp.where(_fits(inst, xc), _jload(inst, xc, p, cap, aggregation)[0], jnp.inf),
+                           cand, batch_size=batch_size)
+        c = jnp.argmin(vals)
+        better = vals[c] < j * (1 - 1e-7)  # a strict decrease, beyond float rounding
+        return (jnp.where(better, cand[c], xx), jnp.where(better, vals[c], j), moves + better.astype(jnp.int32)), None
+
+    j0 = _jload(inst, x, p, cap, aggregation)[0]
+    (x, j, moves), _ = jax.lax.scan(step, (x, j0, jnp.int32(0)), None, length=rounds)
+    return x, moves
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _repair_batch(aggregation, batch_size, nodes, batch, x, cap):
+    return jax.vmap(lambda i, xi: _repair_one(i, xi, cap, aggregation, batch_size, nodes))(batch, x)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _polish_batch(aggregation, rounds, batch_size, nodes, batch, x, cap):
+    return jax.vmap(lambda i, xi: _polish_one(i, xi, cap, aggregation, rounds, batch_size, nodes))(batch, x)
+
+
+def _storage_nodes(batch: Instance) -> tuple:
+    """The nodes that can hold some expert in some instance of the batch (only they get moves)."""
+    size = np.asarray(batch.size, np.float64).reshape(batch.size.shape[0], -1)
+    cap = np.asarray(batch.capacity, np.float64)
+    fits = size.min(-1)[:, None] <= cap * (1 + _CAP_RTOL) + _CAP_ATOL * np.maximum(size.max(-1), 1)[:, None]
+    nodes = tuple(int(n) for n in np.flatnonzero(fits.any(0)))
+    return nodes or (0,)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _evaluate_batch(aggregation, batch, x, cap):
+    def one(inst, xi):
+        p = _activation_one(inst)
+        j, rho = _jload(inst, xi, p, cap, aggregation)
+        return j, rho, _j_at(inst, xi, jnp.zeros_like(rho), aggregation)
+
+    return jax.vmap(one)(batch, x)
+
+
+@jax.jit
+def _loaded_batch(batch, rho_hat, lam, cap):
+    def one(inst, r, lm):
+        r = jnp.minimum(r, cap)
+        extra = inst.service * (r / (1.0 - r) + lm)[:, None, None]  # [N, L, E]
+        return inst.latency + extra[None]
+
+    return jax.vmap(one)(batch, rho_hat, lam)
+
+
+def _reduced(batch: Instance, nodes: tuple) -> Instance:
+    """The batch on the given nodes only. Exact for placements without copies elsewhere: a node
+    without copies serves nobody, so J_load, rho of the kept nodes and every move are unchanged."""
+    if len(nodes) == batch.latency.shape[2]:
+        return batch
+    idx = np.asarray(nodes)
+    return batch.replace(latency=batch.latency[:, :, idx], capacity=batch.capacity[:, idx],
+                         service=batch.service[:, idx], validate=False)
+
+
+def _on_nodes(fn, batch: Instance, nodes: tuple, x, *args):
+    """``fn`` (repair or polish) on the reduced batch; its placement embedded back (and the rest of ``fn``'s outputs)."""
+    x = np.asarray(x, bool)
+    idx = np.asarray(nodes)
+    out, extra = fn(_reduced(batch, nodes), jnp.asarray(x[:, idx]), *args)
+    full = x.copy()
+    full[:, idx] = np.asarray(out)
+    return full, extra
+
+
+def repair(inst: Instance, placement, *, max_utilization: float = 0.95, aggregation: str = "max"):
+    """The load-feasibility repair of :class:`LoadAware` on one instance or a batch.
+
+    Removes copies from nodes with ``rho[n] ≥ max_utilization`` until none is left; returns the
+    placement (same shape). A placement that is already load-feasible comes back unchanged.
+    """
+    batched, inst, x = _as_batch(inst, placement)
+    nodes = _storage_nodes(inst)
+    cap = jnp.asarray(max_utilization, inst.latency.dtype)
+    out, _ = _on_nodes(lambda b, xx: _repair_batch(aggregation, _MAP_BATCH, tuple(range(len(nodes))), b, xx, cap),
+                       inst, nodes, x)
+    return out if batched else out[0]
+
+
+def load_polish(inst: Instance, placement, *, rounds: int = 16, max_utilization: float = 0.95,
+                aggregation: str = "max"):
+    """The J_load flip polish of :class:`LoadAware` on one instance or a batch (never increases
+    J_load; a load-feasible start stays load-feasible)."""
+    batched, inst, x = _as_batch(inst, placement)
+    nodes = _storage_nodes(inst)
+    cap = jnp.asarray(max_utilization, inst.latency.dtype)
+    out, _ = _on_nodes(lambda b, xx: _polish_batch(aggregation, int(rounds), _MAP_BATCH, tuple(range(len(nodes))), b, xx,
+                                                   cap), inst, nodes, x)
+    return out if batched else out[0]
+
+
+def _as_batch(inst, placement):
+    from slimjax._instance import is_batched
+
+    if not isinstance(inst, Instance) or not inst.has_load:
+        raise ValueError("inst: needs an instance with a load model (fields service and rate)")
+    x = jnp.asarray(placement).astype(bool)
+    if is_batched(inst):
+        return True, inst, x
+    return False, jax.tree_util.tree_map(lambda a: a[None], inst), x[None]
+
+
+_MAP_BATCH = 64  # candidates evaluated together inside the repair and the polish
+
+
+@document_options
+@dataclasses.dataclass(frozen=True)
+class LoadAware(Solver):
+    """An inner solver made load-aware: minimises J_load under ``rho[n] < max_utilization``.
+
+    The damped fixed-point iteration on the utilisation estimate, a Lagrangian price on the
+    utilisation of over-cap nodes, the repair and the J_load flip polish of the module
+    docstring (:mod:`slimjax.solvers._load_aware`). Needs instances with ``service`` and ``rate``.
+    Status: feasible (a heuristic), or that of the inner solver if it failed.
+    """
+
+    inner: Any = option(None, "the solver made load-aware (a solver object or a chain)")
+    max_utilization: float = option(0.95, "cap: every node's utilisation stays below it, in (0, 1]")
+    load_iterations: int = option(6, "fixed-point iterations after the load-blind one (int >= 0)")
+    load_damping: float = option(0.5, "weight of the previous utilisation estimate, in [0, 1)")
+    load_price: float = option(1.0, "step of the utilisation price of over-cap nodes (>= 0; 0 = no price)")
+    load_polish: int = option(16, "rounds of J_load flip polish of the best placement (int >= 0)")
+    jax_native: ClassVar[bool] = False
+    #: ``solve`` reports J_load as the objective of this solver
+    load_objective: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return getattr(self.inner, "name", "?")
+
+    def validate(self) -> None:
+        if not isinstance(self.inner, Solver) or isinstance(self.inner, LoadAware):
+            raise ValueError(f"inner: expected a solver object (not a load-aware one), got {self.inner!r}")
+        check_float("max_utilization", self.max_utilization, 0.0, 1.0, open_lo=True)
+        check_int("load_iterations", self.load_iterations, 0)
+        check_float("load_damping", self.load_damping, 0.0, 1.0)
+        if self.load_damping >= 1.0:
+            raise ValueError(f"load_damping: must be in [0, 1), got {self.load_damping!r}")
+        check_float("load_price", self.load_price, 0.0)
+        check_int("load_polish", self.load_polish, 0)
+
+    def replace(self, **changes) -> "LoadAware":
+        """Load options change this object; every other option goes to the inner solver."""
+        mine = {k: v for k, v in changes.items() if k in {f.name for f in dataclasses.fields(self)}}
+        rest = {k: v for k, v in changes.items() if k not in mine}
+        inner = mine.pop("inner", self.inner)
+        if rest:
+            inner = inner.replace(**rest)
+        return dataclasses.replace(self, inner=inner, **mine)
+
+    def host_solve(self, batch, grid, keys, aggregation, start, clock):
+        from slimjax.solvers import _compile
+
+        if not batch.has_load:
+            raise ValueError("load: load=True needs instances with a load model (fields service and rate); "
+                             "generate them with network={'load': 0.3} or pass service=... and rate=...")
+        dt = batch.latency.dtype
+        B, N = batch.latency.shape[0], batch.latency.shape[2]
+        cap = jnp.asarray(self.max_utilization, dt)
+        rho_hat = jnp.zeros((B, N), dt)
+        lam = jnp.zeros((B, N), dt)
+        best_x = best_j = None
+        best_it = np.zeros(B, np.int64)
+        best_rep = np.zeros(B, np.int64)
+        status = np.full(B, Status.FEASIBLE, np.int8)
+        blind = None
+        nodes = _storage_nodes(batch)  # moves only there, on the batch reduced to these nodes
+        local = tuple(range(len(nodes)))
+        for it in range(self.load_iterations + 1):
+            work = batch if it == 0 else batch.replace(latency=_compile.call(_loaded_batch, (), (batch, rho_hat, lam, cap), clock))
+            x, st = _run_stages(self.inner, work, grid, keys, aggregation, start, clock)
+            status = np.where(st == Status.FAILED, Status.FAILED, status).astype(np.int8)
+            xj = jnp.asarray(x)
+            _, rho_t, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, xj, cap), clock)
+            xr, removed = _on_nodes(lambda b, xx: _compile.call(_repair_batch, (aggregation, _MAP_BATCH, local), (b, xx, cap),
+                                                                clock), batch, nodes, x)
+            xr = jnp.asarray(xr)
+            j, _, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, xr, cap), clock)
+            xr, j, removed = np.asarray(xr), np.asarray(j, np.float64), np.asarray(removed)
+            if it == 0:
+                best_x, best_j, blind = xr, j, j.copy()
+                best_rep = removed.astype(np.int64)
+            else:
+                better = j < best_j
+                best_x = np.where(better[:, None, None, None], xr, best_x)
+                best_j = np.where(better, j, best_j)
+                best_it = np.where(better, it, best_it)
+                best_rep = np.where(better, removed, best_rep)
+            rho_t = jnp.asarray(rho_t)
+            d = jnp.asarray(self.load_damping, dt)
+            rho_hat = d * rho_hat + (1 - d) * rho_t
+            lam = lam + jnp.asarray(self.load_price, dt) * jnp.maximum(rho_t - cap, 0.0) / jnp.maximum(1 - cap, 1e-6)
+        moves = np.zeros(B, np.int64)
+        if self.load_polish > 0:
+            px, moves = _on_nodes(lambda b, xx: _compile.call(_polish_batch, (aggregation, int(self.load_polish), _MAP_BATCH,
+                                                                              local), (b, xx, cap), clock),
+                                  batch, nodes, best_x)
+            best_x, moves = np.asarray(px), np.asarray(moves)
+        j, rho, j0 = _compile.call(_evaluate_batch, (aggregation,), (batch, jnp.asarray(best_x), cap), clock)
+        info = {
+            "load_objective": np.asarray(j, np.float64),
+            "unloaded": np.asarray(j0, np.float64),
+            "utilization": np.asarray(rho, np.float64),
+            "blind": blind,
+            "best_iteration": best_it,
+            "repairs": best_rep,
+            "polish_moves": moves.astype(np.int64),
+        }
+        return np.asarray(best_x, bool), info, status
+
+
+def _run_stages(solver: Solver, work: Instance, grid, keys, aggregation, start, clock):
+    """The stages of ``solver`` on ``work`` (as ``solve_batch`` runs them); (placement, status [B])."""
+    B = work.latency.shape[0]
+    x = start
+    status = np.full(B, Status.FEASIBLE, np.int8)
+    budget = _batching.memory_budget_bytes("auto")
+    for stage in solver.stages():
+        if stage.jax_native:
+            prepared = stage.prepare(work, grid, aggregation)
+            check = getattr(stage, "check_memory", None)
+            if check is not None:
+                check(work.shape, prepared.static, budget, grid)
+            x, _ = _batching.run(stage, prepared, work, grid, keys, x, chunk_size=None, memory_budget_mb="auto",
+                                 progress=False, clock=clock)
+        else:
+            x, _, st = stage.host_solve(work, grid, keys, aggregation, x, clock)
+            status = np.where(np.asarray(st) == Status.FAILED, Status.FAILED, status).astype(np.int8)
+        x = np.asarray(x)
+    return x, status

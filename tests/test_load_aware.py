@@ -1,0 +1,194 @@
+"""Load-aware solving: solve(..., load=True) for successive-best and greedy (LoadAware), the exact
+brute-force and milp under the utilisation cap, the repair and the J_load polish."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+import slimjax
+import slimjax.load as ld
+from slimjax.solvers import LoadAware, Status
+from slimjax.solvers._load_aware import load_polish, repair
+from tests.reference_load import loaded_objective_ref, random_load_instance, utilization_ref
+
+# J_load of the same placement computed by two compiled programs (the solver's evaluation and the
+# float64 NumPy reference, or two batch shapes) differs by float32 rounding, amplified by at most
+# 1/(1 − rho) ≤ 20 below the cap 0.95.
+RTOL = 1e-4
+CAP = 0.95
+
+
+def tiny(seed, peak=1.6, N=2, L=2, E=4, capacity=3.0, U=3):
+    """N·L·E ≤ 16 (brute force); rates such that a dense placement overloads its busiest node."""
+    inst = random_load_instance(seed, U=U, N=N, L=L, E=E, M=4, K=2, peak=peak)
+    return inst.replace(capacity=np.full(N, capacity, np.float32))
+
+
+def jload_ref(inst, x, cap=CAP):
+    rho = utilization_ref(inst, np.asarray(x))
+    return np.inf if (rho >= cap).any() else loaded_objective_ref(inst, np.asarray(x), max_utilization=1.0)
+
+
+SEEDS = [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def solved():
+    out = {}
+    for seed in SEEDS:
+        for peak in (0.5, 1.6):
+            inst = tiny(seed, peak)
+            out[seed, peak] = dict(
+                inst=inst,
+                blind=slimjax.solve(inst, "successive-best"),
+                aware=slimjax.solve(inst, "successive-best", load=True),
+                greedy_blind=slimjax.solve(inst, "greedy"),
+                greedy=slimjax.solve(inst, "greedy", load=True),
+                brute=slimjax.solve(inst, "brute-force", load=True),
+            )
+    return out
+
+
+def test_brute_force_load_is_the_optimum_of_an_independent_enumeration():
+    inst = tiny(5, peak=1.4, N=2, L=2, E=2, capacity=1.0)  # 2^8 placements
+    N, L, E = 2, 2, 2
+    best = np.inf
+    for bits in itertools.product([False, True], repeat=N * L * E):
+        x = np.array(bits).reshape(N, L, E)
+        if (x.reshape(N, -1).sum(1) <= 1.0).all():
+            best = min(best, jload_ref(inst, x))
+    sol = slimjax.solve(inst, "brute-force", load=True)
+    assert np.isfinite(best)
+    np.testing.assert_allclose(float(sol.objective), best, rtol=RTOL)
+    assert sol.status == Status.OPTIMAL
+
+
+@pytest.mark.parametrize("method", ["aware", "greedy", "brute"])
+def test_never_load_infeasible(solved, method):
+    for (seed, peak), d in solved.items():
+        sol, inst = d[method], d["inst"]
+        rho = utilization_ref(inst, np.asarray(sol.placement))
+        assert (rho < CAP).all(), (seed, peak, method, rho)
+        assert np.isfinite(float(sol.objective))
+        assert slimjax.feasible(inst, sol.placement).ok
+        # the reported objective is J_load of the placement (reference implementation)
+        np.testing.assert_allclose(float(sol.objective), jload_ref(inst, sol.placement), rtol=RTOL)
+
+
+@pytest.mark.parametrize("blind,aware", [("blind", "aware"), ("greedy_blind", "greedy")])
+def test_never_worse_than_load_blind_and_not_better_than_brute_force(solved, blind, aware):
+    strictly_better = 0
+    for (seed, peak), d in solved.items():
+        inst = d["inst"]
+        jb = jload_ref(inst, d[blind].placement)
+        ja = float(d[aware].objective)
+        jopt = float(d["brute"].objective)
+        assert ja <= jb * (1 + RTOL), (seed, peak, ja, jb)
+        assert jopt <= ja * (1 + RTOL), (seed, peak, jopt, ja)
+        strictly_better += ja < jb * (1 - 1e-3)
+        # info: the load-blind iteration's J_load; J of the result
+        np.testing.assert_allclose(float(d[aware].info["unloaded"]), float(slimjax.objective(inst, d[aware].placement)),
+                                   rtol=RTOL)
+    # at peak 1.6 the load-blind placements overload a node (J_load = inf): load-aware must win there
+    assert strictly_better >= len(SEEDS)
+
+
+def test_close_to_brute_force_on_tiny_instances(solved):
+    gaps = [float(d["aware"].objective) / float(d["brute"].objective) - 1 for d in solved.values()]
+    assert max(gaps) < 0.05, gaps  # measured: at most ~2 % on these instances
+
+
+def test_low_load_keeps_the_load_blind_placement_when_it_is_best(solved):
+    # with load, J_load >= J; successive-best is optimal or close for J; the load-aware result is
+    # never worse under J_load, and at low load its J_load is within the queueing delay of J
+    for seed in SEEDS:
+        d = solved[seed, 0.5]
+        assert float(d["aware"].objective) >= float(d["aware"].info["unloaded"]) * (1 - RTOL)
+
+
+def test_batch_equals_loop():
+    batch = slimjax.stack([tiny(s, 1.6) for s in range(3)])
+    key = jax.random.key(3)
+    sb = slimjax.solve_batch(batch, "successive-best", key=key, load=True)
+    for i in range(3):
+        si = slimjax.solve(batch[i], "successive-best", key=jax.random.fold_in(key, i), load=True)
+        # two compiled programs (batch of 3 vs 1): J equal up to float rounding
+        np.testing.assert_allclose(float(sb.objective[i]), float(si.objective), rtol=RTOL)
+    assert (np.asarray(sb.info["utilization"]) < CAP).all()
+
+
+def test_cap_option_and_object_form():
+    inst = tiny(1, 1.6)
+    for cap in (0.5, 0.8):
+        sol = slimjax.solve(inst, "successive-best", load=True, max_utilization=cap)
+        assert (utilization_ref(inst, np.asarray(sol.placement)) < cap).all()
+        bf = slimjax.solve(inst, "brute-force", load=True, max_utilization=cap)
+        assert float(bf.objective) <= float(sol.objective) * (1 + RTOL)
+    obj = slimjax.solvers.as_solver("successive-best", load=True, load_iterations=2, order="given")
+    assert isinstance(obj, LoadAware) and obj.load_iterations == 2
+    assert obj.inner.stages()[0].order == "given"
+    sol = slimjax.solve(inst, obj)
+    assert (utilization_ref(inst, np.asarray(sol.placement)) < CAP).all()
+
+
+def test_milp_respects_the_cap_exactly():
+    pytest.importorskip("highspy")
+    for seed in (0, 1, 2):
+        inst = tiny(seed, 1.6)
+        for cap in (0.6, CAP):
+            mi = slimjax.solve(inst, "milp", load=True, max_utilization=cap)
+            bf = slimjax.solve(inst, "brute-force", load=True, max_utilization=cap)
+            rho = utilization_ref(inst, np.asarray(mi.placement))
+            assert (rho < cap).all(), rho
+            assert mi.status == Status.FEASIBLE  # optimal for J under the cap, not a proof for J_load
+            np.testing.assert_allclose(float(mi.objective), jload_ref(inst, mi.placement, cap), rtol=RTOL)
+            # the MILP minimises the unloaded J over load-feasible placements: no load-feasible
+            # placement (the J_load optimum included) has a smaller J
+            assert float(slimjax.objective(inst, mi.placement)) <= float(slimjax.objective(inst, bf.placement)) * (1 + RTOL)
+            assert float(bf.objective) <= float(mi.objective) * (1 + RTOL)
+
+
+def test_repair_and_polish():
+    inst = tiny(2, 1.6)
+    N, L, E = inst.latency.shape[1:]
+    dense = np.ones((N, L, E), bool)
+    assert (utilization_ref(inst, dense) >= CAP).any()
+    fixed = repair(inst, dense)
+    assert (utilization_ref(inst, fixed) < CAP).all()
+    assert not (fixed & ~dense).any()  # only removals
+    np.testing.assert_array_equal(repair(inst, fixed), fixed)  # feasible input: unchanged
+    pol = load_polish(inst.replace(capacity=np.full(N, float(L * E), np.float32)), fixed)
+    assert jload_ref(inst, pol) <= jload_ref(inst, fixed) * (1 + RTOL)
+    assert (utilization_ref(inst, pol) < CAP).all()
+
+
+def test_bad_input():
+    plain = slimjax.Instance(latency=np.full((1, 1, 1, 2), 2.0, np.float32), fallback=np.full((1, 1, 2), 9.0, np.float32),
+                             size=np.ones((1, 2), np.float32), capacity=np.array([2.0], np.float32),
+                             patterns=np.array([[[[0], [1]]]], np.int32), weight=np.array([[[0.75, 0.25]]], np.float32))
+    for method in ("successive-best", "greedy", "brute-force"):
+        with pytest.raises(ValueError, match="load model"):
+            slimjax.solve(plain, method, load=True)
+    inst = tiny(0)
+    with pytest.raises(ValueError, match="only with load=True"):
+        slimjax.solve(inst, "successive-best", max_utilization=0.9)
+    with pytest.raises(ValueError, match="load"):
+        slimjax.solve(inst, "successive-best", load="yes")
+    with pytest.raises(ValueError, match="max_utilization"):
+        slimjax.solve(inst, "successive-best", load=True, max_utilization=1.5)
+    with pytest.raises(ValueError, match="max_utilization"):
+        slimjax.solve(inst, "brute-force", load=True, max_utilization=0.0)
+    with pytest.raises(ValueError, match="load_damping"):
+        slimjax.solve(inst, "greedy", load=True, load_damping=1.0)
+    with pytest.raises(ValueError, match="load_iterations"):
+        slimjax.solve(inst, "greedy", load=True, load_iterations=-1)
+    with pytest.raises(ValueError, match="do not apply"):
+        slimjax.solve(inst, "brute-force", load=True, load_iterations=2)
+    with pytest.raises(ValueError, match="inner"):
+        LoadAware(inner="greedy")
+    with pytest.raises(ValueError, match="load model"):
+        repair(plain, np.ones((1, 1, 2), bool))
