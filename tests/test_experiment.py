@@ -1,4 +1,4 @@
-"""``slimjax.experiment.run`` end to end on tiny configs: outputs, resume, collect, loggers, traces."""
+"""``slimjax.app.run`` end to end on tiny configs: outputs, resume, streaming, collect, loggers, traces."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import slimjax
-from slimjax import experiment
-from slimjax.cli import CONF_DIR
+from slimjax import app
+from slimjax.app import CONF_DIR
 
 TINY = [
     "model.layers=2",
@@ -53,7 +53,7 @@ def make(tmp: Path, *overrides: str, solvers: list[str] | None = None):
 def test_run_end_to_end(tmp_path):
     solvers = pick(3)
     cfg = make(tmp_path, solvers=solvers)
-    res = experiment.run(cfg)
+    res = app.run(cfg)
     assert res["skipped"] is False and set(res["summary"]) == set(solvers)
     df = pd.read_parquet(tmp_path / "results.parquet")
     assert len(df) == 3 * len(solvers)
@@ -108,39 +108,39 @@ def test_results_match_solve_batch(tmp_path):
 
     solvers = pick(1)
     cfg = make(tmp_path, solvers=solvers)
-    experiment.run(cfg)
+    app.run(cfg)
     df = pd.read_parquet(tmp_path / "results.parquet")
     k_gen, k_solve = jax.random.split(jax.random.key(cfg.seed))
-    batch, _ = experiment.make_batch(cfg, k_gen)
-    sol = slimjax.solve_batch(batch, experiment.make_solver(cfg, solvers[0]), key=k_solve,
-                              **experiment.execution_options(cfg))
+    batch, _ = app.make_batch(cfg, k_gen)
+    sol = slimjax.solve_batch(batch, app.make_solver(cfg, solvers[0]), key=k_solve,
+                              **app.execution_options(cfg))
     np.testing.assert_allclose(df.J.to_numpy(), np.asarray(sol.objective), rtol=1e-6)
     np.testing.assert_allclose(df.used.to_numpy(), np.asarray(sol.used).sum(-1), rtol=1e-6)
 
 
 def test_resume_skips_complete_and_redoes_incomplete(tmp_path):
     cfg = make(tmp_path, solvers=pick(1))
-    experiment.run(cfg)
+    app.run(cfg)
     mtime = (tmp_path / "results.parquet").stat().st_mtime_ns
-    res = experiment.run(cfg)
+    res = app.run(cfg)
     assert res["skipped"] is True
     assert (tmp_path / "results.parquet").stat().st_mtime_ns == mtime
     # a different config in the same directory is recomputed
     cfg2 = make(tmp_path, "seed=1", solvers=pick(1))
-    assert experiment.run(cfg2)["skipped"] is False
-    assert json.loads((tmp_path / ".complete.json").read_text())["config_hash"] == experiment.config_hash(cfg2)
+    assert app.run(cfg2)["skipped"] is False
+    assert json.loads((tmp_path / ".complete.json").read_text())["config_hash"] == app.config_hash(cfg2)
     # an interrupted run (no marker) is recomputed; resume=false always recomputes
     (tmp_path / ".complete.json").unlink()
-    assert experiment.run(cfg2)["skipped"] is False
+    assert app.run(cfg2)["skipped"] is False
     cfg3 = make(tmp_path, "seed=1", "resume=false", solvers=pick(1))
-    assert experiment.run(cfg3)["skipped"] is False
+    assert app.run(cfg3)["skipped"] is False
 
 
 def test_collect_merges_runs(tmp_path):
     for seed in (0, 1):  # a 2-point sweep over the seed (same shapes: no recompilation)
-        experiment.run(make(tmp_path / "sweep" / str(seed), f"seed={seed}", solvers=pick(2)))
+        app.run(make(tmp_path / "sweep" / str(seed), f"seed={seed}", solvers=pick(2)))
     (tmp_path / "sweep" / "2").mkdir()  # an unfinished point is ignored
-    df, summary = experiment.collect(tmp_path / "sweep", x="seed", y="J", out=tmp_path / "study", quiet=True)
+    df, summary = app.collect(tmp_path / "sweep", x="seed", y="J", out=tmp_path / "study", quiet=True)
     assert len(df) == 2 * 3 * len(pick(2))
     assert set(df.run) == {"0", "1"}
     assert "seed" in summary.columns and len(summary) == 2 * len(pick(2))
@@ -152,14 +152,14 @@ def test_collect_merges_runs(tmp_path):
     assert (tmp_path / "sweep" / "sweep_J_vs_seed.png").is_file()
     assert (tmp_path / "study" / "results.csv").is_file() and (tmp_path / "study" / "sweep_J_vs_seed.png").is_file()
     with pytest.raises(ValueError, match="not a result column"):
-        experiment.collect(tmp_path / "sweep", x="nope", quiet=True)
+        app.collect(tmp_path / "sweep", x="nope", quiet=True)
     with pytest.raises(ValueError, match="no complete runs"):
-        experiment.collect(tmp_path / "sweep" / "2")
+        app.collect(tmp_path / "sweep" / "2")
 
 
 def test_csv_logger(tmp_path):
     cfg = make(tmp_path, "logger=csv", solvers=pick(2))
-    experiment.run(cfg)
+    app.run(cfg)
     m = pd.read_csv(tmp_path / "metrics.csv")
     assert set(m.solver) == set(pick(2)) and "J_mean" in m.columns and "network.servers" in m.columns
 
@@ -167,7 +167,7 @@ def test_csv_logger(tmp_path):
 def test_wandb_offline_run_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = make(tmp_path, "logger=wandb", solvers=pick(2))
-    experiment.run(cfg)
+    app.run(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     files = {p.name for p in runs[0].rglob("*")}
@@ -183,18 +183,18 @@ def test_failure_finishes_wandb_and_leaves_no_marker(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = make(tmp_path, "logger=wandb", solvers=pick(1) + ["no-such-method"])
     with pytest.raises(ValueError, match="unknown name"):
-        experiment.run(cfg)
+        app.run(cfg)
     assert wandb.run is None
     assert not (tmp_path / ".complete.json").exists() and not (tmp_path / "results.parquet").exists()
 
 
 def test_bad_config_values(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
-        experiment.run(make(tmp_path, "batch_size=0"))
+        app.run(make(tmp_path, "batch_size=0"))
     with pytest.raises(ValueError, match="precision"):
-        experiment.run(make(tmp_path, "precision=float16"))
+        app.run(make(tmp_path, "precision=float16"))
     with pytest.raises(ValueError, match="solvers: the list is empty"):
-        experiment.run(make(tmp_path, "solvers=[]"))
+        app.run(make(tmp_path, "solvers=[]"))
 
 
 def test_float64_precision(tmp_path):
@@ -203,7 +203,7 @@ def test_float64_precision(tmp_path):
     old = jax.config.jax_enable_x64
     try:
         cfg = make(tmp_path, "precision=float64", solvers=pick(1))
-        experiment.run(cfg)
+        app.run(cfg)
         assert jax.config.jax_enable_x64
     finally:
         jax.config.update("jax_enable_x64", old)
@@ -214,7 +214,7 @@ def test_float64_precision(tmp_path):
 def test_milp_gap_to_optimum(tmp_path):
     pytest.importorskip("highspy")
     cfg = make(tmp_path, solvers=["milp"] + pick(1))
-    experiment.run(cfg)
+    app.run(cfg)
     df = pd.read_parquet(tmp_path / "results.parquet")
     assert "gap_opt" in df and "gain_frac_opt" in df
     assert np.allclose(df[df.solver == "milp"].gap_opt, 0.0, atol=1e-9)
@@ -230,7 +230,7 @@ def test_time_limited_milp_is_no_optimum(tmp_path, capsys):
     cfg = make(out, "model=mixtral_8x7b", "model.layers=8", "routing.tokens=64", "network.servers=2",
                "batch_size=2", "solver.milp.time_limit=0.5", "output.summary=true", "output.figures=false",
                solvers=["milp", "popularity"])
-    experiment.run(cfg)
+    app.run(cfg)
     df = pd.read_parquet(out / "results.parquet")
     milp = df[df.solver == "milp"]
     assert set(milp.status) <= {"time-limit", "failed"} and set(df.ref_status) <= {"time-limit", "failed"}
@@ -240,7 +240,7 @@ def test_time_limited_milp_is_no_optimum(tmp_path, capsys):
     assert milp[~ok].J.isna().all()  # no incumbent: no number passed off as milp's J
     printed = " ".join(capsys.readouterr().out.split())
     assert "gap opt = J / proven optimum - 1" in printed and "gap lb = J / best lower bound - 1 (certified)" in printed
-    md = experiment.markdown_table(experiment.summarize(df))
+    md = app.markdown_table(app.summarize(df))
     assert "| gap opt |" in md and "proven optimum" in md
 
 
@@ -253,7 +253,7 @@ def test_trace_routing_replays_held_out_tokens(tmp_path):
     traces.Trace(expert_ids=ids, num_experts=E).save(path)
     out = tmp_path / "run"
     cfg = make(out, "routing=trace", f"routing.path={path}", "routing.merge=false", solvers=pick(2))
-    experiment.run(cfg)
+    app.run(cfg)
     df = pd.read_parquet(out / "results.parquet")
     for c in ("p50", "p95", "p99", "replay_mean"):
         assert c in df.columns
