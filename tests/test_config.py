@@ -225,4 +225,4 @@ def test_sweep_slug():
     )
     assert sweep_slug(["-m", "solvers=[a,b]", "x=a/b"]) == "solvers=a,b__x=a-b"
     long = sweep_slug(["-m"] + [f"k{i}=v{i}" for i in range(60)])
-    assert len(long) <= 120 and "/" not in long and os.sep not in long
+    assert len(long) <= 200 and "/" not in long and os.sep not in long

@@ -74,8 +74,8 @@ def sweep_slug(argv: list[str]) -> str:
         return "default"
     s = "__".join(sorted(overrides)).replace("/", "-").replace("[", "").replace("]", "")
     s = re.sub(r"[^A-Za-z0-9._=,+\-]", "_", s)
-    if len(s) > 120:
-        s = s[:100] + "_" + hashlib.sha1(s.encode()).hexdigest()[:10]
+    if len(s) > 200:  # file names stop at 255 bytes
+        s = s[:180] + "_" + hashlib.sha1(s.encode()).hexdigest()[:10]
     return s
 
 

@@ -152,6 +152,15 @@ class Plan:
         path = OmegaConf.select(cfg, "instance.path")
         if path is not None and not Path(os.path.expanduser(str(path))).is_file():
             raise ValueError(f"instance.path: no such file: {path}")
+        if path is None and OmegaConf.select(cfg, "routing.kind") == "trace":
+            trace = OmegaConf.select(cfg, "routing.path")
+            if not trace:
+                raise ValueError("routing.path: routing=trace needs a trace file (routing.path=/path/to/trace.npz)")
+            if not Path(os.path.expanduser(str(trace))).exists():
+                raise ValueError(f"routing.path: no such file: {trace}")
+        inst = OmegaConf.select(cfg, "output.instances", default="auto")
+        if inst not in ("auto", True, False):
+            raise ValueError(f"output.instances: must be auto, true or false, got {inst!r}")
 
 
 def preflight(cfg: DictConfig) -> Plan:

@@ -24,6 +24,10 @@ def make_console():
     return Console(width=None if sys.stdout.isatty() else 140)
 
 
+def _rate(r: float) -> str:
+    return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
+
+
 def _duration(s: float) -> str:
     s = max(0.0, float(s))
     if s < 60:
@@ -96,16 +100,16 @@ class Reporter:
             return
         r = self.rate()
         if self._bar is not None:
-            self._bar.update(self._task, completed=self._done, rate=f"{r:,.0f} inst/s" if r else "",
+            self._bar.update(self._task, completed=self._done, rate=f"{_rate(r)} inst/s" if r else "",
                              **({"description": description} if description else {}))
             return
         now = time.perf_counter()
-        if now - self._last >= self.interval:
+        if now - self._last >= self.interval and self._done < self._total:  # the end has its own line
             self._last = now
             left = (self._total - self._done) / r if r > 0 else float("nan")
             eta = _duration(left) if left == left else "?"
             self.line(f"{self._label}: {self._done / max(self._total, 1):.0%} ({int(self._done):,}/{self._total:,} "
-                      f"instances), {r:,.0f} instances/s, elapsed {_duration(now - self._t0)}, ETA {eta}")
+                      f"instances), {_rate(r)} instances/s, elapsed {_duration(now - self._t0)}, ETA {eta}")
 
     def stop(self) -> float:
         """End the display; returns the seconds since :meth:`start`."""

@@ -40,8 +40,8 @@ __all__ = ["SUMMARY", "run"]
 
 log = logging.getLogger("slimjax")
 SUMMARY = "summary.csv"
-#: what Hydra puts in a run directory before the app starts (a folder holding only these is "empty")
-_BOOKKEEPING = (".hydra",)
+#: what a run directory holds before any result (a failed run's folder holding only these is removed)
+_BOOKKEEPING = (".hydra", "config.yaml", ".stream.json")
 #: share of the memory budget for a chunk's own data (the rest is the solver's working memory)
 DATA_SHARE = 0.5
 #: bytes the app holds per instance of a chunk, as a multiple of the instance's own arrays
@@ -186,8 +186,12 @@ def run(cfg: DictConfig) -> dict:
     Raises:
       ValueError: an invalid config value (naming the field), before any instance is generated.
     """
-    plan = preflight(cfg)  # solver names and options, execution options, precision, paths
     out = output_dir_for(cfg)
+    try:
+        plan = preflight(cfg)  # solver names and options, execution options, precision, paths
+    except BaseException:
+        _cleanup(out)  # Hydra made the run directory already
+        raise
     topo = _join(cfg)
     main = topo.process_index == 0
     rep = Reporter(make_console(), quiet=not main)
@@ -249,7 +253,7 @@ def _run_whole(cfg, plan, src: BatchSource, k_solve, out: Path, rep: Reporter):
                       on_progress=lambda f: rep.update(f * src.size))
     df, token_lat = evaluate(cfg, batch, sols, src.extra, plan.solvers)
     secs = rep.stop()
-    rep.line(f"solved {src.size:,} instances with {len(sols)} solver(s) in {secs:.1f} s")
+    rep.line(f"solved {src.size:,} instances with {len(sols)} solver(s) in {secs:.1f} s (compilation included)")
     R.write_parquet(df, out / R.RESULTS)
     R.write_placements(out / R.PLACEMENTS, {n: s.placement for n, s in sols.items()})
     if OmegaConf.select(cfg, "output.instances", default=True):
@@ -301,8 +305,9 @@ def _run_chunks(cfg, plan, src: BatchSource, layout: _Layout, k_solve, out: Path
         rep.update(finished)
     secs = rep.stop()
     if todo:
+        rate = (finished - before) / max(secs, 1e-9)
         rep.line(f"solved {finished - before:,} instances in {len(todo)} chunks in {secs:.1f} s "
-                 f"({(finished - before) / max(secs, 1e-9):,.0f} instances/s)")
+                 f"({rate:,.3g} instances/s, compilation included)")
 
 
 def _chunk_figures(cfg, src: BatchSource, out: Path, summary: pd.DataFrame, fmt: str) -> dict:
