@@ -188,11 +188,11 @@ def run(cfg: DictConfig) -> dict:
     """
     out = output_dir_for(cfg)
     try:
+        topo = _join(cfg)  # before anything starts JAX's backend
         plan = preflight(cfg)  # solver names and options, execution options, precision, paths
     except BaseException:
         _cleanup(out)  # Hydra made the run directory already
         raise
-    topo = _join(cfg)
     main = topo.process_index == 0
     rep = Reporter(make_console(), quiet=not main)
     rep.line(f"slimjax: {', '.join(plan.names)} -> {out}")
