@@ -1,4 +1,5 @@
-"""scripts/record_traces.py on tiny randomly initialised MoE models (no download).
+"""The recorder (slimjax.traces.record) and its entry point scripts/record_traces.py, on tiny
+randomly initialised MoE models (no download).
 
 Skipped cleanly when the [traces] extra (torch, transformers) is not installed."""
 
@@ -20,7 +21,8 @@ _SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "record_trace
 
 
 @pytest.fixture(scope="module")
-def rec():
+def script():
+    """scripts/record_traces.py, imported as a module (a thin entry point)."""
     spec = importlib.util.spec_from_file_location("record_traces", _SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -33,10 +35,10 @@ def _inputs(seed, lengths, vocab=128):
 
 
 @pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe", "olmoe"])
-def test_recorded_ids_match_the_models_router_logits(rec, kind):
-    model = rec.tiny_model(kind, layers=2, experts=4, top_k=2)
+def test_recorded_ids_match_the_models_router_logits(kind):
+    model = tr.tiny_model(kind, layers=2, experts=4, top_k=2)
     inputs = _inputs(0, [7, 5])
-    trace = rec.record(model, inputs, source=kind, tasks=[3, 9])
+    trace = tr.record(model, inputs, source=kind, tasks=[3, 9])
     assert trace.shape == (12, 2, 2) and trace.num_experts == 4 and trace.layers.tolist() == [0, 1]
     assert trace.request.tolist() == [0] * 7 + [1] * 5 and trace.task.tolist() == [3] * 7 + [9] * 5
     # independent oracle: the router logits the model itself reports (output_router_logits)
@@ -52,18 +54,21 @@ def test_recorded_ids_match_the_models_router_logits(rec, kind):
     assert all(len(set(row)) == 2 for row in trace.expert_ids.reshape(-1, 2).tolist())
 
 
-def test_generation_and_deepseek_layers(rec):
-    model = rec.tiny_model("deepseek_v2", layers=3, experts=4, top_k=2)  # layer 0 is dense
-    trace = rec.record(model, _inputs(1, [6, 4]), max_new_tokens=3)
+def test_generation_and_deepseek_layers():
+    model = tr.tiny_model("deepseek_v2", layers=3, experts=4, top_k=2)  # layer 0 is dense
+    trace = tr.record(model, _inputs(1, [6, 4]), max_new_tokens=3)
     # prefill + one decode forward per generated token but the last
     assert trace.shape == ((6 + 2) + (4 + 2), 2, 2) and trace.layers.tolist() == [1, 2]
     assert trace.request.tolist() == [0] * 8 + [1] * 6
     assert trace.expert_ids.min() >= 0 and trace.expert_ids.max() < 4
 
 
-def test_cli_writes_a_canonical_trace_that_slimjax_uses(rec, tmp_path):
+def test_cli_writes_a_canonical_trace_that_slimjax_uses(script, tmp_path):
+    from slimjax.traces._record import main
+
+    assert script.main is main  # the script only hands over to the library
     out = tmp_path / "tiny.npz"
-    assert rec.main(["--tiny", "mixtral", "--prompt", "hello edge", "--prompt", "experts!", "--out", str(out)]) == 0
+    assert script.main(["--tiny", "mixtral", "--prompt", "hello edge", "--prompt", "experts!", "--out", str(out)]) == 0
     t = tr.load(out)
     assert t.shape == (len("hello edge") + len("experts!"), 2, 2) and t.num_experts == 4
     assert "tiny random mixtral" in t.source
@@ -73,11 +78,11 @@ def test_cli_writes_a_canonical_trace_that_slimjax_uses(rec, tmp_path):
     inst = instance_from_trace(t, model="moe_llava_phi2", network={"servers": 2, "storage_fraction": 0.5}, key=0)
     x = np.zeros(inst.latency.shape[1:], bool)
     x[1, :, :2] = True
-    assert tr.replay_trace(inst, x, t)["mean"] == pytest.approx(float(slimjax.objective(inst, x)), rel=2e-5)
+    assert slimjax.replay_stats(inst, x, t)["mean"] == pytest.approx(float(slimjax.objective(inst, x)), rel=2e-5)
 
 
-def test_not_a_moe_model(rec):
+def test_not_a_moe_model():
     cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                                    num_key_value_heads=2, vocab_size=64)
     with pytest.raises(ValueError, match="MoE"):
-        rec.record(transformers.LlamaForCausalLM(cfg), [[1, 2, 3]])
+        tr.record(transformers.LlamaForCausalLM(cfg), [[1, 2, 3]])

@@ -1,5 +1,5 @@
-"""Real routing traces: canonical format, loaders (incl. malformed files), patterns, splits,
-instances built from traces, replay at scale (DESIGN §4.2, §5.4)."""
+"""Real routing traces: canonical format, loaders (incl. malformed files, both JSONL readers),
+patterns, splits, instances built from traces and their replay, the recorder's missing extra."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import collections
 import json
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -166,11 +167,53 @@ def test_jsonl_single_file_many_layers(tmp_path):
         ("[1, 2]", r"bad\.jsonl:3: expected a JSON object"),
     ],
 )
-def test_jsonl_malformed(tmp_path, bad_line, message):
+@pytest.mark.parametrize("engine", ["auto", "python"])
+def test_jsonl_malformed(tmp_path, bad_line, message, engine):
     f = tmp_path / "bad.jsonl"
     write_jsonl(f, [route(0, [1, 2]), bad_line, route(0, [2, 3])], meta={"num_experts": 8})
     with pytest.raises(ValueError, match=message):
-        tr.load(f)
+        tr.load(f, engine=engine)
+
+
+def test_jsonl_fast_reader_is_used_and_agrees(tmp_path, monkeypatch):
+    """pyarrow reads clean logs (the line-by-line reader is not called); both give the same trace."""
+    pytest.importorskip("pyarrow")
+    from slimjax.traces import _jsonl
+
+    files, truth = _logger_files(tmp_path)
+    (tmp_path / "other").mkdir()
+    extra = tmp_path / "other" / "blank_lines.jsonl"  # blank lines, CRLF, unknown fields, other record types
+    extra.write_bytes(b'\n{"type": "meta", "model_id": "m", "num_experts": 9}\r\n\n'
+                      b'{"layer": 2, "topk_ids": [1, 2], "req_id": "a", "more": {"x": [1.5]}}\n'
+                      b'   \n{"type": "timing", "ms": 3}\n{"layer": 2, "topk_ids": [8, 0], "req_id": "b"}')
+    slow = [tr.load(tmp_path, num_experts=16, engine="python"), tr.load(extra, engine="python")]
+    calls = []
+    monkeypatch.setattr(_jsonl, "_read_lines", lambda path: calls.append(path))
+    fast = [tr.load(tmp_path, num_experts=16), tr.load(extra)]
+    assert calls == []  # nothing fell back
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a.expert_ids, b.expert_ids)
+        np.testing.assert_array_equal(a.request, b.request)
+        assert a.layers.tolist() == b.layers.tolist() and a.num_experts == b.num_experts and a.source == b.source
+    np.testing.assert_array_equal(fast[0].expert_ids, truth)
+    assert fast[1].num_experts == 9 and fast[1].request.tolist() == [0, 1] and fast[1].layers.tolist() == [2]
+    # the line numbers of the fast reader (blank lines skipped) point at the right rows
+    rows = _jsonl._read_arrow(str(extra))
+    assert rows.line.tolist() == [4, 7]
+    # a file with a bad row is handed to the line-by-line reader, which names the line
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, [route(0, [1, 2]), route(0, [3, -1])])
+    assert _jsonl._read_arrow(str(bad)) is None
+
+
+def test_jsonl_not_utf8(tmp_path):
+    f = tmp_path / "latin.jsonl"
+    f.write_bytes(json.dumps(route(0, [1, 2])).encode() + b"\n" + b'{"layer": 0, "topk_ids": [1, 2], "req_id": "\xe9"}\n')
+    for engine in ("auto", "python"):
+        with pytest.raises(ValueError, match=r"latin\.jsonl:2: not UTF-8"):
+            tr.load_jsonl(f, engine=engine)
+    with pytest.raises(ValueError, match="engine"):
+        tr.load_jsonl(f, engine="pyarrow")
 
 
 def test_jsonl_layers_of_different_length(tmp_path):
@@ -277,7 +320,7 @@ def test_counts_json(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# The real traces in ../shared/traces (skipped when absent)
+# The real traces of the shared folder (skipped when absent)
 # ------------------------------------------------------------------------------------------------
 def test_real_traces_load(shared_dir):
     raw = os.path.join(shared_dir, "traces", "raw")
@@ -287,6 +330,9 @@ def test_real_traces_load(shared_dir):
     # the SOURCE notes' warm-up (8448 rows) is what the content-based detection finds as well
     np.testing.assert_array_equal(tr.load(os.path.join(raw, "weiran0129__vLLM-MoE-Logger"), warmup="detect").expert_ids,
                                   qwen.expert_ids)
+    slow = tr.load(os.path.join(raw, "weiran0129__vLLM-MoE-Logger"), engine="python")  # the reference reader
+    np.testing.assert_array_equal(slow.expert_ids, qwen.expert_ids)
+    np.testing.assert_array_equal(slow.request, qwen.request)
     olmoe = tr.load(os.path.join(raw, "KaxitPandya__cerebras-assesment2", "moe_routes.jsonl"))
     assert olmoe.shape == (4471, 1, 8) and olmoe.num_experts == 64 and not olmoe.approximate
     assert tr.load(os.path.join(raw, "KaxitPandya__cerebras-assesment2", "moe_routes.jsonl"),
@@ -374,11 +420,11 @@ def test_instance_from_unseen_canonical_trace(tmp_path, L, E, K, model):
         x = rng.random((N, L, E)) < p
         J = float(slimjax.objective(inst, x))
         assert J == pytest.approx(latency_ref(inst, x), rel=2e-5)
-        # replay of the same tokens (in chunks, padded) has J as its mean
-        st = tr.replay_trace(inst, x, t, batch=50, return_tokens=True)
+        # replay of the same tokens (a Trace; 50 tokens per step, padded) has J as its mean
+        st = slimjax.replay_stats(inst, x, t, chunk=50)
         assert st["mean"] == pytest.approx(J, rel=2e-5) and st["tokens"] == 120
         ref_tokens = np.asarray(slimjax.replay(inst, x, t.expert_ids))
-        np.testing.assert_allclose(st["latency"], ref_tokens, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(slimjax.replay(inst, x, t, chunk=50)), ref_tokens, rtol=1e-6)
         for q in (50, 95, 99):
             assert st[f"p{q}"] == pytest.approx(np.percentile(ref_tokens, q), rel=1e-6)
     # unmerged patterns give the same J
@@ -399,7 +445,7 @@ def test_instance_from_trace_multi_user_and_errors():
     J = float(slimjax.objective(inst, x))
     assert J == pytest.approx(latency_ref(inst, x), rel=2e-5)
     # J = traffic-weighted replay means of each user's tokens
-    means = [tr.replay_trace(inst, x, t.select(user == u), user=u)["mean"] for u in (0, 1)]
+    means = [slimjax.replay_stats(inst, x, t.select(user == u), user=u)["mean"] for u in (0, 1)]
     assert J == pytest.approx(means[0] / 3 + 2 * means[1] / 3, rel=2e-5)
     with pytest.raises(ValueError, match="no per-token user ids"):
         instance_from_trace(tr.Trace(ids, 8), model="mixtral_8x7b", network={"users": 2})
@@ -408,26 +454,28 @@ def test_instance_from_trace_multi_user_and_errors():
     assert instance_from_trace(t).shape[3] == 8  # preset found from E and K
 
 
-def test_replay_trace_batched_and_errors():
+def test_batch_of_trace_instances_replays_like_each():
     ids, _, _ = real_like_ids(6, 70, 2, 8, 2)
     t = tr.Trace(ids, 8)
     insts = [instance_from_trace(t, model="mixtral_8x7b", key=k, network={"servers": 2}) for k in range(3)]
-    # the same trace in every instance: equal M, so they stack
-    batch = slimjax.stack(insts)
-    rng = np.random.default_rng(2)
-    xs = rng.random((3, 3, 2, 8)) < 0.5
-    st = tr.replay_trace(batch, xs, t, batch=32, include_base=True)
+    batch = slimjax.stack(insts)  # the same trace in every instance: equal M, so they stack
+    xs = np.random.default_rng(2).random((3, 3, 2, 8)) < 0.5
+    st = slimjax.replay_stats(batch, xs, t, include_base=True)
     for i in range(3):
-        one = tr.replay_trace(insts[i], xs[i], t, include_base=True)
+        one = slimjax.replay_stats(insts[i], xs[i], t, include_base=True)
         assert st["mean"][i] == pytest.approx(one["mean"], rel=1e-6)
         assert st["p95"][i] == pytest.approx(one["p95"], rel=1e-6)
         assert one["mean"] == pytest.approx(float(slimjax.objective(insts[i], xs[i]) + insts[i].base[0]), rel=2e-5)
-    with pytest.raises(ValueError, match="trace: expert_ids must be"):
-        tr.replay_trace(insts[0], xs[0], ids[:, :1])
-    with pytest.raises(ValueError, match="placement"):
-        tr.replay_trace(insts[0], xs, t)
-    with pytest.raises(ValueError, match="aggregation"):
-        tr.replay_trace(insts[0], xs[0], t, aggregation="mean")
+    with pytest.raises(ValueError, match="expert_ids: expected shape"):
+        slimjax.replay(insts[0], xs[0], ids[:, :1])
+
+
+def test_recorder_without_torch_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(ImportError, match=r"'traces' extra.*slimjax\[traces\]"):
+        tr.tiny_model("mixtral")
+    with pytest.raises(ImportError, match="'traces' extra"):
+        tr.record(object(), [[1, 2]])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -456,7 +504,7 @@ def _held_out(L, E, K, T, model, options):
     res = {}
     for method, opts in (("successive", options), ("popularity", {})):
         sol = slimjax.solve_batch(batch, solver=method, **opts)
-        res[method] = tr.replay_trace(batch, np.asarray(sol.placement), test)["mean"]  # [2] held-out means
+        res[method] = slimjax.replay_stats(batch, np.asarray(sol.placement), test)["mean"]  # [2] held-out means
     assert np.all(res["successive"] < res["popularity"]), res
 
 

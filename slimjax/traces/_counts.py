@@ -1,0 +1,235 @@
+"""Aggregate per-layer expert counts → an *approximate* trace sampled by Plackett–Luce.
+
+Counts hold marginals only (how often each expert was chosen), no co-activation. Files: a Python
+pickle of ``collections.Counter`` objects (read with a restricted unpickler that only rebuilds
+``Counter`` and NumPy integer/float scalars), or a JSON object with ``expert_usage_by_layer``.
+Tokens are sampled by Plackett–Luce (Gumbel top-K) with weights calibrated so that each
+expert's inclusion probability matches its count; the trace is marked ``approximate=True``.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from jaxtyping import Float, Int
+
+from slimjax.traces._sources import hints, reject_unknown
+from slimjax.traces._trace import Trace
+
+__all__ = ["load_counts", "sample_from_counts"]
+
+
+class _DType:
+    """Stand-in for ``numpy.dtype`` inside a counts pickle: keeps the type string only."""
+
+    def __init__(self, spec, align=False, copy=False):
+        if not isinstance(spec, str):
+            raise pickle.UnpicklingError(f"dtype spec must be a string, got {type(spec).__name__}")
+        self.spec = spec
+        self.order = "<"
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+
+
+def _np_scalar(dtype, data=b""):
+    """Rebuild a NumPy integer/float scalar from its dtype and raw bytes (nothing else allowed)."""
+    if not isinstance(dtype, _DType) or not isinstance(data, bytes):
+        raise pickle.UnpicklingError("numpy scalar: unexpected arguments")
+    dt = np.dtype(dtype.spec).newbyteorder(dtype.order if dtype.order in "<>" else "=")
+    if dt.kind not in "iuf" or len(data) != dt.itemsize:
+        raise pickle.UnpicklingError(f"numpy scalar: only integer/float scalars allowed, got {dtype.spec}")
+    v = np.frombuffer(data, dtype=dt)[0]
+    return int(v) if dt.kind in "iu" else float(v)
+
+
+class _CountsUnpickler(pickle.Unpickler):
+    """Only ``collections.Counter`` and NumPy scalar reconstruction; everything else is refused."""
+
+    _ALLOWED = {
+        ("collections", "Counter"): collections.Counter,
+        ("numpy.core.multiarray", "scalar"): _np_scalar,
+        ("numpy._core.multiarray", "scalar"): _np_scalar,
+        ("numpy", "dtype"): _DType,
+    }
+
+    def find_class(self, module, name):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a counts pickle") from None
+
+
+def _counts_from_pickle(path: str) -> list[dict]:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = _CountsUnpickler(io.BytesIO(data)).load()
+    except Exception as err:  # UnpicklingError, EOFError, struct errors ...
+        raise ValueError(f"{path}: not a counts pickle ({type(err).__name__}: {err})") from None
+    if isinstance(obj, dict):
+        obj = [obj]
+    if not isinstance(obj, list) or not obj or not all(isinstance(c, dict) for c in obj):
+        raise ValueError(f"{path}: expected a list of Counters {{expert_id: count}}, got {type(obj).__name__}")
+    out = []
+    for i, c in enumerate(obj):
+        if all(isinstance(k, tuple) and len(k) == 2 for k in c):
+            out.append(("pairs", c))
+        elif all(isinstance(k, int) for k in c):
+            out.append(("single", c))
+        else:
+            raise ValueError(f"{path}: entry {i}: keys must be expert ids or (id, id) pairs")
+    return out
+
+
+def load_counts(
+    path: str,
+    *,
+    tokens: int = 8192,
+    seed: int = 0,
+    num_experts: int | None = None,
+    top_k: int | None = None,
+    layers: Sequence[int] | None = None,
+    calibrate: bool = True,
+    source: str | None = None,
+    **unused: Any,
+) -> Trace:
+    """Aggregate per-layer counts -> an *approximate* Trace sampled by Plackett–Luce.
+
+    Reads a pickle (list of ``Counter`` {expert: count} per layer, or cross-layer Counters
+    {(e_i, e_j): count} for layer pairs, whose marginals are used) or a JSON object
+    ``{"expert_usage_by_layer": {layer: {expert: count}}, "num_experts", "layers", "top_k"?}``.
+
+    Args:
+      tokens: tokens to sample.  seed: sampling seed.
+      num_experts, top_k, layers: defaults from the file, then the known source (K default 1).
+      calibrate: fit the Plackett–Luce weights so inclusion probabilities match the marginals.
+    """
+    reject_unknown(unused, ("warmup",))
+    path = os.fspath(path)
+    known = hints(path)
+    with open(path, "rb") as f:
+        is_pickle = f.read(1) == b"\x80"
+    file_layers = None
+    if is_pickle:
+        entries = _counts_from_pickle(path)
+        counters: list[dict] = []
+        if all(kind == "pairs" for kind, _ in entries):
+            # Cross-layer pair counts for layer pairs (a, b), (b, c), ...: marginals of a, b, c, ...
+            for i, (_, c) in enumerate(entries):
+                first: collections.Counter = collections.Counter()
+                second: collections.Counter = collections.Counter()
+                for (a, b), n in c.items():
+                    first[a] += n
+                    second[b] += n
+                if i == 0:
+                    counters.append(first)
+                counters.append(second)
+        elif all(kind == "single" for kind, _ in entries):
+            counters = [c for _, c in entries]
+        else:
+            raise ValueError(f"{path}: mixes per-expert and pair counters")
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            line = getattr(err, "lineno", 1)
+            raise ValueError(f"{path}:{line}: malformed counts JSON ({err})") from None
+        usage = doc.get("expert_usage_by_layer") if isinstance(doc, dict) else None
+        if not isinstance(usage, dict) or not usage:
+            raise ValueError(f"{path}: expected a JSON object with a non-empty 'expert_usage_by_layer'")
+        keys = list(usage)
+        try:
+            file_layers = [int(k) for k in keys]
+            counters = [{int(e): v for e, v in usage[k].items()} for k in keys]
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{path}: expert_usage_by_layer must map layer -> {{expert: count}} ({err})") from None
+        order = np.argsort(file_layers, kind="stable")
+        file_layers = [file_layers[i] for i in order]
+        counters = [counters[i] for i in order]
+        num_experts = num_experts or doc.get("num_experts")
+        top_k = top_k or doc.get("top_k")
+    for i, c in enumerate(counters):
+        for e, n in c.items():
+            if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"{path}: layer entry {i}: count of expert {e} must be a non-negative integer, got {n!r}")
+            if e < 0:
+                raise ValueError(f"{path}: layer entry {i}: negative expert id {e}")
+    E = int(num_experts or known.get("num_experts") or max(max(c) for c in counters if c) + 1)
+    K = int(top_k or known.get("top_k") or 1)
+    counts = np.zeros((len(counters), E), np.float64)
+    for i, c in enumerate(counters):
+        for e, n in c.items():
+            if e >= E:
+                raise ValueError(f"{path}: layer entry {i}: expert id {e} >= num_experts={E}")
+            counts[i, e] = n
+        if counts[i].sum() <= 0:
+            raise ValueError(f"{path}: layer entry {i}: all counts are zero")
+    if layers is None:
+        layers = file_layers or known.get("layers")
+        if layers is None or len(layers) != len(counters):
+            layers = list(range(len(counters)))
+    elif len(layers) != len(counters):
+        raise ValueError(f"layers: {len(layers)} given but the file has {len(counters)} layers")
+    ids = sample_from_counts(counts, K, tokens, seed=seed, calibrate=calibrate)
+    return Trace(ids, E, np.asarray(layers), source=source or f"{path} (sampled from counts)", approximate=True)
+
+
+def sample_from_counts(
+    counts: Float[np.ndarray, "L E"],
+    top_k: int,
+    tokens: int,
+    *,
+    seed: int = 0,
+    calibrate: bool = True,
+    iterations: int = 20,
+) -> Int[np.ndarray, "T L K"]:
+    """Sample ``tokens`` top-K sets per layer by Plackett–Luce (Gumbel top-k) from counts [L, E].
+
+    With ``calibrate`` the log-weights are fitted (fixed point on a large sample) so that every
+    expert's inclusion probability ≈ K · count / Σ count, i.e. the sampled trace has the
+    file's marginals; plain PL with weights ∝ counts flattens them when K > 1.
+    Layers are sampled independently (the counts hold no co-activation).
+    """
+    counts = np.asarray(counts, np.float64)
+    L, E = counts.shape
+    K = int(top_k)
+    if not 1 <= K <= E:
+        raise ValueError(f"top_k: must be in [1, E={E}], got {K}")
+    if tokens < 1:
+        raise ValueError(f"tokens: must be >= 1, got {tokens}")
+    rng = np.random.default_rng(seed)
+    target = K * counts / counts.sum(-1, keepdims=True)  # inclusion probabilities, sum K
+    if np.any(target > 1 + 1e-9):
+        raise ValueError(f"counts: an expert's share exceeds 1/K={1 / K:.3g}; inconsistent with top-{K} routing")
+    target = np.clip(target, 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        logw = np.log(counts / counts.sum(-1, keepdims=True))
+    active = counts > 0
+    if calibrate and K > 1:
+        n_cal = int(np.clip(1_500_000 // (L * E), 4096, 65536))  # inclusion error ~ 1/sqrt(n_cal)
+        g = rng.gumbel(size=(n_cal, L, E))  # common random numbers: a smooth fixed-point map
+        flat = (np.arange(L) * E)[None, :, None]
+        for it in range(iterations):
+            top = np.argpartition(-(logw[None] + g), K - 1, axis=-1)[..., :K]
+            inc = np.bincount((top + flat).ravel(), minlength=L * E).reshape(L, E) / n_cal
+            step = 0.7 if it < iterations // 2 else 0.35
+            upd = np.where(active, np.log(np.maximum(target, 1e-12)) - np.log(np.maximum(inc, 0.5 / n_cal)), 0.0)
+            logw = np.where(active, logw + step * upd, -np.inf)
+            logw = logw - np.max(np.where(active, logw, -np.inf), axis=-1, keepdims=True)
+    # Experts never seen can still fill a set when a layer has fewer than K active experts.
+    logw = np.where(active, logw, -1e9)
+    g = rng.gumbel(size=(tokens, L, E))
+    key = -(logw[None] + g)
+    top = np.argpartition(key, K - 1, axis=-1)[..., :K] if K < E else np.broadcast_to(np.arange(E), key.shape).copy()
+    order = np.argsort(np.take_along_axis(key, top, -1), axis=-1)  # Plackett–Luce order: best first
+    return np.take_along_axis(top, order, -1).astype(np.int32)
