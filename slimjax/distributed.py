@@ -168,7 +168,6 @@ def gather(x, n: int | None = None):
 def barrier(name: str) -> None:
     """Wait until every process reaches the barrier ``name`` (no-op with one process)."""
     import jax
-
     from jax.experimental import multihost_utils as mh
 
     if jax.process_count() == 1:

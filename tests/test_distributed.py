@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -29,7 +30,7 @@ def test_rows_cover_a_batch_once():
         for k in (1, 2, 3):
             parts = [distributed.rows(n, p, k) for p in range(k)]
             assert parts[0][0] == 0 and parts[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
             assert max(b - a for a, b in parts) - min(b - a for a, b in parts) <= 1
     with pytest.raises(ValueError, match="process_index"):
         distributed.rows(4, 2, 2)

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from scipy import stats
 
 import slimjax
 from slimjax import app

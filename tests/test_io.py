@@ -112,10 +112,9 @@ def test_placement_frame():
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     p = tmp_path / "f.txt"
     p.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(p) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_write(p) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
     assert p.read_text() == "old" and [q.name for q in tmp_path.iterdir()] == ["f.txt"]
     with atomic_write(p) as tmp:
         tmp.write_text("new")

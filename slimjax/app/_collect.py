@@ -68,25 +68,24 @@ def _merge(root: Path, runs: list[Path], dest: Path) -> pd.DataFrame:
     schema = pa.unify_schemas([d.schema for _, d in sets], promote_options="permissive")
     schema = pa.schema([pa.field("run", pa.string())] + [f for f in schema if f.name != "run"])
     heads = []
-    with atomic_write(dest) as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for name, d in sets:
-                first = True
-                for rb in d.to_batches():
-                    if rb.num_rows == 0:
+    with atomic_write(dest) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for name, d in sets:
+            first = True
+            for rb in d.to_batches():
+                if rb.num_rows == 0:
+                    continue
+                cols = {"run": pa.array([name] * rb.num_rows, pa.string())}
+                for f in schema:
+                    if f.name == "run":
                         continue
-                    cols = {"run": pa.array([name] * rb.num_rows, pa.string())}
-                    for f in schema:
-                        if f.name == "run":
-                            continue
-                        i = rb.schema.get_field_index(f.name)
-                        col = rb.column(i) if i >= 0 else pa.nulls(rb.num_rows, f.type)
-                        cols[f.name] = col.cast(f.type) if col.type != f.type else col
-                    batch = pa.RecordBatch.from_pydict(cols, schema=schema)
-                    writer.write_batch(batch)
-                    if first:
-                        heads.append(batch.slice(0, 1).to_pandas())
-                        first = False
+                    i = rb.schema.get_field_index(f.name)
+                    col = rb.column(i) if i >= 0 else pa.nulls(rb.num_rows, f.type)
+                    cols[f.name] = col.cast(f.type) if col.type != f.type else col
+                batch = pa.RecordBatch.from_pydict(cols, schema=schema)
+                writer.write_batch(batch)
+                if first:
+                    heads.append(batch.slice(0, 1).to_pandas())
+                    first = False
     return pd.concat(heads, ignore_index=True)
 
 

@@ -77,8 +77,15 @@ class Reporter:
         if self.quiet:
             return
         if self.terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
                 SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -106,8 +113,7 @@ class Reporter:
         now = time.perf_counter()
         if now - self._last >= self.interval and self._done < self._total:  # the end has its own line
             self._last = now
-            left = (self._total - self._done) / r if r > 0 else float("nan")
-            eta = _duration(left) if left == left else "?"
+            eta = _duration((self._total - self._done) / r) if r > 0 else "?"
             self.line(f"{self._label}: {self._done / max(self._total, 1):.0%} ({int(self._done):,}/{self._total:,} "
                       f"instances), {_rate(r)} instances/s, elapsed {_duration(now - self._t0)}, ETA {eta}")
 
