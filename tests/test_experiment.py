@@ -415,6 +415,10 @@ def test_streamed_run_matches_one_piece_and_resumes_by_chunk(tmp_path):
     parts[1].unlink()
     app.run(make(out, "stream.chunk=2", solvers=solvers))
     assert parts[0].stat().st_mtime_ns == keep[0] and len(list((out / "results").glob("part-*"))) == 3
+    # another config in one piece in the same directory: no stale chunk is left to be read with it
+    app.run(make(out, "seed=1", solvers=solvers))
+    assert not list((out / "results").glob("part-*")) and not (out / ".stream.json").exists()
+    assert set(app.read_results(out).seed) == {1}
 
 
 def test_summary_of_a_dataset_equals_the_summary_of_its_table():

@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import hashlib
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -130,17 +131,32 @@ def _hydra_app():
     return app
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop) raised in the main thread, to end like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
 def main() -> None:
-    """``slimjax``: the Hydra app (all arguments are Hydra overrides/flags)."""
+    """``slimjax``: the Hydra app (all arguments are Hydra overrides/flags).
+
+    Ctrl-C (SIGINT) and SIGTERM stop a run cleanly: the files being written are dropped, every
+    finished chunk stays, loggers are closed as failed, and one line says how to resume
+    (exit status 130, or 143 for SIGTERM).
+    """
     slug = sweep_slug(sys.argv[1:])
     os.environ["SLIMJAX_SWEEP"] = slug
     os.environ["SLIMJAX_RUN"] = slug
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _hydra_app()()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         sys.stdout.flush()
         print(INTERRUPTED, file=sys.stderr, flush=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(e, _Terminated) else 130)
 
 
 def collect_main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ RESULTS_DIR = "results"
 PLACEMENTS = "placements.npz"
 PLACEMENTS_DIR = "placements"
 INSTANCES = "instances.npz"
+INSTANCES_DIR = "instances"
 STREAM = ".stream.json"
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 
@@ -97,7 +98,7 @@ def write_stream(out: Path, meta: dict) -> None:
 
 def clear_chunks(out: Path) -> None:
     """Remove the chunk files of an earlier, different run in this directory."""
-    for kind, d in (("results", RESULTS_DIR), ("placements", PLACEMENTS_DIR)):
+    for d in (RESULTS_DIR, PLACEMENTS_DIR, INSTANCES_DIR):
         folder = Path(out) / d
         if folder.is_dir():
             for p in folder.iterdir():

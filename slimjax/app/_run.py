@@ -91,6 +91,19 @@ def _cleanup(out: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _clear_other_layout(out: Path, streamed: bool, fresh: bool) -> None:
+    """Remove results of an earlier run in this directory that this run will not overwrite (they
+    belong to another config or code: a matching one was skipped), so that no reader mixes them
+    with this run's; ``fresh`` (``resume=false``): also the finished chunks of this layout."""
+    if streamed:
+        for name in (R.RESULTS, R.PLACEMENTS, R.INSTANCES, SUMMARY):
+            (out / name).unlink(missing_ok=True)
+        if fresh:
+            R.clear_chunks(out)
+    else:
+        R.clear_chunks(out)
+
+
 def _join(cfg: DictConfig):
     from slimjax import distributed
 
@@ -218,6 +231,8 @@ def run(cfg: DictConfig) -> dict:
         layout = _Layout(plan, src, topo.process_count, R.read_stream(out), digest)
         if main:
             logger = make_logger(cfg, out, group=sweep_name())
+        if main:
+            _clear_other_layout(out, layout.streamed, fresh=not cfg.get("resume", True))
         how = "in one piece" if not layout.streamed else f"in {layout.chunks} chunks of {layout.chunk:,}"
         procs = f" over {topo.process_count} processes" if topo.process_count > 1 else ""
         rep.line(f"slimjax: {src.size:,} instances (U,N,L,E,M,K={src.shape}) {how}{procs}")
@@ -298,7 +313,7 @@ def _run_chunks(cfg, plan, src: BatchSource, layout: _Layout, k_solve, out: Path
         if save_instances:
             from slimjax._io import save
 
-            save(out / "instances" / f"part-{c:06d}.npz", batch)
+            save(out / R.INSTANCES_DIR / f"part-{c:06d}.npz", batch)
         R.write_placements(R.chunk_path(out, "placements", c), {n: s.placement for n, s in sols.items()})
         R.write_parquet(df, R.chunk_path(out, "results", c))  # last: the chunk now counts as done
         finished += hi - lo
@@ -317,7 +332,8 @@ def _chunk_figures(cfg, src: BatchSource, out: Path, summary: pd.DataFrame, fmt:
     figs = {"latency_per_solver": plots.latency_per_solver(
         R.read_results(out, columns=["solver", "J"]), out / f"latency_per_solver.{fmt}")}
     want = OmegaConf.select(cfg, "output.heatmap_solver")
-    s = want if want in set(summary.solver) else summary.loc[summary.J_mean.idxmin(), "solver"]
+    ranked = summary.sort_values("J_mean", na_position="last").solver
+    s = want if want in set(summary.solver) else ranked.iloc[0]
     total, count = None, 0
     for p in sorted((out / R.PLACEMENTS_DIR).glob("part-*.npz")):
         with np.load(p) as z:
