@@ -13,7 +13,10 @@ Parts:
       loop of a vectorized NumPy objective (tests/reference.py::latency_np), a harder baseline.
   (b) ``solve_batch(solver="successive")`` on mixtral_8x7b (1 device + 4 servers) vs the per-instance
       NumPy reference of the same algorithm (tests/reference_successive.py) and vs HiGHS ``milp``.
-  (c) ``hull`` vs ``dense`` capacity DP at 8192 capacity units, L = 64, E = 64: speed and value lost.
+  (c) capacity-DP backends (``hull``, ``fptas``) vs ``dense`` at 8192 capacity units, L = 64, E = 64:
+      speed and value lost on synthetic curves, value lost on the layer-oracle curves of generated
+      mixtral_8x7b / olmoe_1b_7b / deepseek_v3 instances (tests/maxconv_curves.py) and J of the plain
+      successive pass on mixtral_8x7b with each backend.
   (d) one deepseek_v3-scale instance (L=58, E=256, K=8, 9 nodes, 1024 tokens) with successive-fast.
   (e) peak resident memory after each part (the process high-water mark).
   (t) throughput of ``solve_batch(solver="successive")`` vs batch size, for several configurations.
@@ -49,6 +52,8 @@ TARGETS = {
     "successive_speedup_vs_milp": (">=", 1000),
     "hull_speedup_vs_dense": (">=", 20),
     "hull_value_loss_median": ("<=", 0.01),
+    "fptas_speedup_vs_dense": (">=", 10),
+    "fptas_J_loss_mixtral": ("<=", 0.01),
     "deepseek_v3_seconds": ("<=", 30),
 }
 
@@ -171,21 +176,139 @@ def random_curves(key, P: int, L: int, E: int):
     return g
 
 
-def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64) -> dict:
-    log(f"(c) hull vs dense: {P} node problems, Q={Q}, L={L}, E={E}")
+def interleaved_median(fns: dict, reps: int) -> dict:
+    """Median seconds of each ``fn()`` after a warm-up, the functions timed in turn (round robin),
+    so that a change of machine load hits all of them alike and their ratios stay meaningful."""
+    for f in fns.values():
+        f()
+    ts = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def _dp_fn(backend: str, Qmax, eps: float | None = None):
+    kw = {} if eps is None else {"eps": eps}
+    return jax.jit(jax.vmap(lambda g, s, q: capacity_dp(g, s, q, Qmax=Qmax, backend=backend, **kw)))
+
+
+def _losses(v, opt) -> dict:
+    """Relative value lost against the optimum over the problems with a positive optimum."""
+    v, opt = np.asarray(v, np.float64), np.asarray(opt, np.float64)
+    ok = opt > 0
+    loss = (opt[ok] - v[ok]) / opt[ok]
+    return {"median": float(np.median(loss)), "mean": float(loss.mean()), "max": float(loss.max()),
+            "total": float((opt[ok] - v[ok]).sum() / opt[ok].sum()), "problems": int(ok.sum())}
+
+
+REAL_MODELS = (("mixtral_8x7b", 8), ("olmoe_1b_7b", 4), ("deepseek_v3", 1))  # (model, instances)
+
+
+def part_hull(P: int, reps: int, Q: int = 8192, L: int = 64, E: int = 64, eps_sweep=(0.2, 0.05, 0.02)) -> dict:
+    """Capacity-DP backends: ``hull`` and ``fptas`` (default eps, and an eps sweep) against ``dense``.
+
+    Speed at Q, L, E on synthetic curves (times do not depend on the curve values, only the value
+    lost does). Value lost on (1) the synthetic curves, (2) the layer-oracle curves of generated
+    instances (``tests/maxconv_curves.py``: the node problems of the plain successive pass) at
+    their own capacities, with ``fptas`` as used by the solver (exact when the capacity table is
+    the smaller one) and forced onto its profit table (``Qmax=None``), (3) real olmoe curves at
+    the speed-target scale (4 node problems stacked to L = 64, E = 64, 8 units per expert, Q),
+    and (4) mean J of successive (fastest-first, no polish) on 8 mixtral_8x7b (exact oracle) and
+    4 olmoe_1b_7b (greedy oracle) instances."""
+    from slimjax.ops._maxconv import DEFAULT_EPS, _exact
+    from tests.maxconv_curves import model_problems
+
+    log(f"(c) capacity DP backends vs dense: {P} node problems, Q={Q}, L={L}, E={E}; fptas eps={DEFAULT_EPS}")
     g = random_curves(jax.random.key(3), P, L, E)
     s = jax.random.randint(jax.random.key(4), (P, L), 64, 257).astype(jnp.int32)
     Qs = jnp.full((P,), Q, jnp.int32)
-    dense = jax.jit(jax.vmap(lambda g, s, q: capacity_dp(g, s, q, Qmax=Q, backend="dense").value))
-    hull = jax.jit(jax.vmap(lambda g, s, q: capacity_dp(g, s, q, Qmax=Q, backend="hull").value))
-    t_dense = median_time(lambda: dense(g, s, Qs).block_until_ready(), reps)
-    t_hull = median_time(lambda: hull(g, s, Qs).block_until_ready(), reps)
-    vd, vh = np.asarray(dense(g, s, Qs)), np.asarray(hull(g, s, Qs))
-    loss = (vd - vh) / vd
-    log(f"    dense {t_dense/P*1e3:.2f} ms/problem, hull {t_hull/P*1e3:.3f} ms/problem, loss median {np.median(loss):.2e} max {loss.max():.2e}")
-    return {"hull_ms_per_problem": t_hull / P * 1e3, "dense_ms_per_problem": t_dense / P * 1e3,
-            "hull_speedup_vs_dense": t_dense / t_hull, "hull_value_loss_median": float(np.median(loss)),
-            "hull_value_loss_max": float(loss.max()), "hull_value_loss_min": float(loss.min())}
+    fns = {"dense": _dp_fn("dense", Q), "hull": _dp_fn("hull", Q), "fptas": _dp_fn("fptas", Q),
+           "exact_fused": jax.jit(jax.vmap(lambda g, s, q: _exact(g, s, q, Q)))}
+    fns.update({f"fptas_eps{e}": _dp_fn("fptas", Q, e) for e in eps_sweep})
+    t = interleaved_median({k: (lambda f=f: block(f(g, s, Qs))) for k, f in fns.items()}, reps)
+    res = {k: f(g, s, Qs) for k, f in fns.items()}
+    vd = np.asarray(res["dense"].value)
+    out = {"dense_ms_per_problem": t["dense"] / P * 1e3, "hull_ms_per_problem": t["hull"] / P * 1e3,
+           "fptas_ms_per_problem": t["fptas"] / P * 1e3, "exact_fused_ms_per_problem": t["exact_fused"] / P * 1e3,
+           "fptas_eps": DEFAULT_EPS, "hull_speedup_vs_dense": t["dense"] / t["hull"],
+           "fptas_speedup_vs_dense": t["dense"] / t["fptas"], "fptas_speedup_vs_exact_fused": t["exact_fused"] / t["fptas"]}
+    lh, lf = _losses(res["hull"].value, vd), _losses(res["fptas"].value, vd)
+    out.update({"hull_value_loss_median": lh["median"], "hull_value_loss_max": lh["max"],
+                "hull_value_loss_min": float(np.min((vd - np.asarray(res["hull"].value)) / vd)),
+                "fptas_value_loss_median": lf["median"], "fptas_value_loss_max": lf["max"],
+                "fptas_certified_gap_median": float(np.median(np.asarray(res["fptas"].bound) / np.asarray(res["fptas"].value) - 1))})
+    log(f"    dense {out['dense_ms_per_problem']:.2f} ms, exact fused {out['exact_fused_ms_per_problem']:.2f} ms, "
+        f"hull {out['hull_ms_per_problem']:.3f} ms ({out['hull_speedup_vs_dense']:.1f}x), fptas {out['fptas_ms_per_problem']:.2f} ms "
+        f"({out['fptas_speedup_vs_dense']:.1f}x dense, {out['fptas_speedup_vs_exact_fused']:.1f}x exact fused) per problem")
+    log(f"    synthetic value loss: hull median {lh['median']:.2e} max {lh['max']:.2e}; fptas median {lf['median']:.2e} max {lf['max']:.2e}, "
+        f"certified gap median {out['fptas_certified_gap_median']:.2e}")
+    sweep = []
+    for e in eps_sweep:
+        r = res[f"fptas_eps{e}"]
+        le = _losses(r.value, vd)
+        sweep.append({"eps": e, "ms_per_problem": t[f"fptas_eps{e}"] / P * 1e3, "speedup_vs_dense": t["dense"] / t[f"fptas_eps{e}"],
+                      "value_loss_median": le["median"], "value_loss_max": le["max"]})
+        log(f"    fptas eps={e}: {sweep[-1]['ms_per_problem']:.2f} ms ({sweep[-1]['speedup_vs_dense']:.1f}x), loss median {le['median']:.2e} max {le['max']:.2e}")
+    out["fptas_eps_sweep"] = sweep
+
+    # (2) real layer-oracle curves at their own capacities
+    real = {}
+    for model, B in REAL_MODELS:
+        pr = model_problems(model, B)
+        ga, sa, qa = jnp.asarray(pr.g), jnp.asarray(pr.s), jnp.asarray(pr.Q)
+        rf = {"dense": _dp_fn("dense", pr.Qmax), "hull": _dp_fn("hull", pr.Qmax), "fptas": _dp_fn("fptas", pr.Qmax),
+              "fptas_profit_table": _dp_fn("fptas", None)}
+        tr = interleaved_median({k: (lambda f=f, a=(ga, sa, qa): block(f(*a))) for k, f in rf.items()}, reps)
+        vals = {k: f(ga, sa, qa) for k, f in rf.items()}
+        opt = np.asarray(vals["dense"].value)
+        row = {"problems": int(len(opt)), "L": int(pr.g.shape[1]), "E": int(pr.g.shape[2] - 1), "Qmax": pr.Qmax,
+               "dense_ms_per_problem": tr["dense"] / len(opt) * 1e3}
+        for k in ("hull", "fptas", "fptas_profit_table"):
+            row[k] = _losses(vals[k].value, opt)
+            row[k]["speedup_vs_dense"] = tr["dense"] / tr[k]
+        row["fptas_profit_table"]["certified_gap_max"] = float(np.max(np.asarray(vals["fptas_profit_table"].bound)
+                                                                    / np.maximum(np.asarray(vals["fptas_profit_table"].value), 1e-30) - 1))
+        real[model] = row
+        log(f"    {model} curves ({row['problems']} node problems, L={row['L']}, E={row['E']}, Qmax={pr.Qmax}): value loss mean/max "
+            f"hull {row['hull']['mean']:.2e}/{row['hull']['max']:.2e}, fptas {row['fptas']['mean']:.2e}/{row['fptas']['max']:.2e}, "
+            f"fptas on its profit table {row['fptas_profit_table']['mean']:.2e}/{row['fptas_profit_table']['max']:.2e}; "
+            f"speed vs dense: hull {row['hull']['speedup_vs_dense']:.1f}x, fptas {row['fptas']['speedup_vs_dense']:.1f}x, "
+            f"profit table {row['fptas_profit_table']['speedup_vs_dense']:.1f}x")
+        if model == "olmoe_1b_7b":
+            olmoe = pr
+    out["real_curves"] = real
+    out["fptas_value_loss_real_max"] = max(r["fptas"]["max"] for r in real.values())
+    out["fptas_profit_table_value_loss_real_max"] = max(r["fptas_profit_table"]["max"] for r in real.values())
+    out["hull_value_loss_real_mean"] = {m: r["hull"]["mean"] for m, r in real.items()}
+
+    # (3) real olmoe curves at the speed-target scale
+    k = L // olmoe.g.shape[1]
+    n = olmoe.g.shape[0] // k
+    if n and olmoe.g.shape[2] == E + 1:
+        gs = jnp.asarray(olmoe.g[: n * k].reshape(n, k * olmoe.g.shape[1], E + 1))
+        ss = jnp.full((n, L), 8, jnp.int32)
+        qs = jnp.full((n,), Q, jnp.int32)
+        opt = np.asarray(fns["dense"](gs, ss, qs).value)
+        ls = {b: _losses(fns[b](gs, ss, qs).value, opt) for b in ("hull", "fptas")}
+        out["real_at_scale"] = {"problems": n, **ls}
+        out["fptas_value_loss_real_at_scale_max"] = ls["fptas"]["max"]
+        log(f"    olmoe curves stacked to L={L}, E={E}, 8 units per expert, Q={Q} ({n} problems): value loss median/max "
+            f"hull {ls['hull']['median']:.2e}/{ls['hull']['max']:.2e}, fptas {ls['fptas']['median']:.2e}/{ls['fptas']['max']:.2e}")
+
+    # (4) J of the plain successive pass with each backend: mixtral_8x7b (exact oracle), olmoe_1b_7b (greedy)
+    for model, B, oracle, tag in (("mixtral_8x7b", 8, "exact", "mixtral"), ("olmoe_1b_7b", 4, "greedy", "olmoe")):
+        batch = slimjax.generate.instances(jax.random.key(0), B, model=model)
+        J = {b: float(np.mean(slimjax.solve_batch(batch, "successive", maxconv=b,
+                                                  oracle=oracle, progress=False).latency)) for b in ("dense", "hull", "fptas")}
+        out[f"successive_J_{tag}"] = J
+        out[f"hull_J_loss_{tag}"] = J["hull"] / J["dense"] - 1
+        out[f"fptas_J_loss_{tag}"] = J["fptas"] / J["dense"] - 1
+        log(f"    successive (fastest-first, no polish, {oracle} oracle) on {B} {model}: mean J dense {J['dense']:.6f}, "
+            f"hull {J['hull']:.6f} ({out[f'hull_J_loss_{tag}']:+.2%}), fptas {J['fptas']:.6f} ({out[f'fptas_J_loss_{tag}']:+.2%})")
+    return out
 
 
 def part_deepseek(tokens: int = 1024) -> dict:
@@ -335,6 +458,8 @@ def main(argv=None) -> int:
     ap.add_argument("--milp-limit", type=float, default=None, help="HiGHS time limit per instance (s)")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64, 256, 1024],
                     help="batch sizes of the throughput part 't' (comma-separated)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timing repetitions of part c (default 3 with --quick, else 5; more under a loaded machine)")
     ap.add_argument("--plots", metavar="DIR", help="write the figures of the scaling curves (parts t, s) to DIR")
     ap.add_argument("--experts", type=lambda v: [int(x) for x in v.split(",")], default=None,
                     help="E values of the scaling part 's' (default 4,8,12,16; --quick 4,8,12)")
@@ -354,7 +479,7 @@ def main(argv=None) -> int:
         "a": lambda: part_objective(4096, 8 if q else 32, 5 if q else 10),
         "b": lambda: part_successive(args.successive_batch, 2 if q else 8, args.milp_n if args.milp_n is not None else (1 if q else 3),
                                      args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 2 if q else 5),
-        "c": lambda: part_hull(8 if q else 32, 3 if q else 5),
+        "c": lambda: part_hull(8 if q else 32, args.reps or (3 if q else 5)),
         "d": lambda: part_deepseek(),
         "t": lambda: part_throughput(args.sizes, args.chunk, args.configs),
         "s": lambda: part_scaling(args.scaling_batch or (64 if q else 256), args.experts or ([4, 8, 12] if q else [4, 8, 12, 16]), args.units, 2 if q else 3),

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set up (.venv with [dev,milp], plus torch + transformers for the trace-recorder tests where a
+# Set up (.venv with [dev,milp,docs], plus torch + transformers for the trace-recorder tests where a
 # CPU torch can be installed) and run the default test suite (not slow, not gpu).
 # `bash scripts/test.sh --slow` also runs the slow tests; other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/_setup.sh dev,milp
+bash scripts/_setup.sh dev,milp,docs
 if [ ! -f .venv/.slimjax-traces ] && [ "${SLIMJAX_SKIP_TORCH:-0}" != 1 ]; then
   # The recorder tests need torch + transformers. Pin the CPU build (a plain `torch` pulls a
   # multi-GB CUDA build); where it cannot be installed the recorder tests skip with a reason.

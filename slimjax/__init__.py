@@ -8,6 +8,7 @@ The public API::
     slimjax.replay, slimjax.replay_stats                             per-token latencies
     slimjax.solve, slimjax.solve_batch, slimjax.methods, slimjax.Solution, slimjax.Status
     slimjax.lower_bound                                              certified lower bounds on J
+    slimjax.explain, slimjax.Explanation                             why a placement is good
     slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
     slimjax.generate (instance generators), slimjax.traces (real routing traces)
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 
+from slimjax._explain import Explanation, explain
 from slimjax._instance import Instance, stack, unstack
 from slimjax._objective import (
     expert_latency,
@@ -34,11 +36,13 @@ from slimjax.solvers import Solution, Status, chain, feasible, methods, solve, s
 __version__ = "1.0.0"
 
 __all__ = [
+    "Explanation",
     "Instance",
     "Solution",
     "Status",
     "chain",
     "expert_latency",
+    "explain",
     "feasible",
     "generate",
     "layer_latency",
@@ -58,14 +62,20 @@ __all__ = [
     "total_latency",
     "traces",
     "unstack",
+    "utilization",
+    "load",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load")
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"slimjax.{name}")
+    if name == "utilization":
+        from slimjax.load import utilization
+
+        return utilization
     raise AttributeError(f"module 'slimjax' has no attribute {name!r}")
 
 

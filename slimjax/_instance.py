@@ -1,6 +1,6 @@
 """The problem data: :class:`Instance`, a JAX pytree, its validation and batching.
 
-An instance describes one SlimCaching problem (DESIGN §2–§3). A *batch* is the same class with
+An instance describes one SlimCaching problem. A *batch* is the same class with
 one extra leading axis on every field. Shapes (single instance):
 
 ======== ============== ======= ===================================================
@@ -14,7 +14,14 @@ patterns [U, L, M, K]   int32   expert ids of the routing patterns
 weight   [U, L, M]      float   pattern probabilities, each (u, l) sums to 1
 traffic  [U]            float   share of tokens per user, sums to 1
 base     [U]            float   non-expert per-token latency (reporting only)
+service  [N, L, E]      float   optional: compute time of one activation on node n (the part
+                                of ``latency`` that queues); ``None`` = no load model
+rate     [U]            float   optional: tokens per second of user u; ``None`` = no load model
 ======== ============== ======= ===================================================
+
+``service`` and ``rate`` come together (both or neither). Without them the model is the unloaded
+one; with them :mod:`slimjax.load` evaluates the load-aware latency. Absent fields are ``None``
+pytree leaves (no array), so jit, vmap and ``tree_map`` work either way.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ import numpy as np
 __all__ = ["Instance", "stack", "unstack", "is_batched"]
 
 FIELDS = ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic", "base")
+# Optional fields (None when absent): the load model.
+OPTIONAL_FIELDS = ("service", "rate")
+ALL_FIELDS = FIELDS + OPTIONAL_FIELDS
 # Number of trailing (per-instance) dimensions of every field.
 _NDIM = {
     "latency": 4,
@@ -39,6 +49,8 @@ _NDIM = {
     "weight": 3,
     "traffic": 1,
     "base": 1,
+    "service": 3,
+    "rate": 1,
 }
 _SUM_TOL = {np.dtype("float16"): 1e-2, np.dtype("float32"): 1e-4, np.dtype("float64"): 1e-8}
 
@@ -65,8 +77,12 @@ class Instance:
       weight: float [U, L, M], >= 0, each (u, l) sums to 1.
       traffic: float [U] or None (uniform), sums to 1.
       base: float [U] or None (zeros).
+      service: float [N, L, E] or None, finite and >= 0: the compute time of one activation of
+        expert (l, e) on node n, the part of ``latency`` that queues (load model).
+      rate: float [U] or None, finite and >= 0: user u's tokens per second (load model). Give
+        both ``service`` and ``rate`` or neither.
       normalize: rescale ``weight`` and ``traffic`` to sum to 1 instead of refusing them.
-      validate: check every rule of DESIGN §10 (host-side, never inside jit).
+      validate: check every rule (shapes, ids, NaN, signs, sums; host-side, never inside jit).
 
     Raises:
       ValueError: naming the field, the offending index and the rule.
@@ -88,6 +104,8 @@ class Instance:
     weight: jax.Array
     traffic: jax.Array
     base: jax.Array
+    service: jax.Array | None
+    rate: jax.Array | None
 
     def __init__(
         self,
@@ -99,12 +117,15 @@ class Instance:
         weight,
         traffic=None,
         base=None,
+        service=None,
+        rate=None,
         *,
         normalize: bool = False,
         validate: bool = True,
     ):
         traced = any(
-            isinstance(a, jax.core.Tracer) for a in (latency, fallback, size, capacity, patterns, weight, traffic, base)
+            isinstance(a, jax.core.Tracer)
+            for a in (latency, fallback, size, capacity, patterns, weight, traffic, base, service, rate)
         )
         if traced:  # inside jit/grad: no host-side validation is possible
             validate = False
@@ -113,7 +134,12 @@ class Instance:
             raise ValueError(f"latency: expected shape [..., U, N, L, E] (4 trailing dims), got {lat_shape}")
         batch = tuple(lat_shape[:-4])
         U = lat_shape[-4]
-        fdt = _float_dtype(latency, fallback, size, capacity, weight, traffic, base)
+        if (service is None) != (rate is None):
+            have, miss = ("service", "rate") if rate is None else ("rate", "service")
+            raise ValueError(
+                f"{miss}: the load model needs both service and rate; {have} is given but {miss} is None"
+            )
+        fdt = _float_dtype(latency, fallback, size, capacity, weight, traffic, base, service, rate)
         if traffic is None:
             traffic = np.full(batch + (U,), 1.0 / max(U, 1))
         if base is None:
@@ -133,23 +159,33 @@ class Instance:
             weight=weight_np if normalize else weight,
             traffic=traffic_np if normalize else traffic,
             base=base,
+            service=service,
+            rate=rate,
         )
         if validate:
-            _validate({k: np.asarray(v) for k, v in values.items()}, len(batch))
+            _validate({k: (None if v is None else np.asarray(v)) for k, v in values.items()}, len(batch))
         for name, value in values.items():
             dtype = jnp.int32 if name == "patterns" else fdt
-            object.__setattr__(self, name, jnp.asarray(value, dtype=dtype))
+            object.__setattr__(self, name, None if value is None else jnp.asarray(value, dtype=dtype))
 
     # -- pytree -----------------------------------------------------------------------------
+    # Children are the ten fields in ALL_FIELDS order; an absent optional field is a None child
+    # (a pytree node without leaves), so an instance without the load model flattens to the same
+    # eight leaves as before.
     def tree_flatten(self):
-        return tuple(getattr(self, f) for f in FIELDS), None
+        return tuple(getattr(self, f) for f in ALL_FIELDS), None
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        for name, value in zip(FIELDS, children):
+        for name, value in zip(ALL_FIELDS, children):
             object.__setattr__(obj, name, value)
         return obj
+
+    @property
+    def has_load(self) -> bool:
+        """True when the load model's fields ``service`` and ``rate`` are present."""
+        return self.service is not None and self.rate is not None
 
     # -- conveniences -----------------------------------------------------------------------
     @property
@@ -166,10 +202,10 @@ class Instance:
 
     def replace(self, *, validate: bool = True, **changes) -> "Instance":
         """A copy with some fields replaced (validated unless traced or ``validate=False``)."""
-        unknown = set(changes) - set(FIELDS)
+        unknown = set(changes) - set(ALL_FIELDS)
         if unknown:
-            raise ValueError(f"replace: unknown field(s) {sorted(unknown)}; fields are {list(FIELDS)}")
-        values = {f: getattr(self, f) for f in FIELDS}
+            raise ValueError(f"replace: unknown field(s) {sorted(unknown)}; fields are {list(ALL_FIELDS)}")
+        values = {f: getattr(self, f) for f in ALL_FIELDS}
         values.update(changes)
         return Instance(**values, validate=validate)
 
@@ -193,7 +229,8 @@ class Instance:
     def __repr__(self) -> str:
         U, N, L, E, M, K = self.shape
         b = f"batch={self.batch_shape}, " if self.batch_shape else ""
-        return f"Instance({b}U={U}, N={N}, L={L}, E={E}, M={M}, K={K}, dtype={self.latency.dtype})"
+        load = ", load" if self.has_load else ""
+        return f"Instance({b}U={U}, N={N}, L={L}, E={E}, M={M}, K={K}, dtype={self.latency.dtype}{load})"
 
 
 def is_batched(inst: Instance) -> bool:
@@ -209,6 +246,13 @@ def stack(instances: Sequence[Instance]) -> Instance:
     shapes = {i.shape for i in instances}
     if len(shapes) != 1:
         raise ValueError(f"instances: all must have the same shape (U, N, L, E, M, K), got {sorted(shapes)}")
+    for name in OPTIONAL_FIELDS:
+        present = [getattr(i, name) is not None for i in instances]
+        if any(present) and not all(present):
+            raise ValueError(
+                f"{name}: all instances must have it or none; instance {present.index(not present[0])} "
+                f"differs from instance 0"
+            )
     return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *instances)
 
 
@@ -226,8 +270,10 @@ def _where(mask: np.ndarray) -> tuple:
 
 
 def _validate(v: dict[str, np.ndarray], nb: int) -> None:
-    """Check DESIGN §10 on host arrays; ``nb`` = number of leading batch dims."""
-    for name in FIELDS:
+    """Check the validation rules on host arrays; ``nb`` = number of leading batch dims. Optional fields
+    may be absent from ``v`` or ``None``."""
+    present = [f for f in ALL_FIELDS if v.get(f) is not None]
+    for name in present:
         a = v[name]
         if a.ndim != nb + _NDIM[name]:
             raise ValueError(
@@ -245,8 +291,12 @@ def _validate(v: dict[str, np.ndarray], nb: int) -> None:
         "weight": (U, L, M),
         "traffic": (U,),
         "base": (U,),
+        "service": (N, L, E),
+        "rate": (U,),
     }
     for name, shp in expect.items():
+        if name not in present:
+            continue
         if v[name].shape != batch + shp:
             raise ValueError(
                 f"{name}: shape {v[name].shape} disagrees with latency {v['latency'].shape}; "
@@ -256,7 +306,7 @@ def _validate(v: dict[str, np.ndarray], nb: int) -> None:
         raise ValueError(f"shape: U, L, E, M, K must be >= 1, got U={U} N={N} L={L} E={E} M={M} K={K}")
     if K > E:
         raise ValueError(f"patterns: top-K must satisfy K <= E, got K={K} > E={E}")
-    for name in FIELDS:
+    for name in present:
         a = v[name]
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise ValueError(f"{name}: must be numeric, got dtype {a.dtype}")
@@ -309,3 +359,10 @@ def _validate(v: dict[str, np.ndarray], nb: int) -> None:
     if not np.isfinite(b).all() or (b < 0).any():
         bad = ~np.isfinite(b) | (b < 0)
         raise ValueError(f"base: must be finite and >= 0, got {b[bad][0]} at index {_where(bad)}")
+    for name in OPTIONAL_FIELDS:
+        if name not in present:
+            continue
+        a = v[name].astype(np.float64)
+        if not np.isfinite(a).all() or (a < 0).any():
+            bad = ~np.isfinite(a) | (a < 0)
+            raise ValueError(f"{name}: must be finite and >= 0, got {a[bad][0]} at index {_where(bad)}")

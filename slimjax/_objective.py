@@ -1,4 +1,4 @@
-"""The exact expected per-token latency J(x) (DESIGN §2, §4.1), pure JAX.
+"""The exact expected per-token latency J(x), pure JAX.
 
     d[u, l, e] = min(fallback[u, l, e], min_{n : x[n, l, e]} latency[u, n, l, e])
     J(x)      = Σ_u traffic[u] Σ_l Σ_m weight[u, l, m] · max_k d[u, l, patterns[u, l, m, k]]
@@ -104,13 +104,29 @@ def layer_latency(inst: Instance, placement: Bool[Array, "N L E"], aggregation: 
 
 
 @_batched
-def objective(inst: Instance, placement: Bool[Array, "N L E"], aggregation: Aggregation = "max") -> Float[Array, ""]:
+def _objective(inst: Instance, placement: Bool[Array, "N L E"], aggregation: Aggregation = "max") -> Float[Array, ""]:
+    d = expert_latency.__wrapped__(inst, placement)
+    return objective_from_d(inst, d, aggregation)
+
+
+def objective(
+    inst: Instance,
+    placement: Bool[Array, "N L E"],
+    aggregation: Aggregation = "max",
+    *,
+    load: bool = False,
+    max_utilization: float = 0.95,
+) -> Float[Array, ""]:
     """The objective J(x): expected per-token latency of the MoE part (scalar; batched: [batch]).
 
     Args:
       inst: an :class:`~slimjax.Instance` or a batch of them.
       placement: bool (or 0/1) [N, L, E], or [batch, N, L, E] for a batch.
       aggregation: "max" (experts run in parallel) or "sum" (one after another).
+      load: J_load instead of J: node latencies with the M/M/1 waiting time of their
+        utilisation (needs the instance's ``service`` and ``rate`` fields; see
+        :func:`slimjax.load.loaded_objective`); ``inf`` when a node reaches ``max_utilization``.
+      max_utilization: with ``load=True``, the utilisation from which a placement is load-infeasible.
 
     Examples:
       >>> import jax, jax.numpy as jnp, slimjax
@@ -119,8 +135,14 @@ def objective(inst: Instance, placement: Bool[Array, "N L E"], aggregation: Aggr
       >>> J.shape
       (4,)
     """
-    d = expert_latency.__wrapped__(inst, placement)
-    return objective_from_d(inst, d, aggregation)
+    if load:
+        if not isinstance(inst, Instance) or not inst.has_load:
+            raise ValueError("load: load=True needs an instance with a load model (fields service and rate); "
+                             "generate one with network={'load': 0.3} or pass service=... and rate=...")
+        from slimjax.load import loaded_objective
+
+        return loaded_objective(inst, placement, max_utilization=max_utilization, aggregation=aggregation)
+    return _objective(inst, placement, aggregation)
 
 
 def total_latency(inst: Instance, placement, aggregation: Aggregation = "max"):
@@ -162,7 +184,7 @@ def check_placement(inst: Instance, placement) -> Array:
     )
 
 
-# -- the multilinear extension (DESIGN §4.6) -------------------------------------------------
+# -- the multilinear extension ---------------------------------------------------------------
 #
 # For independent Bernoulli placements x ~ p, the latency of expert (l, e) for user u is the min
 # over the nodes that cache it and the fallback. With the node values clipped to the fallback

@@ -21,6 +21,7 @@ __all__ = [
     "oracle_greedy_ref",
     "dp_dense_ref",
     "dp_hull_ref",
+    "dp_fptas_ref",
     "successive_ref",
 ]
 
@@ -274,6 +275,54 @@ def dp_hull_ref(g, s, Q, tol=None):
         counts[best_l] = best_c
         value = float(best_v)
     return value, counts, max(lp, value)
+
+
+def dp_fptas_ref(g, s, Q, eps, Qmax=None):
+    """Value-scaled multiple-choice knapsack (see ``slimjax.ops._maxconv``). Returns
+    (value, counts [L], bound). Exact (:func:`dp_dense_ref`) when ``Qmax + 1`` is at most the
+    number of profit levels ``P = ceil(2·min(L, Qmax)/eps) + 1``; otherwise profits ``g[l, c] − g[l, 0]``
+    are rounded down to multiples of ``delta = ub / (P − 1)`` (ub: the LP bound), the layer DP
+    keeps the least units for every rounded profit, and the highest rounded profit that fits is
+    backtracked (ties: the count with the largest true profit, then the smallest)."""
+    L, C1 = g.shape
+    n = L if Qmax is None else max(1, min(L, int(Qmax)))
+    P = int(np.ceil(2 * n / eps - 1e-9)) + 1
+    if Qmax is not None and Qmax + 1 <= P:
+        v, counts = dp_dense_ref(g, s, min(max(int(Q), 0), Qmax))
+        return v, counts, v
+    Q = max(int(Q), 0)
+    if Qmax is not None:
+        Q = min(Q, int(Qmax))
+    base = g[:, 0].copy()
+    h = g - base[:, None]
+    ok = np.array([[c * s[l] <= Q and (h[l, c] >= 0 or c == 0) for c in range(C1)] for l in range(L)])
+    best_single = max([h[l, c] for l in range(L) for c in range(C1) if ok[l, c]] + [0.0])
+    ub = max(dp_hull_ref(h, s, Q)[2], best_single, 0.0)
+    delta = ub / (P - 1) if ub > 0 else 1.0
+    pi = np.where(ok, np.clip(np.floor(h / delta), 0, P - 1), 0).astype(int)
+    INF = Q + 1
+    tables = [np.array([0] + [INF] * (P - 1))]
+    for l in range(L):
+        W, new = tables[-1], np.full(P, INF)
+        for p in range(P):
+            for c in range(C1):
+                if ok[l, c] and p - pi[l, c] >= 0:
+                    new[p] = min(new[p], W[p - pi[l, c]] + c * s[l], INF)
+        tables.append(new)
+    pstar = max(p for p in range(P) if tables[-1][p] <= Q)
+    counts = np.zeros(L, int)
+    pp = pstar
+    for l in reversed(range(L)):
+        target, W = tables[l + 1][pp], tables[l]
+        hits = [c for c in range(C1) if ok[l, c] and pp - pi[l, c] >= 0 and W[pp - pi[l, c]] + c * s[l] == target]
+        c = max(hits, key=lambda c: (h[l, c], -c))
+        counts[l] = c
+        pp -= pi[l, c]
+    value = float(sum(g[l, counts[l]] for l in range(L)))
+    frac = np.where(ok, h - pi * delta, 0).max(axis=1)
+    n_use = int((np.cumsum(np.sort(s)) <= Q).sum())
+    cert = pstar * delta + (np.sort(frac)[::-1][:n_use].sum() if n_use else 0.0)
+    return value, counts, max(base.sum() + min(ub, cert), value)
 
 
 def _J(a, d, aggregation):

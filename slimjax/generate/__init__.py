@@ -1,4 +1,4 @@
-"""Instance generators (DESIGN §5): model presets, the edge network model, routing generators.
+"""Instance generators: model presets, the edge network model, routing generators.
 
     >>> import jax, slimjax
     >>> batch = slimjax.generate.instances(jax.random.key(0), 256, model="mixtral_8x7b",

@@ -1,4 +1,4 @@
-"""Instances built from real routing traces (DESIGN §5.3 ``trace``, §5.4).
+"""Instances built from real routing traces (the ``trace`` routing).
 
 The routing part (``patterns``, ``weight``) is the empirical distribution of the trace's tokens
 (:func:`slimjax.traces.patterns`); the network part (``latency``, ``fallback``, ``size``,
@@ -67,6 +67,9 @@ def instance_from_trace(
 ):
     """Build an :class:`~slimjax.Instance` whose routing is ``trace`` and whose network is sampled.
 
+    With ``network.load`` set the instance also gets ``service`` and ``rate`` (the load model;
+    the rates come from the trace's own routing, as in :func:`slimjax.generate.sample_fields`).
+
     Args:
       trace: a :class:`slimjax.traces.Trace` (or a path, loaded with :func:`slimjax.traces.load`).
       model: model preset (name / ``ModelPreset`` / mapping) for sizes and FLOPs; its L, E and K
@@ -123,7 +126,7 @@ def instance_from_trace(
             pats[u, :, p.shape[1] :] = p[:, :1]
             w[u, :, : p.shape[1]] = ww
         traffic = share / share.sum()
-    return Instance(
+    inst = Instance(
         latency=net.latency,
         fallback=net.fallback,
         size=net.size,
@@ -134,3 +137,10 @@ def instance_from_trace(
         base=net.base,
         normalize=True,
     )
+    if cfg.load is None:
+        return inst
+    from slimjax.load import rate_for_load
+
+    servers = jnp.arange(inst.latency.shape[1]) >= U
+    rate = rate_for_load(inst, cfg.load, net.service, nodes=servers)
+    return inst.replace(service=net.service, rate=rate)

@@ -25,7 +25,7 @@ from slimjax.generate.models import ModelPreset, get_model
 from slimjax.generate.network import NetworkConfig, as_network_config, sample_network
 from slimjax.generate.routing import RoutingConfig, as_routing_config, sample_routing
 from slimjax._instance import Instance
-__all__ = ["instance", "instances", "resolve", "sample_fields"]
+__all__ = ["instance", "instances", "load_rates", "resolve", "sample_fields"]
 
 # Instances drawn per vmapped chunk; larger batches are scanned over chunks to bound memory.
 GEN_CHUNK = 1024
@@ -46,12 +46,29 @@ def sample_fields(key: Array, model: ModelPreset, network: NetworkConfig, routin
     Returns:
       dict with ``latency [U, N, L, E]``, ``fallback [U, L, E]``, ``size [L, E]``,
       ``capacity [N]``, ``patterns [U, L, M, K]`` (int32), ``weight [U, L, M]``,
-      ``traffic [U]``, ``base [U]``.
+      ``traffic [U]``, ``base [U]``, and ``service [N, L, E]``, ``rate [U]`` (``None`` unless
+      ``network.load`` is set: then ``rate`` puts the mean utilisation of the servers under the
+      reference placement at ``network.load``, see :func:`slimjax.load.rate_for_load`).
     """
     knet, krout = jax.random.split(key)
     net = sample_network(knet, model, network, dtype)
     patterns, weight = sample_routing(krout, routing, model.layers, model.experts, model.top_k, network.users, dtype)
-    return dict(net._asdict(), patterns=patterns, weight=weight)
+    fields = dict(net._asdict(), patterns=patterns, weight=weight, rate=None)
+    if network.load is not None:
+        fields["rate"] = load_rates(fields, network)
+    return fields
+
+
+def load_rates(fields: Mapping[str, Any], network: NetworkConfig) -> Array:
+    """``rate = Λ · traffic`` for ``network.load`` (one instance's fields with ``service``): the
+    mean utilisation of the servers (nodes ``U..N-1``) that carry load under the reference
+    placement is ``network.load``. Pure JAX."""
+    from slimjax.load import rate_for_load
+
+    inst = Instance(**{k: v for k, v in fields.items() if k not in ("service", "rate")}, validate=False)
+    N = inst.latency.shape[-3]
+    servers = jnp.arange(N) >= network.users
+    return rate_for_load(inst, network.load, fields["service"], nodes=servers)
 
 
 @partial(jax.jit, static_argnames=("model", "network", "routing", "dtype"))
@@ -114,7 +131,7 @@ def instances(
       routing: a :class:`RoutingConfig`, a mapping, a kind name (``"latent"``, ``"zipf"``,
         ``"uniform"``) or ``None`` (latent, 256 tokens).
       dtype: float32 (default) or float64 (needs x64).
-      validate: check the result (DESIGN §10) on the host.
+      validate: check the result on the host (the rules of :class:`~slimjax.Instance`).
       chunk_size: instances drawn per vmapped chunk (bounds memory; the result does not
         depend on it).
 

@@ -1,4 +1,4 @@
-"""MoE model presets (DESIGN §5.1), from the models' published configs.
+"""MoE model presets, from the models' published configs.
 
 Only what the caching problem needs: the number of MoE layers ``L``, routed experts per layer
 ``E``, top-``K``, the hidden size and the expert FFN width. From them:

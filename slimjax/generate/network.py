@@ -1,4 +1,4 @@
-"""Edge network and latency model (DESIGN §5.2), sampled in JAX from a PRNG key.
+"""Edge network and latency model, sampled in JAX from a PRNG key.
 
 Nodes: each user's own device first, then the edge servers (``N = U + S``; ``N = 1 + S`` for a
 single user). A cloud fallback holds every expert. For one decoded token and one expert:
@@ -10,8 +10,12 @@ single user). A cloud fallback holds every expert. For one decoded token and one
 * ``latency[u, n, l, e] = link[u, n] + expert time on n`` (times a log-normal jitter if asked);
 * ``fallback[u, l, e] = cloud_rtt[u] + 2 · hidden · act_bytes · 8 / cloud_rate[u]``
   ``+ max(expert_flops / cloud_compute, expert_bytes / cloud_bandwidth)``;
-* ``base[u]``: the non-routed per-token work (attention + shared experts, DESIGN §5.1) on the
+* ``base[u]``: the non-routed per-token work (attention + shared experts) on the
   user's device, ``max(dense_flops / compute, dense_bytes / bandwidth)``.
+* with ``load`` set (the load model): ``service[n, l, e]`` = the expert time on node n, the part
+  of the latency that queues (with ``jitter``, clipped to ``min_u latency[u, n, l, e]`` so that
+  no link time is negative); the token rates are set by :func:`slimjax.generate.sample_fields`
+  from the routing (see ``NetworkConfig.load``).
 
 Output units: **seconds** for times, **bytes** for sizes and capacities. The configuration uses
 human units (ms, Mbit/s, GB/s, TFLOP/s, GB; 1 GB = 1e9 bytes) which are converted on sampling.
@@ -92,6 +96,12 @@ class NetworkConfig:
       pathloss_db_at_1km: path loss at 1 km (dB), geometry model (3GPP urban macro: 128.1).
       pathloss_exponent_db: path-loss slope per decade of distance (dB), geometry model (37.6).
       min_distance_m: distances are clipped below at this (m), geometry model.
+      load: ``None`` = no load model (no ``service``/``rate``). Else the instances get
+        ``service`` (the expert time on each node) and ``rate = Λ · traffic`` (tokens/s), with
+        ``Λ`` set so that the mean utilisation of the edge servers that carry load under the
+        reference placement (per-node LFU, :func:`slimjax.load.reference_placement`, with the
+        fastest-copy assignment) is ``load``, in [0, 1). Without such a server the mean is over
+        every node that carries load; the devices' utilisation is whatever follows.
     """
 
     servers: int = 4
@@ -123,6 +133,7 @@ class NetworkConfig:
     pathloss_db_at_1km: float = 128.1
     pathloss_exponent_db: float = 37.6
     min_distance_m: float = 10.0
+    load: float | None = None
 
     def __post_init__(self):
         for f in _RANGE_FIELDS:
@@ -164,6 +175,10 @@ class NetworkConfig:
             raise ValueError(f"network.jitter: must be >= 0, got {self.jitter}")
         if self.traffic_alpha is not None and not self.traffic_alpha > 0:
             raise ValueError(f"network.traffic_alpha: must be > 0 or None, got {self.traffic_alpha}")
+        if self.load is not None:
+            if isinstance(self.load, bool) or not isinstance(self.load, (int, float)) or not 0 <= self.load < 1:
+                raise ValueError(f"network.load: must be a target utilisation in [0, 1) or None, got {self.load!r}")
+            object.__setattr__(self, "load", float(self.load))
         object.__setattr__(self, "multi_user", bool(self.multi_user))
 
     @property
@@ -204,6 +219,7 @@ class Network(NamedTuple):
     capacity: [N] bytes.
     traffic: [U] shares summing to 1.
     base: [U] seconds.
+    service: [N, L, E] seconds, the queueing part of ``latency`` (``None`` without ``cfg.load``).
     """
 
     latency: Float[Array, "U N L E"]
@@ -212,6 +228,7 @@ class Network(NamedTuple):
     capacity: Float[Array, " N"]
     traffic: Float[Array, " U"]
     base: Float[Array, " U"]
+    service: Float[Array, "N L E"] | None = None
 
 
 def uniform_pool(
@@ -269,7 +286,8 @@ def sample_network(key: Array, model: ModelPreset, cfg: NetworkConfig, dtype: An
 
     Returns:
       a :class:`Network` with ``U = cfg.users``, ``N = cfg.users + cfg.servers``,
-      ``L = model.layers``, ``E = model.experts``; times in seconds, sizes in bytes.
+      ``L = model.layers``, ``E = model.experts``; times in seconds, sizes in bytes;
+      ``service`` only when ``cfg.load`` is set.
     """
     U, S, L, E = cfg.users, cfg.servers, model.layers, model.experts
     N = U + S
@@ -345,6 +363,11 @@ def sample_network(key: Array, model: ModelPreset, cfg: NetworkConfig, dtype: An
             dtype
         )
     size = jnp.full((L, E), model.expert_bytes, dtype)
+    service = None
+    if cfg.load is not None:
+        service = jnp.broadcast_to(compute.astype(dtype)[:, None, None], (N, L, E))
+        if cfg.jitter > 0:  # keep latency >= service: the link time latency - service is never negative
+            service = jnp.minimum(service, latency.astype(dtype).min(axis=0))
     return Network(
         latency=latency.astype(dtype),
         fallback=fallback.astype(dtype),
@@ -352,4 +375,5 @@ def sample_network(key: Array, model: ModelPreset, cfg: NetworkConfig, dtype: An
         capacity=capacity.astype(dtype),
         traffic=traffic,
         base=base.astype(dtype),
+        service=service,
     )

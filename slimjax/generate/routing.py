@@ -1,4 +1,4 @@
-"""Routing generators (DESIGN §5.3), sampled in JAX from a PRNG key.
+"""Routing generators, sampled in JAX from a PRNG key.
 
 Each generator draws ``tokens`` routed tokens per user and turns them into the routing
 distribution of the instance: ``patterns [U, L, M, K]`` (the K expert ids of each token at each
@@ -153,7 +153,9 @@ def sample_routing(
     Args:
       key: a PRNG key.
       cfg: the routing configuration (static).
-      layers, experts, top_k: ``L``, ``E``, ``K`` of the model.
+      layers: ``L``, the model's MoE layers.
+      experts: ``E``, routed experts per layer.
+      top_k: ``K``, experts per token and layer.
       users: ``U``.
       dtype: float dtype of ``weight``.
 

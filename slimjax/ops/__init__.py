@@ -14,6 +14,7 @@ from slimjax.ops._grid import capacity_grid as capacity_grid
 from slimjax.ops._maxconv import BACKENDS as BACKENDS
 from slimjax.ops._maxconv import DPResult as DPResult
 from slimjax.ops._maxconv import capacity_dp as capacity_dp
+from slimjax.ops._maxconv import fptas_levels as fptas_levels
 from slimjax.ops._maxconv import maxplus_conv as maxplus_conv
 from slimjax.ops._maxconv import upper_envelope as upper_envelope
 from slimjax.ops._oracle import EXACT_MAX_E as EXACT_MAX_E
@@ -39,6 +40,7 @@ __all__ = [
     "drop_loss_layer",
     "exact_oracle",
     "expert_frequency",
+    "fptas_levels",
     "greedy_oracle",
     "maxplus_conv",
     "merge_patterns",

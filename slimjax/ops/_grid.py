@@ -45,14 +45,14 @@ def capacity_grid(
     max_factor: int = 8,
     max_auto_units: int = 1 << 16,
 ) -> Grid:
-    """Map sizes and capacities to an integer grid (DESIGN §3).
+    """Map sizes and capacities to an integer grid.
 
     Args:
       inst: an instance or a batch.
       unit: capacity unit. Default (None): per instance the coarsest ``min_size / k``
         (k = 1..``max_factor``) of which every layer size is an integer multiple, as long as the
         largest capacity stays within ``max_auto_units`` units; otherwise the smallest expert size
-        (DESIGN's default). With layers of sizes 2 and 3 the plain smallest-size unit would charge
+        (the classic default). With layers of sizes 2 and 3 the plain smallest-size unit would charge
         the size-3 layer 2 units (4 in real size) and lose real optima; the finer unit does not.
       max_units_cap: if given, capacities are clipped to this many units.
 

@@ -1,4 +1,4 @@
-"""Batched (max,+) convolution and the capacity DP over layers (DESIGN §4.3).
+"""Batched (max,+) convolution and the capacity DP over layers.
 
 Per node the storage ``Q`` (integer grid units) is split over ``L`` layers. With ``g[l, c]`` the
 best gain from caching ``c`` experts of layer ``l`` (cost ``c * s[l]`` units, ``c = 0..C``) the
@@ -6,29 +6,60 @@ split is the multiple-choice knapsack
 
     G_l[q] = max_{c : c·s_l ≤ q} G_{l-1}[q − c·s_l] + g_l[c],   G_0 ≡ 0,
 
-solved by :func:`capacity_dp` with one of two backends:
+solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
 
-- ``"dense"`` — exact. Every layer is one (max,+) convolution (:func:`maxplus_conv`): a broadcast
-  ``[Qmax+1, C+1]`` gather, mask, max/argmax, inside a ``lax.scan`` over layers; the argmax table
-  ``[L, Qmax+1]`` is backtracked from ``Q``. O(L·Qmax·C).
-- ``"hull"`` — the accelerated method. Every curve is replaced by its upper concave envelope
-  (:func:`upper_envelope`); the envelope segments of all layers are taken in decreasing
-  gain-per-unit order while they fit, skipping (and closing the layer of) those that do not. The
-  value is ≥ the LP bound − the largest segment, it is exact for concave curves with equal sizes,
-  and it is returned only if it beats the best single-layer point, so it is ≥ OPT / 2 (the
-  multiple-choice-knapsack LP argument, Sinha & Zoltners 1979). It also returns that LP bound,
-  which certifies the gap. O(L·C² + L·C·log(L·C)), independent of ``Q``.
+- ``"dense"`` — exact. Every layer is one (max,+) convolution: a broadcast ``[Qmax+1, C+1]``
+  gather, mask and max inside a ``lax.scan`` over layers, keeping the tables ``G_{l-1}``
+  ``[L, Qmax+1]``; the backtrack from ``Q`` recomputes one row of ``C+1`` candidates per layer
+  and takes the smallest maximizing count (the same optimum and tie rule as an argmax table;
+  :func:`maxplus_conv` is the one-layer operation). O(L·Qmax·C).
+- ``"hull"`` — every curve is replaced by its upper concave envelope (:func:`upper_envelope`);
+  the envelope segments of all layers are taken in decreasing gain-per-unit order while they fit,
+  skipping (and closing the layer of) those that do not. The value is ≥ the LP bound − the largest
+  segment, it is exact for concave curves with equal sizes, and it is returned only if it beats
+  the best single-layer point, so it is ≥ OPT / 2 (the multiple-choice-knapsack LP argument,
+  Sinha & Zoltners 1979). It also returns that LP bound, which certifies the gap.
+  O(L·C² + L·C·log(L·C)), independent of ``Q``. Real top-K layer curves are far from concave (a
+  co-activated pair is worth far more than its two halves), and there it can lose tens of percent
+  of a node's gain.
+- ``"fptas"`` — value scaling of the multiple-choice knapsack (Lawler 1979; Kellerer, Pferschy &
+  Pisinger 2004, §11.10), **value ≥ (1 − eps)·OPT** for every input, in time polynomial in
+  ``L``, ``C`` and ``1/eps`` and independent of ``Q``:
+
+  1. ``ub`` = the Lagrangian (= LP) bound, by a fixed-trip bisection on the dual
+     (``OPT ≤ ub ≤ 2·OPT``);
+  2. profits ``g[l, c] − g[l, 0]`` are rounded down to multiples of ``delta = ub / (P − 1)`` with
+     ``P = ceil(2·n/eps) + 1`` levels (:func:`fptas_levels`; ``n = min(L, Qmax)`` bounds the
+     layers a solution uses);
+  3. the layer DP over rounded profit, ``W_l[p] = min_c W_{l-1}[p − π_l(c)] + c·s_l`` (fewest
+     units reaching rounded profit exactly ``p``, int32), one fused gather + min of
+     ``[P, C+1]`` per layer in a ``lax.scan``; the highest ``p`` with ``W_L[p] ≤ Q`` is
+     backtracked by recomputing one row per layer (ties: the largest true profit).
+
+  Guarantee: OPT's own rounded profit fits, so the result's rounded profit is at least OPT's,
+  and OPT loses at most ``delta`` per layer it uses: ``value ≥ OPT − n·delta ≥ OPT − eps·ub/2 ≥
+  (1 − eps)·OPT``. ``bound`` certifies the instance: ``min(ub, p*·delta + Σ of the largest
+  rounding remainders of the layers a solution can use) ≥ OPT``. O(L·C·n/eps) time, O(L·n/eps)
+  memory. When ``Qmax + 1 ≤ P`` the capacity table is the smaller one and the problem is solved
+  exactly instead (the ``dense`` optimum and tie rule, with a fused max per layer and a
+  recomputing backtrack), so small nodes — every node of mixtral-sized instances — lose nothing.
 
 Everything is pure JAX on one node's problem; ``jax.vmap`` it over nodes / instances. Capacities
-and sizes are traced; only ``Qmax`` (the DP table size of ``dense``) is static.
+and sizes are traced; ``Qmax`` (the DP table size of ``dense``) and ``eps`` are static. The loops
+are fixed-trip (``lax.scan`` / ``fori_loop``; the hull's skip-greedy is a ``while_loop`` of at
+most ``L + 1`` rounds), so the compiled programs stay small.
 
 References:
   Sinha, P. and Zoltners, A. A. (1979). The multiple-choice knapsack problem. Operations
   Research 27(3), 503–515.
+  Lawler, E. L. (1979). Fast approximation algorithms for knapsack problems. Mathematics of
+  Operations Research 4(4), 339–356.
+  Kellerer, H., Pferschy, U. and Pisinger, D. (2004). Knapsack Problems, Springer, ch. 11.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -36,9 +67,15 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["DPResult", "maxplus_conv", "upper_envelope", "capacity_dp", "BACKENDS"]
+__all__ = ["BACKENDS", "DEFAULT_EPS", "DPResult", "capacity_dp", "fptas_levels", "maxplus_conv", "upper_envelope"]
 
-BACKENDS = ("dense", "hull")
+BACKENDS = ("dense", "hull", "fptas")
+
+#: Default approximation parameter of the ``fptas`` backend (``value >= (1 - eps)·OPT``).
+DEFAULT_EPS = 0.1
+
+# fptas: bisection steps of the Lagrangian bound that sets the profit scale.
+DUAL_ITERS = 40
 
 
 class DPResult(NamedTuple):
@@ -48,9 +85,12 @@ class DPResult(NamedTuple):
       value: float [] — Σ_l g[l, counts[l]], the gain achieved (actual curve values).
       counts: int32 [L] — how many experts of each layer; Σ counts·s ≤ Q.
       bound: float [] — an upper bound on the optimum: ``value`` itself for ``dense`` (exact), the
-        LP bound over the concave envelopes for ``hull``.
+        LP bound over the concave envelopes for ``hull``, the certified bound for ``fptas``
+        (``value`` itself where it solves exactly).
       table: ``dense``: float [Qmax+1], ``G_L[q]`` the optimum for every capacity q ≤ Qmax;
-        ``hull``: float [L, C+1], the upper concave envelopes at integer counts.
+        ``hull``: float [L, C+1], the upper concave envelopes at integer counts; ``fptas``:
+        int32 [P], the fewest units reaching each rounded profit (``Q + 1`` = none fits), or
+        ``dense``'s table where it solves exactly.
     """
 
     value: Float[Array, ""]
@@ -88,28 +128,6 @@ def maxplus_conv(
     arg = jnp.argmax(vals, axis=1).astype(jnp.int32)
     out = jnp.take_along_axis(vals, arg[:, None], axis=1)[:, 0]
     return out, arg
-
-
-def _dense(g, s, Q, Qmax: int) -> DPResult:
-    g = jnp.asarray(g)
-    G0 = jnp.zeros((Qmax + 1,), g.dtype)
-
-    def step(G, gs):
-        gl, sl = gs
-        out, arg = maxplus_conv(G, gl, sl)
-        return out, arg
-
-    G, args = lax.scan(step, G0, (g, s))  # G [Qmax+1], args [L, Qmax+1]
-    Qc = jnp.clip(Q, 0, Qmax)
-
-    def back(q, xs):
-        arg_l, sl = xs
-        c = arg_l[q]
-        return q - c * sl, c
-
-    _, counts = lax.scan(back, Qc, (args, s), reverse=True)
-    value = G[Qc]
-    return DPResult(value, counts.astype(jnp.int32), value, G)
 
 
 def _tol(g: Array) -> Array:
@@ -248,6 +266,136 @@ def _hull(g, s, Q) -> DPResult:
     return DPResult(value, counts, jnp.maximum(lp, value), env)
 
 
+def _exact(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], Qmax: int) -> DPResult:
+    """Exact layer DP (``dense``'s optimum and tie rule) with a fused max per layer: the forward
+    pass keeps only the tables ``G_{l-1}`` [L, Qmax+1]; the backtrack recomputes one row of
+    candidates per layer (C+1 values) and takes the first maximum, which is the smallest
+    maximizing count, exactly as ``dense``'s argmax table.
+    """
+    C1 = g.shape[1]
+    q = jnp.arange(Qmax + 1, dtype=jnp.int32)[:, None]
+    c = jnp.arange(C1, dtype=jnp.int32)
+
+    def step(G, gs):
+        gl, sl = gs
+        idx = q - c[None, :] * sl
+        out = jnp.where(idx >= 0, G[jnp.maximum(idx, 0)] + gl[None, :], -jnp.inf).max(axis=1)
+        return out, G
+
+    G, prev = lax.scan(step, jnp.zeros((Qmax + 1,), g.dtype), (g, s))
+    Qc = jnp.clip(Q, 0, Qmax)
+
+    def back(qq, xs):
+        Gp, gl, sl = xs
+        idx = qq - c * sl
+        cand = jnp.where(idx >= 0, Gp[jnp.maximum(idx, 0)] + gl, -jnp.inf)
+        cl = jnp.argmax(cand).astype(jnp.int32)
+        return qq - cl * sl, cl
+
+    _, counts = lax.scan(back, Qc, (prev, g, s), reverse=True)
+    value = G[Qc]
+    return DPResult(value, counts, value, G)
+
+
+def fptas_levels(L: int, eps: float, Qmax: int | None = None) -> int:
+    """Profit levels of the ``fptas`` table: ``ceil(2·n/eps) + 1`` with ``n = min(L, Qmax)`` (the
+    most layers a solution can use, every size being >= 1 unit)."""
+    n = L if Qmax is None else max(1, min(L, int(Qmax)))
+    return math.ceil(2 * n / eps - 1e-9) + 1
+
+
+def _dual_bound(
+    h: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], ok: Bool[Array, "L C1"], iters: int = DUAL_ITERS
+) -> Float[Array, ""]:
+    """Lagrangian bound ``min_λ D(λ)``, ``D(λ) = λ·Q + Σ_l max_{c usable} (h[l, c] − λ·c·s[l])``.
+
+    Every ``D(λ)`` with ``λ >= 0`` is an upper bound on OPT (weak duality); its minimum is the LP
+    bound over the concave envelopes, which is at most 2·OPT (the sorted prefix before the break
+    segment is feasible, and so is the break segment's end point alone). ``D`` is convex: a
+    fixed-trip bisection on its right derivative ``Q − Σ_l c_l(λ)·s[l]`` (smallest maximizing
+    counts) over ``[0, max slope]`` reaches the LP bound up to ``2^-iters`` of the range; the
+    smallest ``D`` seen is returned (so the bound holds whatever the float rounding of ``λ``).
+    O(iters·L·C), no sort and no envelope, so it compiles to a small loop.
+    """
+    C1 = h.shape[1]
+    dt = h.dtype
+    cs = (jnp.arange(C1, dtype=jnp.int32)[None, :] * s[:, None]).astype(dt)  # units of c items
+    hm = jnp.where(ok, h, -jnp.inf)
+    hi0 = jnp.where(ok & (cs > 0), h / jnp.maximum(cs, 1), 0).max()
+
+    def body(_, st):
+        lo, hi, ub = st
+        lam = 0.5 * (lo + hi)
+        phi = hm - lam * cs
+        best = phi.max(axis=1)
+        used = jnp.where(phi >= best[:, None], cs, jnp.inf).min(axis=1).sum()  # smallest maximizers
+        right = used <= Q.astype(dt)  # D's right derivative Q − used >= 0: the minimum is at or left of lam
+        return jnp.where(right, lo, lam), jnp.where(right, lam, hi), jnp.minimum(ub, lam * Q.astype(dt) + best.sum())
+
+    ub0 = hm.max(axis=1).sum()  # D(0)
+    _, _, ub = lax.fori_loop(0, iters, body, (jnp.zeros((), dt), hi0, ub0))
+    return jnp.maximum(ub, 0)
+
+
+def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: float, Qmax: int | None) -> DPResult:
+    """The ``fptas`` backend (see the module docstring): exact when ``Qmax + 1 <= P``, else the
+    layer DP over ``P = fptas_levels(L, eps, Qmax)`` rounded-profit levels. Returns a
+    :class:`DPResult` with ``table`` int32 [P] (or ``dense``'s [Qmax+1] where exact)."""
+    L, C1 = g.shape
+    P = fptas_levels(L, eps, Qmax)
+    if Qmax is not None and Qmax + 1 <= P:
+        # The capacity axis is the smaller table: solve exactly (cheaper than the profit DP).
+        return _exact(g, s, Q, Qmax)
+    dt = g.dtype
+    Q = jnp.maximum(Q, 0)
+    if Qmax is not None:
+        Q = jnp.minimum(Q, Qmax)
+    base = g[:, :1]
+    h = g - base  # the profit of c items over taking none (c = 0 is always feasible)
+    c = jnp.arange(C1, dtype=jnp.int32)
+    ok = ((c[None, :] * s[:, None]) <= Q) & (h >= 0)  # a choice with h < 0 is beaten by c = 0
+    ok = ok.at[:, 0].set(True)
+    ub = _dual_bound(h, s, Q, ok)  # OPT <= ub <= 2·OPT
+    delta = jnp.where(ub > 0, ub / (P - 1), 1).astype(dt)
+    pi = jnp.clip(jnp.floor(h / delta), 0, P - 1).astype(jnp.int32)  # [L, C1] rounded-down profit
+    pi = jnp.where(ok, pi, 0)
+    frac = jnp.where(ok, h - pi.astype(dt) * delta, 0)  # in [0, delta)
+    inf = Q + 1  # "no solution of this profit fits"
+    p = jnp.arange(P, dtype=jnp.int32)
+    W0 = jnp.where(p == 0, 0, inf)
+
+    def step(W, xs):
+        pl, okl, sl = xs
+        idx = p[:, None] - pl[None, :]
+        cand = jnp.where(okl[None, :] & (idx >= 0), W[jnp.maximum(idx, 0)] + c[None, :] * sl, inf)
+        Wn = jnp.minimum(cand.min(axis=1), inf)
+        return Wn, W
+
+    W, prev = lax.scan(step, W0, (pi, ok, s))  # W [P]: min units of rounded profit exactly p
+    feasible = W <= Q
+    pstar = jnp.max(jnp.where(feasible, p, 0)).astype(jnp.int32)
+
+    def back(carry, xs):
+        pp, target = carry
+        Wp, pl, okl, hl, sl = xs
+        idx = pp - pl
+        cand = jnp.where(okl & (idx >= 0), Wp[jnp.maximum(idx, 0)] + c * sl, inf)
+        hit = cand == target  # every count that continues a path to (pp, target)
+        cl = jnp.argmax(jnp.where(hit, hl, -jnp.inf)).astype(jnp.int32)  # best true profit, then smallest
+        nxt = pp - pl[cl]
+        return (nxt, Wp[nxt]), cl
+
+    _, counts = lax.scan(back, (pstar, W[pstar]), (prev, pi, ok, h, s), reverse=True)
+    value = jnp.take_along_axis(g, counts[:, None], axis=1)[:, 0].sum()
+    # OPT's rounded profit is <= pstar, and OPT rounds down by at most the largest frac of each
+    # layer it uses: at most n_use layers (the most whose smallest sizes fit in Q).
+    n_use = (jnp.cumsum(jnp.sort(s)) <= Q).sum()
+    top = jnp.cumsum(-jnp.sort(-frac.max(axis=1)))
+    cert = pstar.astype(dt) * delta + jnp.where(n_use > 0, top[jnp.maximum(n_use - 1, 0)], 0)
+    bound = base.sum() + jnp.minimum(ub, cert)
+    return DPResult(value, counts, jnp.maximum(bound, value), W)
+
+
 def capacity_dp(
     g: Float[Array, "L C1"],
     s: Int[Array, "L"],
@@ -255,22 +403,31 @@ def capacity_dp(
     *,
     Qmax: int | None = None,
     backend: str = "dense",
+    eps: float = DEFAULT_EPS,
 ) -> DPResult:
     """Split capacity ``Q`` over layers: maximize Σ_l g[l, c_l] s.t. Σ_l c_l·s[l] ≤ Q.
 
     Args:
-      g: float [L, C+1] gain curves (``g[:, 0] = 0``; the DP does not need them non-decreasing,
-        but the ``hull`` guarantees are stated for non-decreasing curves).
+      g: float [L, C+1] finite gain curves (``g[:, 0] = 0``; the DP does not need them
+        non-decreasing, but the ``hull`` guarantees are stated for non-decreasing curves).
+        ``fptas`` takes any ``g[:, 0]``: its guarantee is on the gain over ``Σ_l g[l, 0]``, so it
+        holds for the value itself whenever ``g[:, 0] >= 0``.
       s: int [L] unit cost of one item of each layer (>= 1).
       Q: int capacity (traced, may be 0).
       Qmax: static upper bound on Q (the table size of ``dense``; ``Q`` is clipped to it).
-      backend: ``"dense"`` (exact) or ``"hull"`` (concave envelopes + skip-greedy, LP bound).
+        ``fptas`` uses it to bound the layers a solution can use and to solve exactly when the
+        capacity table is the smaller one.
+      backend: ``"dense"`` (exact), ``"hull"`` (concave envelopes + skip-greedy, LP bound) or
+        ``"fptas"`` (value-scaled DP, ``value >= (1 - eps)·OPT``).
+      eps: static, ``0 < eps < 1``: the approximation guarantee of ``fptas`` (ignored by the
+        other backends). Default :data:`DEFAULT_EPS`.
 
     Returns:
       :class:`DPResult` (value, counts [L], bound, table).
 
     Raises:
-      ValueError: unknown backend, or ``dense`` without ``Qmax``.
+      ValueError: unknown backend, ``dense`` without ``Qmax``, ``Qmax < 0``, ``eps`` not in (0, 1),
+        or ``g``/``s`` shapes that disagree.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -278,16 +435,29 @@ def capacity_dp(
       >>> r = capacity_dp(g, jnp.array([1, 1]), 2, Qmax=4)
       >>> float(r.value), r.counts.tolist()
       (6.0, [0, 2])
+      >>> r = capacity_dp(g, jnp.array([1, 1]), 2, backend="fptas", eps=0.1)
+      >>> float(r.value), r.counts.tolist(), float(r.bound) >= 6.0
+      (6.0, [0, 2], True)
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"maxconv: unknown backend {backend!r}; valid backends are {BACKENDS}")
+    if Qmax is not None and int(Qmax) < 0:
+        raise ValueError(f"Qmax: must be >= 0, got {Qmax}")
+    if jnp.ndim(g) != 2 or jnp.ndim(s) != 1 or jnp.shape(s)[0] != jnp.shape(g)[0]:
+        raise ValueError(f"g, s: need g [L, C+1] and s [L] with the same L, got shapes {jnp.shape(g)} and {jnp.shape(s)}")
+    g = jnp.asarray(g)
+    if not jnp.issubdtype(g.dtype, jnp.floating):
+        g = g.astype(jnp.result_type(float))
+    s = jnp.asarray(s, jnp.int32)
+    Qa = jnp.asarray(Q, jnp.int32)
     if backend == "dense":
         if Qmax is None:
             raise ValueError("Qmax: the dense backend needs a static Qmax (table size)")
-        if int(Qmax) < 0:
-            raise ValueError(f"Qmax: must be >= 0, got {Qmax}")
-        return _dense(g, jnp.asarray(s, jnp.int32), jnp.asarray(Q, jnp.int32), int(Qmax))
+        return _exact(g, s, Qa, int(Qmax))
     if backend == "hull":
-        Qa = jnp.asarray(Q, jnp.int32)
         if Qmax is not None:
             Qa = jnp.minimum(Qa, int(Qmax))
         return _hull(g, s, Qa)
-    raise ValueError(f"maxconv: unknown backend {backend!r}; valid backends are {BACKENDS}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < float(eps) < 1:
+        raise ValueError(f"eps: must be a float with 0 < eps < 1 (static), got {eps!r}")
+    return _fptas(g, s, Qa, float(eps), None if Qmax is None else int(Qmax))

@@ -1,4 +1,4 @@
-"""Layer oracles of the successive decomposition (DESIGN §4.4, step 1).
+"""Layer oracles of the successive decomposition (step 1 for every node).
 
 For one node, given the current expert latencies ``d [U, L, E]`` and what they would become if
 this node cached the expert, ``newp = min(d, latency[:, n]) [U, L, E]``, an oracle returns for
@@ -190,7 +190,12 @@ def greedy_oracle(
     Sizes above ``limit`` never fit, so stopping there changes no value the DP can use.
 
     Args:
-      d, newp, patterns, tw, dup, aggregation: as :func:`exact_oracle`.
+      d: as :func:`exact_oracle`.
+      newp: as :func:`exact_oracle`.
+      patterns: as :func:`exact_oracle`.
+      tw: as :func:`exact_oracle`.
+      dup: as :func:`exact_oracle`.
+      aggregation: as :func:`exact_oracle`.
       steps: most chain steps (static; default E; at most E). Sets larger than ``steps`` experts are
         never formed, so ``min(E, Qmax)`` loses nothing.
       limit: int [L], the most experts of each layer the node can hold (dynamic; default E).

@@ -1,4 +1,4 @@
-"""Euclidean projection onto the relaxed storage polytope (DESIGN §4.6), pure JAX.
+"""Euclidean projection onto the relaxed storage polytope (the relaxed baseline), pure JAX.
 
 Per node n the feasible set is ``{0 ≤ p ≤ 1, Σ_{l,e} size[l, e] · p[n, l, e] ≤ capacity[n]}``.
 By the KKT conditions its projection is ``clip(y − τ·size, 0, 1)`` with τ = 0 when the clipped

@@ -1,4 +1,4 @@
-"""Baselines (DESIGN §4.7): ``random``, ``popularity``, ``layer-uniform``, ``coactivation-blind``.
+"""Baselines: ``random``, ``popularity``, ``layer-uniform``, ``coactivation-blind``.
 
 All are pure JAX, vmapped over the batch and jitted, on the integer storage grid:
 
@@ -9,7 +9,7 @@ All are pure JAX, vmapped over the batch and jitted, on the integer storage grid
   copies that cannot help (no user that activates the expert gets it faster than it already does).
 - ``layer-uniform``: like ``popularity`` but round-robin over layers (every layer's most popular
   helpful expert, then every layer's second, ...), i.e. equal slots per layer while they fit.
-- ``coactivation-blind``: the greedy of §4.5 on the K = 1 surrogate (per-expert activation
+- ``coactivation-blind``: the ``greedy`` solver on the K = 1 surrogate (per-expert activation
   probabilities, Σ instead of max), which isolates the value of modelling co-activation.
 - ``eplb``: the idea of DeepSeek's expert-parallel load balancer, the placement serving stacks use.
   Hot experts are replicated, and the replicas are packed so that the nodes' loads are balanced.

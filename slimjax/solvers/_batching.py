@@ -1,4 +1,4 @@
-"""Chunked, padded and sharded execution of a registered method over a batch (DESIGN §6).
+"""Chunked, padded and sharded execution of a registered method over a batch.
 
 ``run`` splits a batch into chunks of a fixed size (the last one padded by repeating its last
 instance, so every chunk has the same shape and compiles once), places each chunk on a

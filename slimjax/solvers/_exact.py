@@ -1,4 +1,4 @@
-"""Exact references (DESIGN §4.8): ``brute-force``, ``milp`` (HiGHS) and :func:`lower_bound`.
+"""Exact references: ``brute-force``, ``milp`` (HiGHS) and :func:`lower_bound`.
 
 Both work in **real** storage units (not the rounded grid), with the same tolerance as the
 feasibility check of the registry: ``Σ size·x[n] ≤ capacity[n]·(1 + 1e-6) + 1e-9``.
@@ -387,7 +387,7 @@ class MILP(Solver):
 
 
 def lower_bound(inst: Instance, *, aggregation: str = "max", time_limit=None, threads=None, verbose=False):
-    """Certified lower bound on J from the LP relaxation of the MILP (DESIGN §4.8).
+    """Certified lower bound on J from the LP relaxation of the MILP.
 
     Args:
       inst: one instance or a batch.

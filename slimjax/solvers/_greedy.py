@@ -1,4 +1,4 @@
-"""Greedy over (node, expert) pairs — the paper's method for K = 1 (DESIGN §4.5), method ``greedy``.
+"""Greedy over (node, expert) pairs — the paper's method for K = 1, method ``greedy``.
 
 Two greedy rules are run from the same start and the better placement (lower J) is kept:
 

@@ -29,13 +29,14 @@ __all__ = ["DEFAULT", "FAST_MAXCONV", "as_solver", "methods", "register"]
 #: the solver of ``solve``/``solve_batch`` when none is given
 DEFAULT = "successive-best"
 #: the accelerated (max,+) backend of ``successive-fast``
-FAST_MAXCONV = "hull"
+FAST_MAXCONV = "fptas"
 
 _NAMED: dict[str, Solver] = {}
 
 
 def register(name: str, solver: Solver, *, replace: bool = False) -> None:
     """Give a solver object a name usable in ``solve(inst, name)``, the app and ``methods()``."""
+    _builtins()  # the built-in names first, so that registering never hides them
     if not isinstance(solver, Solver):
         raise ValueError(f"solver: expected a solver object, got {solver!r}")
     if not isinstance(name, str) or not name or "+" in name:

@@ -1,4 +1,4 @@
-"""Polish: batched best-improvement local search with add and swap moves (DESIGN §4.9).
+"""Polish: batched best-improvement local search with add and swap moves.
 
 ``polish_instance`` improves one placement by repeating, for at most ``rounds`` trips:
 

@@ -1,4 +1,4 @@
-"""The relaxed gradient baseline (DESIGN §4.6) — method ``relaxed``.
+"""The relaxed gradient baseline — method ``relaxed``.
 
 Cache probabilities ``p ∈ [0, 1]^{N×L×E}`` minimise the exact multilinear extension
 ``E_{x~Bernoulli(p)} J(x)`` (:func:`slimjax.objective.multilinear`) by projected first-order

@@ -341,8 +341,9 @@ class Successive(Solver):
                             "candidate orders of order='best-of' (names or tuples of node ids)")
     oracle: str = option("auto", "layer oracle: 'exact' (all 2^E subsets, E <= 16), 'greedy' (a chain of growing "
                          "sets incl. pattern completions), 'auto' (exact when E <= 12)")
-    maxconv: str = option("dense", f"capacity DP backend, one of {BACKENDS}: 'dense' is exact, the others are "
-                          "accelerated (see slimjax.ops.capacity_dp)")
+    maxconv: str = option("dense", f"capacity DP backend, one of {BACKENDS}: 'dense' is exact (O(L*Q*E) per node); "
+                          "'fptas' is >= (1 - 0.1)*optimum per node in time independent of Q; 'hull' (concave "
+                          "envelopes) can lose much on real curves (see slimjax.ops.capacity_dp)")
     union_first: str = option("off", "'on', 'off' or 'auto' (an extra best-of candidate when order='best-of'): "
                               "choose one union for the nodes below K experts, then split it by speed")
     revisit: Any = option(0, "rounds of per-node best response after each pass (int >= 0, or 'auto' = 2 on small "

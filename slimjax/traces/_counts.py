@@ -109,8 +109,11 @@ def load_counts(
     ``{"expert_usage_by_layer": {layer: {expert: count}}, "num_experts", "layers", "top_k"?}``.
 
     Args:
-      tokens: tokens to sample.  seed: sampling seed.
-      num_experts, top_k, layers: defaults from the file, then the known source (K default 1).
+      tokens: tokens to sample.
+      seed: sampling seed.
+      num_experts: E; default from the file, then the known source.
+      top_k: K; default from the file, then the known source, else 1.
+      layers: the layers to keep; default from the file, then the known source.
       calibrate: fit the Plackett–Luce weights so inclusion probabilities match the marginals.
     """
     reject_unknown(unused, ("warmup",))
