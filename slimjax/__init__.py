@@ -9,6 +9,7 @@ The public API::
     slimjax.solve, slimjax.solve_batch, slimjax.methods, slimjax.Solution, slimjax.Status
     slimjax.lower_bound                                              certified lower bounds on J
     slimjax.explain, slimjax.Explanation                             why a placement is good
+    slimjax.save, slimjax.load(path), slimjax.placement_frame        files and tables of results
     slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
     slimjax.generate (instance generators), slimjax.traces (real routing traces)
 
@@ -18,8 +19,10 @@ Submodules are imported on first use, so ``import slimjax`` stays light.
 from __future__ import annotations
 
 import importlib
+import types
 
 from slimjax._explain import Explanation, explain
+from slimjax._io import placement_frame, save
 from slimjax._instance import Instance, stack, unstack
 from slimjax._objective import (
     expert_latency,
@@ -52,8 +55,10 @@ __all__ = [
     "objective",
     "ops",
     "pattern_latency",
+    "placement_frame",
     "replay",
     "replay_stats",
+    "save",
     "solve",
     "solve_batch",
     "solvers",
@@ -66,7 +71,7 @@ __all__ = [
     "load",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app")
 
 
 def __getattr__(name: str):
@@ -84,3 +89,23 @@ def lower_bound(inst, **options):
     from slimjax.solvers._exact import lower_bound as _lb
 
     return _lb(inst, **options)
+
+
+class _LoadModule(types.ModuleType):
+    """``slimjax.load`` is the load-model submodule, and calling it reads a saved file.
+
+    ``slimjax.load(path)`` is :func:`slimjax._io.load` (what :func:`slimjax.save` wrote: an
+    Instance or a Solution); ``slimjax.load.utilization`` and the rest are the load model.
+    """
+
+    def __call__(self, path, *, validate: bool = True):
+        from slimjax._io import load as _load_file
+
+        return _load_file(path, validate=validate)
+
+
+# imported here (not lazily) so that ``slimjax.load`` is callable whichever import comes first
+from slimjax import load as _load_module  # noqa: E402
+
+_load_module.__class__ = _LoadModule
+del _load_module
