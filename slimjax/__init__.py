@@ -22,8 +22,8 @@ import importlib
 import types
 
 from slimjax._explain import Explanation, explain
-from slimjax._io import placement_frame, save
 from slimjax._instance import Instance, stack, unstack
+from slimjax._io import placement_frame, save
 from slimjax._objective import (
     expert_latency,
     layer_latency,
@@ -49,6 +49,7 @@ __all__ = [
     "feasible",
     "generate",
     "layer_latency",
+    "load",
     "lower_bound",
     "methods",
     "multilinear",
@@ -68,7 +69,6 @@ __all__ = [
     "traces",
     "unstack",
     "utilization",
-    "load",
 ]
 
 _SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app")
@@ -105,7 +105,7 @@ class _LoadModule(types.ModuleType):
 
 
 # imported here (not lazily) so that ``slimjax.load`` is callable whichever import comes first
-from slimjax import load as _load_module  # noqa: E402
+from slimjax import load as _load_module
 
 _load_module.__class__ = _LoadModule
 del _load_module

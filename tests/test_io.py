@@ -119,3 +119,22 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     with atomic_write(p) as tmp:
         tmp.write_text("new")
     assert p.read_text() == "new" and [q.name for q in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_public_names_save_and_callable_load(tmp_path):
+    """``slimjax.save`` and ``slimjax.load(path)`` are the file functions, while ``slimjax.load``
+    stays the load-model submodule (its functions reachable as attributes, whichever import came first)."""
+    import slimjax.load as ld
+
+    assert slimjax.save is save and slimjax.placement_frame is placement_frame
+    assert ld is slimjax.load and slimjax.load.utilization is slimjax.utilization
+    inst = random_instance(4, U=2, N=3, L=2, E=4, M=5, K=2)
+    slimjax.save(tmp_path / "i.npz", inst)
+    back = slimjax.load(tmp_path / "i.npz")
+    _same_arrays(back.latency, inst.latency)
+    sol = slimjax.solve(inst, "greedy")
+    slimjax.save(tmp_path / "s.npz", sol)
+    again = slimjax.load(tmp_path / "s.npz", validate=False)
+    _same_arrays(again.placement, sol.placement)
+    with pytest.raises(FileNotFoundError, match="path: no such file"):
+        slimjax.load(tmp_path / "missing.npz")
