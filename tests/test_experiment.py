@@ -402,7 +402,8 @@ def test_streamed_run_matches_one_piece_and_resumes_by_chunk(tmp_path):
     np.testing.assert_allclose(summ.J_mean, direct.J_mean, rtol=1e-12)
     np.testing.assert_allclose(summ.J_ci95, direct.J_ci95, rtol=1e-9)
     assert list(summ.n) == [3] * len(solvers)
-    for name in ("latency_per_solver.png", "placement_heatmap.png", ".complete.json"):
+    for name in ("latency_per_solver.png", "placement_heatmap.png", "expert_placement.png",
+                 "layer_contribution.png", ".complete.json"):
         assert (out / name).is_file(), name
     # a lost chunk (and an unfinished run) -> only that chunk is recomputed
     keep = [p.stat().st_mtime_ns for p in parts]

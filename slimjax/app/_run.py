@@ -344,11 +344,22 @@ def _chunk_figures(cfg, src: BatchSource, out: Path, summary: pd.DataFrame, fmt:
     figs["placement_heatmap"] = plots.placement_heatmap(
         (total / max(count, 1))[None], out / f"placement_heatmap.{fmt}",
         title=f"placement of {s}: node x layer (mean over {count} instances)", users=int(src.shape[0]))
+    first = src.rows(0, 1)[0]
+    with np.load(R.chunk_path(out, "placements", 0)) as z:
+        x0 = np.asarray(z[s][0], bool)
+    row0 = pd.read_parquet(R.chunk_path(out, "results", 0), columns=["solver", "instance", "J"])
+    j0 = row0.J[(row0.solver == s) & (row0.instance == 0)]
+    if len(j0) and np.isfinite(j0.iloc[0]):  # as in one piece: the figures of a solved instance 0
+        from slimjax._explain import explain
+
+        ex = explain(first, x0)
+        figs["expert_placement"] = plots.expert_placement(first, x0, out / f"expert_placement.{fmt}",
+                                                          title=f"{s}, instance 0: where each expert is cached")
+        figs["layer_contribution"] = plots.layer_contribution(ex, out / f"layer_contribution.{fmt}")
     tokens = src.extra.get("tokens")
     if tokens is not None:
         import slimjax
 
-        first = src.rows(0, 1)[0]
         agg = OmegaConf.select(cfg, "solve_options.aggregation") or "max"
         with np.load(R.chunk_path(out, "placements", 0)) as z:
             lat = {n: np.asarray(slimjax.replay(first, z[n][0], tokens, aggregation=agg)) for n in z.files}
