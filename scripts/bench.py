@@ -19,6 +19,10 @@ Parts:
       successive pass on mixtral_8x7b with each backend.
   (d) one deepseek_v3-scale instance (L=58, E=256, K=8, 9 nodes, 1024 tokens) with successive-fast.
   (e) peak resident memory after each part (the process high-water mark).
+  (f) what a user waits for: ``scripts/first_call.py`` in fresh subprocesses (import, generate one
+      mixtral_8x7b instance, first ``solve`` of the default method and of ``successive``) with the
+      persistent compilation cache off, with an empty cache and with the cache it filled, plus the
+      warm single-instance ``solve`` (the same call again in the same process).
   (t) throughput of ``solve_batch(solver="successive")`` vs batch size, for several configurations.
   (s) scaling: time vs E (exact vs greedy oracle) and vs capacity units (dense vs hull DP).
       ``--plots DIR`` draws the curves of parts t and s.
@@ -55,6 +59,12 @@ TARGETS = {
     "fptas_speedup_vs_dense": (">=", 10),
     "fptas_J_loss_mixtral": ("<=", 0.01),
     "deepseek_v3_seconds": ("<=", 30),
+    "first_solve_cold_s": ("<=", 6),
+    "first_solve_plain_cold_s": ("<=", 2.5),
+    "first_solve_warm_cache_s": ("<=", 1.5),
+    "single_solve_ms": ("<=", 20),
+    "import_s": ("<=", 1.5),
+    "generate_one_s": ("<=", 1),
 }
 
 
@@ -329,6 +339,51 @@ def part_deepseek(tokens: int = 1024) -> dict:
             "deepseek_v3_J_popularity": float(pop.objective), "deepseek_v3_shape": [U, N, L, E, M, K]}
 
 
+def _first_call(method: str, env: dict) -> dict:
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("SLIMJAX_CACHE", "JAX_COMPILATION_CACHE"))}
+        full.update(env)
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "first_call.py"), "--method", method,
+                        "--json", f.name], env=full, check=True, capture_output=True)
+        with open(f.name) as g:
+            return json.load(g)
+
+
+def part_first_call(reps: int) -> dict:
+    """Fresh processes, each figure the minimum over ``reps`` repetitions (a loaded machine only
+    ever adds time): the default method with the cache off ("cold") and with the cache an earlier
+    process filled ("warm cache"), the plain method cold, and the same call again in-process."""
+    import tempfile
+
+    log(f"(f) first call in a fresh process (mixtral_8x7b, 1 instance; min of {reps})")
+    runs: dict = {"cold": [], "warm": [], "plain": [], "empty": []}
+    for _ in range(reps):
+        runs["cold"].append(_first_call("successive-best", {"SLIMJAX_CACHE": "0"}))
+        runs["plain"].append(_first_call("successive", {"SLIMJAX_CACHE": "0"}))
+        with tempfile.TemporaryDirectory() as d:
+            runs["empty"].append(_first_call("successive-best", {"SLIMJAX_CACHE_DIR": d}))
+            runs["warm"].append(_first_call("successive-best", {"SLIMJAX_CACHE_DIR": d}))
+    lo = lambda k, f: min(r[f] for r in runs[k])
+    out = {
+        "import_s": lo("cold", "import_s"),
+        "generate_one_s": lo("cold", "generate_s"),
+        "first_solve_cold_s": lo("cold", "first_solve_s"),
+        "first_solve_empty_cache_s": lo("empty", "first_solve_s"),
+        "first_solve_warm_cache_s": lo("warm", "first_solve_s"),
+        "first_solve_plain_cold_s": lo("plain", "first_solve_s"),
+        "single_solve_ms": lo("cold", "second_solve_ms"),
+        "single_solve_plain_ms": lo("plain", "second_solve_ms"),
+        "first_call_runs": runs,
+    }
+    for k, v in out.items():
+        if k != "first_call_runs":
+            log(f"    {k}: {v:.3f}")
+    return out
+
+
 def part_scaling(B: int, experts, units, reps: int) -> dict:
     """Scaling curves (issue 7, item 5): time per instance vs the number of experts E with the
     exact and the greedy layer oracle (plain successive, mixtral_8x7b with E changed), and time per
@@ -451,7 +506,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller reference loops; < 10 min on 2 CPU cores")
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON")
-    ap.add_argument("--parts", default="abcd", help="which parts to run (subset of 'abcdts'; t = throughput vs batch size, s = scaling in E and capacity units)")
+    ap.add_argument("--parts", default="abcdf", help="which parts to run (subset of 'abcdfts'; f = first call in fresh processes, t = throughput vs batch size, s = scaling in E and capacity units)")
     ap.add_argument("--successive-batch", type=int, default=1024)
     ap.add_argument("--chunk", type=int, default=8192, help="chunk_size cap of the throughput part")
     ap.add_argument("--milp-n", type=int, default=None, help="instances solved by HiGHS in part b")
@@ -459,7 +514,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64, 256, 1024],
                     help="batch sizes of the throughput part 't' (comma-separated)")
     ap.add_argument("--reps", type=int, default=None,
-                    help="timing repetitions of part c (default 3 with --quick, else 5; more under a loaded machine)")
+                    help="timing repetitions of parts c and f (default 3 and 2 with --quick, else 5 and 3; more under a loaded machine)")
     ap.add_argument("--plots", metavar="DIR", help="write the figures of the scaling curves (parts t, s) to DIR")
     ap.add_argument("--experts", type=lambda v: [int(x) for x in v.split(",")], default=None,
                     help="E values of the scaling part 's' (default 4,8,12,16; --quick 4,8,12)")
@@ -481,6 +536,7 @@ def main(argv=None) -> int:
                                      args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 2 if q else 5),
         "c": lambda: part_hull(8 if q else 32, args.reps or (3 if q else 5)),
         "d": lambda: part_deepseek(),
+        "f": lambda: part_first_call(args.reps or (2 if q else 3)),
         "t": lambda: part_throughput(args.sizes, args.chunk, args.configs),
         "s": lambda: part_scaling(args.scaling_batch or (64 if q else 256), args.experts or ([4, 8, 12] if q else [4, 8, 12, 16]), args.units, 2 if q else 3),
     }

@@ -7,11 +7,12 @@ The public API::
     slimjax.pattern_latency, slimjax.storage_used, slimjax.multilinear, slimjax.feasible
     slimjax.replay, slimjax.replay_stats                             per-token latencies
     slimjax.solve, slimjax.solve_batch, slimjax.methods, slimjax.Solution, slimjax.Status
-    slimjax.lower_bound                                              certified lower bounds on J
+    slimjax.lower_bound, slimjax.certify                             certified bounds and optimality gaps
     slimjax.explain, slimjax.Explanation                             why a placement is good
     slimjax.save, slimjax.load(path), slimjax.placement_frame        files and tables of results
     slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
-    slimjax.generate (instance generators), slimjax.traces (real routing traces)
+    slimjax.generate (instance generators), slimjax.traces (real routing traces),
+    slimjax.bounds (lower-bound methods, Bound, Certificate)
 
 Submodules are imported on first use, so ``import slimjax`` stays light.
 """
@@ -19,7 +20,10 @@ Submodules are imported on first use, so ``import slimjax`` stays light.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import sys
 import types
+from typing import TYPE_CHECKING
 
 from slimjax._explain import Explanation, explain
 from slimjax._instance import Instance, stack, unstack
@@ -34,7 +38,9 @@ from slimjax._objective import (
     total_latency,
 )
 from slimjax._replay import replay, replay_stats
-from slimjax.solvers import Solution, Status, chain, feasible, methods, solve, solve_batch
+
+if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for type checkers and docs
+    from slimjax.solvers import Solution, Status, chain, feasible, methods, solve, solve_batch
 
 __version__ = "1.0.0"
 
@@ -43,6 +49,8 @@ __all__ = [
     "Instance",
     "Solution",
     "Status",
+    "bounds",
+    "certify",
     "chain",
     "expert_latency",
     "explain",
@@ -71,12 +79,18 @@ __all__ = [
     "utilization",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load", "bounds")
+#: names re-exported from ``slimjax.solvers`` (imported on first use)
+_FROM_SOLVERS = ("Solution", "Status", "chain", "feasible", "methods", "solve", "solve_batch")
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"slimjax.{name}")
+    if name in _FROM_SOLVERS:
+        value = getattr(importlib.import_module("slimjax.solvers"), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
     if name == "utilization":
         from slimjax.load import utilization
 
@@ -84,11 +98,78 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'slimjax' has no attribute {name!r}")
 
 
-def lower_bound(inst, **options):
-    """Certified lower bound on J from the LP relaxation of the MILP (needs the ``milp`` extra)."""
-    from slimjax.solvers._exact import lower_bound as _lb
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
-    return _lb(inst, **options)
+
+def lower_bound(batch: Instance, method: str = "auto", **options):
+    """Certified lower bounds on the optimal J, one per instance of a batch.
+
+    The same function as :func:`slimjax.bounds.lower_bound` (imported on first call, so that
+    ``import slimjax`` stays light); every option is described there.
+
+    Args:
+      batch: an Instance or a batch of B instances.
+      method: ``"auto"`` (default: the best of the JAX bounds that apply), ``"levels"``,
+        ``"threshold"``, ``"lp"`` (the MILP's LP relaxation by PDHG in JAX), ``"highs"`` (that LP
+        on HiGHS, one instance at a time; needs the ``milp`` extra), ``"threshold-highs"`` or
+        ``"trivial"`` (see :data:`slimjax.bounds.METHODS`).
+      **options: keyword options of :func:`slimjax.bounds.lower_bound` (``time_limit``,
+        ``upper``, ``target_gap``, ``aggregation``, ...).
+
+    Returns:
+      a :class:`slimjax.bounds.Bound`: ``value`` float64 [B] (each ≤ the optimal J of its
+      instance, whatever the status), ``status`` str [B], ``iterations`` int [B], ``seconds`` (the
+      batch, compilation apart in ``compile_seconds``). Per-instance fields are 0-d for one
+      instance.
+
+    Raises:
+      ValueError: an unknown method or option.
+      ImportError: ``"highs"`` or ``"threshold-highs"`` without the ``milp`` extra.
+
+    Examples:
+      >>> import jax, slimjax
+      >>> batch = slimjax.generate.instances(jax.random.key(0), 4, model="mixtral_8x7b")
+      >>> lb = slimjax.lower_bound(batch)
+      >>> lb.value.shape, lb.status.shape
+      ((4,), (4,))
+    """
+    from slimjax.bounds import lower_bound as _lb
+
+    return _lb(batch, method, **options)
+
+
+def certify(batch: Instance, solution, method: str = "auto", **options):
+    """Certified optimality gaps ``J / bound − 1`` of placements, one per instance.
+
+    The same function as :func:`slimjax.bounds.certify` (imported on first call).
+
+    Args:
+      batch: an Instance or a batch of B instances.
+      solution: a :class:`Solution` of ``batch`` (its ``placement``), a placement bool
+        [B, N, L, E] ([N, L, E] for one instance), or objective values float [B].
+      method: the bound method (:func:`lower_bound`).
+      **options: keyword options of :func:`slimjax.bounds.certify` (``bound=`` a precomputed
+        bound, ``target_gap``, ``time_limit``, ...).
+
+    Returns:
+      a :class:`slimjax.bounds.Certificate`: ``gap`` float64 [B] (≥ the true gap to the
+      optimum), ``objective`` float64 [B] (J in float64), ``lower`` float64 [B] and ``status``
+      str [B] (the bound's), ``seconds`` (time of the bound), and the full ``bound``.
+
+    Raises:
+      ValueError: a placement of the wrong shape or over a node's storage.
+
+    Examples:
+      >>> import jax, slimjax
+      >>> batch = slimjax.generate.instances(jax.random.key(0), 4, model="mixtral_8x7b")
+      >>> cert = slimjax.certify(batch, slimjax.solve_batch(batch, "successive-best"))
+      >>> bool((cert.gap >= 0).all()), cert.gap.shape
+      (True, (4,))
+    """
+    from slimjax.bounds import certify as _certify
+
+    return _certify(batch, solution, method, **options)
 
 
 class _LoadModule(types.ModuleType):
@@ -104,8 +185,28 @@ class _LoadModule(types.ModuleType):
         return _load_file(path, validate=validate)
 
 
-# imported here (not lazily) so that ``slimjax.load`` is callable whichever import comes first
-from slimjax import load as _load_module
+class _CallableLoadFinder:
+    """Makes the ``slimjax.load`` module a :class:`_LoadModule` when it is first imported (by any
+    route: ``import slimjax.load`` or ``slimjax.load``), so it stays lazy and callable."""
 
-_load_module.__class__ = _LoadModule
-del _load_module
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "slimjax.load":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            module.__class__ = _LoadModule
+            run(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "slimjax.load" in sys.modules:  # imported before this module was (re)loaded
+    sys.modules["slimjax.load"].__class__ = _LoadModule
+elif not any(isinstance(f, type) and f.__name__ == "_CallableLoadFinder" for f in sys.meta_path):
+    sys.meta_path.insert(0, _CallableLoadFinder)

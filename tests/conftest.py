@@ -2,6 +2,8 @@ import os
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# the suite leaves the per-user compilation cache alone (tests/test_cache.py turns it on in subprocesses)
+os.environ.setdefault("SLIMJAX_CACHE", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

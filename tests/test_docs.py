@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
 API_MODULES = ["slimjax", "slimjax.solvers", "slimjax.ops", "slimjax.generate", "slimjax.traces", "slimjax.load",
-               "slimjax.plots"]
+               "slimjax.plots", "slimjax.bounds"]
 
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 

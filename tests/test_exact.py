@@ -94,8 +94,9 @@ def test_brute_force_matches_reference_and_milp(U, K, agg):
         assert feasible_ref(inst, mi.placement)
         np.testing.assert_allclose(mi.objective, J_ref, rtol=1e-5)
         assert mi.info["bound"] <= J_ref * (1 + 1e-6)
-        lb = slimjax.lower_bound(inst, aggregation=agg)
-        assert isinstance(lb, float) and lb <= J_ref * (1 + 1e-6)
+        lb = slimjax.lower_bound(inst, "highs", aggregation=agg)
+        assert lb.value.shape == () and lb.status == "optimal" and float(lb.value) <= J_ref * (1 + 1e-6)
+        assert float(lower_bound(inst, aggregation=agg)) <= J_ref * (1 + 1e-6)
 
 
 def test_capacity_below_k_and_zero():
@@ -127,15 +128,16 @@ def test_independent_model_sum_small():
 def test_lower_bound_batch_and_time_limit():
     insts = [random_instance(600 + s, U=1, N=2, L=2, E=3, M=4, K=2) for s in range(3)]
     batch = slimjax.stack(insts)
-    lbs = slimjax.lower_bound(batch)
+    lbs = slimjax.lower_bound(batch, "highs").value
     assert lbs.shape == (3,)
+    np.testing.assert_allclose(lbs, lower_bound(batch), rtol=1e-9)  # the public "highs" is the HiGHS LP
     sol = slimjax.solve_batch(batch, solver="milp", time_limit=30.0, threads=1)
     assert (lbs <= sol.objective * (1 + 1e-6)).all()
     assert set(sol.info) >= {"highs_status", "incumbent", "bound", "gap", "nodes"}
     with pytest.raises(ValueError, match="aggregation"):
-        slimjax.lower_bound(insts[0], aggregation="mean")
+        slimjax.lower_bound(insts[0], "highs", aggregation="mean")
     with pytest.raises(ValueError, match="time_limit"):
-        slimjax.lower_bound(insts[0], time_limit=-5)
+        slimjax.lower_bound(insts[0], "highs", time_limit=-5)
 
 
 def test_milp_time_limit_is_not_called_optimal():
@@ -176,4 +178,4 @@ def test_milp_names_the_extra_when_highspy_missing(monkeypatch):
     with pytest.raises(ImportError, match=r"slimjax\[milp\]"):
         slimjax.solve(inst, solver="milp")
     with pytest.raises(ImportError, match=r"slimjax\[milp\]"):
-        slimjax.lower_bound(inst)
+        slimjax.lower_bound(inst, "highs")

@@ -123,6 +123,8 @@ def _hydra_app():
 
         for name in ("jax", "matplotlib", "absl"):  # keep the job log about slimjax
             logging.getLogger(name).setLevel(logging.WARNING)
+        if not cfg.paths.get("jax_cache"):  # paths.jax_cache=null: no cache, not the library's default one
+            os.environ["SLIMJAX_CACHE"] = "0"
         enable_compilation_cache(cfg.paths.get("jax_cache"))
         res = run(cfg)
         best = res["summary"].get(res["best"], {}) if res.get("best") else {}

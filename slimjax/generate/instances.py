@@ -21,10 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from slimjax._cache import ensure_cache
+from slimjax._instance import Instance
 from slimjax.generate.models import ModelPreset, get_model
 from slimjax.generate.network import NetworkConfig, as_network_config, sample_network
 from slimjax.generate.routing import RoutingConfig, as_routing_config, sample_routing
-from slimjax._instance import Instance
+
 __all__ = ["instance", "instances", "load_rates", "resolve", "sample_fields"]
 
 # Instances drawn per vmapped chunk; larger batches are scanned over chunks to bound memory.
@@ -152,6 +154,7 @@ def instances(
     dt = _resolve_dtype(dtype)
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size: must be an integer >= 1, got {chunk_size!r}")
+    ensure_cache()  # the persistent compilation cache, as on the first solve
     fields = _generate_batch(_as_key(key), int(batch), m, net, rout, dt, int(chunk_size))
     return Instance(**fields, validate=validate)
 

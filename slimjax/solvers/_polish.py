@@ -205,6 +205,9 @@ def polish_instance(
       (placement bool [N, L, E], moves int32 []) — J never increases.
     """
     N, L, E = placement.shape
+    x0 = jnp.asarray(placement, bool)
+    if rounds == 0:
+        return x0, jnp.int32(0)
     k = int(min(E, swap_candidates))
     su = jnp.asarray(size_units, jnp.int32)
     cu = jnp.asarray(capacity_units, jnp.int32)
@@ -212,36 +215,35 @@ def polish_instance(
     freq = expert_frequency(pat, w, E, distinct=False) if aggregation == "sum" else jnp.zeros(fb.shape, fb.dtype)
 
     def layer_eval(x, l):
-        """Everything about layer l under x: d_l, the layer's J and its move tables."""
+        """Layer l under x: its J, float table [N, 2E+2] (add, drop, swap gain, pair gain) and
+        int table [N, 4] (swap drop id, swap add id, pair ids)."""
         lat_l, fb_l, pat_l, w_l, x_l = lat[:, :, l, :], fb[:, l], pat[:, l], w[:, l], x[:, l]
         d_l = jnp.minimum(fb_l, jnp.where(x_l[None], lat_l, jnp.inf).min(axis=1))  # [U, E]
         member = jnp.take_along_axis(d_l[:, None, :], pat_l, axis=-1)  # [U, M, K]
         pl = member.max(-1) if aggregation == "max" else member.sum(-1)
         J_l = (tr[:, None] * w_l * pl).sum()
-        return (J_l, *_layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq[:, l], tr, aggregation, k))
+        add, drop, sg, si, sj, qg, qa, qb = _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq[:, l], tr,
+                                                         aggregation, k)
+        F = jnp.concatenate([add, drop, sg[:, None], qg[:, None]], axis=-1)
+        I = jnp.stack([jnp.asarray(v, jnp.int32) for v in (si, sj, qa, qb)], axis=-1)
+        return J_l, F, I
 
-    def all_layers(x):
-        J_l, *tables = jax.lax.map(lambda l: layer_eval(x, l), jnp.arange(L), batch_size=min(L, 16))
-        # [L, N, E] -> [N, L, E]; [L, N] -> [N, L]
-        return J_l, tuple(jnp.moveaxis(t, 0, 1) for t in tables)
-
-    def propose(x, tables):
-        """The best move under the current tables: (x_new, estimated gain, layers touched)."""
-        add, drop, sg, si, sj, qg, qa, qb = tables
+    def propose(x, F, I):
+        """The best move under the current tables: two point updates of x, the estimated gain
+        and the (one or two) layers it touches."""
+        add, drop, sg, qg = F[..., :E], F[..., E : 2 * E], F[..., 2 * E], F[..., 2 * E + 1]
+        si, sj, qa, qb = I[..., 0], I[..., 1], I[..., 2], I[..., 3]
         used = jnp.einsum("nle,l->n", x.astype(jnp.int32), su)
         # adds that fit
         fits = (used[:, None] + su[None, :]) <= cu[:, None]  # [N, L]
         add_s = jnp.where(~x & fits[:, :, None], add, _NEG)
         a_flat = jnp.argmax(add_s.reshape(-1))
-        a_gain = add_s.reshape(-1)[a_flat]
         an, al, ae = jnp.unravel_index(a_flat, (N, L, E))
         # same-layer swaps (size-neutral)
         s_flat = jnp.argmax(sg.reshape(-1))
-        s_gain = sg.reshape(-1)[s_flat]
         sn, sl = jnp.unravel_index(s_flat, (N, L))
-        s_i, s_j = si[sn, sl], sj[sn, sl]
-        # cross-layer swaps: best add of layer lj and cheapest drop of layer li on one node (exact:
-        # J separates per layer)
+        # cross-layer swaps: the cheapest drop of layer li and the best add of layer lj on one
+        # node (exact: J separates per layer)
         best_add = jnp.where(x, _NEG, add)
         ba_e = jnp.argmax(best_add, -1)  # [N, L]
         ba = best_add.max(-1)
@@ -252,53 +254,58 @@ def polish_instance(
         ok = fit2 & ~jnp.eye(L, dtype=bool)[None] & (cd > _NEG)[:, :, None] & (ba > _NEG)[:, None, :]
         pair = jnp.where(ok, cd[:, :, None] + ba[:, None, :], _NEG)
         p_flat = jnp.argmax(pair.reshape(-1))
-        p_gain = pair.reshape(-1)[p_flat]
         pn, pli, plj = jnp.unravel_index(p_flat, (N, L, L))
-        p_i, p_j = cd_e[pn, pli], ba_e[pn, plj]
         # pair adds inside one layer (co-activated experts whose single gains are 0)
         qg = jnp.where(((used[:, None] + 2 * su[None, :]) <= cu[:, None]), qg, _NEG)  # [N, L]
         q_flat = jnp.argmax(qg.reshape(-1))
-        q_gain = qg.reshape(-1)[q_flat]
         qn, ql = jnp.unravel_index(q_flat, (N, L))
-        x_padd = x.at[qn, ql, qa[qn, ql]].set(True).at[qn, ql, qb[qn, ql]].set(True)
-        gains = jnp.stack([a_gain, s_gain, p_gain, q_gain])
+        # the four moves as (gain, node, layer 1, expert 1, value 1, layer 2, expert 2, value 2)
+        gains = jnp.stack([add_s.reshape(-1)[a_flat], sg.reshape(-1)[s_flat], pair.reshape(-1)[p_flat],
+                           qg.reshape(-1)[q_flat]])
+        i32 = lambda *v: jnp.stack([jnp.asarray(a, jnp.int32) for a in v])  # noqa: E731
+        node = i32(an, sn, pn, qn)
+        l1 = i32(al, sl, pli, ql)
+        e1 = i32(ae, si[sn, sl], cd_e[pn, pli], qa[qn, ql])
+        l2 = i32(al, sl, plj, ql)
+        e2 = i32(ae, sj[sn, sl], ba_e[pn, plj], qb[qn, ql])
+        v1 = jnp.array([True, False, False, True])
         which = jnp.argmax(gains)
-        x_add = x.at[an, al, ae].set(True)
-        x_swap = x.at[sn, sl, s_i].set(False).at[sn, sl, s_j].set(True)
-        x_pair = x.at[pn, pli, p_i].set(False).at[pn, plj, p_j].set(True)
-        x_new = jnp.where(which == 0, x_add, jnp.where(which == 1, x_swap, jnp.where(which == 2, x_pair, x_padd)))
-        l1 = jnp.where(which == 0, al, jnp.where(which == 1, sl, jnp.where(which == 2, pli, ql)))
-        l2 = jnp.where(which == 2, plj, l1)
-        return x_new, gains[which], l1, l2
+        n = node[which]
+        x_new = x.at[n, l1[which], e1[which]].set(v1[which]).at[n, l2[which], e2[which]].set(True)
+        return x_new, gains[which], l1[which], l2[which]
 
-    def update(tables, J_l, x, ls):
-        """Recompute the tables of layers ``ls`` (int [2]) under x."""
-        J2, *new = jax.vmap(lambda l: layer_eval(x, l))(ls)
-        tables = list(tables)
-        for j in range(2):  # static, two layers (the same one twice for adds / same-layer moves)
-            l = ls[j]
-            J_l = J_l.at[l].set(J2[j])
-            tables = [t.at[:, l].set(t2[j]) for t, t2 in zip(tables, new)]
-        return tuple(tables), J_l
-
-    x0 = jnp.asarray(placement, bool)
-    J_l0, tables0 = all_layers(x0)
+    # One loop, one copy of the layer evaluation: the first ``n_init`` trips fill the tables two
+    # layers at a time, every later trip proposes the best move and re-evaluates the two layers
+    # it touches; the search stops at the first move that does not improve J.
+    P = min(L, 2)
+    n_init = -(-L // P)
+    init_ls = jnp.minimum(jnp.arange(n_init * P, dtype=jnp.int32).reshape(n_init, P), L - 1)
 
     def cond(c):
-        return c[-1] & (c[0] < rounds)
+        i, _, _, _, _, moves, go = c
+        return (i < n_init) | (go & (moves < rounds))
 
     def body(c):
-        i, x, J_l, tables, moves, _ = c
+        i, x, J_l, F, I, moves, _ = c
+        filling = i < n_init
         J = J_l.sum()
-        x_new, g, l1, l2 = propose(x, tables)
-        tables_new, J_l_new = update(tables, J_l, x_new, jnp.stack([l1, l2]))
+        x_new, g, l1, l2 = propose(x, F, I)
+        ls = jnp.where(filling, init_ls[jnp.minimum(i, n_init - 1)], jnp.stack([l1, l2])[:P])
+        x_eval = jnp.where(filling, x, x_new)
+        J2, F2, I2 = jax.vmap(layer_eval, in_axes=(None, 0))(x_eval, ls)
+        J_l = J_l.at[ls].set(J2)
+        F = F.at[:, ls].set(jnp.moveaxis(F2, 0, 1))
+        I = I.at[:, ls].set(jnp.moveaxis(I2, 0, 1))
         tol = _tolerance(J)
-        take = (g > tol) & (J_l_new.sum() < J - tol)
-        pick = lambda a, b: jax.tree_util.tree_map(lambda u, v: jnp.where(take, u, v), a, b)
-        return (i + 1, pick(x_new, x), pick(J_l_new, J_l), pick(tables_new, tables), moves + take.astype(jnp.int32), take)
+        take = ~filling & (g > tol) & (J_l.sum() < J - tol)
+        # A move that is not taken ends the search, so the tables it left behind are never read.
+        x = jnp.where(take, x_new, x)
+        return i + 1, x, J_l, F, I, moves + take.astype(jnp.int32), filling | take
 
-    init = (jnp.int32(0), x0, J_l0, tables0, jnp.int32(0), jnp.bool_(rounds > 0))
-    _, x, _, _, moves, _ = jax.lax.while_loop(cond, body, init)
+    dt = fb.dtype
+    init = (jnp.int32(0), x0, jnp.zeros((L,), dt), jnp.zeros((N, L, 2 * E + 2), dt),
+            jnp.zeros((N, L, 4), jnp.int32), jnp.int32(0), jnp.bool_(True))
+    _, x, _, _, _, moves, _ = jax.lax.while_loop(cond, body, init)
     return x, moves
 
 

@@ -37,7 +37,6 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from slimjax.ops._grid import Grid
 
@@ -54,6 +53,8 @@ _EPS = 1e-6  # p below this counts as "not wanted" by the rounding
 
 
 def _schedule(cfg: "Relaxed"):
+    import optax  # imported on first use: ``import slimjax`` stays light
+
     lr, steps = float(cfg.learning_rate), int(cfg.steps)
     kind = cfg.schedule
     if kind == "constant":
@@ -159,6 +160,8 @@ def relax(inst: Instance, size_units, capacity_units, key, cfg: "Relaxed", aggre
     uniform = jnp.broadcast_to(jnp.clip(cap / jnp.maximum(size.sum(), 1e-30), 0.0, 1.0)[:, None, None], (N, L, E))
     rand = jax.random.uniform(k_init, (R, N, L, E), dtype)
     P0 = jax.vmap(proj)(rand.at[0].set(uniform))
+
+    import optax
 
     opt = cfg.optimizer if cfg.optimizer is not None else optax.adam(_schedule(cfg))
     vg = jax.vmap(jax.value_and_grad(f))

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slimjax._cache import ensure_cache
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import AGGREGATIONS, check_placement, objective_from_d
 from slimjax.ops._grid import capacity_grid
@@ -266,6 +267,7 @@ def solve_batch(
     """
     clock = Clock()
     t0 = time.perf_counter()
+    ensure_cache()
     if not isinstance(batch, Instance):
         raise ValueError(f"batch: expected a slimjax.Instance, got {type(batch).__name__}")
     if not is_batched(batch):
@@ -302,6 +304,7 @@ def solve(
     """
     clock = Clock()
     t0 = time.perf_counter()
+    ensure_cache()
     if not isinstance(inst, Instance):
         raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
     if is_batched(inst):

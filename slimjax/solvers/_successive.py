@@ -72,7 +72,7 @@ class SuccessiveConfig(NamedTuple):
     orders: tuple  # candidate orders: names or tuples of node ids
     unions: tuple  # per candidate: union-first on/off
     oracle: str  # "exact" | "greedy"
-    maxconv: str  # "dense" | "hull"
+    maxconv: str  # one of BACKENDS
     aggregation: str
     revisit: int = 0  # rounds of per-node best response after the pass (0 = none)
     restarts: int = 0  # extra candidates: a first pass with random experts forbidden, then revisit
@@ -92,62 +92,16 @@ def _oracle_fn(cfg: SuccessiveConfig, patterns, tw, dup, s):
     return fn
 
 
-def _node_pass(inst, s, cap, order, d0, x0, oracle, cfg: SuccessiveConfig, tabu=None):
-    """One successive pass over ``order``; returns (x, d, node_gain [N], node_bound [N]).
-
-    ``tabu`` bool [N, L, E] (optional): copies this pass may not make.
-    """
-    N = inst.latency.shape[1]
-
-    def body(carry, n):
-        d, x = carry
-        lat_n = jnp.take(inst.latency, n, axis=1)  # [U, L, E]
-        newp = jnp.minimum(d, lat_n)
-        if tabu is not None:
-            newp = jnp.where(tabu[n][None], d, newp)
-        g, select = oracle(d, newp, cap[n])
-        res = capacity_dp(g, s, cap[n], Qmax=cfg.Qmax, backend=cfg.maxconv)
-        chosen = select(res.counts)  # [L, E]
-        d = jnp.where(chosen[None], newp, d)
-        x = x.at[n].set(x[n] | chosen)
-        return (d, x), (res.value, res.bound)
-
-    (d, x), (vals, bounds) = lax.scan(body, (d0, x0), order)
-    gain = jnp.zeros((N,), vals.dtype).at[order].set(vals)
-    bound = jnp.zeros((N,), vals.dtype).at[order].set(bounds)
-    return x, d, gain, bound
+#: step kinds of the one scan that runs a candidate (see :func:`successive_instance`)
+_UNION, _PASS, _REVISIT = 0, 1, 2
 
 
-def _revisit(inst, s, cap, order, x, oracle, cfg: SuccessiveConfig):
-    """Block-coordinate descent: re-solve each node given all the others (``cfg.revisit`` rounds).
+def _union_plan(inst, s, cap, cfg: SuccessiveConfig, K: int):
+    """Union-first, what does not depend on the candidate: the virtual node of the nodes below K
+    experts of every layer (latency = the slowest of them, capacity = their sum) and the data of
+    the split of its chosen set over them.
 
-    With the exact oracle and the dense DP this is the node's exact best response, so J never
-    increases; with approximate ones a response is kept only when it does not increase J.
-    """
-    lat, fb = inst.latency, inst.fallback
-    seq = jnp.tile(order, cfg.revisit)
-    J0 = objective_from_d(inst, expert_latency_from(lat, fb, x), cfg.aggregation)
-
-    def body(carry, n):
-        x, J = carry
-        others = x.at[n].set(False)
-        d = expert_latency_from(lat, fb, others)
-        newp = jnp.minimum(d, jnp.take(lat, n, axis=1))
-        g, select = oracle(d, newp, cap[n])
-        res = capacity_dp(g, s, cap[n], Qmax=cfg.Qmax, backend=cfg.maxconv)
-        chosen = select(res.counts)
-        J_new = objective_from_d(inst, jnp.where(chosen[None], newp, d), cfg.aggregation)
-        better = J_new < J
-        return (jnp.where(better, others.at[n].set(chosen), x), jnp.where(better, J_new, J)), None
-
-    (x, J), _ = lax.scan(body, (x, J0), seq)
-    return x, J
-
-
-def _union_start(inst, s, cap, oracle, cfg: SuccessiveConfig, K: int):
-    """Union-first: choose a union for the nodes below K experts, split it by speed.
-
-    Returns (x0 [N, L, E], d0 [U, L, E], capacity left [N]).
+    Returns (lat_g [U, L, E], qg [], place: chosen bool [L, E] -> x0 bool [N, L, E]).
     """
     U, N, L, E = inst.latency.shape
     small = (cap < K * s.min()) & (cap > 0)  # cannot complete a pattern of any layer alone
@@ -157,38 +111,35 @@ def _union_start(inst, s, cap, oracle, cfg: SuccessiveConfig, K: int):
     qg = jnp.minimum(jnp.where(small, cap, 0).sum(), cfg.Qunion)
     d0 = inst.fallback
     newp = jnp.minimum(d0, lat_g)
-    g, select = oracle(d0, newp, qg)
-    res = capacity_dp(g, s, qg, Qmax=cfg.Qunion, backend=cfg.maxconv)
-    chosen = select(res.counts)  # [L, E]
     # importance of an expert: traffic-weighted pattern mass times its speed-up
-    onehot_w = jnp.zeros((L * E,), d0.dtype)
     lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], inst.patterns.shape)
     w = (inst.traffic[:, None, None] * inst.weight)[..., None] * (
         jnp.take_along_axis((d0 - newp)[:, :, None, :], inst.patterns, axis=-1)
     )
-    imp = onehot_w.at[(lidx * E + inst.patterns).reshape(-1)].add(w.reshape(-1))
+    imp = jnp.zeros((L * E,), d0.dtype).at[(lidx * E + inst.patterns).reshape(-1)].add(w.reshape(-1))
     prio = jnp.argsort(-imp, stable=True)  # items (l*E + e) most important first
     item_size = jnp.repeat(s, E)[prio]
-    item_chosen = chosen.reshape(-1)[prio]
     # Each chosen item, most important first, goes to the small node (with room) where it is
     # fastest for the traffic (per expert, not by node averages).
     score = (inst.traffic[:, None, None, None] * jnp.minimum(lat, inst.fallback[:, None])).sum(0)  # [N, L, E]
     score = score.reshape(N, L * E)[:, prio]
 
-    def place(carry, i):
-        rem, x = carry
-        ok = small & (rem >= item_size[i]) & item_chosen[i]
-        n = jnp.argmin(jnp.where(ok, score[:, i], jnp.inf))
-        go = ok.any()
-        rem = rem.at[n].add(jnp.where(go, -item_size[i], 0))
-        x = x.at[n, prio[i]].set(x[n, prio[i]] | go)
-        return (rem, x), None
+    def place(chosen):
+        item_chosen = chosen.reshape(-1)[prio]
 
-    (_, x0), _ = lax.scan(place, (jnp.where(small, cap, 0), jnp.zeros((N, L * E), bool)), jnp.arange(L * E))
-    x0 = x0.reshape(N, L, E)
-    d = expert_latency_from(lat, inst.fallback, x0)
-    used = (x0.astype(jnp.int32) * s[None, :, None]).sum(axis=(1, 2))
-    return x0, d, cap - used
+        def step(carry, i):
+            rem, x = carry
+            ok = small & (rem >= item_size[i]) & item_chosen[i]
+            n = jnp.argmin(jnp.where(ok, score[:, i], jnp.inf))
+            go = ok.any()
+            rem = rem.at[n].add(jnp.where(go, -item_size[i], 0))
+            x = x.at[n, prio[i]].set(x[n, prio[i]] | go)
+            return (rem, x), None
+
+        (_, x0), _ = lax.scan(step, (jnp.where(small, cap, 0), jnp.zeros((N, L * E), bool)), jnp.arange(L * E))
+        return x0.reshape(N, L, E)
+
+    return lat_g, qg, place
 
 
 def successive_instance(
@@ -199,6 +150,14 @@ def successive_instance(
     key: Array | None = None,
 ) -> tuple[Bool[Array, "N L E"], dict]:
     """Successive decomposition on one instance (pure JAX; vmap it over a batch).
+
+    Every candidate (an order, with or without union-first, or a restart) is one fixed-trip
+    ``lax.scan`` over a schedule of steps, and every step is the same traced code: one layer
+    oracle, one capacity DP and a commit. A step is the union-first virtual node (first, when a
+    candidate uses it), a pass over one node (the node keeps what it holds and gets the capacity
+    left) or a revisit of one node (its copies are re-chosen given all the others and kept only
+    when J drops). The candidates run side by side (``vmap``) and the best J is kept; so the
+    compiled program holds one oracle and one DP whatever the options.
 
     Args:
       inst: one unbatched :class:`~slimjax.Instance`.
@@ -214,11 +173,12 @@ def successive_instance(
     K = inst.patterns.shape[-1]
     if key is None:
         key = jax.random.key(0)
+    lat, fb = inst.latency, inst.fallback
     s = jnp.asarray(size_units, jnp.int32)
     cap = jnp.minimum(jnp.asarray(capacity_units, jnp.int32), cfg.Qmax)
     tw, dup = pattern_prep(inst.patterns, inst.weight, inst.traffic)
     oracle = _oracle_fn(cfg, inst.patterns, tw, dup, s)
-    named = node_orders(inst.latency, inst.traffic, cap)
+    named = node_orders(lat, inst.traffic, cap)
     C0 = len(cfg.orders)
     R = cfg.restarts
     orders = jnp.stack(
@@ -227,37 +187,73 @@ def successive_instance(
     )  # [C, N]
     C = C0 + R
     unions = tuple(cfg.unions) + (False,) * R
-    x_empty = jnp.zeros((N, L, E), bool)
-    d_empty = inst.fallback
-    if any(unions):
-        xu, du, capu = _union_start(inst, s, cap, oracle, cfg, K)
-        flags = jnp.asarray(unions)
-        x0 = jnp.where(flags[:, None, None, None], xu[None], x_empty[None])
-        d0 = jnp.where(flags[:, None, None, None], du[None], d_empty[None])
-        c0 = jnp.where(flags[:, None], capu[None], cap[None])
-    else:
-        x0 = jnp.broadcast_to(x_empty, (C, N, L, E))
-        d0 = jnp.broadcast_to(d_empty, (C,) + d_empty.shape)
-        c0 = jnp.broadcast_to(cap, (C, N))
+    has_union = any(unions)
+    Qdp = max(cfg.Qmax, cfg.Qunion) if has_union else cfg.Qmax
     if R > 0:
         keys = jax.random.split(key, R)
         rand = jax.vmap(lambda k: jax.random.bernoulli(k, cfg.tabu, (N, L, E)))(keys)
         tabu = jnp.concatenate([jnp.zeros((C0, N, L, E), bool), rand])
     else:
-        tabu = None
+        tabu = jnp.zeros((C, 1, 1, 1), bool)  # never read
+    if has_union:
+        lat_g, qg, place = _union_plan(inst, s, cap, cfg, K)
+        q_union = jnp.where(jnp.asarray(unions), qg, 0)  # [C]: 0 = the step is a no-op
+    else:
+        lat_g, q_union = None, jnp.zeros((C,), jnp.int32)
 
-    def run(order, xs, ds, cs, tb):
-        x, d, gain, bound = _node_pass(inst, s, cs, order, ds, xs, oracle, cfg, tb)
-        J = objective_from_d(inst, d, cfg.aggregation)
-        if cfg.revisit > 0:
-            x, J = _revisit(inst, s, cap, order, x, oracle, cfg)
+    # The schedule: kinds are the same for every candidate, nodes follow each candidate's order.
+    kinds = [_UNION] * has_union + [_PASS] * N + [_REVISIT] * (N * cfg.revisit)
+    T = len(kinds)
+    first_pass = int(has_union)
+    nodes = jnp.concatenate([jnp.zeros((C, first_pass), jnp.int32)] + [orders] * (1 + cfg.revisit), axis=1)  # [C, T]
+    kinds = jnp.asarray(kinds, jnp.int32)
+    steps = jnp.arange(T, dtype=jnp.int32)
+    track_J = cfg.revisit > 0  # revisits keep a response only when J drops
+
+    def run(nodes_c, tabu_c, q_union_c):
+        def body(carry, xs):
+            x, J = carry
+            t, kind, n = xs
+            is_pass = kind == _PASS
+            keep = x[n] & is_pass  # a pass adds to what the node holds; a revisit re-chooses it
+            others = x.at[n].set(keep)
+            d = expert_latency_from(lat, fb, others)
+            row = jnp.take(lat, n, axis=1)  # [U, L, E]
+            if has_union:
+                row = jnp.where(kind == _UNION, lat_g, row)
+            newp = jnp.minimum(d, row)
+            if R > 0:
+                newp = jnp.where(tabu_c[n][None] & is_pass, d, newp)
+            q = jnp.where(is_pass, cap[n] - (keep.astype(jnp.int32) * s[:, None]).sum(), cap[n])
+            if has_union:
+                q = jnp.where(kind == _UNION, q_union_c, q)
+            g, select = oracle(d, newp, q)
+            res = capacity_dp(g, s, q, Qmax=Qdp, backend=cfg.maxconv)
+            chosen = select(res.counts)  # [L, E]
+            x_new = x.at[n].set(keep | chosen)
+            if track_J:
+                J_new = objective_from_d(inst, jnp.where(chosen[None], newp, d), cfg.aggregation)
+                better = (kind != _REVISIT) | (J_new < J)
+                x_new = jnp.where(better, x_new, x)
+                J = jnp.where(better, J_new, J)
+            if has_union:  # the union's chosen set is split over the small nodes (first step only)
+                x_new = lax.cond(t == 0, lambda: place(chosen), lambda: x_new)
+            return (x_new, J), (res.value, res.bound)
+
+        init = (jnp.zeros((N, L, E), bool), jnp.zeros((), fb.dtype))
+        (x, J), (vals, bounds) = lax.scan(body, init, (steps, kinds, nodes_c))
+        if not track_J and C > 1:
+            J = objective_from_d(inst, expert_latency_from(lat, fb, x), cfg.aggregation)
+        order = nodes_c[first_pass : first_pass + N]
+        gain = jnp.zeros((N,), vals.dtype).at[order].set(vals[first_pass : first_pass + N])
+        bound = jnp.zeros((N,), vals.dtype).at[order].set(bounds[first_pass : first_pass + N])
         return x, J, gain, bound
 
     if C == 1:
-        x, J, gain, bound = run(orders[0], x0[0], d0[0], c0[0], None)
+        x, J, gain, bound = run(nodes[0], tabu[0], q_union[0])
         best = jnp.int32(0)
     else:
-        xs, Js, gains, bounds = jax.vmap(run)(orders, x0, d0, c0, tabu)
+        xs, Js, gains, bounds = jax.vmap(run)(nodes, tabu, q_union)
         best = jnp.argmin(Js).astype(jnp.int32)
         x, J, gain, bound = xs[best], Js[best], gains[best], bounds[best]
     info = {

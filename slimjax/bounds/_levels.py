@@ -1,0 +1,153 @@
+r"""The level-decomposition bound: one exact knapsack per latency level (small E).
+
+For one user, take a grid ``t_0 < t_1 < … < t_G`` with ``t_0`` ≤ every latency (the grid of
+all distinct node latencies and fallbacks, or a coarser subset of it). For any ``a ≥ t_0``,
+``a ≥ t_0 + Σ_i Δ_i [a ≥ t_{i+1}]`` (``Δ_i = t_{i+1} − t_i``; equality on the full grid). Applied to
+a pattern's latency ``max_k d_{e_k}`` and with ``S_i = {e : d_e < t_{i+1}}``,
+
+    J_u(x) ≥ Σ_{l,m} w·t_G − Σ_i Δ_i · W_i(S_i),    W_i(S) = Σ_{l,m} w·[pattern m ⊆ S].
+
+``S_i`` holds the *free* experts (fallback < t_{i+1}) and experts cached on a node that serves
+them faster than t_{i+1}; the latter all lie on the nodes that serve something faster than
+t_{i+1}, so ``Σ_l ŝ_l·|S_{i,l} ∖ free| ≤ C_i := Σ_{such n} Q̂_n`` (whole-expert storage rows, see
+:func:`slimjax.bounds._threshold.storage_cut`). Dropping the nesting ``S_i ⊆ S_{i+1}`` and which
+node holds what leaves, per level, ``OPT_i = max W_i(S)`` under that one knapsack, which is solved
+exactly: per layer the best covered weight with ``c`` paid experts for every ``c`` by enumerating
+all 2^E expert sets (a zeta transform of the pattern weights), then the dense (max,+) capacity DP
+over layers. Hence
+
+    J* ≥ Σ_u traffic_u · (Σ_{l,m} w·t_G − Σ_i Δ_i · OPT_{u,i}).
+
+Several users: each user's J_u(x) is bounded alone (the bound of the sum is the sum of the
+bounds), which is valid but ignores that users share copies. The values ``OPT`` come from JAX in
+the iteration dtype; they are inflated by ``1 + (M + E + L + 8)·ε`` (ε its unit roundoff: the
+error bound of the nonnegative sums behind them) before the float64 combination on the host.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from slimjax.bounds._threshold import _sum_patterns, storage_cut
+from slimjax.ops._grid import bucket_units
+from slimjax.ops._maxconv import capacity_dp
+from slimjax.ops._oracle import _masks_by_size
+
+__all__ = ["LEVELS_MAX_E", "build", "level_opt", "value64"]
+
+#: Largest E the level bound enumerates (2^E expert sets per layer).
+LEVELS_MAX_E = 16
+
+
+def build(batch, aggregation: str = "max", max_levels: int = 32) -> dict:
+    """Host data of the level bound (NumPy; leading axis B).
+
+    Returns a dict: ``masks`` int32 [B, U, L, M] (member bit masks), ``w`` [B, U, L, M],
+    ``free`` / ``elig`` int32 [B, U, G, L] (bit masks of the free and of the payable experts per
+    level), ``cap`` int32 [B, U, G] (pooled whole-expert capacity ``C_i``), ``delta`` [B, U, G],
+    ``s_hat`` int32 [B, L], ``top`` [B, U] (Σ_{l,m} w·t_G), ``traffic`` [B, U], ``qmax`` (int, the
+    static DP size).
+    """
+    lat = np.asarray(batch.latency, np.float64)
+    fb = np.asarray(batch.fallback, np.float64)
+    pat = np.asarray(batch.patterns).astype(np.int64)
+    w = np.asarray(batch.weight, np.float64)
+    tr = np.asarray(batch.traffic, np.float64)
+    if aggregation == "sum":
+        pat, w = _sum_patterns(pat, w)
+    B, U, N, L, E = lat.shape
+    if E > LEVELS_MAX_E:
+        raise ValueError(f"method: 'levels' enumerates 2^E expert sets and needs E <= {LEVELS_MAX_E}, got E={E}")
+    useful = np.isfinite(lat) & (lat < fb[:, :, None])
+    ul = np.where(useful, lat, np.inf)  # [B, U, N, L, E]
+    grids = []
+    for b in range(B):
+        row = []
+        for u in range(U):
+            vals = np.unique(np.concatenate([ul[b, u][useful[b, u]], fb[b, u].ravel()]))
+            if len(vals) - 1 > max_levels:
+                vals = vals[np.unique(np.round(np.linspace(0, len(vals) - 1, max_levels + 1)).astype(np.int64))]
+            row.append(vals)
+        grids.append(row)
+    G = max(1, max(len(g) for row in grids for g in row) - 1)
+    grid = np.empty((B, U, G + 1))
+    for b in range(B):
+        for u in range(U):
+            g = grids[b][u]
+            grid[b, u, : len(g)] = g
+            grid[b, u, len(g):] = g[-1]
+    tau = grid[..., 1:]  # [B, U, G]
+    delta = grid[..., 1:] - grid[..., :-1]
+    bits = (1 << np.arange(E)).astype(np.int64)
+    is_free = fb[:, :, None] < tau[..., None, None]  # [B, U, G, L, E]
+    best = ul.min(axis=2)  # [B, U, L, E] fastest useful node
+    payable = (best[:, :, None] < tau[..., None, None]) & ~is_free
+    free = (is_free * bits).sum(-1)
+    elig = (payable * bits).sum(-1)
+    s_hat, q_hat = storage_cut(np.asarray(batch.size, np.float64)[..., 0], np.asarray(batch.capacity, np.float64))
+    node_best = ul.min(axis=(3, 4))  # [B, U, N]
+    node_ok = node_best[:, :, None, :] < tau[..., None]  # [B, U, G, N]
+    cap = (node_ok * q_hat[:, None, None, :]).sum(-1)
+    full = (s_hat * E).sum(-1)  # storage that holds every expert of every layer
+    cap = np.minimum(cap, full[:, None, None])
+    masks = np.zeros(pat.shape[:-1], np.int64)
+    for k in range(pat.shape[-1]):
+        masks |= 1 << pat[..., k]
+    top = w.sum(axis=(2, 3)) * grid[..., -1]
+    qmax = bucket_units(int(cap.max()) if cap.size else 0)
+    return dict(masks=masks.astype(np.int32), w=w, free=free.astype(np.int32), elig=elig.astype(np.int32),
+                cap=cap.astype(np.int32), delta=delta, s_hat=s_hat.astype(np.int32), top=top, traffic=tr, qmax=qmax)
+
+
+def _opt_one(masks, w, free, elig, cap, s_hat, *, E: int, qmax: int):
+    """OPT [U, G] of one instance (see the module docstring)."""
+    U, L, M = masks.shape
+    P = 1 << E
+    uu = jnp.broadcast_to(jnp.arange(U)[:, None, None], masks.shape)
+    ll = jnp.broadcast_to(jnp.arange(L)[None, :, None], masks.shape)
+    H = jnp.zeros((U, L, P), w.dtype).at[uu, ll, masks].add(w)
+    for i in range(E):  # zeta transform: W[S] = Σ_{T ⊆ S} H[T]
+        H = H.reshape(U, L, P >> (i + 1), 2, 1 << i)
+        H = jnp.stack([H[:, :, :, 0], H[:, :, :, 1] + H[:, :, :, 0]], axis=3)
+    W = H.reshape(U, L, P)
+    by_size = jnp.asarray(_masks_by_size(E))  # [E+1, Wc], padded with P
+    Wc = by_size.shape[1]
+
+    def level(args):
+        Wu, fr, el, c = args  # [L, P], [L], [L], []
+        T = by_size[None]  # [1, E+1, Wc]
+        ok = (T < P) & ((T & ~el[:, None, None]) == 0)
+        idx = jnp.where(T < P, T | fr[:, None, None], 0)  # [L, E+1, Wc]
+        vals = jnp.take_along_axis(Wu, idx.reshape(L, -1), axis=1).reshape(L, E + 1, Wc)
+        g = jnp.where(ok, vals, -jnp.inf).max(-1)  # [L, E+1]
+        g = lax.cummax(g, axis=1)
+        g0 = g[:, :1]
+        r = capacity_dp(g - g0, s_hat, c, Qmax=qmax, backend="dense")
+        return r.value + g0.sum()
+
+    G = free.shape[1]
+    Wg = jnp.broadcast_to(W[:, None], (U, G, L, P)).reshape(U * G, L, P)
+    out = lax.map(level, (Wg, free.reshape(U * G, L), elig.reshape(U * G, L), cap.reshape(U * G)))
+    return out.reshape(U, G)
+
+
+@partial(jax.jit, static_argnames=("E", "qmax", "batch_size"))
+def level_opt(masks, w, free, elig, cap, s_hat, *, E: int, qmax: int, batch_size: int):
+    """OPT [B, U, G] for a batch (``lax.map`` over instances in chunks of ``batch_size``)."""
+    f = lambda a: _opt_one(*a, E=E, qmax=qmax)  # noqa: E731
+    return lax.map(f, (masks, w, free, elig, cap, s_hat), batch_size=batch_size)
+
+
+def value64(data: dict, opt: np.ndarray, dtype) -> np.ndarray:
+    """The certified bound [B] in float64 from ``opt`` [B, U, G] computed in ``dtype``."""
+    B, U, L, M = data["masks"].shape
+    eps = np.finfo(np.dtype(dtype)).eps / 2
+    kappa = (M + LEVELS_MAX_E + L + 8) * eps
+    opt = np.maximum(np.asarray(opt, np.float64), 0) * (1 + kappa)
+    per_user = data["top"] - (data["delta"] * opt).sum(-1)
+    return (data["traffic"] * per_user).sum(-1)

@@ -1,0 +1,306 @@
+"""Restarted, preconditioned primal-dual hybrid gradient (PDHG) for batches of structured LPs.
+
+Every LP has the form
+
+    min  c·v   s.t.  K v ≤ q,   0 ≤ v ≤ hi        (hi finite)
+
+with ``v`` and the dual ``y ≥ 0`` pytrees of arrays and ``K`` given as four functions of a
+formulation's data (``K v``, ``Kᵀ y`` and the same with absolute coefficients, for the
+preconditioner). Because every box is finite, the Lagrangian
+
+    g(y) = −q·y + Σ_j hi_j · min(0, (c + Kᵀ y)_j)
+
+is a lower bound on the LP optimum for **every** ``y ≥ 0`` (weak duality). The solver never
+reports a primal value: the caller evaluates a bound at the dual iterates it returns.
+
+The method is PDHG (Chambolle & Pock 2011) with the diagonal preconditioner of Pock & Chambolle
+(2011, α = 1: ``τ_j = 1/Σ_i |K_ij|``, ``σ_i = 1/Σ_j |K_ij|``, which makes any step ≤ 1 stable), a
+primal weight ``ω`` (``τ/ω``, ``σ·ω``) updated at restarts, and adaptive restarts to the average
+or the current iterate on a KKT error, as in PDLP (Applegate et al. 2021). Iterations run in
+fixed-size chunks of ``check_every`` steps; between chunks each instance checks its error,
+restarts, records its best dual point by the formulation's ``bound`` function, and stops (its
+state is frozen) once converged or once it reaches the caller's target. Instances never interact,
+so a batch gives the same iterates as one instance at a time.
+
+References:
+  Chambolle, A. and Pock, T. (2011). A first-order primal-dual algorithm for convex problems with
+  applications to imaging. J. Math. Imaging Vis. 40, 120–145.
+  Pock, T. and Chambolle, A. (2011). Diagonal preconditioning for first order primal-dual
+  algorithms in convex optimization. ICCV.
+  Applegate, D. et al. (2021). Practical large-scale linear programming using primal-dual hybrid
+  gradient. NeurIPS.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int
+
+__all__ = ["Formulation", "PDHGState", "init_state", "run_chunks", "STATUS_RUNNING", "STATUS_OPTIMAL",
+           "STATUS_CONVERGED", "STATUS_TARGET",
+           "STATUS_DOMINATED"]
+
+PyTree = Any
+
+STATUS_RUNNING, STATUS_OPTIMAL, STATUS_CONVERGED, STATUS_TARGET, STATUS_DOMINATED = 0, 1, 2, 3, 4
+OMEGA_MIN, OMEGA_MAX = 1e-8, 1e8
+
+
+class Formulation(NamedTuple):
+    """The operators of one LP family (module-level functions, so the tuple is hashable/static).
+
+    Each function takes one instance's data (no batch axis):
+      K(data, v) -> rows, KT(data, y) -> cols, Kabs(data, v), KTabs(data, y) (absolute coefficients),
+      cost(data) -> c (v-shaped), rhs(data) -> q (y-shaped), upper(data) -> hi (v-shaped),
+      bound(data, y, kty) -> a valid lower bound at y ≥ 0 given Kᵀy (scalar; may improve on g(y)),
+      primal(data, v) -> the objective (with the same constants as ``bound``) of a feasible point
+        repaired from v: an upper bound on the LP optimum, so ``primal − bound`` is a true gap.
+    """
+
+    K: Callable
+    KT: Callable
+    Kabs: Callable
+    KTabs: Callable
+    cost: Callable
+    rhs: Callable
+    upper: Callable
+    bound: Callable
+    primal: Callable
+
+
+class PDHGState(NamedTuple):
+    """Batched solver state (leading axis B on every leaf; v/y leaves are pytrees)."""
+
+    v: PyTree
+    y: PyTree
+    tau: PyTree  # diagonal primal steps (v-shaped)
+    sigma: PyTree  # diagonal dual steps (y-shaped)
+    kty: PyTree  # Kᵀ y of the current y
+    v_sum: PyTree
+    y_sum: PyTree
+    n_avg: Int[Array, "B"]
+    v_restart: PyTree
+    y_restart: PyTree
+    err_restart: Float[Array, "B"]
+    err_prev: Float[Array, "B"]
+    omega: Float[Array, "B"]
+    since_restart: Int[Array, "B"]
+    iters: Int[Array, "B"]
+    best_bound: Float[Array, "B"]
+    best_y: PyTree
+    err: Float[Array, "B"]
+    gap: Float[Array, "B"]  # (primal(repaired) − best bound) / |primal|: a true relative LP gap
+    stall_ref: Float[Array, "B"]
+    stall_count: Int[Array, "B"]
+    status: Int[Array, "B"]
+
+
+def _tmap(f, *trees):
+    return jax.tree_util.tree_map(f, *trees)
+
+
+def _dot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def _sq(a):
+    return _dot(a, a)
+
+
+def lagrangian(form: Formulation, data, y, kty=None):
+    """g(y) = −q·y + Σ hi·min(0, c + Kᵀy) for y ≥ 0 (a lower bound on the LP, in the data's dtype)."""
+    if kty is None:
+        kty = form.KT(data, y)
+    red = _tmap(jnp.add, form.cost(data), kty)
+    lo = sum(jnp.sum(h * jnp.minimum(r, 0)) for h, r in
+             zip(jax.tree_util.tree_leaves(form.upper(data)), jax.tree_util.tree_leaves(red)))
+    return lo - _dot(form.rhs(data), y)
+
+
+def _steps(form: Formulation, data):
+    """Diagonal preconditioners (τ for v, σ for y): inverse absolute column / row sums."""
+    ones_v = _tmap(jnp.ones_like, form.upper(data))
+    ones_y = _tmap(jnp.ones_like, form.rhs(data))
+    rows = form.Kabs(data, ones_v)
+    cols = form.KTabs(data, ones_y)
+    sigma = _tmap(lambda r: jnp.where(r > 0, 1.0 / jnp.where(r > 0, r, 1), 0.0), rows)
+    tau = _tmap(lambda r: 1.0 / jnp.where(r > 0, r, 1), cols)
+    return tau, sigma
+
+
+def _kkt(form: Formulation, data, v, y, kty):
+    """Relative KKT error of (v, y): max(primal infeasibility, duality gap), both normalized."""
+    q = form.rhs(data)
+    kv = form.K(data, v)
+    pres = jnp.sqrt(_sq(_tmap(lambda a, b: jnp.maximum(a - b, 0), kv, q)))
+    pobj = _dot(form.cost(data), v)
+    dobj = lagrangian(form, data, y, kty)
+    e_p = pres / (1 + jnp.sqrt(_sq(q)))
+    e_g = jnp.abs(pobj - dobj) / (1 + jnp.abs(pobj) + jnp.abs(dobj))
+    return jnp.maximum(e_p, e_g), pobj, e_p
+
+
+def init_state(form: Formulation, data, v0, y0, bound0) -> PDHGState:
+    """Initial batched state from batched primal / dual starts (y0 is projected onto y ≥ 0)."""
+
+    def one(d, v, y, b0):
+        y = _tmap(lambda a: jnp.maximum(a, 0), y)
+        kty = form.KT(d, y)
+        err, _, _ = _kkt(form, d, v, y, kty)
+        b = jnp.maximum(form.bound(d, y, kty), b0)
+        zero = jnp.zeros((), jnp.int32)
+        # PDLP's initial primal weight ‖c‖/‖q‖ (1 when either is 0).
+        nc, nq = jnp.sqrt(_sq(form.cost(d))), jnp.sqrt(_sq(form.rhs(d)))
+        omega = jnp.where((nc > 0) & (nq > 0), nc / jnp.where(nq > 0, nq, 1), 1.0)
+        omega = jnp.clip(omega, OMEGA_MIN, OMEGA_MAX).astype(err.dtype)
+        tau, sigma = _steps(form, d)
+        return PDHGState(v, y, tau, sigma, kty, _tmap(jnp.zeros_like, v), _tmap(jnp.zeros_like, y), zero, v, y, err, err,
+                         omega, zero, zero, b, y, err, jnp.asarray(jnp.inf, err.dtype), b, zero, zero)
+
+    return jax.vmap(one)(data, v0, y0, bound0)
+
+
+def _select(done, old, new):
+    return _tmap(lambda a, b: jnp.where(done, a, b), old, new)
+
+
+def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_rtol, target, total_iters, data,
+               st: PDHGState) -> PDHGState:
+    """``check_every`` PDHG steps of one instance, then the restart / bound / stopping check."""
+    tau, sigma = st.tau, st.sigma
+    c, q, hi = form.cost(data), form.rhs(data), form.upper(data)
+    eta = jnp.asarray(0.999, st.omega.dtype)
+
+    def step(_, carry):
+        v, y, kty, vs, ys = carry
+        tp = _tmap(lambda t: eta * t / st.omega, tau)
+        sp = _tmap(lambda s: eta * s * st.omega, sigma)
+        v1 = _tmap(lambda a, t, cc, g, h: jnp.clip(a - t * (cc + g), 0, h), v, tp, c, kty, hi)
+        ext = _tmap(lambda a, b: 2 * a - b, v1, v)
+        kext = form.K(data, ext)
+        y1 = _tmap(lambda a, s, kk, qq: jnp.maximum(a + s * (kk - qq), 0), y, sp, kext, q)
+        kty1 = form.KT(data, y1)
+        return v1, y1, kty1, _tmap(jnp.add, vs, v1), _tmap(jnp.add, ys, y1)
+
+    v, y, kty, vs, ys = lax.fori_loop(0, check_every, step, (st.v, st.y, st.kty, st.v_sum, st.y_sum))
+    n = st.n_avg + check_every
+    va = _tmap(lambda a: a / n, vs)
+    ya = _tmap(lambda a: a / n, ys)
+
+    def assess(vv, yy):  # (KKT error, bound, Kᵀy) of one candidate
+        kk = form.KT(data, yy)
+        e, _, _ = _kkt(form, data, vv, yy, kk)
+        return e, form.bound(data, yy, kk), kk
+
+    pair_v = _tmap(lambda a, b: jnp.stack([a, b]), v, va)
+    pair_y = _tmap(lambda a, b: jnp.stack([a, b]), y, ya)
+    errs, bnds, ktys = jax.vmap(assess)(pair_v, pair_y)  # over (current, average)
+    pick = lambda t, i: _tmap(lambda a: a[i], t)  # noqa: E731
+    use_avg = errs[1] < errs[0]
+    err_c = jnp.where(use_avg, errs[1], errs[0])
+    vc = _select(use_avg, va, v)
+    yc = _select(use_avg, ya, y)
+    ktyc = _select(use_avg, pick(ktys, 1), kty)
+    since = st.since_restart + check_every
+    iters = st.iters + check_every
+    restart = ((err_c <= 0.2 * st.err_restart)
+               | ((err_c <= 0.8 * st.err_restart) & (err_c > st.err_prev))
+               | (since >= 0.36 * iters))
+    # Primal weight (PDLP): ω ← exp(½ log(Δy/Δv) + ½ log ω) at a restart that moved both.
+    dv = jnp.sqrt(_sq(_tmap(jnp.subtract, vc, st.v_restart)))
+    dy = jnp.sqrt(_sq(_tmap(jnp.subtract, yc, st.y_restart)))
+    tiny = jnp.finfo(st.omega.dtype).tiny
+    ok = restart & (dv > 1e-10) & (dy > 1e-10)
+    omega = jnp.where(ok, jnp.exp(0.5 * jnp.log(jnp.maximum(dy, tiny) / jnp.maximum(dv, tiny))
+                                  + 0.5 * jnp.log(st.omega)), st.omega)
+    omega = jnp.clip(omega, OMEGA_MIN, OMEGA_MAX)
+    # Best dual point so far by the formulation's bound (valid at any y ≥ 0).
+    better_avg = bnds[1] > bnds[0]
+    b_new = jnp.maximum(bnds[0], bnds[1])
+    y_new = _select(better_avg, ya, y)
+    improve = b_new > st.best_bound
+    best_bound = jnp.where(improve, b_new, st.best_bound)
+    best_y = _select(improve, y_new, st.best_y)
+    # Stall: the best bound rose by less than stall_rtol (relative) over the last `patience` checks.
+    moved = best_bound > st.stall_ref + stall_rtol * jnp.maximum(jnp.abs(st.stall_ref), 1e-30)
+    stall_ref = jnp.where(moved, best_bound, st.stall_ref)
+    stall_count = jnp.where(moved, 0, st.stall_count + 1)
+    # A stall counts only once the LP's relative KKT error is ≤ rtol: before that the bound can pause
+    # for a while and then move again after a restart.
+    status = jnp.where((stall_count >= patience) & (err_c <= rtol), STATUS_CONVERGED, STATUS_RUNNING)
+    # Dominated: a nearly feasible primal point already has an objective below the best bound known
+    # (e.g. one from another method passed as the start), so this LP cannot give a better bound.
+    # Optimal: the bound is within rtol of a feasible point's objective (a true LP gap).
+    # Dominated: a feasible point of this LP is already below the best bound known (e.g. one from
+    # another method passed as the start), so this LP cannot give a better bound.
+    upper_c = form.primal(data, vc)
+    gap_c = (upper_c - best_bound) / jnp.maximum(jnp.abs(upper_c), jnp.finfo(upper_c.dtype).tiny)
+    dominated = upper_c < best_bound
+    status = jnp.where(gap_c <= rtol, STATUS_OPTIMAL, status)
+    status = jnp.where(dominated, STATUS_DOMINATED, status)
+    status = jnp.where(best_bound >= target, STATUS_TARGET, status)
+    zero = jnp.zeros((), jnp.int32)
+    new = PDHGState(
+        v=_select(restart, vc, v),
+        y=_select(restart, yc, y),
+        tau=tau,
+        sigma=sigma,
+        kty=_select(restart, ktyc, kty),
+        v_sum=_select(restart, _tmap(jnp.zeros_like, vs), vs),
+        y_sum=_select(restart, _tmap(jnp.zeros_like, ys), ys),
+        n_avg=jnp.where(restart, zero, n),
+        v_restart=_select(restart, vc, st.v_restart),
+        y_restart=_select(restart, yc, st.y_restart),
+        err_restart=jnp.where(restart, err_c, st.err_restart),
+        err_prev=err_c,
+        omega=omega,
+        since_restart=jnp.where(restart, zero, since),
+        iters=iters,
+        best_bound=best_bound,
+        best_y=best_y,
+        err=err_c,
+        gap=gap_c,
+        stall_ref=stall_ref,
+        stall_count=stall_count,
+        status=status,
+    )
+    return new
+
+
+@partial(jax.jit, static_argnames=("form", "check_every", "n_checks", "patience"))
+def run_chunks(form: Formulation, data, st: PDHGState, target: Float[Array, "B"], rtol: Float[Array, ""],
+               stall_rtol: Float[Array, ""], total_iters: Int[Array, ""], *, check_every: int, n_checks: int,
+               patience: int) -> PDHGState:
+    """Up to ``n_checks`` chunks of ``check_every`` steps for the whole batch; an instance whose
+    status is not running (or that reached ``total_iters``) is frozen, and the loop ends early
+    once every instance is frozen."""
+
+    def active(s):
+        return (s.status == STATUS_RUNNING) & (s.iters < total_iters)
+
+    def body(carry):
+        k, s = carry
+        new = jax.vmap(partial(_chunk_one, form, check_every, patience, rtol, stall_rtol), in_axes=(0, None, 0, 0))(
+            target, total_iters, data, s)
+        s = _select_batch(active(s), s, new)
+        return k + 1, s
+
+    def cond(carry):
+        k, s = carry
+        return (k < n_checks) & active(s).any()
+
+    _, st = lax.while_loop(cond, body, (jnp.int32(0), st))
+    return st
+
+
+def _select_batch(run: Bool[Array, "B"], old, new):
+    def sel(a, b):
+        m = run.reshape(run.shape + (1,) * (a.ndim - 1))
+        return jnp.where(m, b, a)
+
+    return _tmap(sel, old, new)

@@ -1,0 +1,386 @@
+r"""The threshold formulation of J and its Lagrangian dual (the default bound).
+
+Pattern latency as an integral over thresholds. For one user u, layer l and pattern m with
+members e_1..e_K, let ``t_0 < t_1 < … < t_D`` be the distinct values among the members' node
+latencies (clipped to the fallback) and fallbacks. Every expert latency ``d_e`` is one of them, so
+
+    max_k d_{e_k} = t_D − Σ_{i<D} Δ_i · [d_{e_k} ≤ t_i for every k],   Δ_i = t_{i+1} − t_i,
+
+and ``[d_e ≤ t_i] ≤ Σ_{n ∈ A(e, t_i)} x[n, l, e]`` with ``A(e, t) = {n : latency[u,n,l,e] ≤ t}``
+(the bracket is 1 without any node when ``fallback ≤ t``). With ``z_p ∈ [0, 1]`` for every
+pattern-interval ``p = (u, l, m, i)`` this gives the LP
+
+    min  J0 − Σ_p c_p z_p    s.t.  z_p ≤ Σ_{n∈A(e_k,t_i)} x[n,l,e_k]  (each member k),
+                                   Σ_{l,e} ŝ_l x[n,l,e] ≤ Q̂_n,   0 ≤ x ≤ 1,
+
+``c_p = traffic·weight·Δ_i``, ``J0 = J(nothing cached)``. Every placement gives a feasible point
+with objective J, so its optimum is a lower bound on J*. The storage rows are the Chvátal–Gomory
+roundings of the real constraints: with a unit ``u`` (the coarsest one of which every layer's size
+is a multiple), ``ŝ_l = ⌊size_l/u⌋`` and ``Q̂_n = ⌊capacity_n/u⌋`` are valid for every integer
+placement; they remove the fractional expert that the plain LP can squeeze into every node.
+
+Dual. For multipliers ``μ ≥ 0`` on the member rows, eliminating z and keeping x integral, the
+Lagrangian is separable per node:
+
+    g(μ) = J0 − Σ_p max(0, c_p − Σ_k μ_pk) − Σ_n KNAP_n(r_n(μ)),
+    r[n,l,e] = Σ_{(p,k): e_k = e, n ∈ A(e_k, t_i)} μ_pk,
+
+where ``KNAP_n`` is the 0/1 knapsack over the values ``r[n]`` with sizes ``ŝ`` and capacity
+``Q̂_n``. ``g(μ) ≤ J*`` for every ``μ ≥ 0``; :func:`dual_value64` evaluates it in float64 (exact
+knapsack: top-⌊Q̂/ŝ⌋ values when all ``ŝ`` are equal, a DP over the integer grid otherwise, or the
+fractional knapsack, an upper bound on it, when the grid is too large). Scaling ``μ_p`` down to
+``Σ_k μ_pk ≤ c_p`` never lowers g, so it is applied first. For one user this LP is, layer by
+layer, a network (difference-constraint) matrix, so its value equals the Lagrangian dual of the
+storage rows with the exact per-layer problem inside; the remaining gap to J* comes from the
+storage knapsacks alone.
+
+With ``aggregation="sum"`` every member is its own pattern (J separates per expert).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Float, Int
+
+from slimjax.bounds._pdhg import Formulation
+
+__all__ = ["ThresholdData", "build", "to_device", "FORMULATION", "dual_value64", "storage_cut", "initial_dual"]
+
+#: Feasibility tolerance on storage that the bounds respect (the same as the solvers' check).
+CAP_RTOL, CAP_ATOL = 1e-6, 1e-9
+#: Largest Σ_n Q̂_n·L·E for which the float64 evaluation runs the exact knapsack DP.
+DP_MAX_WORK = 5e7
+
+
+class ThresholdData(NamedTuple):
+    """Per-instance arrays of the threshold LP (batched: a leading axis B).
+
+    fidx: int32 [U, L, M, K, I] flat index (u, l, e_k, rank) into [U, L, E, N+1].
+    act: float [U, L, M, K, I] 1 where the member row ``z_p ≤ F_pk(x)`` exists.
+    c: float [U, L, M, I] gain weight of each pattern-interval.
+    xgather: int32 [U, L, E, N] flat index into x [N·L·E] of the node at each speed rank.
+    rgather: int32 [U, N, L, E] flat index into [U, L, E, N] of each node's speed rank.
+    s_hat: float [L] integer expert sizes on the grid; q_hat: float [N] integer capacities.
+    j0: float [] J with nothing cached.
+    """
+
+    fidx: Int[Array, "U L M K I"]
+    act: Float[Array, "U L M K I"]
+    c: Float[Array, "U L M I"]
+    xgather: Int[Array, "U L E N"]
+    rgather: Int[Array, "U N L E"]
+    s_hat: Float[Array, "L"]
+    q_hat: Float[Array, "N"]
+    j0: Float[Array, ""]
+
+
+def storage_cut(size: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chvátal–Gomory rounding of the storage rows, valid for every placement that the solvers'
+    feasibility check accepts (``Σ size·x ≤ capacity·(1 + 1e-6) + 1e-9``).
+
+    Args:
+      size: float [B, L] one expert's size per layer; capacity: float [B, N].
+
+    Returns:
+      (ŝ float [B, L], Q̂ float [B, N]) whole numbers with ``Σ ŝ_l c_l ≤ Q̂_n`` for every feasible
+      count vector c (``u`` = the coarsest min-size / k, k ≤ 8, that divides every size within
+      1e-9, else the smallest size; ŝ rounds down, Q̂ rounds down after a 1e-9 relative slack).
+    """
+    size = np.asarray(size, np.float64)
+    cap = np.asarray(capacity, np.float64) * (1 + CAP_RTOL) + CAP_ATOL
+    base = size.min(-1)
+    u = base.copy()
+    found = np.zeros(base.shape, bool)
+    for k in range(1, 9):
+        r = size * k / base[:, None]
+        exact = np.all(np.abs(r - np.round(r)) <= 1e-9 * np.maximum(r, 1), axis=-1) & ~found
+        u = np.where(exact, base / k, u)
+        found |= exact
+    ratio = size / u[:, None]
+    # ŝ ≤ ratio·(1 + 1e-9): then Σ ŝ c ≤ (1 + 1e-9)·cap/u, and the integer left side allows ⌊·⌋.
+    s_hat = np.maximum(np.floor(ratio * (1 + 1e-9)), 1.0)
+    q_hat = np.floor(cap / u[:, None] * (1 + 1e-9) * (1 + 1e-12))
+    return s_hat, q_hat
+
+
+def _sum_patterns(patterns: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``aggregation="sum"``: every member its own pattern of one expert (weights repeated)."""
+    B, U, L, M, K = patterns.shape
+    p = patterns.reshape(B, U, L, M * K, 1)
+    w = np.repeat(weight[..., None], K, axis=-1).reshape(B, U, L, M * K)
+    return p, w
+
+
+def build(batch, aggregation: str = "max") -> dict:
+    """The threshold LP of every instance of ``batch`` (host NumPy, float64).
+
+    ``batch``: a batch (Instance or the float64 host copy of ``lower_bound``, with patterns
+    merged in float64); zero-weight patterns are inactive. Returns a dict of NumPy arrays with the fields of :class:`ThresholdData` (leading
+    axis B); the interval axis I is the largest number of intervals over the batch.
+    """
+    lat = np.asarray(batch.latency, np.float64)
+    fb = np.asarray(batch.fallback, np.float64)
+    pat = np.asarray(batch.patterns).astype(np.int64)
+    w = np.asarray(batch.weight, np.float64)
+    tr = np.asarray(batch.traffic, np.float64)
+    if aggregation == "sum":
+        pat, w = _sum_patterns(pat, w)
+    B, U, N, L, E = lat.shape
+    M, K = pat.shape[-2:]
+    N1 = N + 1
+    v = np.minimum(lat, fb[:, :, None])  # [B, U, N, L, E]; unreachable -> fallback
+    vals = np.concatenate([np.moveaxis(v, 2, -1), fb[..., None]], axis=-1)  # [B, U, L, E, N+1]
+    perm = np.argsort(vals, axis=-1, kind="stable")  # the fallback (index N) is last among ties
+    s = np.take_along_axis(vals, perm, axis=-1)
+    pos = np.argsort(perm, axis=-1, kind="stable")[..., :N]  # [B, U, L, E, N] speed rank of node n
+    bi = np.arange(B)[:, None, None, None, None]
+    ui = np.arange(U)[None, :, None, None, None]
+    li = np.arange(L)[None, None, :, None, None]
+    s_mem = s[bi, ui, li, pat]  # [B, U, L, M, K, N+1]
+    earlier = np.tril(np.ones((K, K), bool), -1)
+    dup = ((pat[..., :, None] == pat[..., None, :]) & earlier).any(-1)  # [B, U, L, M, K]
+    T = np.sort(s_mem.reshape(B, U, L, M, K * N1), axis=-1)
+    new = np.concatenate([np.ones(T.shape[:-1] + (1,), bool), T[..., 1:] > T[..., :-1]], axis=-1)
+    D = new.sum(-1)
+    I = max(int(D.max()) - 1, 1)
+    tc = np.sort(np.where(new, T, np.inf), axis=-1)[..., : I + 1]
+    tc = np.where(np.isfinite(tc), tc, T[..., -1:])  # pad with the largest value (Δ = 0)
+    t = tc[..., :I]
+    delta = tc[..., 1:] - tc[..., :-1]  # [B, U, L, M, I]
+    rank = np.zeros((B, U, L, M, K, I), np.int64)
+    for j in range(N1):  # rank = how many of the member's sorted values are <= t_i
+        rank += s_mem[..., j, None] <= t[..., None, :]
+    ok = (~dup & (w > 0)[..., None])[..., None]  # [B, U, L, M, K, 1]
+    forced0 = (ok & (rank == 0)).any(-2)  # some member cannot be <= t_i at all: z_p = 0
+    c = np.where(forced0, 0.0, tr[:, :, None, None, None] * w[..., None] * delta)
+    act = ok & (rank < N1) & (c > 0)[..., None, :]
+    j0 = (tr[:, :, None, None] * w * tc[..., -1]).sum(axis=(1, 2, 3))
+    rk = np.minimum(rank, N)
+    ue = ((np.arange(U)[:, None, None] * L + np.arange(L)[None, :, None]) * E)  # [U, L, 1]
+    fidx = ((ue[None, :, :, :, None, None] + pat[..., None]) * N1 + rk)  # [B, U, L, M, K, I]
+    nodes = perm[..., :N]  # [B, U, L, E, N]
+    xgather = (nodes * L + np.arange(L)[None, None, :, None, None]) * E + np.arange(E)[None, None, None, :, None]
+    rg = (ue[..., None] + np.arange(E)[None, None, :, None]) * N + pos  # [B, U, L, E, N]
+    rgather = np.moveaxis(rg, -1, 2)  # [B, U, N, L, E]
+    s_hat, q_hat = storage_cut(np.asarray(batch.size, np.float64)[..., 0], np.asarray(batch.capacity, np.float64))
+    if U * L * E * N1 >= 2**31 or N * L * E >= 2**31:
+        raise ValueError("instance: too large for int32 indices of the threshold LP")
+    return dict(fidx=fidx.astype(np.int32), act=act.astype(np.float64), c=c, xgather=xgather.astype(np.int32),
+                rgather=rgather.astype(np.int32), s_hat=s_hat, q_hat=q_hat, j0=j0)
+
+
+def to_device(data: dict, dtype) -> ThresholdData:
+    """The float fields cast to ``dtype`` (the iteration precision) as JAX arrays."""
+    return ThresholdData(**{k: jnp.asarray(v, jnp.int32 if k in ("fidx", "xgather", "rgather") else dtype)
+                            for k, v in data.items()})
+
+
+# -- operators (one instance) ------------------------------------------------------------------
+
+
+def _F(d: ThresholdData, x):
+    """F[u,l,m,k,i] = Σ of x over the nodes of A(e_k, t_i) (prefix sums in speed order)."""
+    U, L, E, N = d.xgather.shape
+    xs = x.reshape(-1)[d.xgather]  # [U, L, E, N]
+    cum = jnp.concatenate([jnp.zeros(xs.shape[:-1] + (1,), xs.dtype), jnp.cumsum(xs, axis=-1)], axis=-1)
+    return cum.reshape(-1)[d.fidx]
+
+
+def _r(d: ThresholdData, mu):
+    """r[n,l,e] = Σ of μ over the member rows whose node set contains n."""
+    U, L, E, N = d.xgather.shape
+    H = jnp.zeros((U * L * E * (N + 1),), mu.dtype).at[d.fidx.reshape(-1)].add(mu.reshape(-1))
+    H = H.reshape(U, L, E, N + 1)
+    tail = jnp.cumsum(H[..., ::-1], axis=-1)[..., ::-1]  # Σ_{r ≥ j}
+    R = tail[..., 1:]  # Σ_{r > j}: the rows whose node set holds the node of rank j
+    return R.reshape(-1)[d.rgather].sum(0)  # [N, L, E]
+
+
+def _K(d: ThresholdData, v, sign=-1.0):
+    x, z = v
+    mu_rows = d.act * (z[:, :, :, None, :] + sign * _F(d, x))
+    lam_rows = jnp.einsum("nle,l->n", x, d.s_hat)
+    return mu_rows, lam_rows
+
+
+def _KT(d: ThresholdData, y, sign=-1.0):
+    mu, lam = y
+    mua = d.act * mu
+    zc = mua.sum(3)
+    xc = sign * _r(d, mua) + lam[:, None, None] * d.s_hat[None, :, None]
+    return xc, zc
+
+
+def _Kabs(d, v):
+    return _K(d, v, 1.0)
+
+
+def _KTabs(d, y):
+    return _KT(d, y, 1.0)
+
+
+def _cost(d: ThresholdData):
+    U, L, E, N = d.xgather.shape
+    return jnp.zeros((N, L, E), d.c.dtype), -d.c
+
+
+def _rhs(d: ThresholdData):
+    return jnp.zeros_like(d.act), d.q_hat
+
+
+def _upper(d: ThresholdData):
+    U, L, E, N = d.xgather.shape
+    return jnp.ones((N, L, E), d.c.dtype), jnp.ones_like(d.c)
+
+
+def _frac_knap(r, s_hat, q_hat, iters: int = 40):
+    """An upper bound on the knapsack of every node, ``min_λ≥0 λ·Q̂ + Σ max(0, r − λ·ŝ)`` (the LP
+    dual of the fractional knapsack), minimized by bisection on λ with a fixed number of steps:
+    every λ gives an upper bound, the minimizer gives the fractional knapsack. r [N, L, E] >= 0,
+    ŝ [L], Q̂ [N] -> [N]."""
+    s = s_hat[None, :, None]
+
+    def phi(lam):
+        return lam * q_hat + jnp.maximum(r - lam[:, None, None] * s, 0).sum(axis=(1, 2))
+
+    def slope(lam):  # Q̂ − Σ_{r > λ ŝ} ŝ, non-decreasing in λ
+        return q_hat - jnp.where(r > lam[:, None, None] * s, s, 0).sum(axis=(1, 2))
+
+    hi = jnp.max(r / s, axis=(1, 2))
+    lo = jnp.zeros_like(hi)
+
+    def step(_, b):
+        a, c = b
+        m = 0.5 * (a + c)
+        up = slope(m) >= 0
+        return jnp.where(up, a, m), jnp.where(up, m, c)
+
+    lo, hi = lax.fori_loop(0, iters, step, (lo, hi))
+    return jnp.minimum(phi(lo), phi(hi))
+
+
+def _bound(d: ThresholdData, y, kty=None):
+    """g(μ) with the fractional-knapsack upper bound (≈ the LP's λ-optimal value), in the data's dtype."""
+    mu, _ = y
+    mu = jnp.maximum(mu, 0) * d.act
+    tot = mu.sum(3)
+    scale = jnp.where(tot > d.c, d.c / jnp.where(tot > 0, tot, 1), 1.0)
+    mu = mu * scale[:, :, :, None, :]
+    zterm = (d.c - mu.sum(3)).sum()
+    r = jnp.maximum(_r(d, mu), 0)
+    return d.j0 - zterm - _frac_knap(r, d.s_hat, d.q_hat).sum()
+
+
+def _primal(d: ThresholdData, v):
+    """J0 − Σ c·z at a feasible point repaired from v: x clipped to [0, 1] and scaled per node to
+    fit the storage row, z = min(1, min over member rows of F(x))."""
+    x, _ = v
+    x = jnp.clip(x, 0, 1)
+    used = jnp.einsum("nle,l->n", x, d.s_hat)
+    x = x * jnp.where(used > d.q_hat, d.q_hat / jnp.where(used > 0, used, 1), 1.0)[:, None, None]
+    F = jnp.where(d.act > 0, _F(d, x), jnp.inf).min(3)
+    z = jnp.clip(F, 0, 1)
+    return d.j0 - (d.c * z).sum()
+
+
+FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal)
+
+
+def initial_dual(d: ThresholdData):
+    """A start for the dual: each pattern-interval's weight split equally over its member rows
+    (the bound of replacing max by the mean of the members), λ = 0."""
+    n = d.act.sum(3, keepdims=True)
+    mu = d.act * (d.c[:, :, :, None, :] / jnp.where(n > 0, n, 1))
+    return mu, jnp.zeros_like(d.q_hat)
+
+
+def initial_primal(d: ThresholdData):
+    U, L, E, N = d.xgather.shape
+    return jnp.zeros((N, L, E), d.c.dtype), jnp.zeros_like(d.c)
+
+
+# -- the certified value (host, float64) -------------------------------------------------------
+
+
+def _knapsack64(r: np.ndarray, s_hat: np.ndarray, q_hat: np.ndarray) -> np.ndarray:
+    """max Σ r·x s.t. Σ ŝ_l x ≤ Q̂, x ∈ {0,1}, per (instance, node): r [B, N, L, E] >= 0,
+    ŝ [B, L], Q̂ [B, N] (whole numbers) -> [B, N]. Exact (top-k or DP) or, when the DP table would
+    be too large, the fractional knapsack (an upper bound on it)."""
+    B, N, L, E = r.shape
+    srt = -np.sort(-r, axis=-1)  # [B, N, L, E] descending per layer
+    curves = np.concatenate([np.zeros((B, N, L, 1)), np.cumsum(srt, axis=-1)], axis=-1)  # [B, N, L, E+1]
+    equal = np.all(s_hat == s_hat[:, :1], axis=-1)  # [B]
+    out = np.empty((B, N))
+    qmax = int(np.max(q_hat)) if q_hat.size else 0
+    for b in range(B):
+        if equal[b]:
+            k = np.floor(q_hat[b] / s_hat[b, 0]).astype(np.int64)  # [N]
+            allv = -np.sort(-r[b].reshape(N, -1), axis=-1)
+            cs = np.concatenate([np.zeros((N, 1)), np.cumsum(allv, axis=-1)], axis=-1)
+            out[b] = cs[np.arange(N), np.minimum(k, L * E)]
+        elif (qmax + 1) * L * (E + 1) * N <= DP_MAX_WORK:
+            Q = int(q_hat[b].max())
+            G = np.zeros((N, Q + 1))
+            for l in range(L):
+                sl = int(s_hat[b, l])
+                best = G.copy()
+                for cnt in range(1, E + 1):
+                    shift = cnt * sl
+                    if shift > Q:
+                        break
+                    cand = np.full((N, Q + 1), -np.inf)
+                    cand[:, shift:] = G[:, : Q + 1 - shift] + curves[b, :, l, cnt][:, None]
+                    best = np.maximum(best, cand)
+                G = best
+            out[b] = G[np.arange(N), q_hat[b].astype(np.int64)]
+        else:
+            size = np.broadcast_to(s_hat[b][None, :, None], (N, L, E)).reshape(N, -1)
+            val = r[b].reshape(N, -1)
+            order = np.argsort(-val / size, axis=-1, kind="stable")
+            v = np.take_along_axis(val, order, -1)
+            s = np.take_along_axis(size, order, -1)
+            cs = np.cumsum(s, -1)
+            room = q_hat[b][:, None] - (cs - s)
+            out[b] = np.where(cs <= q_hat[b][:, None], v, np.clip(room / s, 0, 1) * v).sum(-1)
+    return out
+
+
+def dual_value64(data: dict, dual) -> np.ndarray:
+    """The certified bound g(μ) of every instance in float64 (see the module docstring).
+
+    Args:
+      data: :func:`build`'s dict (float64); dual: (μ, λ) with μ [B, U, L, M, K, I] any real
+        multipliers (negative entries and inactive rows are set to 0, each pattern-interval is
+        scaled to Σ_k μ ≤ c); λ is not used (the knapsacks are solved exactly instead).
+
+    Returns:
+      float64 [B], each ≤ J* of its instance. A rounding margin of 1e-9 times the sum of the
+      magnitudes entering the value is subtracted (far above float64 summation error).
+    """
+    mu = dual[0]
+    act, c = data["act"], data["c"]
+    B, U, L, M, K, I = act.shape
+    N = data["q_hat"].shape[-1]
+    E = data["xgather"].shape[3]
+    mu = np.maximum(np.asarray(mu, np.float64), 0) * act
+    tot = mu.sum(4)
+    scale = np.where(tot > c, c / np.where(tot > 0, tot, 1), 1.0)
+    mu = mu * scale[:, :, :, :, None, :]
+    mu = np.minimum(mu, c[:, :, :, :, None, :])  # guards the scaling's rounding
+    zterm = np.maximum(c - mu.sum(4), 0).sum(axis=(1, 2, 3, 4))
+    size_h = U * L * E * (N + 1)
+    flat = data["fidx"].reshape(B, -1).astype(np.int64) + (np.arange(B) * size_h)[:, None]
+    H = np.bincount(flat.reshape(-1), weights=mu.reshape(-1), minlength=B * size_h).reshape(B, U, L, E, N + 1)
+    R = np.cumsum(H[..., ::-1], axis=-1)[..., ::-1][..., 1:].reshape(B, -1)  # [B, U·L·E·N]
+    r = np.take_along_axis(R, data["rgather"].reshape(B, -1).astype(np.int64), axis=1).reshape(B, U, N, L, E).sum(1)
+    knap = _knapsack64(np.maximum(r, 0), data["s_hat"], data["q_hat"]).sum(-1)
+    j0 = data["j0"]
+    g = j0 - zterm - knap
+    margin = 1e-9 * (np.abs(j0) + c.sum(axis=(1, 2, 3, 4)) + np.abs(r).sum(axis=(1, 2, 3)))
+    return g - margin
