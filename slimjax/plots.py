@@ -51,11 +51,14 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
+    from slimjax._io import atomic_write
+
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
-    _plt().close(fig)
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return path
 
 

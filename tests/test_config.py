@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from slimjax.cli import CONF_DIR, sweep_slug
+from slimjax.app import CONF_DIR, sweep_slug
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def test_network_and_routing_configs_are_valid_generator_configs():
 
 def test_solver_files_match_the_solver_objects():
     import slimjax
-    from slimjax.experiment import EXECUTION_KEYS, make_solver, solver_config
+    from slimjax.app import EXECUTION_KEYS, make_solver, solver_config
 
     cfg = make()
     named = set(slimjax.methods())
@@ -147,7 +147,7 @@ def test_solver_files_match_the_solver_objects():
         opts = OmegaConf.to_container(cfg.solver[name])
         assert opts == solver_config(name), (
             f"conf/solver/{name}.yaml differs from the defaults of {slimjax.methods()[name]!r}; regenerate with "
-            "python -c 'import slimjax.experiment as e; e.write_solver_configs()'"
+            "python -c 'import slimjax.app as a; a.write_solver_configs()'"
         )
         assert make_solver(cfg, name) == slimjax.methods()[name]  # the file builds exactly the named solver
     common = OmegaConf.to_container(cfg.solve_options)
@@ -169,11 +169,30 @@ def test_launchers_compose(launcher, target):
         assert cfg.hydra.launcher.timeout_min > 0 and cfg.hydra.launcher.gpus_per_node == 1
 
 
+def test_help_lists_every_solver_option():
+    """`slimjax --help` shows the footer, built from the solver objects' own field docs."""
+    import dataclasses
+
+    import slimjax
+
+    cfg = make(hydra_cfg=True)
+    footer = cfg.hydra.help.footer  # resolves the help text like Hydra's --help does
+    for name, obj in slimjax.methods().items():
+        assert name in footer
+        for stage in obj.stages():
+            for f in dataclasses.fields(stage):
+                line = f"{f.name} (default {f.default!r}): {f.metadata['doc']}".replace("$", "$$")
+                assert line in footer, line
+
+
 def test_hydra_settings():
     cfg = make(hydra_cfg=True)
     assert cfg.hydra.job.env_set.XLA_PYTHON_CLIENT_PREALLOCATE == "false"
     assert cfg.hydra.job.chdir is False
-    assert "slimjax.experiment.CollectCallback" == cfg.hydra.callbacks.collect._target_
+    assert "slimjax.app.CollectCallback" == cfg.hydra.callbacks.collect._target_
+    # the console shows warnings only (the app prints its own lines, each once); the job log gets all
+    assert cfg.hydra.job_logging.handlers.console.level == "WARNING"
+    assert cfg.hydra.job_logging.root.level == "INFO"
 
 
 @pytest.mark.parametrize(
@@ -192,11 +211,18 @@ def test_sweep_slug():
     assert sweep_slug([]) == "default"
     a = sweep_slug(["-m", "network.servers=2,4", "routing=latent,zipf", "logger=wandb", "batch_size=16"])
     b = sweep_slug(["--multirun", "batch_size=16", "logger=wandb", "routing=latent,zipf", "network.servers=2,4"])
-    assert a == b == "batch_size=16__logger=wandb__network.servers=2,4__routing=latent,zipf"
+    assert a == b == "batch_size=16__network.servers=2,4__routing=latent,zipf"
+    # settings that do not change results do not move a run: adding them finds the same results
+    same = ["logger=csv", "output.figures=false", "solve_options.chunk_size=8", "solve_options.memory_budget_mb=512",
+            "stream.chunk=100", "distributed=true", "coordinator.process_id=1", "paths.jax_cache=null", "warmup=true"]
+    assert sweep_slug(["-m", "network.servers=2,4", "routing=latent,zipf", "batch_size=16", *same]) == a
+    # ... while those that do change results name a different directory
+    assert sweep_slug(["solve_options.aggregation=sum"]) != sweep_slug([])
+    assert sweep_slug(["solver.successive.order=given"]) != sweep_slug([])
     # hydra settings, resume and config-name flags do not change where a sweep lives
     assert (
         sweep_slug(["-m", "batch_size=16", "resume=false", "hydra/launcher=local", "-cn", "config"]) == "batch_size=16"
     )
     assert sweep_slug(["-m", "solvers=[a,b]", "x=a/b"]) == "solvers=a,b__x=a-b"
     long = sweep_slug(["-m"] + [f"k{i}=v{i}" for i in range(60)])
-    assert len(long) <= 120 and "/" not in long and os.sep not in long
+    assert len(long) <= 200 and "/" not in long and os.sep not in long

@@ -1,4 +1,4 @@
-"""``slimjax.experiment.run`` end to end on tiny configs: outputs, resume, collect, loggers, traces."""
+"""``slimjax.app.run`` end to end on tiny configs: outputs, resume, streaming, collect, loggers, traces."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from scipy import stats
 
 import slimjax
-from slimjax import experiment
-from slimjax.cli import CONF_DIR
+from slimjax import app
+from slimjax.app import CONF_DIR
 
 TINY = [
     "model.layers=2",
@@ -26,7 +26,7 @@ TINY = [
     "batch_size=3",
     "output.summary=false",
 ]
-PREFERRED = ["greedy", "popularity", "random", "layer-uniform", "successive", "polish", "relaxed"]
+PREFERRED = ["popularity", "layer-uniform", "greedy", "random", "successive", "polish", "relaxed"]  # cheapest to compile first
 
 
 def pick(n: int = 2) -> list[str]:
@@ -53,7 +53,7 @@ def make(tmp: Path, *overrides: str, solvers: list[str] | None = None):
 def test_run_end_to_end(tmp_path):
     solvers = pick(3)
     cfg = make(tmp_path, solvers=solvers)
-    res = experiment.run(cfg)
+    res = app.run(cfg)
     assert res["skipped"] is False and set(res["summary"]) == set(solvers)
     df = pd.read_parquet(tmp_path / "results.parquet")
     assert len(df) == 3 * len(solvers)
@@ -108,39 +108,39 @@ def test_results_match_solve_batch(tmp_path):
 
     solvers = pick(1)
     cfg = make(tmp_path, solvers=solvers)
-    experiment.run(cfg)
+    app.run(cfg)
     df = pd.read_parquet(tmp_path / "results.parquet")
     k_gen, k_solve = jax.random.split(jax.random.key(cfg.seed))
-    batch, _ = experiment.make_batch(cfg, k_gen)
-    sol = slimjax.solve_batch(batch, experiment.make_solver(cfg, solvers[0]), key=k_solve,
-                              **experiment.execution_options(cfg))
+    batch, _ = app.make_batch(cfg, k_gen)
+    sol = slimjax.solve_batch(batch, app.make_solver(cfg, solvers[0]), key=k_solve,
+                              **app.execution_options(cfg))
     np.testing.assert_allclose(df.J.to_numpy(), np.asarray(sol.objective), rtol=1e-6)
     np.testing.assert_allclose(df.used.to_numpy(), np.asarray(sol.used).sum(-1), rtol=1e-6)
 
 
 def test_resume_skips_complete_and_redoes_incomplete(tmp_path):
     cfg = make(tmp_path, solvers=pick(1))
-    experiment.run(cfg)
+    app.run(cfg)
     mtime = (tmp_path / "results.parquet").stat().st_mtime_ns
-    res = experiment.run(cfg)
+    res = app.run(cfg)
     assert res["skipped"] is True
     assert (tmp_path / "results.parquet").stat().st_mtime_ns == mtime
     # a different config in the same directory is recomputed
     cfg2 = make(tmp_path, "seed=1", solvers=pick(1))
-    assert experiment.run(cfg2)["skipped"] is False
-    assert json.loads((tmp_path / ".complete.json").read_text())["config_hash"] == experiment.config_hash(cfg2)
+    assert app.run(cfg2)["skipped"] is False
+    assert json.loads((tmp_path / ".complete.json").read_text())["config_hash"] == app.config_hash(cfg2)
     # an interrupted run (no marker) is recomputed; resume=false always recomputes
     (tmp_path / ".complete.json").unlink()
-    assert experiment.run(cfg2)["skipped"] is False
+    assert app.run(cfg2)["skipped"] is False
     cfg3 = make(tmp_path, "seed=1", "resume=false", solvers=pick(1))
-    assert experiment.run(cfg3)["skipped"] is False
+    assert app.run(cfg3)["skipped"] is False
 
 
 def test_collect_merges_runs(tmp_path):
     for seed in (0, 1):  # a 2-point sweep over the seed (same shapes: no recompilation)
-        experiment.run(make(tmp_path / "sweep" / str(seed), f"seed={seed}", solvers=pick(2)))
+        app.run(make(tmp_path / "sweep" / str(seed), f"seed={seed}", solvers=pick(2)))
     (tmp_path / "sweep" / "2").mkdir()  # an unfinished point is ignored
-    df, summary = experiment.collect(tmp_path / "sweep", x="seed", y="J", out=tmp_path / "study", quiet=True)
+    df, summary = app.collect(tmp_path / "sweep", x="seed", y="J", out=tmp_path / "study", quiet=True)
     assert len(df) == 2 * 3 * len(pick(2))
     assert set(df.run) == {"0", "1"}
     assert "seed" in summary.columns and len(summary) == 2 * len(pick(2))
@@ -152,14 +152,14 @@ def test_collect_merges_runs(tmp_path):
     assert (tmp_path / "sweep" / "sweep_J_vs_seed.png").is_file()
     assert (tmp_path / "study" / "results.csv").is_file() and (tmp_path / "study" / "sweep_J_vs_seed.png").is_file()
     with pytest.raises(ValueError, match="not a result column"):
-        experiment.collect(tmp_path / "sweep", x="nope", quiet=True)
+        app.collect(tmp_path / "sweep", x="nope", quiet=True)
     with pytest.raises(ValueError, match="no complete runs"):
-        experiment.collect(tmp_path / "sweep" / "2")
+        app.collect(tmp_path / "sweep" / "2")
 
 
 def test_csv_logger(tmp_path):
     cfg = make(tmp_path, "logger=csv", solvers=pick(2))
-    experiment.run(cfg)
+    app.run(cfg)
     m = pd.read_csv(tmp_path / "metrics.csv")
     assert set(m.solver) == set(pick(2)) and "J_mean" in m.columns and "network.servers" in m.columns
 
@@ -167,7 +167,7 @@ def test_csv_logger(tmp_path):
 def test_wandb_offline_run_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = make(tmp_path, "logger=wandb", solvers=pick(2))
-    experiment.run(cfg)
+    app.run(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     files = {p.name for p in runs[0].rglob("*")}
@@ -178,23 +178,40 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
 
 
 def test_failure_finishes_wandb_and_leaves_no_marker(tmp_path, monkeypatch):
+    """A solver that fails mid-run (brute force refuses N·L·E > 20) closes the wandb run as failed and
+    leaves no results and no marker, so a rerun recomputes."""
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = make(tmp_path, "logger=wandb", solvers=pick(1) + ["no-such-method"])
-    with pytest.raises(ValueError, match="unknown name"):
-        experiment.run(cfg)
+    cfg = make(tmp_path, "logger=wandb", "network.servers=2", solvers=["brute-force"])
+    with pytest.raises(ValueError, match="brute-force"):
+        app.run(cfg)
     assert wandb.run is None
     assert not (tmp_path / ".complete.json").exists() and not (tmp_path / "results.parquet").exists()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))  # the failed run is on record
+
+
+def test_invalid_config_fails_before_any_work(tmp_path):
+    """Solver names and options are checked before a batch is generated: nothing is written."""
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="unknown name 'no-such-method'"):
+        app.run(make(out, solvers=pick(1) + ["no-such-method"]))
+    with pytest.raises(ValueError, match="enum_budget"):
+        app.run(make(out, "solver.greedy.enum_budget=-1", solvers=["greedy"]))
+    with pytest.raises(ValueError, match="stream.chunk"):
+        app.run(make(out, "stream.chunk=0"))
+    with pytest.raises(ValueError, match="instance.path"):
+        app.run(make(out, f"instance.path={tmp_path / 'missing.npz'}"))
+    assert not out.exists()
 
 
 def test_bad_config_values(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
-        experiment.run(make(tmp_path, "batch_size=0"))
+        app.run(make(tmp_path, "batch_size=0"))
     with pytest.raises(ValueError, match="precision"):
-        experiment.run(make(tmp_path, "precision=float16"))
+        app.run(make(tmp_path, "precision=float16"))
     with pytest.raises(ValueError, match="solvers: the list is empty"):
-        experiment.run(make(tmp_path, "solvers=[]"))
+        app.run(make(tmp_path, "solvers=[]"))
 
 
 def test_float64_precision(tmp_path):
@@ -203,7 +220,7 @@ def test_float64_precision(tmp_path):
     old = jax.config.jax_enable_x64
     try:
         cfg = make(tmp_path, "precision=float64", solvers=pick(1))
-        experiment.run(cfg)
+        app.run(cfg)
         assert jax.config.jax_enable_x64
     finally:
         jax.config.update("jax_enable_x64", old)
@@ -214,7 +231,7 @@ def test_float64_precision(tmp_path):
 def test_milp_gap_to_optimum(tmp_path):
     pytest.importorskip("highspy")
     cfg = make(tmp_path, solvers=["milp"] + pick(1))
-    experiment.run(cfg)
+    app.run(cfg)
     df = pd.read_parquet(tmp_path / "results.parquet")
     assert "gap_opt" in df and "gain_frac_opt" in df
     assert np.allclose(df[df.solver == "milp"].gap_opt, 0.0, atol=1e-9)
@@ -230,7 +247,7 @@ def test_time_limited_milp_is_no_optimum(tmp_path, capsys):
     cfg = make(out, "model=mixtral_8x7b", "model.layers=8", "routing.tokens=64", "network.servers=2",
                "batch_size=2", "solver.milp.time_limit=0.5", "output.summary=true", "output.figures=false",
                solvers=["milp", "popularity"])
-    experiment.run(cfg)
+    app.run(cfg)
     df = pd.read_parquet(out / "results.parquet")
     milp = df[df.solver == "milp"]
     assert set(milp.status) <= {"time-limit", "failed"} and set(df.ref_status) <= {"time-limit", "failed"}
@@ -240,7 +257,7 @@ def test_time_limited_milp_is_no_optimum(tmp_path, capsys):
     assert milp[~ok].J.isna().all()  # no incumbent: no number passed off as milp's J
     printed = " ".join(capsys.readouterr().out.split())
     assert "gap opt = J / proven optimum - 1" in printed and "gap lb = J / best lower bound - 1 (certified)" in printed
-    md = experiment.markdown_table(experiment.summarize(df))
+    md = app.markdown_table(app.summarize(df))
     assert "| gap opt |" in md and "proven optimum" in md
 
 
@@ -253,10 +270,186 @@ def test_trace_routing_replays_held_out_tokens(tmp_path):
     traces.Trace(expert_ids=ids, num_experts=E).save(path)
     out = tmp_path / "run"
     cfg = make(out, "routing=trace", f"routing.path={path}", "routing.merge=false", solvers=pick(2))
-    experiment.run(cfg)
+    app.run(cfg)
     df = pd.read_parquet(out / "results.parquet")
     for c in ("p50", "p95", "p99", "replay_mean"):
         assert c in df.columns
     assert (df.p95 >= df.p50 - 1e-12).all() and (df.p99 >= df.p95 - 1e-12).all()
     assert (out / "token_cdf.png").is_file()
     assert (df.routing == "trace").all() and (df.K == K).all() and (df.E == E).all()
+
+
+def test_placements_and_instances_recompute_each_rows_J(tmp_path):
+    """placements.npz (one [B, N, L, E] array per solver name) and instances.npz (slimjax.save) hold
+    what was solved: J recomputed from them equals every row's J."""
+    from slimjax._io import load
+
+    solvers = pick(2)
+    app.run(make(tmp_path, solvers=solvers))
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    batch = load(tmp_path / "instances.npz")
+    with np.load(tmp_path / "placements.npz") as z:
+        assert sorted(z.files) == sorted(df.solver.unique())
+        for s in solvers:
+            x = z[s]
+            assert x.dtype == bool and x.shape == (3,) + batch.latency.shape[2:] and x.shape[1:] == batch.shape[1:4]
+            rows = df[df.solver == s].sort_values("instance")
+            # the app's J comes from solve_batch's evaluation program, this from slimjax.objective:
+            # two compiled float32 programs, equal to float rounding
+            np.testing.assert_allclose(np.asarray(slimjax.objective(batch, x)), rows.J, rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(slimjax.feasible(batch, x).used).sum(-1), rows.used, rtol=1e-6)
+    assert app.read_placements(tmp_path, solvers[0]).shape == x.shape
+
+
+def test_instance_path_solves_saved_instances(tmp_path):
+    """`instance.path=FILE` runs a user's saved batch through the same app."""
+    solvers = pick(1)
+    app.run(make(tmp_path / "a", solvers=solvers))
+    path = tmp_path / "a" / "instances.npz"
+    res = app.run(make(tmp_path / "b", f"instance.path={path}", solvers=solvers))
+    a = pd.read_parquet(tmp_path / "a" / "results.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "results.parquet")
+    assert res["skipped"] is False and (b.routing == "file").all() and (b["instance.path"] == str(path)).all()
+    np.testing.assert_allclose(b.J, a.J, rtol=1e-6)
+    assert "model.layers" not in b.columns  # the generator's settings did not make these instances
+
+
+def test_resume_recomputes_only_what_changes_results(tmp_path):
+    """Adding a logger or changing an execution option finds the stored results (and logs them);
+    a changed solver option, or results from other code, are recomputed."""
+    base = ["network.servers=1"]
+    cfg = make(tmp_path, *base, solvers=["greedy"])
+    app.run(cfg)
+    results = tmp_path / "results.parquet"
+    mtime = results.stat().st_mtime_ns
+    for extra in (["logger=csv"], ["solve_options.chunk_size=1", "solve_options.memory_budget_mb=64"],
+                  ["output.figures=false", "stream.chunk=1", "warmup=true"]):
+        res = app.run(make(tmp_path, *base, *extra, solvers=["greedy"]))
+        assert res["skipped"] is True, extra
+    assert results.stat().st_mtime_ns == mtime
+    m = pd.read_csv(tmp_path / "metrics.csv")  # the logger added later got the stored results
+    assert list(m.solver) == ["greedy"] and np.isclose(m.J_mean[0], pd.read_parquet(results).J.mean())
+    assert json.loads((tmp_path / ".complete.json").read_text())["logged"] == ["csv"]
+    assert app.run(make(tmp_path, *base, "logger=csv", solvers=["greedy"]))["skipped"] is True
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1  # logged once, not on every rerun
+    # a solver option is part of the hash
+    changed = make(tmp_path, *base, "solver.greedy.enum_budget=128", solvers=["greedy"])
+    assert app.config_hash(changed) != app.config_hash(cfg)
+    assert app.run(changed)["skipped"] is False and results.stat().st_mtime_ns != mtime
+    # results made by other code (another source fingerprint) are recomputed
+    other = dict(app.code_fingerprint(), sources="0" * 16)
+    marker = json.loads((tmp_path / ".complete.json").read_text())
+    marker["config_hash"] = app.config_hash(changed, code=other)
+    (tmp_path / ".complete.json").write_text(json.dumps(marker))
+    assert app.run(changed)["skipped"] is False
+
+
+def test_code_fingerprint_follows_the_sources(tmp_path):
+    """The fingerprint changes with any edit of a package .py file (committed or not), not with docs
+    or configs; from a git checkout it records the commit and whether the package is dirty."""
+    import shutil
+    import subprocess
+
+    from slimjax.app import _hash
+
+    pkg = Path(slimjax.__file__).parent
+    copy = tmp_path / "repo" / "slimjax"
+    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    h0 = app.source_hash(copy)
+    assert h0 == app.source_hash(pkg)
+    (copy / "conf" / "config.yaml").write_text((copy / "conf" / "config.yaml").read_text() + "\n# a comment\n")
+    assert app.source_hash(copy) == h0
+    (copy / "_io.py").write_text((copy / "_io.py").read_text() + "\n# an edit\n")
+    h1 = app.source_hash(copy)
+    assert h1 != h0
+    cfg = make(tmp_path)
+    code = app.code_fingerprint()
+    assert app.config_hash(cfg, code=dict(code, sources=h0)) != app.config_hash(cfg, code=dict(code, sources=h1))
+    assert app.config_hash(cfg, code=dict(code, commit="x", dirty=True)) == app.config_hash(cfg, code=code)
+    # installed (no git): no commit; in a checkout: the commit and the dirty flag, for the record
+    assert "commit" not in _hash._fingerprint.__wrapped__(str(copy))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-C", str(copy.parent)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    rec = dict(_hash._fingerprint.__wrapped__(str(copy)))
+    assert len(rec["commit"]) == 40 and rec["dirty"] is False and rec["sources"] == h1
+    (copy / "_io.py").write_text((copy / "_io.py").read_text() + "\n# another edit\n")
+    rec2 = dict(_hash._fingerprint.__wrapped__(str(copy)))
+    assert rec2["dirty"] is True and rec2["sources"] != h1
+
+
+def test_streamed_run_matches_one_piece_and_resumes_by_chunk(tmp_path):
+    """A run in chunks (stream.chunk) writes a Parquet dataset with the rows a run in one piece
+    writes; its summary is computed from the dataset; a lost chunk is the only one recomputed."""
+    solvers = pick(2)
+    app.run(make(tmp_path / "whole", solvers=solvers))
+    out = tmp_path / "streamed"
+    app.run(make(out, "stream.chunk=1", solvers=solvers))  # 3 chunks of one instance
+    parts = sorted((out / "results").glob("part-*.parquet"))
+    assert [p.name for p in parts] == [f"part-00000{c}.parquet" for c in range(3)]
+    assert len(list((out / "placements").glob("part-*.npz"))) == 3 and not (out / "results.parquet").exists()
+    whole = pd.read_parquet(tmp_path / "whole" / "results.parquet").sort_values(["solver", "instance"])
+    streamed = app.read_results(out).sort_values(["solver", "instance"])
+    assert list(streamed.instance) == list(whole.instance) and set(streamed.chunk) == {0, 1, 2}
+    # rows generated chunk by chunk are the rows of the whole batch; solved by programs of other
+    # batch shapes, J agrees to float32 rounding
+    np.testing.assert_allclose(streamed.J, whole.J, rtol=1e-6)
+    np.testing.assert_allclose(streamed.J_empty, whole.J_empty, rtol=1e-6)
+    assert app.read_placements(out, solvers[0]).shape[0] == 3
+    summ = pd.read_csv(out / "summary.csv").set_index("solver").loc[solvers]
+    direct = app.summarize(streamed).set_index("solver").loc[solvers]
+    np.testing.assert_allclose(summ.J_mean, direct.J_mean, rtol=1e-12)
+    np.testing.assert_allclose(summ.J_ci95, direct.J_ci95, rtol=1e-9)
+    assert list(summ.n) == [3] * len(solvers)
+    for name in ("latency_per_solver.png", "placement_heatmap.png", "expert_placement.png",
+                 "layer_contribution.png", ".complete.json"):
+        assert (out / name).is_file(), name
+    # a lost chunk (and an unfinished run) -> only that chunk is recomputed
+    keep = [p.stat().st_mtime_ns for p in parts]
+    parts[1].unlink()
+    (out / ".complete.json").unlink()
+    assert app.run(make(out, "stream.chunk=1", solvers=solvers))["skipped"] is False
+    assert [parts[0].stat().st_mtime_ns, parts[2].stat().st_mtime_ns] == [keep[0], keep[2]] and parts[1].is_file()
+    # the chunk layout of the finished chunks is kept even when the command asks for another
+    (out / ".complete.json").unlink()
+    parts[1].unlink()
+    app.run(make(out, "stream.chunk=2", solvers=solvers))
+    assert parts[0].stat().st_mtime_ns == keep[0] and len(list((out / "results").glob("part-*"))) == 3
+    # another config in one piece in the same directory: no stale chunk is left to be read with it
+    app.run(make(out, "seed=1", solvers=solvers))
+    assert not list((out / "results").glob("part-*")) and not (out / ".stream.json").exists()
+    assert set(app.read_results(out).seed) == {1}
+
+
+def test_summary_of_a_dataset_equals_the_summary_of_its_table():
+    """The streamed summary (partial aggregates merged across record batches) equals the direct one."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    df = pd.DataFrame({
+        "solver": rng.choice(["a", "b", "c"], n), "servers": rng.choice([2, 4], n), "J": rng.uniform(1, 2, n),
+        "gap_best": rng.uniform(0, 0.1, n), "seconds": rng.uniform(0, 1e-3, n), "chunk": np.arange(n) // 100,
+        "compile_seconds": np.repeat(rng.uniform(0, 5, n // 100), 100), "gap_opt": rng.uniform(0, 0.1, n),
+    })
+    df.loc[rng.choice(n, 50), "J"] = np.nan
+    df.loc[rng.choice(n, 300), "gap_opt"] = np.nan
+    direct = app.summarize(df, by=["servers", "solver"])
+    streamed = app.summarize_dataset(ds.dataset(pa.Table.from_pandas(df)), by=["servers", "solver"], batch_rows=37)
+    key = ["servers", "solver"]
+    direct, streamed = direct.sort_values(key).reset_index(drop=True), streamed.sort_values(key).reset_index(drop=True)
+    assert list(direct.columns) == list(streamed.columns)
+    for c in direct.columns:
+        if c in key:
+            assert list(direct[c]) == list(streamed[c])
+        else:
+            np.testing.assert_allclose(direct[c].astype(float), streamed[c].astype(float), rtol=1e-9, err_msg=c)
+    # the t interval and the compile total are what their labels say
+    g = df[(df.servers == 2) & (df.solver == "a")]
+    row = direct[(direct.servers == 2) & (direct.solver == "a")].iloc[0]
+    J = g.J.dropna()
+    assert row.n == len(J) and np.isclose(row.J_ci95, stats.t.ppf(0.975, len(J) - 1) * J.std() / np.sqrt(len(J)))
+    assert np.isclose(row.compile_s, g.groupby("chunk").compile_seconds.first().sum())
+    assert row.n_opt == g.gap_opt.notna().sum()

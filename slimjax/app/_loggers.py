@@ -1,7 +1,8 @@
 """Experiment loggers for the app (``logger=none|csv|wandb``).
 
-Every logger has ``log_run(cfg, rows, summary, figures)`` and ``finish(exit_code)``; the app calls
-``finish`` in a ``finally`` block, so a failed run is closed (and marked failed) too.
+Every logger has ``log_run(cfg, rows, summary, figures)`` (``rows``: one result row per solver,
+for the config columns), ``finish(exit_code)`` and ``location`` (where its records are, or None);
+the app calls ``finish`` in a ``finally`` block, so a failed run is closed (and marked failed) too.
 
 - ``none``: nothing beyond the run directory's own files.
 - ``csv``: appends one row per solver (the summary plus the swept config fields) to a CSV file.
@@ -13,7 +14,7 @@ Every logger has ``log_run(cfg, rows, summary, figures)`` and ``finish(exit_code
 
 from __future__ import annotations
 
-import logging  # the standard library (this module is slimjax.logging; imports are absolute)
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ def _flat_metrics(summary: pd.DataFrame) -> dict[str, float]:
 class NullLogger:
     """``logger=none``."""
 
+    kind = "none"
+    location: str | None = None
+
     def log_run(self, cfg: DictConfig, rows: pd.DataFrame, summary: pd.DataFrame, figures: dict[str, Path]) -> None:
         pass
 
@@ -50,10 +54,13 @@ class NullLogger:
 class CSVLogger(NullLogger):
     """``logger=csv``: one row per solver appended to ``file`` (relative to the run directory)."""
 
+    kind = "csv"
+
     def __init__(self, out_dir: Path, file: str = "metrics.csv"):
         p = Path(os.path.expanduser(str(file)))
         self.out_dir = Path(out_dir)
         self.path = p if p.is_absolute() else Path(out_dir) / p
+        self.location = str(self.path)
 
     def log_run(self, cfg, rows, summary, figures):
         first = rows.drop_duplicates("solver").set_index("solver")
@@ -74,6 +81,8 @@ class CSVLogger(NullLogger):
 
 class WandbLogger(NullLogger):
     """``logger=wandb``: one wandb run per call of the app (per grid point)."""
+
+    kind = "wandb"
 
     def __init__(self, cfg: DictConfig, out_dir: Path, group: str | None, options: dict):
         import wandb
@@ -107,6 +116,9 @@ class WandbLogger(NullLogger):
             reinit="finish_previous",
             settings=wandb.Settings(silent=bool(options.get("quiet", True))),
         )
+        # where to find the run: its page when online, its files (for `wandb sync`) when offline
+        url = getattr(self.run, "url", None) if mode == "online" else None
+        self.location = url or str(getattr(self.run, "sync_dir", None) or Path(self.run.dir).parent)
 
     def log_run(self, cfg, rows, summary, figures):
         wb = self.wandb

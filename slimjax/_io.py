@@ -1,0 +1,203 @@
+"""Saving and loading instances and solutions; the one atomic-write helper; placements as a table.
+
+File format (``slimjax.save`` / ``slimjax.load``): a NumPy ``.npz`` archive holding every array
+under its field name (``info`` entries as ``info.<i>``) and one entry ``__slimjax__``: a JSON
+string with ``format`` (``"slimjax"``), the format ``version``, the ``kind`` (``Instance`` or
+``Solution``), the slimjax version that wrote it, and what is not an array (a solution's
+``solver``, ``seconds``, ``compile_seconds`` and its ``info`` keys). Arrays keep their dtypes and
+shapes exactly; nothing is pickled.
+
+    >>> import jax, slimjax
+    >>> batch = slimjax.generate.instances(jax.random.key(0), 2, model="olmoe_1b_7b")
+    >>> slimjax.save("/tmp/batch.npz", batch)
+    >>> slimjax.load("/tmp/batch.npz").shape == batch.shape
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT_VERSION", "atomic_write", "load", "placement_frame", "save"]
+
+#: Version of the file format written by :func:`save` (a reader refuses newer versions).
+FORMAT_VERSION = 1
+_META = "__slimjax__"
+_SOLUTION_ARRAYS = ("placement", "objective", "total", "used", "status")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file so that readers see either the old file or the complete new one, never a part.
+
+    Yields a temporary path in the same folder (same suffix, so writers that infer the format from
+    it work); on leaving the block without an exception it is renamed over ``path``
+    (``os.replace``, atomic on POSIX and Windows); on an exception (or Ctrl-C) it is removed.
+
+    Examples:
+      >>> with atomic_write("/tmp/table.csv") as tmp:
+      ...     _ = tmp.write_text("a,b\\n1,2\\n")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _meta(kind: str, **extra) -> dict:
+    from slimjax import __version__
+
+    return {"format": "slimjax", "version": FORMAT_VERSION, "kind": kind, "slimjax_version": __version__, **extra}
+
+
+def _host(name: str, value) -> np.ndarray:
+    a = np.asarray(value)
+    if a.dtype == object:
+        raise ValueError(f"{name}: arrays of Python objects cannot be saved (dtype object); use numbers or strings")
+    return a
+
+
+def save(path: str | os.PathLike, obj) -> None:
+    """Save an :class:`~slimjax.Instance` (single or batched) or a :class:`~slimjax.Solution` to ``path``.
+
+    The file is an ``.npz`` archive (see the module docstring) written atomically; ``path`` is used
+    as given (NumPy's habit of appending ``.npz`` does not apply).
+
+    Raises:
+      ValueError: ``obj`` is neither an Instance nor a Solution, or holds object arrays.
+    """
+    from slimjax._instance import Instance
+    from slimjax.solvers import Solution
+
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(obj, Instance):
+        present = []
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name, None)
+            if v is None:  # optional fields absent from this instance
+                continue
+            arrays[f.name] = _host(f.name, v)
+            present.append(f.name)
+        meta = _meta("Instance", fields=present)
+    elif isinstance(obj, Solution):
+        for name in _SOLUTION_ARRAYS:
+            arrays[name] = _host(name, getattr(obj, name))
+        keys = list(obj.info)
+        for i, k in enumerate(keys):
+            arrays[f"info.{i}"] = _host(f"info[{k!r}]", obj.info[k])
+        meta = _meta("Solution", solver=str(obj.solver), seconds=float(obj.seconds),
+                     compile_seconds=float(obj.compile_seconds), info=[str(k) for k in keys])
+    else:
+        raise ValueError(f"obj: expected a slimjax.Instance or slimjax.Solution, got {type(obj).__name__}")
+    arrays[_META] = np.array(json.dumps(meta))
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _read(path: Path) -> tuple[dict, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no such file: {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:  # not a zip/npz at all
+        raise ValueError(f"path: {path} is not a slimjax file (not an .npz archive: {e})") from None
+    if not hasattr(z, "files") or _META not in z.files:
+        raise ValueError(f"path: {path} is not a slimjax file (no {_META!r} entry; write it with slimjax.save)")
+    try:
+        meta = json.loads(str(z[_META]))
+    except ValueError:
+        raise ValueError(f"path: {path} has an unreadable {_META!r} entry") from None
+    if meta.get("format") != "slimjax":
+        raise ValueError(f"path: {path} is not a slimjax file (format {meta.get('format')!r})")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ValueError(
+            f"path: {path} has format version {version!r}; this slimjax reads versions 1..{FORMAT_VERSION} "
+            f"(it was written by slimjax {meta.get('slimjax_version')}; upgrade slimjax to read it)"
+        )
+    return meta, z
+
+
+def load(path: str | os.PathLike, *, validate: bool = True):
+    """Load what :func:`save` wrote: an :class:`~slimjax.Instance` or a :class:`~slimjax.Solution`.
+
+    Arrays come back with the dtypes and shapes they were saved with. A float64 instance needs
+    ``jax_enable_x64`` (JAX would otherwise silently cast it to float32).
+
+    Args:
+      path: a file written by :func:`save` (for example a CLI run's ``instances.npz``).
+      validate: check an instance's rules on loading (shapes, probabilities, ...).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not a slimjax file, a newer format version, or float64 data without x64.
+    """
+    import jax
+
+    path = Path(path)
+    meta, z = _read(path)
+    kind = meta.get("kind")
+    with z:
+        if kind == "Instance":
+            from slimjax._instance import Instance
+
+            fields = {name: z[name] for name in meta["fields"]}
+            wide = [k for k, v in fields.items() if v.dtype == np.float64]
+            if wide and not jax.config.jax_enable_x64:
+                raise ValueError(
+                    f"path: {path} holds a float64 instance ({', '.join(wide)}); enable float64 first "
+                    "(jax.config.update('jax_enable_x64', True)) to load it exactly"
+                )
+            return Instance(**fields, validate=validate)
+        if kind == "Solution":
+            from slimjax.solvers import Solution
+
+            info = {k: z[f"info.{i}"] for i, k in enumerate(meta.get("info", []))}
+            return Solution(*(z[n] for n in _SOLUTION_ARRAYS), info, meta.get("solver", ""),
+                            float(meta.get("seconds", 0.0)), float(meta.get("compile_seconds", 0.0)))
+    raise ValueError(f"path: {path} holds an unknown kind {kind!r} (expected Instance or Solution)")
+
+
+def placement_frame(solution, inst=None):
+    """The cached copies of a solution as a tidy table (what ``Solution.to_frame()`` returns).
+
+    Args:
+      solution: a :class:`~slimjax.Solution` (one instance or a batch), or a placement array
+        bool [N, L, E] / [B, N, L, E].
+      inst: the solved instance (or batch), to add each copy's ``size``.
+
+    Returns:
+      a ``pandas.DataFrame`` with one row per cached copy and the integer columns ``instance``
+      (0 for an unbatched solution), ``node``, ``layer``, ``expert``, plus ``size`` (in the unit
+      of ``Instance.size``) when ``inst`` is given; sorted by instance, node, layer, expert.
+    """
+    import pandas as pd
+
+    x = np.asarray(getattr(solution, "placement", solution))
+    if x.ndim not in (3, 4) or x.dtype != bool:
+        raise ValueError(f"placement: expected bool [N, L, E] or [B, N, L, E], got {x.dtype}{list(x.shape)}")
+    xb = x if x.ndim == 4 else x[None]
+    b, n, l, e = np.nonzero(xb)
+    df = pd.DataFrame({"instance": b.astype(np.int64), "node": n.astype(np.int64),
+                       "layer": l.astype(np.int64), "expert": e.astype(np.int64)})
+    if inst is not None:
+        size = np.asarray(inst.size)
+        size = size if size.ndim == 3 else size[None]
+        if size.shape[0] != xb.shape[0] or size.shape[1:] != xb.shape[2:]:
+            raise ValueError(f"inst: size {list(np.shape(inst.size))} does not match the placement {list(x.shape)}")
+        df["size"] = size[b, l, e]
+    return df
