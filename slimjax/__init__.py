@@ -9,11 +9,12 @@ The public API::
     slimjax.solve, slimjax.solve_batch, slimjax.methods, slimjax.Solution, slimjax.Status
     slimjax.lower_bound, slimjax.certify                             certified bounds and optimality gaps
     slimjax.explain, slimjax.Explanation                             why a placement is good
-    slimjax.save, slimjax.load(path), slimjax.placement_frame        files and tables of results
+    slimjax.save, slimjax.load, slimjax.placement_frame              files and tables of results
     slimjax.solvers (solver objects, chain), slimjax.ops (building blocks),
     slimjax.generate (instance generators), slimjax.traces (real routing traces),
     slimjax.bounds (lower-bound methods, Bound, Certificate),
-    slimjax.dynamic (re-placing experts over time as routing drifts)
+    slimjax.dynamic (re-placing experts over time as routing drifts),
+    slimjax.queueing (the load model: utilisation, loaded latency, a discrete-event simulator)
 
 Submodules are imported on first use, so ``import slimjax`` stays light.
 """
@@ -21,14 +22,11 @@ Submodules are imported on first use, so ``import slimjax`` stays light.
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
-import sys
-import types
 from typing import TYPE_CHECKING
 
 from slimjax._explain import Explanation, explain
 from slimjax._instance import Instance, stack, unstack
-from slimjax._io import placement_frame, save
+from slimjax._io import load, placement_frame, save
 from slimjax._objective import (
     expert_latency,
     layer_latency,
@@ -66,6 +64,7 @@ __all__ = [
     "objective",
     "ops",
     "pattern_latency",
+    "queueing",
     "placement_frame",
     "replay",
     "replay_stats",
@@ -81,7 +80,7 @@ __all__ = [
     "utilization",
 ]
 
-_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "load", "bounds", "dynamic")
+_SUBMODULES = ("generate", "traces", "ops", "solvers", "plots", "app", "queueing", "bounds", "dynamic")
 #: names re-exported from ``slimjax.solvers`` (imported on first use)
 _FROM_SOLVERS = ("Solution", "Status", "chain", "feasible", "methods", "solve", "solve_batch")
 
@@ -94,7 +93,7 @@ def __getattr__(name: str):
         globals()[name] = value  # later lookups are plain attribute reads
         return value
     if name == "utilization":
-        from slimjax.load import utilization
+        from slimjax.queueing import utilization
 
         return utilization
     raise AttributeError(f"module 'slimjax' has no attribute {name!r}")
@@ -172,43 +171,3 @@ def certify(batch: Instance, solution, method: str = "auto", **options):
     from slimjax.bounds import certify as _certify
 
     return _certify(batch, solution, method, **options)
-
-
-class _LoadModule(types.ModuleType):
-    """``slimjax.load`` is the load-model submodule, and calling it reads a saved file.
-
-    ``slimjax.load(path)`` is :func:`slimjax._io.load` (what :func:`slimjax.save` wrote: an
-    Instance or a Solution); ``slimjax.load.utilization`` and the rest are the load model.
-    """
-
-    def __call__(self, path, *, validate: bool = True):
-        from slimjax._io import load as _load_file
-
-        return _load_file(path, validate=validate)
-
-
-class _CallableLoadFinder:
-    """Makes the ``slimjax.load`` module a :class:`_LoadModule` when it is first imported (by any
-    route: ``import slimjax.load`` or ``slimjax.load``), so it stays lazy and callable."""
-
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name != "slimjax.load":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            module.__class__ = _LoadModule
-            run(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-if "slimjax.load" in sys.modules:  # imported before this module was (re)loaded
-    sys.modules["slimjax.load"].__class__ = _LoadModule
-elif not any(isinstance(f, type) and f.__name__ == "_CallableLoadFinder" for f in sys.meta_path):
-    sys.meta_path.insert(0, _CallableLoadFinder)

@@ -20,7 +20,7 @@ rate     [U]            float   optional: tokens per second of user u; ``None`` 
 ======== ============== ======= ===================================================
 
 ``service`` and ``rate`` come together (both or neither). Without them the model is the unloaded
-one; with them :mod:`slimjax.load` evaluates the load-aware latency. Absent fields are ``None``
+one; with them :mod:`slimjax.queueing` evaluates the load-aware latency. Absent fields are ``None``
 pytree leaves (no array), so jit, vmap and ``tree_map`` work either way.
 """
 

@@ -125,7 +125,7 @@ def objective(
       aggregation: "max" (experts run in parallel) or "sum" (one after another).
       load: J_load instead of J: node latencies with the M/M/1 waiting time of their
         utilisation (needs the instance's ``service`` and ``rate`` fields; see
-        :func:`slimjax.load.loaded_objective`); ``inf`` when a node reaches ``max_utilization``.
+        :func:`slimjax.queueing.loaded_objective`); ``inf`` when a node reaches ``max_utilization``.
       max_utilization: with ``load=True``, the utilisation from which a placement is load-infeasible.
 
     Examples:
@@ -139,7 +139,7 @@ def objective(
         if not isinstance(inst, Instance) or not inst.has_load:
             raise ValueError("load: load=True needs an instance with a load model (fields service and rate); "
                              "generate one with network={'load': 0.3} or pass service=... and rate=...")
-        from slimjax.load import loaded_objective
+        from slimjax.queueing import loaded_objective
 
         return loaded_objective(inst, placement, max_utilization=max_utilization, aggregation=aggregation)
     return _objective(inst, placement, aggregation)

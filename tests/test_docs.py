@@ -30,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
-API_MODULES = ["slimjax", "slimjax.solvers", "slimjax.ops", "slimjax.generate", "slimjax.traces", "slimjax.load",
+API_MODULES = ["slimjax", "slimjax.solvers", "slimjax.ops", "slimjax.generate", "slimjax.traces", "slimjax.queueing",
                "slimjax.plots", "slimjax.bounds", "slimjax.dynamic"]
 
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
@@ -199,7 +199,7 @@ def test_api_reference_covers_every_public_name(site, module):
             continue
         # where it may be documented: here; from its own submodule when a function has the name of
         # its module (slimjax.generate.instances); or in another documented module that exports
-        # the same object (slimjax.utilization is slimjax.load.utilization)
+        # the same object (slimjax.utilization is slimjax.queueing.utilization)
         ids = [f"{module}.{name}", f"{module}.{name}.{name}"]
         ids += [f"{m}.{name}" for m in API_MODULES if getattr(importlib.import_module(m), name, None) is obj]
         if not any(f'id="{i}"' in api for i in ids):

@@ -121,13 +121,13 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert p.read_text() == "new" and [q.name for q in tmp_path.iterdir()] == ["f.txt"]
 
 
-def test_public_names_save_and_callable_load(tmp_path):
-    """``slimjax.save`` and ``slimjax.load(path)`` are the file functions, while ``slimjax.load``
-    stays the load-model submodule (its functions reachable as attributes, whichever import came first)."""
-    import slimjax.load as ld
+def test_public_names_save_and_load(tmp_path):
+    """``slimjax.save`` and ``slimjax.load`` are the file functions; the load model is
+    ``slimjax.queueing`` (importing it does not replace ``slimjax.load``)."""
+    import slimjax.queueing as q
 
     assert slimjax.save is save and slimjax.placement_frame is placement_frame
-    assert ld is slimjax.load and slimjax.load.utilization is slimjax.utilization
+    assert slimjax.load is load and q.utilization is slimjax.utilization
     inst = random_instance(4, U=2, N=3, L=2, E=4, M=5, K=2)
     slimjax.save(tmp_path / "i.npz", inst)
     back = slimjax.load(tmp_path / "i.npz")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import slimjax
-import slimjax.load as ld
+import slimjax.queueing as ld
 from slimjax._instance import ALL_FIELDS, FIELDS
 from slimjax._objective import expert_latency_from, objective_from_d
 from slimjax.ops import merge_patterns
@@ -582,7 +582,7 @@ def test_simulation_agreement_long_runs(queue_batch):
 
 
 def test_public_objective_load_and_utilization_are_the_load_model():
-    """slimjax.objective(..., load=True) and slimjax.utilization are slimjax.load's functions."""
+    """slimjax.objective(..., load=True) and slimjax.utilization are slimjax.queueing's functions."""
     import jax
 
     import slimjax
@@ -591,8 +591,8 @@ def test_public_objective_load_and_utilization_are_the_load_model():
                                      routing={"tokens": 64})
     x = slimjax.solve(inst, "popularity").placement
     np.testing.assert_allclose(float(slimjax.objective(inst, x, load=True)),
-                               float(slimjax.load.loaded_objective(inst, x)), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(slimjax.utilization(inst, x)), np.asarray(slimjax.load.utilization(inst, x)))
+                               float(slimjax.queueing.loaded_objective(inst, x)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(slimjax.utilization(inst, x)), np.asarray(slimjax.queueing.utilization(inst, x)))
     assert float(slimjax.objective(inst, x, load=True)) >= float(slimjax.objective(inst, x))  # queues only add
     plain = slimjax.generate.instance(jax.random.key(3), model="mixtral_8x7b", routing={"tokens": 64})
     with pytest.raises(ValueError, match="load: load=True needs"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import slimjax
-import slimjax.load as ld
+import slimjax.queueing as ld
 from slimjax.solvers import LoadAware, Status
 from slimjax.solvers._load_aware import load_polish, repair
 from tests.reference_load import loaded_objective_ref, random_load_instance, utilization_ref

@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 import pandas as pd
 
 import slimjax
-import slimjax.load as ld
+import slimjax.queueing as ld
 
 # (users, servers): users 1..64 sharing 2..8 servers; devices cache nothing, so the servers hold
 # every copy and carry all the queueing; a server holds 11-28 of the 48 experts.

@@ -3,9 +3,9 @@
 
 For three families of generated multi-user instances (below), the per-node LFU reference
 placement, and a sweep of the bottleneck utilisation (the rates are scaled so that the busiest
-node has utilisation ``level``), compare J_load (``slimjax.load.load_report``, evaluated with
+node has utilisation ``level``), compare J_load (``slimjax.queueing.load_report``, evaluated with
 ``max_utilization=1`` so that it is finite up to 0.95) with the SimPy simulation
-(``slimjax.load.simulate``) under exponential and deterministic service: mean, p95, p99 per-token
+(``slimjax.queueing.simulate``) under exponential and deterministic service: mean, p95, p99 per-token
 latency and the measured utilisation.
 
 One command (from the repository root)::
@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 import pandas as pd
 
 import slimjax
-import slimjax.load as ld
+import slimjax.queueing as ld
 
 # Servers hold every expert and every user reaches every server; devices cache nothing, so all
 # queueing happens at the servers and no expert goes to the cloud.

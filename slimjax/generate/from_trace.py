@@ -139,7 +139,7 @@ def instance_from_trace(
     )
     if cfg.load is None:
         return inst
-    from slimjax.load import rate_for_load
+    from slimjax.queueing import rate_for_load
 
     servers = jnp.arange(inst.latency.shape[1]) >= U
     rate = rate_for_load(inst, cfg.load, net.service, nodes=servers)

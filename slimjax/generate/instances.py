@@ -50,7 +50,7 @@ def sample_fields(key: Array, model: ModelPreset, network: NetworkConfig, routin
       ``capacity [N]``, ``patterns [U, L, M, K]`` (int32), ``weight [U, L, M]``,
       ``traffic [U]``, ``base [U]``, and ``service [N, L, E]``, ``rate [U]`` (``None`` unless
       ``network.load`` is set: then ``rate`` puts the mean utilisation of the servers under the
-      reference placement at ``network.load``, see :func:`slimjax.load.rate_for_load`).
+      reference placement at ``network.load``, see :func:`slimjax.queueing.rate_for_load`).
     """
     knet, krout = jax.random.split(key)
     net = sample_network(knet, model, network, dtype)
@@ -65,7 +65,7 @@ def load_rates(fields: Mapping[str, Any], network: NetworkConfig) -> Array:
     """``rate = Λ · traffic`` for ``network.load`` (one instance's fields with ``service``): the
     mean utilisation of the servers (nodes ``U..N-1``) that carry load under the reference
     placement is ``network.load``. Pure JAX."""
-    from slimjax.load import rate_for_load
+    from slimjax.queueing import rate_for_load
 
     inst = Instance(**{k: v for k, v in fields.items() if k not in ("service", "rate")}, validate=False)
     N = inst.latency.shape[-3]

@@ -99,7 +99,7 @@ class NetworkConfig:
       load: ``None`` = no load model (no ``service``/``rate``). Else the instances get
         ``service`` (the expert time on each node) and ``rate = Λ · traffic`` (tokens/s), with
         ``Λ`` set so that the mean utilisation of the edge servers that carry load under the
-        reference placement (per-node LFU, :func:`slimjax.load.reference_placement`, with the
+        reference placement (per-node LFU, :func:`slimjax.queueing.reference_placement`, with the
         fastest-copy assignment) is ``load``, in [0, 1). Without such a server the mean is over
         every node that carries load; the devices' utilisation is whatever follows.
     """

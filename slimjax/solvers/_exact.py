@@ -95,7 +95,7 @@ def brute_force_load_instance(inst: Instance, max_utilization=0.95, *, aggregati
     Returns:
       (placement bool [N, L, E], J_load scalar).
     """
-    from slimjax.load._model import _REPORT
+    from slimjax.queueing._model import _REPORT
 
     U, N, L, E = inst.latency.shape
     n = N * L * E

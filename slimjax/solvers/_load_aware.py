@@ -1,7 +1,7 @@
 """Load-aware solving: any solver, re-run on loaded latencies by a damped fixed-point iteration.
 
 :class:`LoadAware` wraps an inner solver (``successive-best``, ``greedy``, any chain) and
-minimises J_load (:func:`slimjax.load.loaded_objective`) under the utilisation cap
+minimises J_load (:func:`slimjax.queueing.loaded_objective`) under the utilisation cap
 ``rho[n] < max_utilization``. ``solve(inst, "successive-best", load=True)`` is
 ``solve(inst, LoadAware(inner=<successive-best>))``.
 
@@ -54,7 +54,7 @@ import numpy as np
 
 from slimjax._instance import Instance
 from slimjax._objective import objective_from_d
-from slimjax.load._model import _activation_one, _assignment_one, _share, loaded_expert_latency_from, utilization_from
+from slimjax.queueing._model import _activation_one, _assignment_one, _share, loaded_expert_latency_from, utilization_from
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
 

@@ -193,7 +193,7 @@ def _run(
     J = np.asarray(J, np.float64)
     total = np.asarray(total, np.float64)
     if getattr(solver, "load_objective", False):  # load=True: the objective is J_load (inf if load-infeasible)
-        from slimjax.load import load_report
+        from slimjax.queueing import load_report
 
         base = total - J
         J = np.asarray(load_report(batch, x, max_utilization=solver.max_utilization, aggregation=aggregation).objective,

@@ -6,7 +6,7 @@ M/M/1 approximation behind J_load.
   probability ``rate[u] / Σ rate``).
 * A token walks the L layers in order. At layer l it draws a pattern m with probability
   ``weight[u, l, m]`` and sends each distinct member e to its assigned node ``a[u, l, e]``
-  (:func:`slimjax.load.assignment`, the fastest unloaded copy) in parallel; the layer is done
+  (:func:`slimjax.queueing.assignment`, the fastest unloaded copy) in parallel; the layer is done
   when the slowest member returns, and the next layer starts then.
 * A member assigned to node n spends half of its link time ``latency[u, n, l, e] −
   service[n, l, e]`` going there, waits in the node's single-server FIFO queue, is served for
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slimjax._instance import Instance, is_batched
-from slimjax.load._model import assignment, load_report
+from slimjax.queueing._model import assignment, load_report
 
 __all__ = ["SERVICE_KINDS", "SimulationResult", "simulate"]
 

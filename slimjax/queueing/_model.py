@@ -245,7 +245,7 @@ def utilization(inst: Instance, placement: Bool[Array, "N L E"]) -> Float[Array,
       >>> inst = slimjax.Instance(latency=np.full((1, 1, 1, 2), 2.0), fallback=np.full((1, 1, 2), 9.0),
       ...     size=np.ones((1, 2)), capacity=np.array([2.0]), patterns=np.array([[[[0], [1]]]]),
       ...     weight=np.array([[[0.75, 0.25]]]), service=np.full((1, 1, 2), 0.5), rate=np.array([1.0]))
-      >>> float(slimjax.load.utilization(inst, np.ones((1, 1, 2), bool))[0])
+      >>> float(slimjax.queueing.utilization(inst, np.ones((1, 1, 2), bool))[0])
       0.5
     """
     _check_placement(inst, placement)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from slimjax._instance import Instance
-from slimjax.load._model import _activation_one, _assignment_one, _share, utilization_from
+from slimjax.queueing._model import _activation_one, _assignment_one, _share, utilization_from
 from slimjax.ops._fill import priority_fill
 
 __all__ = ["rate_for_load", "reference_placement"]
