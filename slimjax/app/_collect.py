@@ -30,7 +30,8 @@ MERGED = "results_all.parquet"
 _MEASURED = {
     "solver", "instance", "chunk", "run", "J", "total", "J_empty", "used", "used_frac", "cached", "seconds",
     "batch_seconds", "compile_seconds", "status", "ref_status", "gap_lb", "gap_best", "gap_opt", "gain_frac_best",
-    "gain_frac_opt", "p50", "p95", "p99", "replay_mean",
+    "gain_frac_opt", "p50", "p95", "p99", "replay_mean", "lower_bound", "bound_status", "bound_seconds",
+    "bound_compile_seconds",
 }
 
 

@@ -106,7 +106,10 @@ def as_solver(solver, *, load: bool = False, **options) -> Solver:
 
     if not isinstance(load, bool):
         raise ValueError(f"load: must be a bool, got {load!r}")
-    mine = {k: options.pop(k) for k in LOAD_OPTIONS if k in options}
+    base = _as_solver(solver)
+    own = {f.name for f in dataclasses.fields(base)} if dataclasses.is_dataclass(base) else set()
+    # a load option that is the solver's own field (the exact methods' max_utilization) stays an option
+    mine = {k: options.pop(k) for k in LOAD_OPTIONS if k in options and k not in own}
     if mine and not load:
         raise ValueError(f"options: {sorted(mine)} apply only with load=True")
     obj = _as_solver(solver, **options)
