@@ -473,3 +473,23 @@ def test_summary_of_a_dataset_equals_the_summary_of_its_table():
     assert row.n == len(J) and np.isclose(row.J_ci95, stats.t.ppf(0.975, len(J) - 1) * J.std() / np.sqrt(len(J)))
     assert np.isclose(row.compile_s, g.groupby("chunk").compile_seconds.first().sum())
     assert row.n_opt == g.gap_opt.notna().sum()
+
+
+def test_dynamic_experiment_rows_and_resume(tmp_path):
+    """experiment=dynamic: one row per (policy, share, timeline, window), totals per timeline, a
+    marker (a rerun is skipped) and budgets that hold in every evaluated window."""
+    out = tmp_path / "dyn"
+    cfg = make(out, "experiment=dynamic", "model=mixtral_8x7b", "model.layers=4", "network.servers=2",
+               "dynamic.timelines=2", "dynamic.windows=4", "dynamic.tokens=32", "dynamic.solver=successive",
+               "dynamic.policies=[static,incremental]", "dynamic.budget_shares=[0.1,null]", "logger=csv")
+    res = app.run(cfg)
+    rows = pd.read_parquet(out / "results.parquet")
+    totals = pd.read_parquet(out / "totals.parquet")
+    assert len(rows) == 2 * 2 * 2 * 4 and len(totals) == 2 * 2 * 2
+    assert set(rows.solver) == {"static@0.1", "static@inf", "incremental@0.1", "incremental@inf"}
+    assert (rows[rows.policy == "static"].moved[rows.evaluated] == 0).all()
+    assert (out / "dynamic_windows.png").is_file() and (out / "metrics.csv").is_file()
+    assert not res["skipped"] and app.run(cfg)["skipped"]
+    bad = make(tmp_path / "bad", "experiment=dynamic", "dynamic.policies=[nope]")
+    with pytest.raises(ValueError, match="policies"):
+        app.run(bad)

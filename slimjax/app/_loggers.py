@@ -140,6 +140,14 @@ class WandbLogger(NullLogger):
             if imgs:
                 self.run.log(imgs)
 
+    def log_curves(self, curves: pd.DataFrame) -> None:
+        """Per-window curves (``experiment=dynamic``): columns ``solver``, ``window`` and metrics;
+        one wandb step per window, keys ``<solver>/<metric>``."""
+        for t, g in curves.groupby("window", sort=True):
+            row = {f"{r['solver']}/{k}": float(v) for r in g.to_dict("records") for k, v in r.items()
+                   if k not in ("solver", "window") and v == v}
+            self.run.log(row, step=int(t))
+
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
