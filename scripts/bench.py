@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""slimjax benchmark suite: side-by-side ratios measured in one run (DESIGN §9, issue 7).
+"""slimjax benchmark suite: side-by-side ratios measured in one run.
 
 Every timing is the median of repeated runs after a warm-up call (compile excluded), except
 ``deepseek_v3_seconds`` which is end to end including compilation, as a user would see it.
@@ -9,7 +9,7 @@ Every timing is the median of repeated runs after a warm-up call (compile exclud
 
 Parts:
   (a) objective: ``slimjax.objective`` on a batch of mixtral_8x7b instances vs the naive NumPy
-      reference loop (tests/reference.py::latency_ref, DESIGN §8); also reported: vs a per-instance
+      reference loop (tests/reference.py::latency_ref); also reported: vs a per-instance
       loop of a vectorized NumPy objective (tests/reference.py::latency_np), a harder baseline.
   (b) ``solve_batch(solver="successive")`` on mixtral_8x7b (1 device + 4 servers) vs the per-instance
       NumPy reference of the same algorithm (tests/reference_successive.py) and vs HiGHS ``milp``.
@@ -105,7 +105,7 @@ def machine() -> dict:
 
 
 def part_objective(B: int, ref_n: int, reps: int) -> dict:
-    """JAX batched objective vs the naive NumPy reference (DESIGN §8: what speed is measured
+    """JAX batched objective vs the naive NumPy reference (what speed is measured
     against) and, for context, vs a per-instance loop of a vectorized NumPy objective."""
     from tests.reference import latency_ref
 
@@ -385,7 +385,7 @@ def part_first_call(reps: int) -> dict:
 
 
 def part_scaling(B: int, experts, units, reps: int) -> dict:
-    """Scaling curves (issue 7, item 5): time per instance vs the number of experts E with the
+    """Scaling curves: time per instance vs the number of experts E with the
     exact and the greedy layer oracle (plain successive, mixtral_8x7b with E changed), and time per
     node problem vs capacity units with the dense and the hull DP (random curves, L = 32, E = 16)."""
     import dataclasses

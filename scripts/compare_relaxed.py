@@ -1,4 +1,4 @@
-"""Compare ``relaxed`` with ``successive`` and ``popularity`` on generated instances (issue 4).
+"""Compare ``relaxed`` with ``successive`` and ``popularity`` on generated instances.
 
 Usage::
 

@@ -23,7 +23,7 @@ solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
   co-activated pair is worth far more than its two halves), and there it can lose tens of percent
   of a node's gain.
 - ``"fptas"`` — value scaling of the multiple-choice knapsack (Lawler 1979; Kellerer, Pferschy &
-  Pisinger 2004, §11.10), **value ≥ (1 − eps)·OPT** for every input, in time polynomial in
+  Pisinger 2004, section 11.10), **value ≥ (1 − eps)·OPT** for every input, in time polynomial in
   ``L``, ``C`` and ``1/eps`` and independent of ``Q``:
 
   1. ``ub`` = the Lagrangian (= LP) bound, by a fixed-trip bisection on the dual
