@@ -399,6 +399,20 @@ def test_code_fingerprint_follows_the_sources(tmp_path):
     assert rec2["dirty"] is True and rec2["sources"] != h1
 
 
+def test_padded_last_chunk_equals_the_same_rows(tmp_path):
+    """A last chunk shorter than the chunk size is drawn padded to one shape (one compilation) and
+    cut back: equal to the same rows drawn alone (the same program, so exactly), optional fields
+    (service, rate) absent as before."""
+    import jax
+
+    cfg = make(tmp_path, "batch_size=5")
+    src = app.BatchSource(cfg, jax.random.key(0))
+    padded, plain_rows = src.rows(3, 5, pad_to=4), src.rows(3, 5, pad_to=None)
+    assert padded.batch_shape == (2,) and padded.service is None and padded.rate is None
+    # both are drawn by the vmapped sampler; rows are independent, so padding cannot change them
+    np.testing.assert_allclose(np.asarray(padded.latency), np.asarray(plain_rows.latency), rtol=1e-6)
+
+
 def test_streamed_run_matches_one_piece_and_resumes_by_chunk(tmp_path):
     """A run in chunks (stream.chunk) writes a Parquet dataset with the rows a run in one piece
     writes; its summary is computed from the dataset; a lost chunk is the only one recomputed."""

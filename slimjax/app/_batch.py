@@ -134,7 +134,7 @@ class BatchSource:
         # drawn in float32 and cast, so that precision=float64 solves the same instances
         fields = _sampler(*self._conf, jnp.float32)(keys)
         if keys.shape[0] != n:
-            fields = {k: v[:n] for k, v in fields.items()}
+            fields = {k: None if v is None else v[:n] for k, v in fields.items()}  # service/rate may be None
         batch = Instance(**fields)
         return batch if self.dtype == jnp.float32 else batch.astype(self.dtype)
 
