@@ -126,11 +126,26 @@ def _hydra_app():
         if not cfg.paths.get("jax_cache"):  # paths.jax_cache=null: no cache, not the library's default one
             os.environ["SLIMJAX_CACHE"] = "0"
         enable_compilation_cache(cfg.paths.get("jax_cache"))
-        res = run(cfg)
+        try:
+            res = run(cfg)
+        except Exception as e:  # Ctrl-C inside a C extension surfaces as SystemError with it as cause
+            if _caused_by_interrupt(e):
+                raise KeyboardInterrupt from e
+            raise
         best = res["summary"].get(res["best"], {}) if res.get("best") else {}
         return best.get("J_mean")
 
     return app
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class _Terminated(KeyboardInterrupt):
