@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 from jaxtyping import Bool, Float, Int
 
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import AGGREGATIONS, check_placement
+
+if TYPE_CHECKING:  # pandas is imported when a placement is explained, not with slimjax
+    import pandas as pd
 
 __all__ = ["Explanation", "explain", "node_display_order", "node_names"]
 
@@ -205,6 +207,8 @@ def explain(
       >>> bool(abs(ex.layers["J"].sum() - ex.J) < 1e-9)
       True
     """
+    import pandas as pd
+
     if not isinstance(inst, Instance):
         raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
     if is_batched(inst):
