@@ -152,3 +152,90 @@ def test_every_stage_stays_within_a_small_memory_budget(monkeypatch):
     whole = slimjax.solve_batch(batch, "successive", memory_budget_mb=4096.0)
     assert clocks[-1].peak_bytes > budget_mb * 2**20  # the check above is not vacuous
     assert_same_solutions(batch, small.placement, whole.placement, small.objective, whole.objective)
+
+
+# -- shape buckets ---------------------------------------------------------------------------
+
+
+class _Compiles:
+    """Collects jax's "compiling" log lines inside a ``with`` block (with a positive control)."""
+
+    def __enter__(self):
+        import logging
+
+        self.records = []
+        outer = self
+
+        class H(logging.Handler):
+            def emit(self, r):
+                if "Finished XLA compilation" in r.getMessage() or "Compiling" in r.getMessage():
+                    outer.records.append(r.getMessage())
+
+        self._h = H()
+        self._ctx = jax.log_compiles(True)
+        self._ctx.__enter__()
+        logging.getLogger("jax").addHandler(self._h)
+        jax.jit(lambda a: a * 5 + 2)(np.zeros(19))  # a new function compiles: logging is captured
+        assert self.records, "compile logging is not captured; the check would be vacuous"
+        self.records.clear()
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.getLogger("jax").removeHandler(self._h)
+        self._ctx.__exit__(*exc)
+
+    @property
+    def programs(self) -> list[str]:
+        """The compiled programs, without single eager operations on a new shape (``x[None]`` or
+        a slice on the host side of a call: milliseconds each, not a solver program)."""
+        import re
+
+        eager = ("broadcast_in_dim", "squeeze", "slice", "dynamic_slice", "reshape", "concatenate",
+                 "convert_element_type", "pad", "select_n", "expand_dims")
+        return [r for r in self.records if not re.search(r"jit\((%s)\)" % "|".join(eager), r)]
+
+
+def test_bucket_sizes():
+    from slimjax.solvers._buckets import bucket
+
+    sizes = [bucket(n) for n in range(1, 5000)]
+    assert sizes[:8] == list(range(1, 9))
+    assert all(b >= n for n, b in zip(range(1, 5000), sizes))
+    assert all(b <= 1.25 * n for n, b in zip(range(1, 5000), sizes))  # at most 25 % padding
+    assert sizes == sorted(sizes) and len(set(sizes[8:])) <= 4 * 10  # four buckets per doubling
+    assert all(bucket(b) == b for b in set(sizes))
+
+
+def test_nearby_batch_sizes_share_one_program():
+    """B = 9 and B = 10 fall in one bucket: the second solve compiles nothing, and the instances
+    both solve equal bit for bit (the same program); bucket_shapes=False compiles for B = 9."""
+    b = slimjax.stack([random_instance(300 + s, U=1, N=3, L=3, E=5, M=6, K=2) for s in range(10)])
+    first = slimjax.solve_batch(b[:9], "successive-best", progress=False)
+    with _Compiles() as c:
+        second = slimjax.solve_batch(b, "successive-best", progress=False)
+    assert not c.programs, c.programs[:3]
+    np.testing.assert_array_equal(first.placement, second.placement[:9])
+    np.testing.assert_array_equal(first.objective, second.objective[:9])
+    with _Compiles() as c:
+        exact = slimjax.solve_batch(b[:9], "successive-best", progress=False, bucket_shapes=False)
+    assert c.programs  # its own shape: compiled
+    assert_same_solutions(b[:9], exact.placement, first.placement, exact.objective, first.objective)
+
+
+def test_nearby_token_counts_share_one_program():
+    """M = 13 and M = 14 (merging cannot shrink them: C(E+K-1, K) is larger) pad to one bucket with
+    zero-weight patterns: no second compilation and the same solutions as unpadded."""
+    a = random_instance(41, U=1, N=3, L=3, E=12, M=13, K=3)
+    b = random_instance(41, U=1, N=3, L=3, E=12, M=14, K=3)  # the same network and grid, other patterns
+    sa = slimjax.solve(a, "successive-best")
+    with _Compiles() as c:
+        sb = slimjax.solve(b, "successive-best")
+    assert not c.programs, c.programs[:3]
+    for inst, sol in ((a, sa), (b, sb)):
+        ref = slimjax.solve(inst, "successive-best", bucket_shapes=False)
+        one = slimjax.stack([inst])
+        assert_same_solutions(one, ref.placement[None], sol.placement[None], ref.objective[None], sol.objective[None])
+    with pytest.raises(ValueError, match="bucket_shapes"):
+        slimjax.solve(a, "successive", bucket_shapes="yes")

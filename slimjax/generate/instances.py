@@ -79,14 +79,35 @@ def _generate(keys, model: ModelPreset, network: NetworkConfig, routing: Routing
     return jax.vmap(partial(sample_fields, model=model, network=network, routing=routing, dtype=dtype))(keys)
 
 
-def _generate_batch(key, batch: int, model, network, routing, dtype, chunk: int) -> dict:
+#: batches up to this size are drawn by one program that also splits the key (and, for
+#: :func:`instance`, drops the batch axis): one compilation instead of three. (Not compiled with
+#: the solvers' fast-compile options: those change the last bit of some transcendental
+#: functions, and instance i must not depend on the batch it is drawn in.)
+SMALL_BATCH = 8
+
+
+def _small_fn(n: int, one: bool, model, network, routing, dtype, key):
+    out = _generate.__wrapped__(jax.random.split(key, n), model, network, routing, dtype)
+    return jax.tree_util.tree_map(lambda a: a[0], out) if one else out
+
+
+_SMALL = jax.jit(_small_fn, static_argnums=(0, 1, 2, 3, 4, 5))
+
+
+def _generate_batch(key, batch: int, model, network, routing, dtype, chunk: int, one: bool = False) -> dict:
+    if batch <= min(SMALL_BATCH, chunk):
+        from slimjax.solvers._compile import call
+
+        return call(_SMALL, (batch, one, model, network, routing, dtype), (key,))
     if batch <= chunk:
-        return _generate(jax.random.split(key, batch), model, network, routing, dtype)
-    # Whole chunks of one static size (one compilation); split(key, n)[:batch] == split(key, batch).
-    n_chunks = -(-batch // chunk)
-    keys = jax.random.split(key, n_chunks * chunk)
-    parts = [_generate(keys[i * chunk : (i + 1) * chunk], model, network, routing, dtype) for i in range(n_chunks)]
-    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:batch], *parts)
+        out = _generate(jax.random.split(key, batch), model, network, routing, dtype)
+    else:
+        # Whole chunks of one static size (one compilation); split(key, n)[:batch] == split(key, batch).
+        n_chunks = -(-batch // chunk)
+        keys = jax.random.split(key, n_chunks * chunk)
+        parts = [_generate(keys[i * chunk : (i + 1) * chunk], model, network, routing, dtype) for i in range(n_chunks)]
+        out = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:batch], *parts)
+    return jax.tree_util.tree_map(lambda a: a[0], out) if one else out
 
 
 def _as_key(key) -> Array:
@@ -154,8 +175,12 @@ def instances(
     dt = _resolve_dtype(dtype)
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size: must be an integer >= 1, got {chunk_size!r}")
+    return _draw(key, int(batch), m, net, rout, dt, int(chunk_size), validate, one=False)
+
+
+def _draw(key, batch: int, m, net, rout, dt, chunk_size: int, validate: bool, one: bool) -> Instance:
     ensure_cache()  # the persistent compilation cache, as on the first solve
-    fields = _generate_batch(_as_key(key), int(batch), m, net, rout, dt, int(chunk_size))
+    fields = _generate_batch(_as_key(key), batch, m, net, rout, dt, chunk_size, one)
     return Instance(**fields, validate=validate)
 
 
@@ -169,4 +194,5 @@ def instance(
     validate: bool = True,
 ) -> Instance:
     """One random instance (no batch axis); equals ``instances(key, 1, ...)[0]``."""
-    return instances(key, 1, model, network, routing, dtype, validate=validate)[0]
+    m, net, rout = resolve(model, network, routing)
+    return _draw(key, 1, m, net, rout, _resolve_dtype(dtype), GEN_CHUNK, validate, one=True)

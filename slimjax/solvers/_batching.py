@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from slimjax.ops._grid import Grid
-
 from slimjax._instance import Instance
+from slimjax.ops._grid import Grid
+from slimjax.solvers._buckets import bucket
+
 __all__ = ["run", "chunk_size_for", "memory_budget_bytes", "batch_mesh", "CHUNK_PROGRAM"]
 
 
@@ -106,6 +107,7 @@ def run(
     memory_budget_mb="auto",
     progress=None,
     clock=None,
+    bucket_shapes: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """Run a JAX-native ``solver`` over ``batch`` in fixed-size chunks.
 
@@ -117,6 +119,8 @@ def run(
       progress: None (a bar when there are several chunks and stderr is a terminal), a bool, or
         a callable ``progress(done, total)`` called after every chunk.
       clock: a :class:`~slimjax.solvers._compile.Clock` that receives the compile seconds.
+      bucket_shapes: pad a batch that fits one chunk up to its :func:`~slimjax.solvers._buckets.bucket`
+        size (when ``chunk_size`` is None), so that nearby batch sizes share one program.
 
     Returns:
       (placement bool [B, N, L, E] on the host, info {name: host array [B, ...]}).
@@ -128,6 +132,8 @@ def run(
     ndev = jax.local_device_count() if mesh is not None else 1
     est = solver.bytes_per_instance(batch.shape, prepared.static)
     size = chunk_size_for(est, B, chunk_size, memory_budget_mb)
+    if bucket_shapes and chunk_size is None and size == B:  # one chunk: pad B up to its bucket
+        size = min(bucket(B), chunk_size_for(est, bucket(B), None, memory_budget_mb))
     size = int(math.ceil(size / ndev) * ndev)  # divisible over devices
     nchunks = int(math.ceil(B / size))
     callback = progress if callable(progress) else None
@@ -157,9 +163,10 @@ def run(
         bar = Progress(transient=True)
         task = bar.add_task(f"{solver.name}: {B} instances", total=B)
         bar.start()
-    from slimjax.solvers._compile import call
+    from slimjax.solvers._compile import call, fast_compile_for
 
     su_all, cu_all = grid.size_units, grid.capacity_units
+    fast = fast_compile_for(batch.shape[3])
     try:
         for c in range(nchunks):
             lo, hi = c * size, min(B, (c + 1) * size)
@@ -174,7 +181,8 @@ def run(
                 st = jnp.asarray(st, bool)
             if sharding is not None:
                 chunk, su, cu, per, ks, st = jax.device_put((chunk, su, cu, per, ks, st), sharding)
-            x, info = call(CHUNK_PROGRAM, (solver, prepared.static), (prepared.shared, chunk, su, cu, per, ks, st), clock)
+            x, info = call(CHUNK_PROGRAM, (solver, prepared.static), (prepared.shared, chunk, su, cu, per, ks, st), clock,
+                           fast=fast)
             # One chunk in flight: chunk c is dispatched before chunk c-1 is copied to the host,
             # so the device is not idle while the host collects results.
             if pending is not None:
@@ -190,21 +198,23 @@ def run(
     return placement, info
 
 
-def map_chunks(fn, static: tuple, args: tuple, size: int, clock=None, *, to_host: bool = True):
+def map_chunks(fn, static: tuple, args: tuple, size: int, clock=None, *, to_host: bool = True,
+               bucket_shapes: bool = True):
     """``fn(*static, *args)`` over fixed-size chunks of the leading axis of every leaf of ``args``
     (the last chunk padded, so one program serves every chunk), results concatenated.
 
     For the bookkeeping programs of a solve (pattern merging, the final evaluation of J), so that
-    they also stay within the memory budget on large batches.
+    they also stay within the memory budget on large batches. A batch that fits one chunk is
+    padded to its :func:`~slimjax.solvers._buckets.bucket` size (unless ``bucket_shapes`` is False).
     """
     from slimjax.solvers._compile import call
 
     B = jax.tree_util.tree_leaves(args)[0].shape[0]
-    size = max(1, min(int(size), B))
+    size = max(1, min(int(size), bucket(B) if bucket_shapes else B))
     outs = []
     for lo in range(0, B, size):
         hi = min(B, lo + size)
-        part = args if (lo == 0 and hi == B) else _take(args, lo, hi, size)
+        part = args if (lo == 0 and hi == B == size) else _take(args, lo, hi, size)
         out = call(fn, static, part, clock)
         cut = (lambda a, n=hi - lo: np.asarray(a)[:n]) if to_host else (lambda a, n=hi - lo: a[:n])
         outs.append(jax.tree_util.tree_map(cut, out))

@@ -22,6 +22,7 @@ from slimjax.ops._grid import capacity_grid
 from slimjax.ops._patterns import merge_codes_fn, merged_size, with_patterns
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solution, Solver, Status
+from slimjax.solvers._buckets import bucket, pad_patterns
 from slimjax.solvers._compile import Clock, call
 from slimjax.solvers._methods import DEFAULT, as_solver
 
@@ -93,7 +94,7 @@ _FOLD = jax.jit(lambda key, idx: jax.vmap(lambda i: jax.random.fold_in(key, i))(
 
 def instance_keys(key, n: int, clock: Clock | None = None):
     """The PRNG keys of a batch of ``n``: instance i gets ``jax.random.fold_in(key, i)``."""
-    return call(_FOLD, (), (_as_key(key), jnp.arange(n, dtype=jnp.uint32)), clock)
+    return call(_FOLD, (), (_as_key(key), jnp.arange(bucket(n), dtype=jnp.uint32)), clock)[:n]
 
 
 def _evaluate_fn(aggregation, batch, x):
@@ -124,6 +125,7 @@ def _merge(batch: Instance, clock: Clock, budget: float) -> Instance:
         return merge_patterns(batch)
     U, N, L, E, M, K = batch.shape
     per = 16.0 * U * L * (min(E**K, 2**20) + 4 * M * K)  # histogram or sort working set, bytes
+    # (the input's M is not padded: a zero-weight pattern 0 would take one of the Mp output slots)
     pat, w = _batching.map_chunks(merge_codes_fn(), (E, Mp), (batch.patterns, batch.weight),
                                   budget // per, clock, to_host=False)
     return with_patterns(batch, pat, w)
@@ -152,29 +154,38 @@ def _run(
     merge_patterns: bool,
     clock: Clock,
     t0: float,
+    bucket_shapes: bool = True,
 ) -> Solution:
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation: must be one of {AGGREGATIONS}, got {aggregation!r}")
     if not isinstance(throw, bool):
         raise ValueError(f"throw: must be a bool, got {throw!r}")
+    if not isinstance(bucket_shapes, bool):
+        raise ValueError(f"bucket_shapes: must be a bool, got {bucket_shapes!r}")
     if progress is not None and not isinstance(progress, bool) and not callable(progress):
         raise ValueError(f"progress: must be None, a bool or a callable progress(done, total), got {progress!r}")
     budget = _batching.memory_budget_bytes(memory_budget_mb)
     _batching.chunk_size_for(1.0, 1, chunk_size, memory_budget_mb)  # validates chunk_size
     grid = capacity_grid(batch, capacity_unit)
     work = _merge(batch, clock, budget) if merge_patterns else batch
+    stages = solver.stages()
+    if bucket_shapes and all(st.jax_native for st in stages):
+        M = work.shape[4]
+        if not merge_patterns or merged_size(batch) is None:  # M is the data's (not fixed by E, K)
+            work = pad_patterns(work, bucket(M))
     x = None
     status = None
     info: dict[str, np.ndarray] = {}
     B = batch.batch_shape[0]
-    for i, stage in enumerate(solver.stages()):
+    for i, stage in enumerate(stages):
         if stage.jax_native:
             prepared = stage.prepare(work, grid, aggregation)
             check = getattr(stage, "check_memory", None)
             if check is not None:
                 check(work.shape, prepared.static, budget, grid)
             x, sinfo = _batching.run(stage, prepared, work, grid, keys, x, chunk_size=chunk_size,
-                                     memory_budget_mb=memory_budget_mb, progress=progress, clock=clock)
+                                     memory_budget_mb=memory_budget_mb, progress=progress, clock=clock,
+                                     bucket_shapes=bucket_shapes)
             sstatus = np.full(B, Status.FEASIBLE, np.int8)
         else:
             x, sinfo, sstatus = stage.host_solve(work, grid, keys, aggregation, x, clock)
@@ -189,7 +200,9 @@ def _run(
     fits = _fits(batch, used).all(-1)
     U, N, L, E, M, K = batch.shape
     eval_bytes = 3 * _instance_bytes(batch.shape) + 8.0 * U * L * M * K  # masked latencies + pattern gathers
-    J, total = _batching.map_chunks(_EVALUATE, (aggregation,), (batch, x), budget // eval_bytes, clock)
+    scored = pad_patterns(batch, bucket(M)) if bucket_shapes else batch  # zero-weight patterns add 0 to J
+    J, total = _batching.map_chunks(_EVALUATE, (aggregation,), (scored, x), budget // eval_bytes, clock,
+                                    bucket_shapes=bucket_shapes)
     J = np.asarray(J, np.float64)
     total = np.asarray(total, np.float64)
     if getattr(solver, "load_objective", False):  # load=True: the objective is J_load (inf if load-infeasible)
@@ -237,6 +250,7 @@ def solve_batch(
     progress: bool | Callable[[int, int], None] | None = None,
     throw: bool = True,
     merge_patterns: bool = True,
+    bucket_shapes: bool = True,
     **options,
 ) -> Solution:
     """Solve every instance of a batch; the fields of the result are batched.
@@ -263,6 +277,10 @@ def solve_batch(
       throw: raise when an instance fails (default); with False, failed instances get status
         ``FAILED`` and objective NaN and the others are returned.
       merge_patterns: merge identical routing patterns first (J is unchanged; faster).
+      bucket_shapes: pad a batch that fits one chunk, and the routing patterns, up to a few bucket
+        sizes (4 per doubling above 8, by repeating the last instance and adding zero-weight
+        patterns; J is unchanged), so that a sweep over nearby batch sizes or token counts
+        compiles once per bucket. False compiles for the exact shape.
       **options: the solver's own options when ``solver`` is a name (``order="given"``).
 
     Returns:
@@ -283,7 +301,7 @@ def solve_batch(
     keys = instance_keys(key, batch.batch_shape[0], clock)
     return _run(batch, obj, _label(solver), keys, capacity_unit=capacity_unit, aggregation=aggregation,
                 chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, progress=progress, throw=throw,
-                merge_patterns=merge_patterns, clock=clock, t0=t0)
+                merge_patterns=merge_patterns, clock=clock, t0=t0, bucket_shapes=bucket_shapes)
 
 
 def solve(
@@ -296,6 +314,7 @@ def solve(
     memory_budget_mb: float | str = "auto",
     throw: bool = True,
     merge_patterns: bool = True,
+    bucket_shapes: bool = True,
     **options,
 ) -> Solution:
     """Solve one instance. Same arguments as :func:`solve_batch`; the fields are unbatched.
@@ -321,7 +340,7 @@ def solve(
     keys = _as_key(key)[None]
     sol = _run(one, obj, _label(solver), keys, capacity_unit=capacity_unit, aggregation=aggregation,
                chunk_size=None, memory_budget_mb=memory_budget_mb, progress=False, throw=throw,
-               merge_patterns=merge_patterns, clock=clock, t0=t0)
+               merge_patterns=merge_patterns, clock=clock, t0=t0, bucket_shapes=bucket_shapes)
     out = sol[0]
     return Solution(out.placement, out.objective, out.total, out.used, out.status, out.info, out.solver,
                     max(time.perf_counter() - t0 - clock.compile_seconds, 0.0), clock.compile_seconds)
