@@ -96,9 +96,7 @@ _SMALL = jax.jit(_small_fn, static_argnums=(0, 1, 2, 3, 4, 5))
 
 def _generate_batch(key, batch: int, model, network, routing, dtype, chunk: int, one: bool = False) -> dict:
     if batch <= min(SMALL_BATCH, chunk):
-        from slimjax.solvers._compile import call
-
-        return call(_SMALL, (batch, one, model, network, routing, dtype), (key,))
+        return _SMALL(batch, one, model, network, routing, dtype, key)
     if batch <= chunk:
         out = _generate(jax.random.split(key, batch), model, network, routing, dtype)
     else:
