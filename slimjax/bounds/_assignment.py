@@ -26,7 +26,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from slimjax.bounds._pdhg import Formulation, lagrangian
-from slimjax.bounds._threshold import _sum_patterns
+from slimjax.bounds._threshold import host_fields
 
 __all__ = ["AssignmentData", "build", "to_device", "FORMULATION", "dual_value64", "initial_primal", "initial_dual"]
 
@@ -59,13 +59,7 @@ class AssignmentData(NamedTuple):
 def build(batch, aggregation: str = "max") -> dict:
     """The LP of every instance of ``batch`` (an Instance or the float64 host copy of
     ``lower_bound``, patterns merged in float64) as NumPy float64 arrays (leading axis B)."""
-    lat = np.asarray(batch.latency, np.float64)
-    fb = np.asarray(batch.fallback, np.float64)
-    pat = np.asarray(batch.patterns).astype(np.int64)
-    w = np.asarray(batch.weight, np.float64)
-    tr = np.asarray(batch.traffic, np.float64)
-    if aggregation == "sum":
-        pat, w = _sum_patterns(pat, w)
+    lat, fb, pat, w, tr = host_fields(batch, aggregation)
     B, U, N, L, E = lat.shape
     M, K = pat.shape[-2:]
     earlier = np.tril(np.ones((K, K), bool), -1)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from slimjax.bounds._threshold import _sum_patterns, storage_cut
+from slimjax.bounds._threshold import host_fields, storage_cut
 from slimjax.ops._grid import bucket_units
 from slimjax.ops._maxconv import capacity_dp
 from slimjax.ops._oracle import _masks_by_size
@@ -53,13 +53,7 @@ def build(batch, aggregation: str = "max", max_levels: int = 32) -> dict:
     ``s_hat`` int32 [B, L], ``top`` [B, U] (Σ_{l,m} w·t_G), ``traffic`` [B, U], ``qmax`` (int, the
     static DP size).
     """
-    lat = np.asarray(batch.latency, np.float64)
-    fb = np.asarray(batch.fallback, np.float64)
-    pat = np.asarray(batch.patterns).astype(np.int64)
-    w = np.asarray(batch.weight, np.float64)
-    tr = np.asarray(batch.traffic, np.float64)
-    if aggregation == "sum":
-        pat, w = _sum_patterns(pat, w)
+    lat, fb, pat, w, tr = host_fields(batch, aggregation)
     B, U, N, L, E = lat.shape
     if E > LEVELS_MAX_E:
         raise ValueError(f"method: 'levels' enumerates 2^E expert sets and needs E <= {LEVELS_MAX_E}, got E={E}")

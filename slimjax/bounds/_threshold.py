@@ -117,13 +117,10 @@ def _sum_patterns(patterns: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray,
     return p, w
 
 
-def build(batch, aggregation: str = "max") -> dict:
-    """The threshold LP of every instance of ``batch`` (host NumPy, float64).
-
-    ``batch``: a batch (Instance or the float64 host copy of ``lower_bound``, with patterns
-    merged in float64); zero-weight patterns are inactive. Returns a dict of NumPy arrays with the fields of :class:`ThresholdData` (leading
-    axis B); the interval axis I is the largest number of intervals over the batch.
-    """
+def host_fields(batch, aggregation: str = "max") -> tuple[np.ndarray, ...]:
+    """``(latency, fallback, patterns, weight, traffic)`` of a batch as host float64 (int64
+    patterns), the patterns split into one-expert patterns for ``aggregation="sum"``: what every
+    bound's ``build`` starts from."""
     lat = np.asarray(batch.latency, np.float64)
     fb = np.asarray(batch.fallback, np.float64)
     pat = np.asarray(batch.patterns).astype(np.int64)
@@ -131,6 +128,17 @@ def build(batch, aggregation: str = "max") -> dict:
     tr = np.asarray(batch.traffic, np.float64)
     if aggregation == "sum":
         pat, w = _sum_patterns(pat, w)
+    return lat, fb, pat, w, tr
+
+
+def build(batch, aggregation: str = "max") -> dict:
+    """The threshold LP of every instance of ``batch`` (host NumPy, float64).
+
+    ``batch``: a batch (Instance or the float64 host copy of ``lower_bound``, with patterns
+    merged in float64); zero-weight patterns are inactive. Returns a dict of NumPy arrays with the fields of :class:`ThresholdData` (leading
+    axis B); the interval axis I is the largest number of intervals over the batch.
+    """
+    lat, fb, pat, w, tr = host_fields(batch, aggregation)
     B, U, N, L, E = lat.shape
     M, K = pat.shape[-2:]
     N1 = N + 1

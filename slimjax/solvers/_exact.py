@@ -50,12 +50,12 @@ _CAP_RTOL, _CAP_ATOL = 1e-6, 1e-9
 # ----------------------------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("aggregation",))
-def brute_force_instance(inst: Instance, *, aggregation: str = "max"):
-    """Exact optimum of one instance by enumerating all 2^(N·L·E) placements.
+def _enumerate_best(inst: Instance, value):
+    """The feasible placement of least ``value(x)`` over all 2^(N·L·E) placements of one instance
+    (``value``: placement bool [N, L, E] -> scalar), in chunks of 4096 masks under ``lax.map``.
 
     Returns:
-      (placement bool [N, L, E], J scalar).
+      (placement bool [N, L, E], its value).
     """
     U, N, L, E = inst.latency.shape
     n = N * L * E
@@ -72,12 +72,7 @@ def brute_force_instance(inst: Instance, *, aggregation: str = "max"):
         x = ((masks[:, None] >> bit[None, :]) & 1).astype(bool).reshape(chunk, N, L, E)
         used = jnp.einsum("bnq,q->bn", x.reshape(chunk, N, L * E).astype(size.dtype), size)
         ok = (used <= cap[None]).all(-1)
-
-        def J(xx):
-            d = jnp.minimum(inst.fallback, jnp.where(xx[None], inst.latency, jnp.inf).min(axis=1))
-            return objective_from_d(inst, d, aggregation)
-
-        vals = jnp.where(ok, jax.vmap(J)(x), jnp.inf)
+        vals = jnp.where(ok, jax.vmap(value)(x), jnp.inf)
         b = jnp.argmin(vals)
         return vals[b], masks[b]
 
@@ -85,6 +80,21 @@ def brute_force_instance(inst: Instance, *, aggregation: str = "max"):
     b = jnp.argmin(vals)
     x = ((masks[b] >> bit) & 1).astype(bool).reshape(N, L, E)
     return x, vals[b]
+
+
+@partial(jax.jit, static_argnames=("aggregation",))
+def brute_force_instance(inst: Instance, *, aggregation: str = "max"):
+    """Exact optimum of one instance by enumerating all 2^(N·L·E) placements.
+
+    Returns:
+      (placement bool [N, L, E], J scalar).
+    """
+
+    def J(x):
+        d = jnp.minimum(inst.fallback, jnp.where(x[None], inst.latency, jnp.inf).min(axis=1))
+        return objective_from_d(inst, d, aggregation)
+
+    return _enumerate_best(inst, J)
 
 
 @partial(jax.jit, static_argnames=("aggregation",))
@@ -97,30 +107,8 @@ def brute_force_load_instance(inst: Instance, max_utilization=0.95, *, aggregati
     """
     from slimjax.queueing._model import _REPORT
 
-    U, N, L, E = inst.latency.shape
-    n = N * L * E
-    if n > MAX_BRUTE_FORCE:
-        raise ValueError(f"brute-force: N·L·E = {n} > {MAX_BRUTE_FORCE}; use method='milp' for larger instances")
-    chunk = 1 << min(n, 12)
-    nchunks = (1 << n) // chunk
-    bit = jnp.arange(n, dtype=jnp.int32)
-    size = inst.size.reshape(-1)
-    cap = inst.capacity * (1 + _CAP_RTOL) + _CAP_ATOL
     m = jnp.asarray(max_utilization, inst.latency.dtype)
-
-    def evaluate(c):
-        masks = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
-        x = ((masks[:, None] >> bit[None, :]) & 1).astype(bool).reshape(chunk, N, L, E)
-        used = jnp.einsum("bnq,q->bn", x.reshape(chunk, N, L * E).astype(size.dtype), size)
-        ok = (used <= cap[None]).all(-1)
-        vals = jnp.where(ok, jax.vmap(lambda xx: _REPORT[aggregation](inst, xx, m).objective)(x), jnp.inf)
-        b = jnp.argmin(vals)
-        return vals[b], masks[b]
-
-    vals, masks = jax.lax.map(evaluate, jnp.arange(nchunks, dtype=jnp.int32))
-    b = jnp.argmin(vals)
-    x = ((masks[b] >> bit) & 1).astype(bool).reshape(N, L, E)
-    return x, vals[b]
+    return _enumerate_best(inst, lambda x: _REPORT[aggregation](inst, x, m).objective)
 
 
 def _check_load(solver, batch: Instance) -> None:
