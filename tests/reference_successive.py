@@ -220,10 +220,24 @@ def dp_dense_ref(g, s, Q):
     return float(G[Q]), counts
 
 
-def dp_hull_ref(g, s, Q, tol=None):
-    """Concave envelopes + skip-greedy (see ``slimjax.maxconv``). Returns (value, counts, lp_bound)."""
+def _lp_bound(segs, Q):
+    """LP bound of the sorted envelope segments: the prefix that fits plus a fraction of the first
+    one that does not. Returns (lp, value of the prefix alone)."""
+    lp, used = 0.0, 0
+    for _, _, _, _, length, gain in segs:
+        if used + length <= Q:
+            lp += gain
+            used += length
+        else:
+            return lp + (Q - used) / length * gain, lp
+    return lp, lp
+
+
+def _envelope_segments(g, s, Q, tol=None):
+    """The upper concave envelopes' segments of every layer (counts up to Q // s[l]), sorted by
+    decreasing gain per unit (a layer's slopes made non-increasing), ties by (layer, count):
+    (slope, l, c, end, length, gain)."""
     L, C1 = g.shape
-    Q = max(int(Q), 0)
     if tol is None:
         tol = 64 * np.finfo(np.asarray(g).dtype).eps * (np.abs(g).max() + np.finfo(np.asarray(g).dtype).tiny)
     segs = []  # (slope_eff, l, c, end, length, gain)
@@ -243,15 +257,20 @@ def dp_hull_ref(g, s, Q, tol=None):
                 run_min = min(run_min, gain / length)
                 segs.append((run_min, l, a, b, length, gain))
     segs.sort(key=lambda t: (-t[0], t[1] * C1 + t[2]))
-    # LP bound
-    lp, used = 0.0, 0
-    for _, _, _, _, length, gain in segs:
-        if used + length <= Q:
-            lp += gain
-            used += length
-        else:
-            lp += (Q - used) / length * gain
-            break
+    return segs
+
+
+def _lp_prefix(g, s, Q):
+    """Value of the LP's sorted prefix (the envelope segments that fit in order): feasible."""
+    return _lp_bound(_envelope_segments(g, s, max(int(Q), 0)), max(int(Q), 0))[1]
+
+
+def dp_hull_ref(g, s, Q, tol=None):
+    """Concave envelopes + skip-greedy (see ``slimjax.maxconv``). Returns (value, counts, lp_bound)."""
+    L, C1 = g.shape
+    Q = max(int(Q), 0)
+    segs = _envelope_segments(g, s, Q, tol)
+    lp, _ = _lp_bound(segs, Q)
     closed = np.zeros(L, bool)
     counts = np.zeros(L, int)
     r = Q
@@ -281,7 +300,8 @@ def dp_fptas_ref(g, s, Q, eps, Qmax=None):
     """Value-scaled multiple-choice knapsack (see ``slimjax.ops._maxconv``). Returns
     (value, counts [L], bound). Exact (:func:`dp_dense_ref`) when ``Qmax + 1`` is at most the
     number of profit levels ``P = ceil(2·min(L, Qmax)/eps) + 1``; otherwise profits ``g[l, c] − g[l, 0]``
-    are rounded down to multiples of ``delta = ub / (P − 1)`` (ub: the LP bound), the layer DP
+    are rounded down to multiples of ``delta = max(ub / (P − 1), eps·lb / n_use)`` (ub: the LP
+    bound, lb: the better of the LP's sorted prefix and the best single count), the layer DP
     keeps the least units for every rounded profit, and the highest rounded profit that fits is
     backtracked (ties: the count with the largest true profit, then the smallest)."""
     L, C1 = g.shape
@@ -298,7 +318,11 @@ def dp_fptas_ref(g, s, Q, eps, Qmax=None):
     ok = np.array([[c * s[l] <= Q and (h[l, c] >= 0 or c == 0) for c in range(C1)] for l in range(L)])
     best_single = max([h[l, c] for l in range(L) for c in range(C1) if ok[l, c]] + [0.0])
     ub = max(dp_hull_ref(h, s, Q)[2], best_single, 0.0)
+    # lb: the best single count or the LP's sorted prefix, both feasible (the bisection's choice)
+    lb = max(best_single, _lp_prefix(np.where(ok, h, -1.0), s, Q), 0.0)
+    n_use = int((np.cumsum(np.sort(s)) <= Q).sum())
     delta = ub / (P - 1) if ub > 0 else 1.0
+    delta = max(delta, eps * (1 - 2.0**-12) * lb / max(n_use, 1))
     pi = np.where(ok, np.clip(np.floor(h / delta), 0, P - 1), 0).astype(int)
     INF = Q + 1
     tables = [np.array([0] + [INF] * (P - 1))]
@@ -320,7 +344,6 @@ def dp_fptas_ref(g, s, Q, eps, Qmax=None):
         pp -= pi[l, c]
     value = float(sum(g[l, counts[l]] for l in range(L)))
     frac = np.where(ok, h - pi * delta, 0).max(axis=1)
-    n_use = int((np.cumsum(np.sort(s)) <= Q).sum())
     cert = pstar * delta + (np.sort(frac)[::-1][:n_use].sum() if n_use else 0.0)
     return value, counts, max(base.sum() + min(ub, cert), value)
 

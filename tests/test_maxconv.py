@@ -390,8 +390,12 @@ def test_dual_bound_is_the_lp_bound(x64):
     Q = np.concatenate([Q, rng.integers(0, QMAX + 1, size=12)])
     c = np.arange(C1)[None, None, :]
     ok = ((c * s[..., None]) <= Q[:, None, None]) & ((g >= 0) | (c == 0))
-    ub = jax.vmap(_dual_bound)(jnp.asarray(g), jnp.asarray(s, jnp.int32), jnp.asarray(Q, jnp.int32), jnp.asarray(ok))
+    ub, lb = jax.vmap(_dual_bound)(jnp.asarray(g), jnp.asarray(s, jnp.int32), jnp.asarray(Q, jnp.int32), jnp.asarray(ok))
     for i in range(len(g)):
         lp = dp_hull_ref(np.where(ok[i], g[i], -1.0), s[i], Q[i])[2]  # unusable counts never on the envelope
+        opt = brute_dp(g[i], s[i], Q[i])
         assert float(ub[i]) == pytest.approx(max(lp, 0.0), rel=1e-9, abs=1e-9)
-        assert float(ub[i]) >= brute_dp(g[i], s[i], Q[i]) - 1e-9
+        assert float(ub[i]) >= opt - 1e-9
+        # lb is the value of a feasible choice, and the LP argument puts it within a factor 2 of ub
+        assert float(lb[i]) <= opt + 1e-9
+        assert float(lb[i]) >= float(ub[i]) / 2 - 1e-6 * (1 + float(ub[i]))

@@ -27,19 +27,24 @@ solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
   ``L``, ``C`` and ``1/eps`` and independent of ``Q``:
 
   1. ``ub`` = the Lagrangian (= LP) bound, by a fixed-trip bisection on the dual
-     (``OPT ≤ ub ≤ 2·OPT``);
-  2. profits ``g[l, c] − g[l, 0]`` are rounded down to multiples of ``delta = ub / (P − 1)`` with
-     ``P = ceil(2·n/eps) + 1`` levels (:func:`fptas_levels`; ``n = min(L, Qmax)`` bounds the
-     layers a solution uses);
+     (``OPT ≤ ub ≤ 2·OPT``), and ``lb`` the best feasible choice the bisection meets;
+  2. profits ``g[l, c] − g[l, 0]`` are rounded down to multiples of
+     ``delta = max(ub / (P − 1), eps·lb / n_use)`` (the second term times ``1 − 2^-12``) with ``P = ceil(2·n/eps) + 1`` levels
+     (:func:`fptas_levels`; ``n = min(L, Qmax)`` and ``n_use ≤ n`` bound the layers a solution
+     uses);
   3. the layer DP over rounded profit, ``W_l[p] = min_c W_{l-1}[p − π_l(c)] + c·s_l`` (fewest
-     units reaching rounded profit exactly ``p``, int32), one fused gather + min of
-     ``[P, C+1]`` per layer in a ``lax.scan``; the highest ``p`` with ``W_L[p] ≤ Q`` is
-     backtracked by recomputing one row per layer (ties: the largest true profit).
+     units reaching rounded profit exactly ``p``, int32), one fused gather + min per block of a
+     quarter of the levels in a ``lax.scan``, filling only the blocks up to the highest level a
+     feasible choice can reach (``ub / delta``, about ``n_use/eps · ub/lb`` ≈ half the table when
+     the bound is tight); the highest ``p`` with ``W_L[p] ≤ Q`` is backtracked by recomputing
+     one row per layer (ties: the largest true profit).
 
   Guarantee: OPT's own rounded profit fits, so the result's rounded profit is at least OPT's,
-  and OPT loses at most ``delta`` per layer it uses: ``value ≥ OPT − n·delta ≥ OPT − eps·ub/2 ≥
-  (1 − eps)·OPT``. ``bound`` certifies the instance: ``min(ub, p*·delta + Σ of the largest
-  rounding remainders of the layers a solution can use) ≥ OPT``. O(L·C·n/eps) time, O(L·n/eps)
+  and OPT loses less than ``delta`` per layer it uses: ``value ≥ OPT − n_use·delta``, and
+  ``n_use·delta`` is at most ``eps·ub/2 ≤ eps·OPT`` (first term) or ``eps·lb ≤ eps·OPT`` (second),
+  so ``value ≥ (1 − eps)·OPT`` for every input. ``bound`` certifies the instance:
+  ``min(ub, p*·delta + Σ of the largest rounding remainders of the layers a solution can use) ≥
+  OPT``. O(L·C·n/eps) time (O(L·C·n_use/eps·ub/lb) for the filled blocks), O(L·n/eps)
   memory. When ``Qmax + 1 ≤ P`` the capacity table is the smaller one and the problem is solved
   exactly instead (the ``dense`` optimum and tie rule, with a fused max per layer and a
   recomputing backtrack), so small nodes — every node of mixtral-sized instances — lose nothing.
@@ -306,8 +311,10 @@ def fptas_levels(L: int, eps: float, Qmax: int | None = None) -> int:
 
 def _dual_bound(
     h: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], ok: Bool[Array, "L C1"], iters: int = DUAL_ITERS
-) -> Float[Array, ""]:
-    """Lagrangian bound ``min_λ D(λ)``, ``D(λ) = λ·Q + Σ_l max_{c usable} (h[l, c] − λ·c·s[l])``.
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """Lagrangian bound ``ub = min_λ D(λ)``, ``D(λ) = λ·Q + Σ_l max_{c usable} (h[l, c] − λ·c·s[l])``,
+    and the value ``lb`` of a feasible choice found on the way. Returns ``(ub, lb)``,
+    ``lb ≤ OPT ≤ ub``.
 
     Every ``D(λ)`` with ``λ >= 0`` is an upper bound on OPT (weak duality); its minimum is the LP
     bound over the concave envelopes, which is at most 2·OPT (the sorted prefix before the break
@@ -315,7 +322,10 @@ def _dual_bound(
     fixed-trip bisection on its right derivative ``Q − Σ_l c_l(λ)·s[l]`` (smallest maximizing
     counts) over ``[0, max slope]`` reaches the LP bound up to ``2^-iters`` of the range; the
     smallest ``D`` seen is returned (so the bound holds whatever the float rounding of ``λ``).
-    O(iters·L·C), no sort and no envelope, so it compiles to a small loop.
+    Wherever the smallest maximizing counts fit in ``Q`` they are a feasible choice, and ``lb`` is
+    the best of their values and of the best single usable count (so ``lb >= ub / 2`` up to the
+    bisection's resolution: the sorted prefix and the break segment's end point). O(iters·L·C),
+    no sort and no envelope, so it compiles to a small loop.
     """
     C1 = h.shape[1]
     dt = h.dtype
@@ -324,17 +334,27 @@ def _dual_bound(
     hi0 = jnp.where(ok & (cs > 0), h / jnp.maximum(cs, 1), 0).max()
 
     def body(_, st):
-        lo, hi, ub = st
+        lo, hi, ub, lb = st
         lam = 0.5 * (lo + hi)
         phi = hm - lam * cs
         best = phi.max(axis=1)
-        used = jnp.where(phi >= best[:, None], cs, jnp.inf).min(axis=1).sum()  # smallest maximizers
+        argmax = phi >= best[:, None]
+        used = jnp.where(argmax, cs, jnp.inf).min(axis=1).sum()  # smallest maximizers
         right = used <= Q.astype(dt)  # D's right derivative Q − used >= 0: the minimum is at or left of lam
-        return jnp.where(right, lo, lam), jnp.where(right, lam, hi), jnp.minimum(ub, lam * Q.astype(dt) + best.sum())
+        smallest = jnp.argmax(argmax, axis=1)  # those counts: a feasible choice when they fit
+        val = jnp.take_along_axis(h, smallest[:, None], axis=1)[:, 0].sum()
+        lb = jnp.where(right, jnp.maximum(lb, val), lb)
+        return jnp.where(right, lo, lam), jnp.where(right, lam, hi), jnp.minimum(ub, lam * Q.astype(dt) + best.sum()), lb
 
     ub0 = hm.max(axis=1).sum()  # D(0)
-    _, _, ub = lax.fori_loop(0, iters, body, (jnp.zeros((), dt), hi0, ub0))
-    return jnp.maximum(ub, 0)
+    lb0 = jnp.where(ok, h, 0).max()  # the best single usable count
+    _, _, ub, lb = lax.fori_loop(0, iters, body, (jnp.zeros((), dt), hi0, ub0, lb0))
+    return jnp.maximum(ub, 0), jnp.maximum(lb, 0)
+
+
+def _fptas_chunk(P: int) -> int:
+    """Levels per block of the ``fptas`` forward pass: a quarter of the table, rounded up to 8."""
+    return -(-max(1, -(-P // 4)) // 8) * 8
 
 
 def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: float, Qmax: int | None) -> DPResult:
@@ -355,23 +375,44 @@ def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: 
     c = jnp.arange(C1, dtype=jnp.int32)
     ok = ((c[None, :] * s[:, None]) <= Q) & (h >= 0)  # a choice with h < 0 is beaten by c = 0
     ok = ok.at[:, 0].set(True)
-    ub = _dual_bound(h, s, Q, ok)  # OPT <= ub <= 2·OPT
+    ub, lb = _dual_bound(h, s, Q, ok)  # lb <= OPT <= ub <= 2·OPT
+    # The scale: a solution loses < delta per layer it uses, at most n_use layers (the most whose
+    # smallest sizes fit in Q). delta = ub / (P − 1) loses <= eps·ub/2 <= eps·OPT whatever lb is;
+    # eps·lb / n_use loses <= eps·lb <= eps·OPT. The larger one needs fewer levels.
+    n_use = (jnp.cumsum(jnp.sort(s)) <= Q).sum()
     delta = jnp.where(ub > 0, ub / (P - 1), 1).astype(dt)
+    # (1 − 2^-12): lb is the value of a choice, often one count, whose profit would otherwise be an
+    # exact multiple of delta, where floor() would depend on the last bit of the division.
+    delta = jnp.maximum(delta, (eps * (1 - 2.0**-12) * lb / jnp.maximum(n_use, 1)).astype(dt))
     pi = jnp.clip(jnp.floor(h / delta), 0, P - 1).astype(jnp.int32)  # [L, C1] rounded-down profit
     pi = jnp.where(ok, pi, 0)
     frac = jnp.where(ok, h - pi.astype(dt) * delta, 0)  # in [0, delta)
+    # No feasible choice rounds above ub / delta (one level of slack for float rounding of ub), and
+    # none reaches above the sum of the layers' largest rounded profits so far: the forward pass
+    # fills only the blocks of levels up to `live[l]`; the rest stay "none fits".
+    top = jnp.minimum(jnp.floor(ub / delta).astype(jnp.int32) + 1, P - 1)
+    live = jnp.minimum(jnp.cumsum(pi.max(axis=1)), top)  # [L]
+    CH = _fptas_chunk(P)
+    PP = -(-P // CH) * CH
     inf = Q + 1  # "no solution of this profit fits"
-    p = jnp.arange(P, dtype=jnp.int32)
+    p = jnp.arange(PP, dtype=jnp.int32)
     W0 = jnp.where(p == 0, 0, inf)
+    block = jnp.arange(CH, dtype=jnp.int32)
 
     def step(W, xs):
-        pl, okl, sl = xs
-        idx = p[:, None] - pl[None, :]
-        cand = jnp.where(okl[None, :] & (idx >= 0), W[jnp.maximum(idx, 0)] + c[None, :] * sl, inf)
-        Wn = jnp.minimum(cand.min(axis=1), inf)
+        pl, okl, sl, lv = xs
+
+        def fill(k, Wn):
+            pp = k * CH + block
+            idx = pp[:, None] - pl[None, :]
+            cand = jnp.where(okl[None, :] & (idx >= 0), W[jnp.maximum(idx, 0)] + c[None, :] * sl, inf)
+            Wb = jnp.where(pp <= lv, jnp.minimum(cand.min(axis=1), inf), inf)
+            return lax.dynamic_update_slice(Wn, Wb, (k * CH,))
+
+        Wn = lax.fori_loop(0, lv // CH + 1, fill, jnp.full((PP,), inf, jnp.int32))
         return Wn, W
 
-    W, prev = lax.scan(step, W0, (pi, ok, s))  # W [P]: min units of rounded profit exactly p
+    W, prev = lax.scan(step, W0, (pi, ok, s, live))  # W [PP]: min units of rounded profit exactly p
     feasible = W <= Q
     pstar = jnp.max(jnp.where(feasible, p, 0)).astype(jnp.int32)
 
@@ -388,12 +429,11 @@ def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: 
     _, counts = lax.scan(back, (pstar, W[pstar]), (prev, pi, ok, h, s), reverse=True)
     value = jnp.take_along_axis(g, counts[:, None], axis=1)[:, 0].sum()
     # OPT's rounded profit is <= pstar, and OPT rounds down by at most the largest frac of each
-    # layer it uses: at most n_use layers (the most whose smallest sizes fit in Q).
-    n_use = (jnp.cumsum(jnp.sort(s)) <= Q).sum()
-    top = jnp.cumsum(-jnp.sort(-frac.max(axis=1)))
-    cert = pstar.astype(dt) * delta + jnp.where(n_use > 0, top[jnp.maximum(n_use - 1, 0)], 0)
+    # layer it uses: at most n_use layers.
+    top_frac = jnp.cumsum(-jnp.sort(-frac.max(axis=1)))
+    cert = pstar.astype(dt) * delta + jnp.where(n_use > 0, top_frac[jnp.maximum(n_use - 1, 0)], 0)
     bound = base.sum() + jnp.minimum(ub, cert)
-    return DPResult(value, counts, jnp.maximum(bound, value), W)
+    return DPResult(value, counts, jnp.maximum(bound, value), W[:P])
 
 
 def capacity_dp(
