@@ -72,6 +72,8 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
+from slimjax.ops._sort import stable_argsort
+
 __all__ = ["BACKENDS", "DEFAULT_EPS", "DPResult", "capacity_dp", "fptas_levels", "maxplus_conv", "upper_envelope"]
 
 BACKENDS = ("dense", "hull", "fptas")
@@ -207,7 +209,7 @@ def _hull(g, s, Q) -> DPResult:
     # Float noise must never reorder one layer's segments: make slopes non-increasing in c.
     slope = lax.cummin(jnp.where(seg_ok, slope, jnp.inf), axis=1)
     key = jnp.where(seg_ok, -slope, jnp.inf).reshape(-1)
-    perm = jnp.argsort(key, stable=True)  # (layer, c) order among ties
+    perm = stable_argsort(key)  # (layer, c) order among ties
     layer = (perm // C1).astype(jnp.int32)
     ok_s = seg_ok.reshape(-1)[perm]
     len_s = jnp.where(ok_s, seg_len.reshape(-1)[perm], 0).astype(jnp.int32)
