@@ -127,6 +127,31 @@ def test_prefix_single_seed_and_chunking(default_batch):
     np.testing.assert_array_equal(np.asarray(chunked.patterns), np.asarray(default_batch.patterns[:7]))
 
 
+@pytest.mark.parametrize("network,routing", [
+    (None, SMALL),
+    ({"users": 3, "servers": 5, "load": 0.6}, RoutingConfig(kind="latent", tokens=24, temperature=0.7)),
+    ({"users": 2}, RoutingConfig(kind="zipf", tokens=16)),
+    ({"users": 3, "servers": 2, "multi_user": True, "jitter": 0.2}, SMALL),
+])
+def test_small_program_draws_the_batched_programs_bits(network, routing):
+    """Batches up to SMALL_BATCH come from one program that also splits the key, larger ones from
+    the batched program. Every field of instance i must be bitwise the same in both, so that no
+    instance depends on the batch it is drawn in. (Compiling the small program with the solvers'
+    fast XLA options broke this: 1-ulp latencies with the multi-user geometry.)"""
+    from slimjax.generate.instances import SMALL_BATCH
+
+    small = instances(KEY, 3, network=network, routing=routing)
+    large = instances(KEY, SMALL_BATCH + 4, network=network, routing=routing)
+    one = instance(KEY, network=network, routing=routing)
+    for f in ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic", "base", "service", "rate"):
+        a, b = getattr(small, f), getattr(large, f)
+        if a is None:
+            assert b is None and f in ("service", "rate")
+            continue
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[:3], err_msg=f)
+        np.testing.assert_array_equal(np.asarray(getattr(one, f)), np.asarray(b)[0], err_msg=f)
+
+
 def test_objective_extremes_follow_the_latency_model(default_batch):
     """J(no cache) = L * cloud time; J(all on device) = L * device time; the edge in between."""
     b = default_batch
