@@ -562,7 +562,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64, 256, 1024],
                     help="batch sizes of the throughput part 't' (comma-separated)")
     ap.add_argument("--reps", type=int, default=None,
-                    help="timing repetitions of parts c and f (default 3 and 2 with --quick, else 5 and 3; more under a loaded machine)")
+                    help="timing repetitions of parts c and f (default 7 and 2 with --quick, else 9 and 3; more under a loaded machine)")
     ap.add_argument("--plots", metavar="DIR", help="write the figures of the scaling curves (parts t, s) to DIR")
     ap.add_argument("--experts", type=lambda v: [int(x) for x in v.split(",")], default=None,
                     help="E values of the scaling part 's' (default 4,8,12,16; --quick 4,8,12)")
@@ -583,7 +583,7 @@ def main(argv=None) -> int:
         "b": lambda: part_successive(args.successive_batch, 2 if q else 8, args.milp_n if args.milp_n is not None else (1 if q else 3),
                                      args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 2 if q else 5,
                                      3 if q else 8),
-        "c": lambda: part_hull(8 if q else 32, args.reps or (3 if q else 5)),
+        "c": lambda: part_hull(8 if q else 32, args.reps or (7 if q else 9)),
         "d": lambda: part_deepseek(),
         "f": lambda: part_first_call(args.reps or (2 if q else 3)),
         "t": lambda: part_throughput(args.sizes, args.chunk, args.configs),
