@@ -342,10 +342,11 @@ def _dual_bound(
         phi = hm - lam * cs
         best = phi.max(axis=1)
         argmax = phi >= best[:, None]
-        used = jnp.where(argmax, cs, jnp.inf).min(axis=1).sum()  # smallest maximizers
+        least = jnp.where(argmax, cs, jnp.inf).min(axis=1)  # [L] units of the smallest maximizers
+        used = least.sum()
         right = used <= Q.astype(dt)  # D's right derivative Q − used >= 0: the minimum is at or left of lam
-        smallest = jnp.argmax(argmax, axis=1)  # those counts: a feasible choice when they fit
-        val = jnp.take_along_axis(h, smallest[:, None], axis=1)[:, 0].sum()
+        # their value, a feasible choice when they fit (cs grows with c, so cs == least picks them)
+        val = jnp.where(argmax & (cs == least[:, None]), h, -jnp.inf).max(axis=1).sum()
         lb = jnp.where(right, jnp.maximum(lb, val), lb)
         return jnp.where(right, lo, lam), jnp.where(right, lam, hi), jnp.minimum(ub, lam * Q.astype(dt) + best.sum()), lb
 
@@ -410,10 +411,11 @@ def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: 
             idx = pp[:, None] - pl[None, :]
             cand = jnp.where(okl[None, :] & (idx >= 0), W[jnp.maximum(idx, 0)] + c[None, :] * sl, inf)
             Wb = jnp.where(pp <= lv, jnp.minimum(cand.min(axis=1), inf), inf)
-            return lax.dynamic_update_slice(Wn, Wb, (k * CH,))
+            # a select of block k (no dynamic_update_slice: under vmap that becomes a scatter)
+            return jnp.where(jnp.arange(PP // CH, dtype=jnp.int32)[:, None] == k, Wb[None, :], Wn)
 
-        Wn = lax.fori_loop(0, lv // CH + 1, fill, jnp.full((PP,), inf, jnp.int32))
-        return Wn, W
+        Wn = lax.fori_loop(0, lv // CH + 1, fill, jnp.full((PP // CH, CH), inf, jnp.int32))
+        return Wn.reshape(PP), W
 
     W, prev = lax.scan(step, W0, (pi, ok, s, live))  # W [PP]: min units of rounded profit exactly p
     feasible = W <= Q
