@@ -129,9 +129,10 @@ def test_prefix_single_seed_and_chunking(default_batch):
 
 @pytest.mark.parametrize("network,routing", [
     (None, SMALL),
-    ({"users": 3, "servers": 5, "load": 0.6}, RoutingConfig(kind="latent", tokens=24, temperature=0.7)),
-    ({"users": 2}, RoutingConfig(kind="zipf", tokens=16)),
-    ({"users": 3, "servers": 2, "multi_user": True, "jitter": 0.2}, SMALL),
+    # load model, Gumbel router noise, the multi-user geometry and jitter: every transcendental
+    # the generator uses (the multi-user latencies are where the fast XLA options changed a bit)
+    ({"users": 3, "servers": 2, "multi_user": True, "jitter": 0.2, "load": 0.6},
+     RoutingConfig(kind="latent", tokens=24, temperature=0.7)),
 ])
 def test_small_program_draws_the_batched_programs_bits(network, routing):
     """Batches up to SMALL_BATCH come from one program that also splits the key, larger ones from
