@@ -20,9 +20,9 @@ solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
   the best single-layer point, so it is ≥ OPT / 2 (the multiple-choice-knapsack LP argument,
   Sinha & Zoltners 1979). It also returns that LP bound, which certifies the gap.
   O(L·C² + L·C·log(L·C)), independent of ``Q`` (the segments are ordered by
-  :func:`~slimjax.ops._sort.stable_argsort`, two integer sorts instead of a comparator sort). Real top-K layer curves are far from concave (a
-  co-activated pair is worth far more than its two halves), and there it can lose tens of percent
-  of a node's gain.
+  :func:`~slimjax.ops._sort.stable_argsort`, two integer sorts instead of a comparator sort).
+  Real top-K layer curves are far from concave (a co-activated pair is worth far more than its
+  two halves), and there it can lose tens of percent of a node's gain.
 - ``"fptas"`` — value scaling of the multiple-choice knapsack (Lawler 1979; Kellerer, Pferschy &
   Pisinger 2004, section 11.10), **value ≥ (1 − eps)·OPT** for every input, in time polynomial in
   ``L``, ``C`` and ``1/eps`` and independent of ``Q``:
@@ -30,9 +30,9 @@ solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
   1. ``ub`` = the Lagrangian (= LP) bound, by a fixed-trip bisection on the dual
      (``OPT ≤ ub ≤ 2·OPT``), and ``lb`` the best feasible choice the bisection meets;
   2. profits ``g[l, c] − g[l, 0]`` are rounded down to multiples of
-     ``delta = max(ub / (P − 1), eps·lb / n_use)`` (the second term times ``1 − 2^-12``) with ``P = ceil(2·n/eps) + 1`` levels
-     (:func:`fptas_levels`; ``n = min(L, Qmax)`` and ``n_use ≤ n`` bound the layers a solution
-     uses);
+     ``delta = max(ub / (P − 1), eps·lb / n_use)`` (the second term times ``1 − 2^-12``) with
+     ``P = ceil(2·n/eps) + 1`` levels (:func:`fptas_levels`; ``n = min(L, Qmax)`` and
+     ``n_use ≤ n`` bound the layers a solution uses);
   3. the layer DP over rounded profit, ``W_l[p] = min_c W_{l-1}[p − π_l(c)] + c·s_l`` (fewest
      units reaching rounded profit exactly ``p``, int32), one fused gather + min per block of a
      quarter of the levels in a ``lax.scan``, filling only the blocks up to the highest level a

@@ -26,7 +26,7 @@ __all__ = ["stable_argsort"]
 
 def _sortable_int(key: Array) -> Array:
     """Integers in the order ``lax.sort`` gives the keys (int32, or int64 for 64-bit keys)."""
-    if jnp.issubdtype(key.dtype, jnp.signedinteger) or key.dtype == jnp.bool_:
+    if jnp.issubdtype(key.dtype, jnp.signedinteger):
         return key if key.dtype.itemsize >= 4 else key.astype(jnp.int32)
     if key.dtype.itemsize < 4:
         key = key.astype(jnp.float32)  # exact, order preserving
