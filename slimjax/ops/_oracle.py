@@ -228,42 +228,48 @@ def greedy_oracle(
     improv = (newp < d).any(0)  # [L, E]: this node makes the expert faster for some user
     improv_u = _members((newp < d).astype(jnp.int32), patterns) > 0  # [U, L, M, K]
     new = jnp.where(dup, 0, _members(newp, patterns))
+    old = jnp.where(dup, 0, _members(d, patterns))
     lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], patterns.shape)
     flat_idx = (lidx * E + patterns).reshape(-1)
     kpos = jnp.arange(K, dtype=jnp.int32)
+    p0 = old.max(-1)
 
-    def p_of(cur):
-        cur_k = jnp.where(dup, 0, _members(cur, patterns))
-        return cur_k, cur_k.max(-1)
-
-    _, p0 = p_of(d)
+    def members_now(inS):
+        """``in_s`` and ``cur_k`` [U, L, M, K]: membership and latency of each pattern member given
+        the set (the current latencies are ``newp`` on the set and ``d`` elsewhere)."""
+        in_s = inS.reshape(-1)[flat_idx].reshape(patterns.shape)
+        return in_s, jnp.where(in_s, new, old)
 
     lim = jnp.full((L,), E, jnp.int32) if limit is None else jnp.minimum(jnp.asarray(limit, jnp.int32), E)
     cost = None if item_cost is None else jnp.asarray(item_cost, dt)
 
     def step(state):
-        t, active, inS, cur, s0, added_at, gains, sizes = state
-        cur_k, curP = p_of(cur)
+        t, active, inS, s0, added_at, gains, sizes = state
+        in_s, cur_k = members_now(inS)
+        curP = cur_k.max(-1)
         gain_now = (tw * (p0 - curP)).sum(axis=(0, 2))  # [L] exact gain of the current set
         if cost is not None:
             gain_now = gain_now - jnp.where(inS, cost, 0).sum(-1)
         size_now = inS.sum(-1).astype(jnp.int32)
-        # exact single-expert gains
+        # Exact single-expert gains. Adding a member lowers the pattern's latency only when it is
+        # the (first) slowest member i1 (every member's new latency is <= the pattern's), so each
+        # pattern contributes to one expert: curP - max(its new latency, the other members' max).
         i1 = jnp.argmax(cur_k, axis=-1)
         is1 = kpos == i1[..., None]
         top2 = jnp.where(is1, 0, cur_k).max(-1)
-        excl = jnp.where(is1, top2[..., None], curP[..., None])  # max over the other positions
-        alt = jnp.maximum(new, excl)  # pattern latency if only position k's expert is added
-        drop = jnp.where(dup, 0, curP[..., None] - alt)
-        single = jnp.zeros((L * E,), dt).at[flat_idx].add((tw[..., None] * drop).reshape(-1)).reshape(L, E)
+        new1 = jnp.where(is1, new, 0).max(-1)  # latencies are >= 0
+        dup1 = (is1 & dup).any(-1)
+        drop1 = jnp.where(dup1, 0, curP - jnp.maximum(new1, top2))  # [U, L, M]
+        e1 = jnp.take_along_axis(patterns, i1[..., None], axis=-1)[..., 0]
+        idx1 = (lidx[..., 0] * E + e1).reshape(-1)
+        single = jnp.zeros((L * E,), dt).at[idx1].add((tw * drop1).reshape(-1)).reshape(L, E)
         if cost is not None:
             single = single - cost  # net single gains (a completion's estimate sums its members' net gains)
         # pattern completions
-        in_s = inS.reshape(-1)[flat_idx].reshape(patterns.shape)
         A = ~dup & ~in_s & improv_u  # [U, L, M, K]
         size_a = A.sum(-1)
         full = jnp.where(A, new, cur_k).max(-1)
-        own = tw * ((curP - full) - jnp.where(A, drop, 0).sum(-1))
+        own = tw * ((curP - full) - jnp.where((A & is1).any(-1), drop1, 0))
         s_k = single.reshape(-1)[flat_idx].reshape(patterns.shape)
         est = jnp.where(A, s_k, 0).sum(-1) + own
         r_c = jnp.where(size_a > 0, est / jnp.maximum(size_a, 1).astype(dt), -jnp.inf)  # [U, L, M]
@@ -279,20 +285,19 @@ def greedy_oracle(
         comp = (jax.nn.one_hot(p_sel, E, dtype=jnp.int32) * a_sel[..., None]).max(-2) > 0  # [L, E]
         add = jnp.where(is_single[:, None], jax.nn.one_hot(best, E, dtype=bool), comp) & go[:, None]
         inS = inS | add
-        cur = jnp.where(add[None], newp, cur)
         s0 = jnp.where(t == 0, single, s0)
         added_at = jnp.where(add, t + 1, added_at)  # the state after step t holds the experts added in steps < t
         gains = lax.dynamic_update_index_in_dim(gains, gain_now, t, 0)
         sizes = lax.dynamic_update_index_in_dim(sizes, size_now, t, 0)
         active = go & (inS.sum(-1) < lim)
-        return (t + 1, active, inS, cur, s0, added_at, gains, sizes)
+        return (t + 1, active, inS, s0, added_at, gains, sizes)
 
     # Rows of steps that never run keep size E + 1 (> any count), so they are never selected.
-    init = (jnp.int32(0), lim > 0, jnp.zeros((L, E), bool), d, jnp.zeros((L, E), dt),
+    init = (jnp.int32(0), lim > 0, jnp.zeros((L, E), bool), jnp.zeros((L, E), dt),
             jnp.full((L, E), T + 1, jnp.int32), jnp.zeros((T + 1, L), dt), jnp.full((T + 1, L), E + 1, jnp.int32))
-    t_end, _, inS, cur, singles0, added_at, gains, sizes = lax.while_loop(
+    t_end, _, inS, singles0, added_at, gains, sizes = lax.while_loop(
         lambda st: (st[0] < T) & st[1].any(), step, init)  # singles0: gains vs d
-    _, pT = p_of(cur)
+    pT = members_now(inS)[1].max(-1)
     gain_end = (tw * (p0 - pT)).sum(axis=(0, 2))
     if cost is not None:
         gain_end = gain_end - jnp.where(inS, cost, 0).sum(-1)
