@@ -173,8 +173,16 @@ def upper_envelope(
     left = jnp.where(lower & valid[:, None], slope, jnp.inf).min(axis=0)  # for j: min over i < j
     right = jnp.where(lower & valid[None, :], slope, -jnp.inf).max(axis=1)  # for i: max over j > i
     on = valid & (left >= right - tol)
-    nxt = jnp.where(lower & on[None, :], c[None, :], C1).min(axis=1).astype(jnp.int32)
+    # the next envelope point: a reverse running minimum of the envelope's indices, shifted by one
+    nxt = lax.cummin(jnp.where(on, c, C1), axis=0, reverse=True)
+    nxt = jnp.concatenate([nxt[1:], jnp.full((1,), C1, jnp.int32)]).astype(jnp.int32)
     return on, nxt
+
+
+def _prefix_sum(x: Int[Array, "S"]) -> Int[Array, "S"]:
+    """Inclusive int32 prefix sum by an associative scan: exact (integers), and ~2x faster on
+    XLA's CPU backend than ``jnp.cumsum``, which lowers to a reduce-window there."""
+    return lax.associative_scan(jnp.add, jnp.asarray(x, jnp.int32))
 
 
 def _envelope_values(g, on, nxt):
@@ -217,9 +225,13 @@ def _hull(g, s, Q) -> DPResult:
     gain_s = jnp.where(ok_s, seg_gain.reshape(-1)[perm], 0)
     S = L * C1
     pos = jnp.arange(S, dtype=jnp.int32)
+    # rank[l, c]: the sorted position of segment (l, c); per-layer minima over sorted positions are
+    # then row minima in the [L, C1] layout (a gather and a reduction instead of a scatter-min,
+    # which XLA's CPU backend runs element by element).
+    rank = jnp.zeros(S, jnp.int32).at[perm].set(pos).reshape(L, C1)
 
     # LP bound: the sorted prefix that fits plus a fraction of the first one that does not.
-    cum = jnp.cumsum(len_s, dtype=jnp.int32)
+    cum = _prefix_sum(len_s)
     full = ok_s & (cum <= Q)
     brk = ok_s & (cum > Q)
     has_brk = brk.any()
@@ -242,9 +254,9 @@ def _hull(g, s, Q) -> DPResult:
         it, taken, closed, r, p0, _ = st
         live = ok_s & (pos > p0) & ~closed[layer]
         bad = live & (len_s > r)
-        first_bad = jnp.full((L,), S, jnp.int32).at[layer].min(jnp.where(bad, pos, S))
+        first_bad = jnp.where(bad[rank], rank, S).min(axis=1)  # [L] the first bad segment of each layer
         elig = live & ~bad & (pos < first_bad[layer])
-        cs = jnp.cumsum(jnp.where(elig, len_s, 0), dtype=jnp.int32)
+        cs = _prefix_sum(jnp.where(elig, len_s, 0))
         over = elig & (cs > r)
         has_over = over.any()
         f = jnp.where(has_over, jnp.argmax(over), S).astype(jnp.int32)
@@ -256,7 +268,7 @@ def _hull(g, s, Q) -> DPResult:
 
     init = (jnp.int32(0), jnp.zeros(S, bool), jnp.zeros(L, bool), Q, jnp.int32(-1), jnp.bool_(False))
     _, taken, _, _, _, _ = lax.while_loop(cond, body, init)
-    taken_layout = jnp.zeros(S, bool).at[perm].set(taken).reshape(L, C1)
+    taken_layout = taken[rank]
     counts = jnp.where(taken_layout, nxc, 0).max(axis=1).astype(jnp.int32)
     value = jnp.take_along_axis(g, counts[:, None], axis=1)[:, 0].sum()
 

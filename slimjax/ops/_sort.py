@@ -46,6 +46,8 @@ def stable_argsort(key: Shaped[Array, "*batch S"]) -> Int[Array, "*batch S"]:
         return jnp.argsort(key, axis=-1, stable=True).astype(jnp.int32)
     q = _sortable_int(key)
     sq = jnp.sort(q, axis=-1)
-    rank = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(sq.reshape(-1, S), q.reshape(-1, S))
+    # (the unrolled binary search: ~2x faster on CPU than the while loop of the default method)
+    rank = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left", method="scan_unrolled"))(
+        sq.reshape(-1, S), q.reshape(-1, S))
     packed = rank.astype(jnp.int32).reshape(key.shape) * S + jnp.arange(S, dtype=jnp.int32)
     return jnp.sort(packed, axis=-1) % S
