@@ -151,7 +151,7 @@ def upper_envelope(
 
     A point c lies on the envelope iff some line supports it:
     ``min_{i<c} slope(i, c) ≥ max_{j>c} slope(c, j)`` (all points c ≤ cmax). Collinear points count
-    as on the envelope. O(C²), fully vectorized.
+    as on the envelope. O(C²) time, O(C) memory (a loop over the offset j − i).
 
     Args:
       g: float [C+1] a curve.
@@ -166,15 +166,30 @@ def upper_envelope(
     valid = c <= cmax
     if tol is None:
         tol = _tol(g)
-    dg = g[None, :] - g[:, None]  # [i, j] = g[j] − g[i]
-    dc = (c[None, :] - c[:, None]).astype(g.dtype)
-    slope = dg / jnp.where(dc == 0, 1, dc)
-    lower = c[:, None] < c[None, :]  # i < j
-    left = jnp.where(lower & valid[:, None], slope, jnp.inf).min(axis=0)  # for j: min over i < j
-    right = jnp.where(lower & valid[None, :], slope, -jnp.inf).max(axis=1)  # for i: max over j > i
+    # left[j] = min_{i<j} slope(i, j), right[i] = max_{j>i, j usable} slope(i, j), one offset
+    # k = j − i per step of a loop: O(C) values per offset instead of materialized [C+1, C+1]
+    # tables (the same float operations, so the same values; 2x faster at C = 64, 13x at 256).
+    # For a usable j every i < j is usable.
+    inf = jnp.asarray(jnp.inf, g.dtype)
+    zeros = jnp.zeros((C1,), g.dtype)
+    g_before = jnp.concatenate([zeros, g])  # g_before[C1 + j − k] = g[j − k]
+    g_after = jnp.concatenate([g, zeros])  # g_after[i + k] = g[i + k]
+    valid_after = jnp.concatenate([valid, jnp.zeros((C1,), bool)])
+
+    def offset(k, st):
+        left, right = st
+        kf = k.astype(g.dtype)
+        a = lax.dynamic_slice_in_dim(g_before, C1 - k, C1)  # g[j − k] (0 where j < k)
+        left = jnp.minimum(left, jnp.where(c >= k, (g - a) / kf, inf))
+        b = lax.dynamic_slice_in_dim(g_after, k, C1)  # g[i + k]
+        usable = lax.dynamic_slice_in_dim(valid_after, k, C1)
+        return left, jnp.maximum(right, jnp.where(usable, (b - g) / kf, -inf))
+
+    init = (jnp.full((C1,), jnp.inf, g.dtype), jnp.full((C1,), -jnp.inf, g.dtype))
+    left, right = lax.fori_loop(1, C1, offset, init, unroll=8) if C1 > 1 else init
     on = valid & (left >= right - tol)
     # the next envelope point: a reverse running minimum of the envelope's indices, shifted by one
-    nxt = lax.cummin(jnp.where(on, c, C1), axis=0, reverse=True)
+    nxt = _running(jnp.minimum, jnp.where(on, c, C1), reverse=True)
     nxt = jnp.concatenate([nxt[1:], jnp.full((1,), C1, jnp.int32)]).astype(jnp.int32)
     return on, nxt
 
@@ -185,12 +200,18 @@ def _prefix_sum(x: Int[Array, "S"]) -> Int[Array, "S"]:
     return lax.associative_scan(jnp.add, jnp.asarray(x, jnp.int32))
 
 
+def _running(op, x: Array, axis: int = 0, reverse: bool = False) -> Array:
+    """``lax.cummax``/``lax.cummin`` (``op`` = ``jnp.maximum``/``jnp.minimum``) by an associative
+    scan: the same values (max and min are exact in any order; no NaN here), faster on CPU."""
+    return lax.associative_scan(op, x, reverse=reverse, axis=axis)
+
+
 def _envelope_values(g, on, nxt):
     """Envelope evaluated at every integer c (linear between envelope points)."""
     C1 = g.shape[-1]
     c = jnp.arange(C1, dtype=jnp.int32)
     # previous envelope point at or before c
-    prev = lax.cummax(jnp.where(on, c, 0), axis=0)
+    prev = _running(jnp.maximum, jnp.where(on, c, 0))
     nx = nxt[prev]
     has = nx < C1
     nxc = jnp.minimum(nx, C1 - 1)
@@ -216,7 +237,7 @@ def _hull(g, s, Q) -> DPResult:
     seg_ok = on & has_next & (seg_gain > 0)
     slope = seg_gain / jnp.maximum(seg_len, 1).astype(dt)
     # Float noise must never reorder one layer's segments: make slopes non-increasing in c.
-    slope = lax.cummin(jnp.where(seg_ok, slope, jnp.inf), axis=1)
+    slope = _running(jnp.minimum, jnp.where(seg_ok, slope, jnp.inf), axis=1)
     key = jnp.where(seg_ok, -slope, jnp.inf).reshape(-1)
     perm = stable_argsort(key)  # (layer, c) order among ties
     layer = (perm // C1).astype(jnp.int32)
