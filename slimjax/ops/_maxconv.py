@@ -178,7 +178,7 @@ def upper_envelope(
 
     def offset(k, st):
         left, right = st
-        kf = k.astype(g.dtype)
+        kf = jnp.asarray(k, g.dtype)
         a = lax.dynamic_slice_in_dim(g_before, C1 - k, C1)  # g[j − k] (0 where j < k)
         left = jnp.minimum(left, jnp.where(c >= k, (g - a) / kf, inf))
         b = lax.dynamic_slice_in_dim(g_after, k, C1)  # g[i + k]
