@@ -438,12 +438,18 @@ def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: 
 
     def step(W, xs):
         pl, okl, sl, lv = xs
+        # W behind PP levels of "none fits": W[p − pl[c]] of a block is one contiguous slice
+        Wpad = jnp.concatenate([jnp.full((PP,), inf, jnp.int32), W])
 
         def fill(k, Wn):
             pp = k * CH + block
-            idx = pp[:, None] - pl[None, :]
-            cand = jnp.where(okl[None, :] & (idx >= 0), W[jnp.maximum(idx, 0)] + c[None, :] * sl, inf)
-            Wb = jnp.where(pp <= lv, jnp.minimum(cand.min(axis=1), inf), inf)
+
+            def count(ci, acc):  # min over the counts, one count at a time (O(CH) memory)
+                prior = lax.dynamic_slice_in_dim(Wpad, PP + k * CH - pl[ci], CH)  # W[pp − pl[c]] (none if < 0)
+                return jnp.minimum(acc, jnp.where(okl[ci], prior + ci * sl, inf))
+
+            best = lax.fori_loop(0, C1, count, jnp.full((CH,), inf, jnp.int32), unroll=8)
+            Wb = jnp.where(pp <= lv, best, inf)
             # a select of block k (no dynamic_update_slice: under vmap that becomes a scatter)
             return jnp.where(jnp.arange(PP // CH, dtype=jnp.int32)[:, None] == k, Wb[None, :], Wn)
 
