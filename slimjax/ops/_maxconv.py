@@ -34,8 +34,9 @@ solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
      ``P = ceil(2·n/eps) + 1`` levels (:func:`fptas_levels`; ``n = min(L, Qmax)`` and
      ``n_use ≤ n`` bound the layers a solution uses);
   3. the layer DP over rounded profit, ``W_l[p] = min_c W_{l-1}[p − π_l(c)] + c·s_l`` (fewest
-     units reaching rounded profit exactly ``p``, int32), one fused gather + min per block of a
-     quarter of the levels in a ``lax.scan``, filling only the blocks up to the highest level a
+     units reaching rounded profit exactly ``p``, int32) in a ``lax.scan`` over layers, block by
+     block of a quarter of the levels (per block a running min over the counts, each read as a
+     contiguous slice of the padded table ``W_{l-1}``), filling only the blocks up to the highest level a
      feasible choice can reach (``ub / delta``, about ``n_use/eps · ub/lb`` ≈ half the table when
      the bound is tight); the highest ``p`` with ``W_L[p] ≤ Q`` is backtracked by recomputing
      one row per layer (ties: the largest true profit).
