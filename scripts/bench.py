@@ -583,7 +583,7 @@ def main(argv=None) -> int:
         "b": lambda: part_successive(args.successive_batch, 2 if q else 8, args.milp_n if args.milp_n is not None else (1 if q else 3),
                                      args.milp_limit if args.milp_limit else (60.0 if q else 300.0), 2 if q else 5,
                                      3 if q else 8),
-        "c": lambda: part_hull(8 if q else 32, args.reps or (7 if q else 9)),
+        "c": lambda: part_hull(8 if q else 32, args.reps or (11 if q else 9)),
         "d": lambda: part_deepseek(),
         "f": lambda: part_first_call(args.reps or (2 if q else 3)),
         "t": lambda: part_throughput(args.sizes, args.chunk, args.configs),
