@@ -399,3 +399,30 @@ def test_dual_bound_is_the_lp_bound(x64):
         # lb is the value of a feasible choice, and the LP argument puts it within a factor 2 of ub
         assert float(lb[i]) <= opt + 1e-9
         assert float(lb[i]) >= float(ub[i]) / 2 - 1e-6 * (1 + float(ub[i]))
+
+
+@pytest.mark.parametrize("C1", [2, 9, 65, 257])
+def test_upper_envelope_matches_the_pairwise_definition(C1):
+    """upper_envelope loops over the offset j - i (unrolled by 8): on every curve length, including
+    ones not a multiple of 8, ``on`` and ``nxt`` equal the definition evaluated on all pairs in NumPy
+    (float32 slopes, computed by the same subtraction and division, so exact equality)."""
+    rng = np.random.default_rng(C1)
+    for trial in range(6):
+        inc = np.sort(rng.exponential(size=C1 - 1))[::-1] + (rng.uniform(size=C1 - 1) < 0.2) * rng.exponential(size=C1 - 1)
+        g = np.concatenate([[0.0], np.cumsum(inc)]).astype(np.float32)
+        if trial % 2:
+            g = np.round(g * 2) / 2  # ties and collinear runs
+        cmax = int(rng.integers(0, C1))
+        tol = np.float32(64 * np.finfo(np.float32).eps * (np.abs(g).max() + np.finfo(np.float32).tiny))
+        c = np.arange(C1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = (g[None, :] - g[:, None]) / (c[None, :] - c[:, None]).astype(np.float32)
+        lower = c[:, None] < c[None, :]
+        valid = c <= cmax
+        left = np.where(lower & valid[:, None], slope, np.inf).min(axis=0)
+        right = np.where(lower & valid[None, :], slope, -np.inf).max(axis=1)
+        on_ref = valid & (left >= right - tol)
+        nxt_ref = np.where(lower & on_ref[None, :], c[None, :], C1).min(axis=1)
+        on, nxt = upper_envelope(jnp.asarray(g), cmax)
+        np.testing.assert_array_equal(np.asarray(on), on_ref)
+        np.testing.assert_array_equal(np.asarray(nxt), nxt_ref)
