@@ -133,6 +133,8 @@ def test_prefix_single_seed_and_chunking(default_batch):
     # the generator uses (the multi-user latencies are where the fast XLA options changed a bit)
     ({"users": 3, "servers": 2, "multi_user": True, "jitter": 0.2, "load": 0.6},
      RoutingConfig(kind="latent", tokens=24, temperature=0.7)),
+    ({"servers": 2}, RoutingConfig(kind="zipf", tokens=12)),
+    ({"users": 2, "traffic_alpha": 0.5}, RoutingConfig(kind="uniform", tokens=12)),  # keys drawn in JAX
 ])
 def test_small_program_draws_the_batched_programs_bits(network, routing):
     """Batches up to SMALL_BATCH come from one program that also splits the key, larger ones from
@@ -365,6 +367,13 @@ def test_float64(x64):
     assert b.latency.dtype == jnp.float64 and b.weight.dtype == jnp.float64
     assert b.patterns.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(b.size), 3 * 4096 * 14336 * 2)
+    # the small batch (random bits drawn on the host) equals the batched program's first two
+    large = instances(KEY, 12, network={"jitter": 0.3}, routing=RoutingConfig(tokens=4, temperature=0.5),
+                      dtype=jnp.float64)
+    small = instances(KEY, 2, network={"jitter": 0.3}, routing=RoutingConfig(tokens=4, temperature=0.5),
+                      dtype=jnp.float64)
+    for f in ("latency", "capacity", "patterns", "base", "fallback"):
+        np.testing.assert_array_equal(np.asarray(getattr(small, f)), np.asarray(getattr(large, f))[:2], err_msg=f)
 
 
 def test_float64_without_x64_is_refused():

@@ -23,9 +23,11 @@ from jaxtyping import Array
 
 from slimjax._cache import ensure_cache
 from slimjax._instance import Instance
+from slimjax.generate import _threefry as threefry
+from slimjax.generate._threefry import host_draws_match_jax
 from slimjax.generate.models import ModelPreset, get_model
-from slimjax.generate.network import NetworkConfig, as_network_config, sample_network
-from slimjax.generate.routing import RoutingConfig, as_routing_config, sample_routing
+from slimjax.generate.network import NetworkConfig, as_network_config, network_shapes, pool_size, sample_network
+from slimjax.generate.routing import RoutingConfig, as_routing_config, routing_shapes, sample_routing
 
 __all__ = ["instance", "instances", "load_rates", "resolve", "sample_fields"]
 
@@ -53,8 +55,16 @@ def sample_fields(key: Array, model: ModelPreset, network: NetworkConfig, routin
       reference placement at ``network.load``, see :func:`slimjax.queueing.rate_for_load`).
     """
     knet, krout = jax.random.split(key)
-    net = sample_network(knet, model, network, dtype)
-    patterns, weight = sample_routing(krout, routing, model.layers, model.experts, model.top_k, network.users, dtype)
+    return _fields(knet, krout, model, network, routing, dtype)
+
+
+def _fields(knet, krout, model, network, routing, dtype, u_net=None, u_rout=None) -> dict:
+    """:func:`sample_fields` from the two subkeys, or from the two uniform pools drawn
+    beforehand (``u_net``, ``u_rout``: the same values, see :func:`_host_pools`)."""
+    net = sample_network(knet, model, network, dtype, uniform=u_net)
+    patterns, weight = sample_routing(
+        krout, routing, model.layers, model.experts, model.top_k, network.users, dtype, uniform=u_rout
+    )
     fields = dict(net._asdict(), patterns=patterns, weight=weight, rate=None)
     if network.load is not None:
         fields["rate"] = load_rates(fields, network)
@@ -80,7 +90,9 @@ def _generate(keys, model: ModelPreset, network: NetworkConfig, routing: Routing
 
 
 #: batches up to this size are drawn by one program that also splits the key (and, for
-#: :func:`instance`, drops the batch axis): one compilation instead of three. (Not compiled with
+#: :func:`instance`, drops the batch axis): one compilation instead of three. Their random bits
+#: are drawn on the host when that gives jax.random's values (:func:`_host_pools`): XLA then
+#: compiles no threefry loop, about a third of this program's compile time. (Not compiled with
 #: the solvers' fast-compile options: those change the last bit of some transcendental
 #: functions, and instance i must not depend on the batch it is drawn in.)
 SMALL_BATCH = 8
@@ -93,9 +105,41 @@ def _small_fn(n: int, one: bool, model, network, routing, dtype, key):
 
 _SMALL = jax.jit(_small_fn, static_argnums=(0, 1, 2, 3, 4, 5))
 
+#: most uniforms per call that a small batch draws on the host (NumPy threefry, ~0.1 s per 10^6)
+#: instead of in the compiled program; mixtral_8x7b needs ~10^4 per instance, deepseek_v3 ~3·10^5.
+HOST_DRAWS_MAX = 1 << 21
+
+
+def _host_pools(key, batch: int, model, network, routing, dtype):
+    """The two uniform pools of each instance (``[batch, P_net]``, ``[batch, P_rout]``), drawn on
+    the host with the same bits ``jax.random`` gives (:mod:`slimjax.generate._threefry`), or
+    None where that does not apply (another PRNG, traffic shares, too many draws)."""
+    if network.traffic_alpha is not None or not host_draws_match_jax(key):
+        return None
+    p_net = pool_size(network_shapes(model, network))
+    p_rout = pool_size(routing_shapes(routing, model.layers, model.experts, network.users))
+    if batch * (p_net + p_rout) > HOST_DRAWS_MAX:
+        return None
+    raw = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+    sub = threefry.split(threefry.split(raw, batch), 2)  # [batch, 2, 2]: (knet, krout) of instance i
+    dt = np.dtype(dtype)
+    return threefry.uniform(sub[:, 0], p_net, dt), threefry.uniform(sub[:, 1], p_rout, dt)
+
+
+def _small_from_pools_fn(one: bool, model, network, routing, dtype, u_net, u_rout):
+    one_fields = partial(_fields, None, None, model, network, routing, dtype)
+    out = jax.vmap(one_fields)(u_net, u_rout)
+    return jax.tree_util.tree_map(lambda a: a[0], out) if one else out
+
+
+_SMALL_FROM_POOLS = jax.jit(_small_from_pools_fn, static_argnums=(0, 1, 2, 3, 4))
+
 
 def _generate_batch(key, batch: int, model, network, routing, dtype, chunk: int, one: bool = False) -> dict:
     if batch <= min(SMALL_BATCH, chunk):
+        pools = _host_pools(key, batch, model, network, routing, dtype)
+        if pools is not None:
+            return _SMALL_FROM_POOLS(one, model, network, routing, dtype, *pools)
         return _SMALL(batch, one, model, network, routing, dtype, key)
     if batch <= chunk:
         out = _generate(jax.random.split(key, batch), model, network, routing, dtype)

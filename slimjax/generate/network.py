@@ -36,7 +36,16 @@ from jaxtyping import Array, Float
 
 from slimjax.generate.models import ModelPreset
 
-__all__ = ["Network", "NetworkConfig", "as_network_config", "sample_network", "shannon_rate", "uniform_pool"]
+__all__ = [
+    "Network",
+    "NetworkConfig",
+    "as_network_config",
+    "network_shapes",
+    "pool_size",
+    "sample_network",
+    "shannon_rate",
+    "uniform_pool",
+]
 
 Range = tuple[float, float]
 
@@ -231,20 +240,33 @@ class Network(NamedTuple):
     service: Float[Array, "N L E"] | None = None
 
 
+def pool_size(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Length of the one uniform draw behind :func:`uniform_pool` for these shapes."""
+    return max(sum(math.prod(s) for s in shapes.values()), 1)
+
+
 def uniform_pool(
-    key: Array, shapes: dict[str, tuple[int, ...]], dtype, normal: tuple[str, ...] = ()
+    key: Array | None,
+    shapes: dict[str, tuple[int, ...]],
+    dtype,
+    normal: tuple[str, ...] = (),
+    uniform: Array | None = None,
 ) -> dict[str, Array]:
     """Random arrays of the given shapes from ONE ``jax.random.uniform`` call.
 
     Entries named in ``normal`` are standard normal (one inverse-CDF over their contiguous
     block), the others uniform in (0, 1). One draw compiles much faster than many (each draw
     inlines a threefry hash), which keeps the first call of a new configuration quick.
+    ``uniform``: that draw, ``jax.random.uniform(key, (pool_size(shapes),), dtype)``, computed
+    beforehand (then ``key`` is unused).
     """
     names = [n for n in shapes if n in normal] + [n for n in shapes if n not in normal]
     sizes = [math.prod(shapes[n]) for n in names]
     n_normal = sum(sz for n, sz in zip(names, sizes) if n in normal)
     finfo = jnp.finfo(dtype)
-    u = jnp.clip(jax.random.uniform(key, (max(sum(sizes), 1),), dtype), finfo.tiny, 1 - finfo.epsneg)
+    if uniform is None:
+        uniform = jax.random.uniform(key, (pool_size(shapes),), dtype)
+    u = jnp.clip(uniform, finfo.tiny, 1 - finfo.epsneg)
     if n_normal:
         u = jnp.concatenate([jax.scipy.special.ndtri(u[:n_normal]), u[n_normal:]])
     out, start = {}, 0
@@ -275,22 +297,9 @@ def _compute_time(flops, nbytes, tflops, gbs):
     return jnp.maximum(flops / (tflops * 1e12), nbytes / (gbs * 1e9))
 
 
-def sample_network(key: Array, model: ModelPreset, cfg: NetworkConfig, dtype: Any = jnp.float32) -> Network:
-    """Sample one network (latency, fallback, size, capacity, traffic, base) from ``key``.
-
-    Args:
-      key: a PRNG key.
-      model: the model preset (sizes and FLOPs).
-      cfg: the network configuration (static).
-      dtype: float dtype of the outputs.
-
-    Returns:
-      a :class:`Network` with ``U = cfg.users``, ``N = cfg.users + cfg.servers``,
-      ``L = model.layers``, ``E = model.experts``; times in seconds, sizes in bytes;
-      ``service`` only when ``cfg.load`` is set.
-    """
+def network_shapes(model: ModelPreset, cfg: NetworkConfig) -> dict[str, tuple[int, ...]]:
+    """The named random arrays :func:`sample_network` draws (one :func:`uniform_pool`)."""
     U, S, L, E = cfg.users, cfg.servers, model.layers, model.experts
-    N = U + S
     shapes = {
         "dev_tf": (U,),
         "dev_bw": (U,),
@@ -306,8 +315,31 @@ def sample_network(key: Array, model: ModelPreset, cfg: NetworkConfig, dtype: An
         "c_rate": (U,),
     }
     if cfg.jitter > 0:
-        shapes["jitter"] = (U, N, L, E)
-    r = uniform_pool(key, shapes, dtype, normal=("jitter",))
+        shapes["jitter"] = (U, U + S, L, E)
+    return shapes
+
+
+def sample_network(
+    key: Array | None, model: ModelPreset, cfg: NetworkConfig, dtype: Any = jnp.float32, *, uniform: Array | None = None
+) -> Network:
+    """Sample one network (latency, fallback, size, capacity, traffic, base) from ``key``.
+
+    Args:
+      key: a PRNG key.
+      model: the model preset (sizes and FLOPs).
+      cfg: the network configuration (static).
+      dtype: float dtype of the outputs.
+      uniform: the pool's uniform draw made beforehand (see :func:`uniform_pool`); then ``key``
+        is used only for the traffic shares (``cfg.traffic_alpha``).
+
+    Returns:
+      a :class:`Network` with ``U = cfg.users``, ``N = cfg.users + cfg.servers``,
+      ``L = model.layers``, ``E = model.experts``; times in seconds, sizes in bytes;
+      ``service`` only when ``cfg.load`` is set.
+    """
+    U, S, L, E = cfg.users, cfg.servers, model.layers, model.experts
+    N = U + S
+    r = uniform_pool(key, network_shapes(model, cfg), dtype, normal=("jitter",), uniform=uniform)
     # -- nodes ---------------------------------------------------------------------------------
     dev_tf = _log_uniform(r["dev_tf"], cfg.device_tflops)
     dev_bw = _log_uniform(r["dev_bw"], cfg.device_bandwidth_gbs)

@@ -34,7 +34,7 @@ from jaxtyping import Array, Float, Int
 
 from slimjax.generate.network import uniform_pool
 
-__all__ = ["ROUTING_KINDS", "RoutingConfig", "as_routing_config", "sample_routing"]
+__all__ = ["ROUTING_KINDS", "RoutingConfig", "as_routing_config", "routing_shapes", "sample_routing"]
 
 ROUTING_KINDS = ("latent", "zipf", "uniform")
 
@@ -145,26 +145,8 @@ def _top_k_indices(x: Array, k: int) -> Array:
     return jnp.stack(out, axis=-1)
 
 
-def sample_routing(
-    key: Array, cfg: RoutingConfig, layers: int, experts: int, top_k: int, users: int = 1, dtype: Any = jnp.float32
-) -> tuple[Int[Array, "U L M K"], Float[Array, "U L M"]]:
-    """Sample routing patterns for one instance.
-
-    Args:
-      key: a PRNG key.
-      cfg: the routing configuration (static).
-      layers: ``L``, the model's MoE layers.
-      experts: ``E``, routed experts per layer.
-      top_k: ``K``, experts per token and layer.
-      users: ``U``.
-      dtype: float dtype of ``weight``.
-
-    Returns:
-      ``(patterns, weight)``: int32 ``[U, L, M, K]`` (distinct ids within a pattern) and
-      ``[U, L, M]`` equal to ``1 / M`` with ``M = cfg.tokens``.
-    """
-    if top_k > experts:
-        raise ValueError(f"top_k: must be <= experts={experts}, got {top_k}")
+def routing_shapes(cfg: RoutingConfig, layers: int, experts: int, users: int = 1) -> dict[str, tuple[int, ...]]:
+    """The named random arrays :func:`sample_routing` draws (one uniform pool)."""
     U, L, E, M = users, layers, experts, cfg.tokens
     if cfg.kind == "latent":
         rd, C = cfg.latent_dim, cfg.clusters
@@ -176,7 +158,43 @@ def sample_routing(
     noise_scale = cfg.temperature if cfg.kind == "latent" else 1.0
     if noise_scale > 0:
         shapes["gumbel"] = (U, L, M, E)
-    r = uniform_pool(key, shapes, dtype, normal=("W", "b", "centres", "mix", "z"))
+    return shapes
+
+
+def sample_routing(
+    key: Array | None,
+    cfg: RoutingConfig,
+    layers: int,
+    experts: int,
+    top_k: int,
+    users: int = 1,
+    dtype: Any = jnp.float32,
+    *,
+    uniform: Array | None = None,
+) -> tuple[Int[Array, "U L M K"], Float[Array, "U L M"]]:
+    """Sample routing patterns for one instance.
+
+    Args:
+      key: a PRNG key.
+      cfg: the routing configuration (static).
+      layers: ``L``, the model's MoE layers.
+      experts: ``E``, routed experts per layer.
+      top_k: ``K``, experts per token and layer.
+      users: ``U``.
+      dtype: float dtype of ``weight``.
+      uniform: the pool's uniform draw made beforehand (see
+        :func:`~slimjax.generate.network.uniform_pool`); then ``key`` is unused.
+
+    Returns:
+      ``(patterns, weight)``: int32 ``[U, L, M, K]`` (distinct ids within a pattern) and
+      ``[U, L, M]`` equal to ``1 / M`` with ``M = cfg.tokens``.
+    """
+    if top_k > experts:
+        raise ValueError(f"top_k: must be <= experts={experts}, got {top_k}")
+    U, L, E, M = users, layers, experts, cfg.tokens
+    noise_scale = cfg.temperature if cfg.kind == "latent" else 1.0
+    shapes = routing_shapes(cfg, L, E, U)
+    r = uniform_pool(key, shapes, dtype, normal=("W", "b", "centres", "mix", "z"), uniform=uniform)
     if cfg.kind == "latent":
         logits = _latent_logits(r, cfg, U, L, E)
     elif cfg.kind == "zipf":
