@@ -3,7 +3,9 @@
 ``instances(key, batch)`` draws a whole batch on the accelerator in one compiled call
 (``jax.jit(jax.vmap(...))`` over ``jax.random.split(key, batch)``; batches larger than
 ``chunk_size`` are drawn in equal chunks to bound memory, compiled once) and returns a validated
-:class:`~slimjax.Instance` with a leading batch axis. The
+:class:`~slimjax.Instance` with a leading batch axis. Small batches (up to ``SMALL_BATCH``) take
+their uniform random pools from the host instead (JAX's threefry bits, computed in NumPy, see
+:mod:`slimjax.generate._threefry`), so their program compiles no hashing loop. The
 ``i``-th instance depends only on ``key`` and ``i``: ``instances(key, 8)[:4]`` equals
 ``instances(key, 4)``, and ``instance(key)`` equals ``instances(key, 1)[0]``.
 
