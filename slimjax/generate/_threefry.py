@@ -6,7 +6,7 @@ drawn in a new process with the sampling program compiled from scratch, and XLA 
 split, the two uniform pools) although they hash only ~10^4 counters. Drawing those few bits on
 the host and handing the program its uniform pools makes the first draw about a third faster and
 changes no bit: threefry is pure ``uint32`` arithmetic, and the bits-to-float step below is the
-one ``jax.random.uniform`` uses (exact). ``tests/test_generate.py`` checks both against
+one ``jax.random.uniform`` uses (exact). ``tests/test_threefry.py`` checks both against
 ``jax.random`` on many keys, sizes and both float widths.
 
 It mirrors JAX's ``jax_threefry_partitionable`` scheme (the default since JAX 0.5): the counters

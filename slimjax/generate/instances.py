@@ -94,7 +94,7 @@ def _generate(keys, model: ModelPreset, network: NetworkConfig, routing: Routing
 #: batches up to this size are drawn by one program that also splits the key (and, for
 #: :func:`instance`, drops the batch axis): one compilation instead of three. Their random bits
 #: are drawn on the host when that gives jax.random's values (:func:`_host_pools`): XLA then
-#: compiles no threefry loop, about a third of this program's compile time. (Not compiled with
+#: compiles no threefry loop, ~40 % of this program's compile time. (Not compiled with
 #: the solvers' fast-compile options: those change the last bit of some transcendental
 #: functions, and instance i must not depend on the batch it is drawn in.)
 SMALL_BATCH = 8
