@@ -20,7 +20,8 @@ solved by :func:`capacity_dp` with one of three backends (:data:`BACKENDS`):
   the best single-layer point, so it is ≥ OPT / 2 (the multiple-choice-knapsack LP argument,
   Sinha & Zoltners 1979). It also returns that LP bound, which certifies the gap.
   O(L·C² + L·C·log(L·C)), independent of ``Q`` (the segments are ordered by
-  :func:`~slimjax.ops._sort.stable_argsort`, two integer sorts instead of a comparator sort).
+  :func:`~slimjax.ops._sort.stable_argsort`, a two-pass 16-bit radix sort of
+  integers instead of a comparator sort).
   Real top-K layer curves are far from concave (a co-activated pair is worth far more than its
   two halves), and there it can lose tens of percent of a node's gain.
 - ``"fptas"`` — value scaling of the multiple-choice knapsack (Lawler 1979; Kellerer, Pferschy &
