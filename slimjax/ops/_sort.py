@@ -10,6 +10,7 @@ to 0.0, NaN last), then:
   digits. Pass 1 sorts ``low16 * S + i`` (low digit, then position); pass 2 sorts
   ``high16 * S + j`` where ``j`` is the position in pass 1's order. Integers in one sort are
   distinct, so each pass is a stable sort by its digit, and the two give (key, position) order.
+  It replaces the search of the route below (8 x 4160 float32 keys: 2.4-2.5 ms vs 2.9-3.0 ms).
 - otherwise (64-bit keys, longer rows): one integer sort of the values and a binary search give
   each key its rank ``r`` among the distinct keys, and one sort of ``r * S + i`` orders by
   (key, position).
@@ -70,7 +71,9 @@ def stable_argsort(key: Shaped[Array, "*batch S"], *, method: str = "auto") -> I
     """``jnp.argsort(key, axis=-1, stable=True)`` as int32, through integer sorts (see module).
 
     ``method``: ``"auto"`` (radix for 32-bit keys of rows ≤ 2^15, else rank), ``"radix"`` or
-    ``"rank"`` (the two routes, for tests; both give the same permutation)."""
+    ``"rank"`` (the two routes, for tests; both give the same permutation). Keys that are not
+    floats or signed integers (bool, unsigned) and rows of one key use ``jnp.argsort`` whatever
+    the method."""
     if method not in ("auto", "radix", "rank"):
         raise ValueError(f"method must be 'auto', 'radix' or 'rank', got {method!r}")
     key = jnp.asarray(key)
