@@ -103,11 +103,25 @@ def test_close_to_brute_force_on_tiny_instances(solved):
 
 
 def test_low_load_keeps_the_load_blind_placement_when_it_is_best(solved):
-    # with load, J_load >= J; successive-best is optimal or close for J; the load-aware result is
-    # never worse under J_load, and at low load its J_load is within the queueing delay of J
+    # at low load (peak 0.5) the load-blind placement is load-feasible, so iteration 0 of LoadAware
+    # is that placement unrepaired (info["blind"] is its J_load); where it is also the J_load optimum
+    # (brute force), the load-aware solve must return exactly it, from iteration 0, without polish
+    kept = 0
     for seed in SEEDS:
         d = solved[seed, 0.5]
-        assert float(d["aware"].objective) >= float(d["aware"].info["unloaded"]) * (1 - RTOL)
+        inst, blind, aware = d["inst"], d["blind"], d["aware"]
+        jb = jload_ref(inst, blind.placement)
+        assert np.isfinite(jb), (seed, jb)
+        np.testing.assert_allclose(float(aware.info["blind"]), jb, rtol=RTOL)
+        assert float(aware.objective) <= jb * (1 + RTOL)
+        if jb <= float(d["brute"].objective) * (1 + RTOL):
+            kept += 1
+            np.testing.assert_array_equal(np.asarray(aware.placement), np.asarray(blind.placement))
+            assert int(aware.info["best_iteration"]) == 0 and int(aware.info["polish_moves"]) == 0
+            assert int(aware.info["repairs"]) == 0
+            np.testing.assert_allclose(float(aware.objective), jb, rtol=RTOL)
+    # measured: the load-blind placement is the J_load optimum for seeds 0 and 3 (not 1, 2)
+    assert kept >= 2, kept
 
 
 def test_batch_equals_loop():
