@@ -153,9 +153,36 @@ def test_validate_false_skips():
 
 
 def test_inf_latency_allowed():
-    v = fields(random_instance(0, U=2, N=3))
-    v["latency"][0, 2] = np.inf
-    slimjax.Instance(**v)
+    """latency = inf means user u cannot reach node n: the instance is accepted, such a copy never
+    serves that user (d falls back), and a node no user reaches is worth nothing to a solver."""
+    from tests.reference import brute_force_ref, latency_ref
+
+    v = fields(random_instance(0, U=2, N=3, L=2, E=2, M=3, K=2, unreachable=False))
+    v["latency"][0, 2] = np.inf  # user 0 cannot reach node 2
+    v["latency"][1, 0] = np.inf  # user 1 cannot reach node 0
+    inst = slimjax.Instance(**v)
+    assert np.isinf(np.asarray(inst.latency)[0, 2]).all() and np.isfinite(np.asarray(inst.latency)[0, :2]).all()
+    only2 = np.zeros((3, 2, 2), bool)
+    only2[2] = True
+    d = np.asarray(slimjax.expert_latency(inst, only2))
+    np.testing.assert_array_equal(d[0], v["fallback"][0])  # copies only where user 0 cannot reach
+    np.testing.assert_array_equal(d[1], np.minimum(v["fallback"][1], v["latency"][1, 2]))
+    everywhere = np.ones((3, 2, 2), bool)
+    assert np.isfinite(np.asarray(slimjax.expert_latency(inst, everywhere))).all()
+    np.testing.assert_allclose(float(slimjax.objective(inst, everywhere)), latency_ref(inst, everywhere), rtol=1e-6)
+
+    # node 2 unreachable for every user: the optimum is the one with node 2's storage taken away
+    v["latency"][:, 2] = np.inf
+    dead = slimjax.Instance(**v)
+    v["capacity"][2] = 0.0
+    no_room = slimjax.Instance(**v)
+    sol = slimjax.solve_batch(slimjax.stack([inst, dead]), "brute-force")
+    J = np.asarray(sol.objective, np.float64)
+    assert np.isfinite(J).all()
+    np.testing.assert_allclose(J[0], brute_force_ref(inst)[0], rtol=1e-6)
+    np.testing.assert_allclose(J[1], brute_force_ref(no_room)[0], rtol=1e-6)
+    np.testing.assert_allclose(J, [float(slimjax.objective(inst, sol.placement[0])),
+                                   float(slimjax.objective(dead, sol.placement[1]))], rtol=1e-6)
 
 
 def test_replace_validates():
