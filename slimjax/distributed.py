@@ -135,34 +135,82 @@ def rows(n: int, process_index: int | None = None, process_count: int | None = N
     return lo, lo + base + (1 if p < extra else 0)
 
 
+_UNEVEN = "x: every leaf needs the same number of rows (its leading axis); some leaf differs or is a scalar"
+
+
+def _leaf_signature(a: np.ndarray) -> str:
+    return f"{a.dtype.str}{tuple(a.shape[1:])}"
+
+
 def gather(x, n: int | None = None):
     """Concatenate every process's rows of ``x`` (a host array or pytree, leading axis = its rows)
     on every process, in process order; rows may differ in number by process.
 
+    Values travel as their bytes, so every dtype comes back exactly (a float64 array stays float64
+    even when ``jax_enable_x64`` is off). One small round of communication first compares every
+    process's row count, pytree structure, dtypes and trailing shapes, so that a mismatch raises
+    the same ``ValueError`` on every process instead of returning padding or hanging in a collective.
+
     Args:
-      n: the global number of rows when each process holds :func:`rows` of them (saves one
-        round of communication); None = ask every process for its count.
+      x: an array or a pytree of arrays, every leaf with the same number of rows (leading axis).
+      n: the global number of rows when each process holds :func:`rows` of them: checked (every
+        process must hold exactly its ``rows(n)``); None = whatever each process holds.
+
+    Raises:
+      ValueError: the leaves of ``x`` differ in their number of rows on some process; with ``n``,
+        a process holds another number of rows than ``rows(n)`` gives it; the processes pass
+        different structures, dtypes or trailing shapes.
     """
+    import zlib
+
     import jax
     from jax.experimental import multihost_utils as mh
 
-    if jax.process_count() == 1:
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    leaves = [np.asarray(a) for a in leaves]
+    counts_here = {int(a.shape[0]) if a.ndim else -1 for a in leaves}  # -1: a scalar, no rows
+    mine = min(counts_here) if counts_here else 0
+    uneven = len(counts_here) > 1 or mine < 0
+    P = jax.process_count()
+    if P == 1:
+        if uneven:
+            raise ValueError(_UNEVEN)
+        if n is not None and leaves and mine != int(n):
+            raise ValueError(f"n: the only process holds {mine} rows, not n={int(n)}")
         return jax.tree_util.tree_map(np.asarray, x)
-    leaves = jax.tree_util.tree_leaves(x)
-    mine = int(np.shape(leaves[0])[0]) if leaves else 0
-    if n is None:
-        counts = np.asarray(mh.process_allgather(np.array([mine], np.int64))).reshape(-1)
-    else:
-        counts = np.array([b - a for a, b in (rows(n, p) for p in range(jax.process_count()))])
+    sig = zlib.crc32((str(treedef) + ";".join(_leaf_signature(a) for a in leaves)).encode())
+    head = np.array([mine, not uneven, sig], np.int64)
+    every = np.asarray(mh.process_allgather(head.view(np.uint8)))  # bytes: no int64 -> int32 on the way
+    every = np.ascontiguousarray(every.reshape(P, -1)).view(np.int64).reshape(P, 3)
+    counts, uniform, sigs = every[:, 0], every[:, 1], every[:, 2]
+    if not uniform.all():
+        raise ValueError(_UNEVEN + f" (on process(es) {[p for p in range(P) if not uniform[p]]})")
+    if (sigs != sigs[0]).any():
+        raise ValueError("x: the processes pass different pytree structures, dtypes or trailing shapes "
+                         f"(process {jax.process_index()}: {[_leaf_signature(a) for a in leaves]})")
+    if n is not None:
+        want = np.array([b - a for a, b in (rows(int(n), p, P) for p in range(P))])
+        if (counts != want).any():
+            got = ", ".join(f"process {p}: {int(c)} (rows(n) gives {int(w)})"
+                            for p, (c, w) in enumerate(zip(counts, want)) if c != w)
+            raise ValueError(f"n: the processes do not hold rows(n={int(n)}) each: {got}; pass the rows "
+                             "distributed.rows(n) gives each process, or n=None to gather what each holds")
+    if any(a.dtype.hasobject for a in leaves):  # the same on every process (the signatures agree)
+        raise ValueError("x: object arrays cannot be gathered; pass numeric, bool or fixed-width string arrays")
     width = int(counts.max())
 
-    def one(a):
-        a = np.asarray(a)
-        pad = np.zeros((width - a.shape[0],) + a.shape[1:], a.dtype)
-        every = np.asarray(mh.process_allgather(np.concatenate([a, pad]), tiled=False))  # [P, width, ...]
-        return np.concatenate([every[p, : counts[p]] for p in range(len(counts))])
+    def one(a: np.ndarray) -> np.ndarray:
+        row = a.dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
+        if row == 0 or width == 0:  # nothing to send (the same on every process)
+            return np.zeros((int(counts.sum()),) + a.shape[1:], a.dtype)
+        flat = np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8).reshape(a.shape[0], row)
+        padded = np.zeros((width, row), np.uint8)
+        padded[: a.shape[0]] = flat
+        got = np.asarray(mh.process_allgather(padded, tiled=False)).reshape(P, width, row)  # [P, width, bytes]
+        raw = np.concatenate([got[p, : counts[p]] for p in range(P)])
+        return raw.view(a.dtype).reshape((int(counts.sum()),) + a.shape[1:])  # raw: a fresh, writable copy
 
-    return jax.tree_util.tree_map(one, x)
+    return jax.tree_util.tree_unflatten(treedef, [one(a) for a in leaves])
 
 
 def barrier(name: str) -> None:
