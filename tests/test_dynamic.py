@@ -508,6 +508,34 @@ def test_lru_window_matches_reference():
         np.testing.assert_array_equal(np.asarray(tso[0])[xr], tsr[xr])
 
 
+@pytest.fixture(scope="module")
+def odd_sizes():
+    """The LRU on sizes that are not multiples of the grid unit (1.1 and 2.53: unit 1.1, layer 1
+    charged 3 units = 3.3), and float32 sizes whose sums are not exact in float32."""
+    nets = [n.replace(size=np.repeat([[1.1], [2.53]], 4, axis=1).astype(np.float32), capacity=np.array([12.0, 6.0]))
+            for n in NETS[:2]]
+    tl = dynamic.timeline_from_trace(shift_trace(), 24, slimjax.stack(nets), merge=False)
+    return tl, dynamic.run(tl, "lru", solver=LIGHT)
+
+
+def test_moved_is_the_float64_sum_of_the_float64_sizes(odd_sizes):
+    import math
+
+    tl, r = odd_sizes
+    size = np.asarray(tl.windows.size, np.float64)  # [B, T, L, E]
+    xs = r.placements
+    B, T, N = r.moved.shape
+    assert r.moved.dtype == np.float64
+    want = np.zeros((B, T, N))
+    for b, t, n in itertools.product(range(B), range(1, T), range(N)):
+        want[b, t, n] = math.fsum(size[b, t][xs[b, t, n] & ~xs[b, t - 1, n]].tolist())
+    np.testing.assert_array_equal(r.moved, want)
+    assert want.sum() > 0
+    new32 = (xs[:, 1:] & ~xs[:, :-1]).astype(np.float32)
+    f32 = np.einsum("btnle,btle->btn", new32, size[:, 1:].astype(np.float32))
+    assert (f32 != want[:, 1:]).any()  # a float32 sum is not exact here
+
+
 def test_timeline_from_trace_windows():
     net = NETS[0]
     trace = shift_trace(T=100, shift=50, request=30)

@@ -3,8 +3,9 @@
 Three compiled programs, each compiled ahead of time with the time measured apart (as the
 solvers do): the initial deployment ``x_0`` on window 0 (shared by every policy, so that every
 policy starts from the same placement), the policy's scan over windows 1..T-1, and the
-evaluation of every placement on its window's *true* routing (J, moved storage, per-token
-latencies). The placements are checked on the host: storage and budget hold in every window.
+evaluation of every placement on its window's *true* routing (J, per-token latencies). On the
+host, in float64: the storage moved (from the float64 sizes), and the checks that storage and
+budget hold in every window.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class DynamicResult(NamedTuple):
       placements: bool [B, T, N, L, E]: ``placements[b, t]`` is x_t of timeline b.
       objective: float64 [B, T]: J of x_t on window t's true routing (window 0: x_0 on window 0).
       moved: float64 [B, T, N]: storage moved into each node at window t,
-        ``Σ size · x_t · (1 − x_{t-1})`` (0 at t = 0: the deployment is free).
+        ``Σ size · x_t · (1 − x_{t-1})`` (0 at t = 0: the deployment is free), in the unit of
+        ``size``; summed on the host in float64 from the sizes as float64.
       p95: float64 [B, T]: 95th percentile of the per-token latency of window t's tokens replayed
         through x_t (NaN without tokens); ``info`` has ``p50`` and ``p99``.
       info: ``forecast_objective`` [B, T] (J of x_t on what the policy believed about window t),
@@ -125,17 +127,15 @@ def _eval_fn(aggregation: str, windows, placements, tokens, token_user):
     def one(w, xs, tok, usr):
         d = jax.vmap(lambda i, x: expert_latency_from(i.latency, i.fallback, x))(w, xs)  # [T, U, L, E]
         J = jax.vmap(lambda i, dd: objective_from_d(i, dd, aggregation))(w, d)
-        prev = jnp.concatenate([xs[:1], xs[:-1]])
-        moved = jnp.einsum("tnle,tle->tn", (xs & ~prev).astype(w.size.dtype), w.size)
         if tok is None:
-            return J, moved, None
+            return J, None
         L = d.shape[2]
 
         def tokens_of(dd, ids, u):  # [W] per-token latency of one window
             m = dd[u[:, None, None], jnp.arange(L)[None, :, None], ids]  # [W, L, K]
             return (m.max(-1) if aggregation == "max" else m.sum(-1)).sum(-1)
 
-        return J, moved, jax.vmap(tokens_of)(d, tok, usr)
+        return J, jax.vmap(tokens_of)(d, tok, usr)
 
     return jax.vmap(one)(windows, placements, tokens, token_user)
 
@@ -384,10 +384,13 @@ def run(
     tok = (tl.tokens, tl.token_user, tl.token_weight) if (tl.has_tokens and policy == "lru") else (None, None, None)
     lag = jnp.int32(0 if hind else 1)
     xs, info = call(_POLICY, (pcfg,), (w, *tok, su_j, cu_j, x0, jnp.asarray(bud), jnp.asarray(pen, fdt), lag), clock)
-    J, moved, tok_lat = call(_EVAL, (aggregation,), (w, xs, tl.tokens, tl.token_user), clock)
+    J, tok_lat = call(_EVAL, (aggregation,), (w, xs, tl.tokens, tl.token_user), clock)
     xs = np.asarray(xs)
     J = np.asarray(J, np.float64)
-    moved = np.asarray(moved, np.float64)
+    # moved on the host: float64 sizes of each window, summed in float64 (not the device's float32 sum)
+    size_t = np.asarray(w.size, np.float64)  # [B, T, L, E]
+    new = xs & ~np.concatenate([xs[:, :1], xs[:, :-1]], axis=1)
+    moved = np.einsum("btnle,btle->btn", new.astype(np.float64), size_t)
     # host checks in float64: storage and budget in every window
     size = np.asarray(w.size[:, 0], np.float64)  # [B, L, E]
     cap = np.asarray(w.capacity[:, 0], np.float64)  # [B, N]
