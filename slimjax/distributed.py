@@ -23,6 +23,9 @@ key ``jax.random.fold_in(key, i)`` with its *global* index i (the app does this)
 The app (``slimjax distributed=true``) runs one process per task: every process generates and
 solves its chunks of the run (chunk c on process ``c % process_count``) and writes them to the
 shared run directory; process 0 then writes the summary, figures and the completion marker.
+Process 0 decides the chunk layout for all (the smallest memory budget of all processes sets
+the chunk size; a resumed run keeps process 0's recorded layout) and whether a complete run is
+skipped, so processes with different memory budgets still write each row exactly once.
 """
 
 from __future__ import annotations

@@ -106,16 +106,19 @@ def test_gather_one_process_checks_n():
         distributed.gather({"a": x, "b": x[:2]})
 
 
-def run_distributed(out: Path, args: list[str], nproc: int = 2, timeout: float = 600) -> list[str]:
-    """``slimjax distributed=true`` as ``nproc`` local processes (one CPU device each)."""
+def run_distributed(out: Path, args: list[str], nproc: int = 2, timeout: float = 600,
+                    per_process: list[list[str]] | None = None) -> list[str]:
+    """``slimjax distributed=true`` as ``nproc`` local processes (one CPU device each);
+    ``per_process[i]``: overrides of process i only."""
     env = dict(os.environ, WANDB_MODE="offline", XLA_FLAGS="")
     env.pop("SLIMJAX_RUN", None)
     port = free_port()
+    own = per_process or [[] for _ in range(nproc)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "slimjax.app", *args, "distributed=true", f"coordinator.address=127.0.0.1:{port}",
-             f"coordinator.num_processes={nproc}", f"coordinator.process_id={i}", f"hydra.run.dir={out}",
-             "paths.jax_cache=null"],
+            [sys.executable, "-m", "slimjax.app", *args, *own[i], "distributed=true",
+             f"coordinator.address=127.0.0.1:{port}", f"coordinator.num_processes={nproc}",
+             f"coordinator.process_id={i}", f"hydra.run.dir={out}", "paths.jax_cache=null"],
             cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(nproc)
     ]
@@ -132,28 +135,93 @@ def run_distributed(out: Path, args: list[str], nproc: int = 2, timeout: float =
     return logs
 
 
-def test_two_processes_equal_one(tmp_path):
-    """The app with distributed=true over 2 processes: chunk c on process c % 2, every process
-    writes its chunks; J and the placements equal a one-process run of the same config."""
+ARGS = [*TINY, "batch_size=4", "solvers=[popularity,layer-uniform]", "output.figures=false", "bound.method=null"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference for the multi-process runs: ``ARGS`` run by one process (this one)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from slimjax import app
 
-    args = [*TINY, "batch_size=4", "solvers=[popularity,layer-uniform]", "output.figures=false"]
-    logs = run_distributed(tmp_path / "two", args)
-    assert "over 2 processes" in logs[0] and "J mean" in logs[0]  # process 0 reports and summarizes
-    assert "J mean" not in logs[1]
+    out = tmp_path_factory.mktemp("one")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=app.CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*args, f"paths.output_dir={tmp_path / 'one'}", "paths.jax_cache=null"])
+        cfg = compose("config", overrides=[*ARGS, f"paths.output_dir={out}", "paths.jax_cache=null"])
     GlobalHydra.instance().clear()
     app.run(cfg)
-    one = pd.read_parquet(tmp_path / "one" / "results.parquet").sort_values(["solver", "instance"])
-    two = app.read_results(tmp_path / "two").sort_values(["solver", "instance"])
-    assert sorted(set(two.chunk)) == [0, 1] and len(two) == len(one) == 8
+    return out, cfg
+
+
+def assert_rows_equal_one_process(two: Path, one: Path) -> pd.DataFrame:
+    """Every (solver, instance) of the multi-process run ``two`` exactly once, equal to ``one``'s."""
+    from slimjax import app
+
+    a = pd.read_parquet(one / "results.parquet").sort_values(["solver", "instance"])
+    b = app.read_results(two).sort_values(["solver", "instance"])
+    for s, g in b.groupby("solver"):
+        assert g.instance.tolist() == list(range(4)), (s, g.instance.tolist())  # each row once, none missing
+    assert len(b) == len(a) == 8
     # other batch shapes compile other programs: J equal to float32 rounding
-    np.testing.assert_allclose(two.J.to_numpy(), one.J.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(b.J.to_numpy(), a.J.to_numpy(), rtol=1e-6)
     for s in ("popularity", "layer-uniform"):
-        np.testing.assert_array_equal(app.read_placements(tmp_path / "two", s), app.read_placements(tmp_path / "one", s))
+        np.testing.assert_array_equal(app.read_placements(two, s), app.read_placements(one, s))
+    return b
+
+
+def test_two_processes_equal_one(tmp_path, one_process):
+    """The app with distributed=true over 2 processes: chunk c on process c % 2, every process
+    writes its chunks; J and the placements equal a one-process run of the same config."""
+    from slimjax import app
+
+    one, cfg = one_process
+    logs = run_distributed(tmp_path / "two", ARGS)
+    assert "over 2 processes" in logs[0] and "J mean" in logs[0]  # process 0 reports and summarizes
+    assert "J mean" not in logs[1]
+    two = assert_rows_equal_one_process(tmp_path / "two", one)
+    assert sorted(set(two.chunk)) == [0, 1]
     assert app.is_complete(tmp_path / "two", cfg)  # the same config hash: a rerun would skip it
+
+
+def test_processes_with_different_memory_budgets_agree_on_one_layout(tmp_path, one_process):
+    """Process 1's memory budget holds one instance per chunk, process 0's the whole batch. Each
+    used to cut the batch by its own budget (process 0: 2 chunks of 2, process 1: 4 chunks of 1),
+    so rows were solved twice or never. Process 0 now decides for all (the smallest budget's
+    chunk): every row exactly once, equal to one process's run row for row."""
+    one, _ = one_process
+    out = tmp_path / "two"
+    run_distributed(out, ARGS, per_process=[[], ["solve_options.memory_budget_mb=0.005"]])
+    stream = json.loads((out / ".stream.json").read_text())
+    assert (stream["chunk"], stream["chunks"]) == (1, 4)
+    two = assert_rows_equal_one_process(out, one)
+    assert (two.chunk == two.instance).all()
+
+
+def test_layout_is_decided_by_process_0(monkeypatch):
+    """The layout rule on the exchanged proposals [batch, resumed chunk, stream.chunk, rows the
+    budget holds] (one row per process), as every process computes it: process 0's resume record,
+    else the common stream.chunk, else the smallest budget's chunk, at most ceil(batch / processes)."""
+    from types import SimpleNamespace
+
+    from slimjax.app import _run
+
+    def layout(rows, index=1):
+        every = np.array(rows, np.int64)
+        monkeypatch.setattr(_run, "_exchange", lambda row, topo: every)  # what the processes proposed
+        shape = (1, 2, 2, 4, 8, 2)
+        plan = SimpleNamespace(names=["a"], budget_bytes=2**20, chunk=int(every[index, 2]) or "auto")
+        src = SimpleNamespace(size=int(every[0, 0]), shape=shape)
+        lay = _run._Layout(plan, src, distributed.Topology(index, len(rows), 1, len(rows)), None, "h")
+        return lay.chunk, lay.chunks
+
+    assert layout([[100, 0, 0, 40], [100, 0, 0, 7]]) == (7, 15)  # the smallest budget, on either process
+    assert layout([[100, 0, 0, 7], [100, 0, 0, 40]], index=0) == (7, 15)
+    assert layout([[100, 0, 0, 80], [100, 0, 0, 90]]) == (50, 2)  # at most ceil(B / P)
+    assert layout([[100, 9, 0, 40], [100, 0, 0, 7]]) == (9, 12)  # process 0's finished chunks
+    assert layout([[100, 0, 5, 40], [100, 0, 5, 7]]) == (5, 20)  # the stream.chunk all processes give
+    with pytest.raises(ValueError, match=r"stream\.chunk: the processes ask for different chunk sizes \[5, 'auto'\]"):
+        layout([[100, 0, 5, 40], [100, 0, 0, 7]])
+    with pytest.raises(ValueError, match="batch_size: the processes have different batches"):
+        layout([[100, 0, 0, 40], [99, 0, 0, 7]])

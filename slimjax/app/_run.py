@@ -10,6 +10,12 @@ own part files before the next starts; the solver gets the other half of the bud
 is bounded by ``solve_options.memory_budget_mb`` whatever ``batch_size`` is, and an interrupted
 run keeps every finished chunk: rerunning the same command continues with the next one. The
 summary is computed from the written dataset without loading it.
+
+*Several processes* (``distributed=true``): chunk c runs on process ``c % process_count``. Process
+0 decides for all what must be the same everywhere: whether the run is skipped (its view of the
+completion marker) and the chunk layout (:class:`_Layout`: the smallest memory budget of all
+processes, or the layout of the finished chunks process 0 finds), after every process has checked
+that all run the same config (the completion hash, which leaves the memory budget out).
 """
 
 from __future__ import annotations
@@ -55,27 +61,61 @@ def _instance_bytes(shape) -> float:
 
 
 class _Layout:
-    """How the run's rows are cut: ``chunk`` rows per chunk, ``chunks`` of them (1 = in one piece)."""
+    """How the run's rows are cut: ``chunk`` rows per chunk, ``chunks`` of them (1 = in one piece).
 
-    def __init__(self, plan, src: BatchSource, processes: int, stored: dict | None, digest: str):
+    With several processes, **process 0 decides** and every process adopts its decision, so that
+    chunk c means the same rows everywhere: each process proposes what its own settings give (the
+    rows its memory budget holds, its ``stream.chunk``, the layout of finished chunks it finds in
+    ``.stream.json``); the proposals are exchanged in one small round (:func:`_exchange`) and every
+    process computes the same layout from them: process 0's recorded layout when it resumes, else
+    the ``stream.chunk`` every process gives, else the chunk that the *smallest* memory budget of
+    all processes holds (so no process exceeds its budget), at most ``ceil(batch / processes)``.
+    Processes with different memory budgets therefore write complementary chunks. Different
+    ``stream.chunk`` values (or batch sizes) are refused with a ``ValueError`` on every process.
+    """
+
+    def __init__(self, plan, src: BatchSource, topo, stored: dict | None, digest: str):
         B = src.size
+        P = topo.process_count
         per = DATA_FACTOR * _instance_bytes(src.shape) + len(plan.names) * (np.prod(src.shape[1:4]) + 600)
-        fits = max(1, int(DATA_SHARE * plan.budget_bytes // per))
-        if stored and stored.get("config_hash") == digest and stored.get("size") == B:
-            chunk = int(stored["chunk"])  # resume with the layout the finished chunks have
-        elif plan.chunk != "auto":
-            chunk = int(plan.chunk)
+        fits = max(1, min(B, int(DATA_SHARE * plan.budget_bytes // per)))
+        resumed = int(stored["chunk"]) if stored and stored.get("config_hash") == digest and stored.get("size") == B else 0
+        explicit = 0 if plan.chunk == "auto" else int(plan.chunk)
+        every = _exchange(np.array([B, resumed, explicit, fits], np.int64), topo)  # [P, 4], row p = process p
+        if (every[:, 0] != every[0, 0]).any():
+            raise ValueError(f"batch_size: the processes have different batches {every[:, 0].tolist()}; give every "
+                             "process the same batch_size / instance.path")
+        if (every[:, 2] != every[0, 2]).any():
+            asked = ["auto" if c == 0 else int(c) for c in every[:, 2]]
+            raise ValueError(f"stream.chunk: the processes ask for different chunk sizes {asked} (by process); "
+                             "give every process the same stream.chunk (or auto)")
+        if every[0, 1]:
+            chunk = int(every[0, 1])  # resume with the layout the finished chunks have (process 0's record)
+        elif every[0, 2]:
+            chunk = int(every[0, 2])
         else:
-            chunk = fits
-        if processes > 1:
-            chunk = min(chunk, math.ceil(B / processes))
+            chunk = int(every[:, 3].min())  # the smallest budget of all processes decides
+        if P > 1:
+            chunk = min(chunk, math.ceil(B / P))
         self.chunk = max(1, min(chunk, B))
         self.chunks = math.ceil(B / self.chunk)
-        self.streamed = self.chunks > 1 or processes > 1
+        self.streamed = self.chunks > 1 or P > 1
         self.size = B
+        if P > 1 and topo.process_index != 0 and min(fits, math.ceil(B / P)) != self.chunk:
+            log.info("layout: chunks of %d rows (decided with process 0; this process's budget alone gives %d)",
+                     self.chunk, min(fits, math.ceil(B / P)))
 
     def bounds(self, c: int) -> tuple[int, int]:
         return c * self.chunk, min(self.size, (c + 1) * self.chunk)
+
+
+def _exchange(row: np.ndarray, topo) -> np.ndarray:
+    """Every process's ``row`` (int64), stacked in process order, on every process (one round)."""
+    if topo.process_count == 1:
+        return row[None]
+    from slimjax import distributed
+
+    return np.asarray(distributed.gather(np.asarray(row, np.int64)[None])).reshape(topo.process_count, -1)
 
 
 def _ours(out: Path) -> bool:
@@ -113,17 +153,20 @@ def _join(cfg: DictConfig):
     return distributed.initialize(c.get("address"), c.get("num_processes"), c.get("process_id"))
 
 
-def _agree(digest: str, topo) -> None:
-    """Every process must run the same config (a mistyped override on one task is caught here)."""
+def _agree(digest: str, topo, complete: bool) -> bool:
+    """Every process must run the same config (a mistyped override on one task is caught here);
+    returns whether to skip the run: process 0's view of the directory decides for every process
+    (so that no process skips while another recomputes, whatever a shared file system shows each)."""
     if topo.process_count == 1:
-        return
+        return complete
     from slimjax import distributed
 
-    mine = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    mine = np.frombuffer(bytes.fromhex(digest) + bytes([bool(complete)]), np.uint8)
     every = distributed.gather(mine[None])
-    if not (every == mine).all():
+    if not (every[:, :-1] == mine[:-1]).all():
         raise ValueError("distributed: the processes run different configs (their completion hashes differ); "
                          "give every process the same overrides")
+    return bool(every[0, -1])
 
 
 def _result(out: Path, summary: pd.DataFrame, skipped: bool, files: dict | None = None) -> dict:
@@ -160,12 +203,12 @@ def _print_end(rep: Reporter, out: Path, files: dict, logger) -> None:
 def _skip(cfg: DictConfig, out: Path, rep: Reporter, digest: str, main: bool) -> dict:
     from slimjax.app._loggers import make_logger
 
+    if not main:  # process 0 reports (and it decided to skip: see _agree)
+        return _result(out, pd.DataFrame(columns=["solver", "J_mean"]), skipped=True)
     summary = pd.read_csv(out / SUMMARY) if (out / SUMMARY).is_file() else summarize_dataset(R.results_dataset(out))
     rep.line(f"resume: {out} already holds complete results for this config; skipped", style="dim")
     files = {"results": out / (R.RESULTS if (out / R.RESULTS).is_file() else R.RESULTS_DIR),
              "figures": _figures_on_disk(out)}
-    if not main:
-        return _result(out, summary, skipped=True, files=files)
     marker = read_marker(out) or {}
     kind = OmegaConf.select(cfg, "logger.kind", default="none") or "none"
     logger = None
@@ -212,8 +255,7 @@ def run(cfg: DictConfig) -> dict:
     rep = Reporter(make_console(), quiet=not main)
     rep.line(f"slimjax: {', '.join(plan.names)} -> {out}")
     digest = config_hash(cfg)
-    _agree(digest, topo)
-    if cfg.get("resume", True) and is_complete(out, digest=digest):
+    if _agree(digest, topo, bool(cfg.get("resume", True)) and is_complete(out, digest=digest)):
         return _skip(cfg, out, rep, digest, main)
 
     from slimjax.app._loggers import NullLogger, make_logger
@@ -230,7 +272,7 @@ def run(cfg: DictConfig) -> dict:
                 tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         k_gen, k_solve = jax.random.split(jax.random.key(int(cfg.seed)))
         src = BatchSource(cfg, k_gen)
-        layout = _Layout(plan, src, topo.process_count, R.read_stream(out), digest)
+        layout = _Layout(plan, src, topo, R.read_stream(out) if main else None, digest)  # process 0 decides
         if main:
             logger = make_logger(cfg, out, group=sweep_name())
         if main:
