@@ -507,3 +507,17 @@ def test_dynamic_experiment_rows_and_resume(tmp_path):
     bad = make(tmp_path / "bad", "experiment=dynamic", "dynamic.policies=[nope]")
     with pytest.raises(ValueError, match="policies"):
         app.run(bad)
+
+
+def test_dynamic_experiment_refuses_distributed(tmp_path, monkeypatch):
+    """experiment=dynamic with distributed=true would run the whole study on every process (each
+    logging its own wandb run): refused before any process joins or any work starts."""
+    from slimjax import distributed
+
+    monkeypatch.setattr(distributed, "initialize", lambda *a, **k: pytest.fail("joined a multi-process job"))
+    out = tmp_path / "dyn"
+    cfg = make(out, "experiment=dynamic", "distributed=true", "logger=csv")
+    with pytest.raises(ValueError, match=r"distributed: experiment=dynamic runs its whole study in one process.*"
+                                         r"set distributed=false.*slimjax -m experiment=dynamic"):
+        app.run(cfg)
+    assert not out.exists()

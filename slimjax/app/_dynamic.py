@@ -14,7 +14,9 @@ The run draws ``dynamic.timelines`` drifting timelines of ``dynamic.windows`` wi
 - the logger's records: the per-window curves (wandb: one step per window) and the summary.
 
 Policies and budgets are config values, so a Hydra grid sweeps them like anything else
-(``slimjax -m experiment=dynamic dynamic.penalty=0,1e-3``).
+(``slimjax -m experiment=dynamic dynamic.penalty=0,1e-3``). The study runs in one process:
+``distributed=true`` is refused (``ValueError``; every process would run every timeline and log
+its own run); a multirun spreads several studies over processes or nodes instead.
 """
 
 from __future__ import annotations

@@ -244,6 +244,13 @@ def run(cfg: DictConfig) -> dict:
     """
     out = output_dir_for(cfg)
     if cfg.get("dynamic") is not None:  # experiment=dynamic: policies over timelines
+        if cfg.get("distributed", False):
+            _cleanup(out)
+            raise ValueError(
+                "distributed: experiment=dynamic runs its whole study in one process (with distributed=true every "
+                "process would run every timeline and log its own run); set distributed=false, and spread several "
+                "dynamic studies over processes or nodes as a multirun instead, e.g. "
+                "`slimjax -m experiment=dynamic seed=0,1,2,3 hydra/launcher=slurm`")
         return _run_dynamic(cfg, out)
     try:
         topo = _join(cfg)  # before anything starts JAX's backend
