@@ -457,11 +457,12 @@ def test_ema_forecast_is_the_mixture_of_past_windows():
 
 
 def _lru_reference(x_dev, ts, clock, prev_dev, tokens, weight, su, cap, bud):
-    """Plain-Python token-level LRU of one device."""
+    """Plain-Python token-level LRU of one device; ``loads`` [L, E]: times each copy was loaded."""
     L, E = x_dev.shape
     x, ts = x_dev.copy(), ts.copy()
     used = int((x * su[:, None]).sum())
-    spent = loaded = 0
+    spent = 0
+    loads = np.zeros((L, E), np.int64)
     for w in range(tokens.shape[0]):
         if weight[w] <= 0:
             continue
@@ -477,11 +478,11 @@ def _lru_reference(x_dev, ts, clock, prev_dev, tokens, weight, su, cap, bud):
                         used -= su[v // E]
                     x[l, e] = True
                     used += su[l]
-                    loaded += su[l]
+                    loads[l, e] += 1
                     spent += 0 if prev_dev[l, e] else su[l]
                     ts[l, e] = clock
                 clock += 1
-    return x, ts, clock, loaded
+    return x, ts, clock, loads
 
 
 def test_lru_window_matches_reference():
@@ -504,7 +505,9 @@ def test_lru_window_matches_reference():
         xr, tsr, clr, ldr = _lru_reference(x[0], ts[0], 0, x[0], tokens, weight, su, int(cap[0]), int(bud[0]))
         np.testing.assert_array_equal(np.asarray(xo[0]), xr)
         np.testing.assert_array_equal(np.asarray(xo[1]), x[1])  # only the tokens' device changes
-        assert int(clo) == clr and int(ld[0]) == ldr and int(ld[1]) == 0
+        assert int(clo) == clr and ldr.sum() > 0
+        np.testing.assert_array_equal(np.asarray(ld[0]), ldr)
+        assert (np.asarray(ld[1]) == 0).all()
         np.testing.assert_array_equal(np.asarray(tso[0])[xr], tsr[xr])
 
 
@@ -534,6 +537,35 @@ def test_moved_is_the_float64_sum_of_the_float64_sizes(odd_sizes):
     new32 = (xs[:, 1:] & ~xs[:, :-1]).astype(np.float32)
     f32 = np.einsum("btnle,btle->btn", new32, size[:, 1:].astype(np.float32))
     assert (f32 != want[:, 1:]).any()  # a float32 sum is not exact here
+
+
+def test_lru_loaded_is_in_size_units(odd_sizes):
+    """``info["loaded"]`` is Σ of the real sizes of the copies the LRU loaded (re-loads included),
+    not the rounded-up grid units its budget counts: the reference LRU on the device (node 0),
+    window by window, its loads at the float64 sizes."""
+    import math
+
+    tl, r = odd_sizes
+    grid = slimjax.ops.capacity_grid(tl.windows[:, 0])
+    su, cu, unit = np.asarray(grid.size_units), np.asarray(grid.capacity_units), np.asarray(grid.unit)
+    assert (su[:, 1] * unit > 2.53 * 1.25).all()  # the grid charges layer 1 3.3 for 2.53
+    size = np.asarray(tl.windows.size, np.float64)  # [B, T, L, E]
+    tok, tw = np.asarray(tl.tokens), np.asarray(tl.token_weight)
+    B, T, N = r.moved.shape
+    assert r.info["loaded"].dtype == np.float64 and r.info["loaded"].shape == (B, T, N)
+    for b in range(B):
+        x = r.placements[b, 0, 0]
+        ts, clock = np.where(x, -1, np.iinfo(np.int32).max).astype(np.int64), 0
+        grid_loaded = 0.0
+        for t in range(1, T):
+            x, ts, clock, loads = _lru_reference(x, ts, clock, x, tok[b, t - 1], tw[b, t - 1], su[b], int(cu[b, 0]),
+                                                 np.iinfo(np.int32).max)
+            np.testing.assert_array_equal(r.placements[b, t, 0], x)
+            assert r.info["loaded"][b, t, 0] == pytest.approx(math.fsum((loads * size[b, t]).ravel()), rel=1e-12)
+            grid_loaded += float((loads * su[b][:, None]).sum() * unit[b])
+        assert (r.info["loaded"][b, :, 1:] == 0).all() and (r.info["loaded"][b, 0] == 0).all()
+        assert grid_loaded > r.info["loaded"][b].sum() * 1.05  # what counting grid units reported
+    assert (r.info["loaded"] >= r.moved - 1e-9).all() and r.info["loaded"].sum() > 0
 
 
 def test_timeline_from_trace_windows():

@@ -150,14 +150,16 @@ def _lru_window(x, ts, clock, x_prev, tokens, user, weight, su, cu, bud, devices
     """Replay one window's tokens through the devices' LRU caches.
 
     ``x`` bool [N, L, E] (only device rows change), ``ts`` int32 [N, L, E] last use; returns the
-    new (x, ts, clock) and the grid units loaded into every node [N].
+    new (x, ts, clock) and ``loads`` int32 [N, L, E], how many times each copy was loaded (re-loads
+    included). The budget is counted in grid units (``su``); the caller turns ``loads`` into storage
+    in size units with the real sizes.
     """
     W, L, K = tokens.shape
     N = x.shape[0]
     dev = jnp.asarray(devices, jnp.int32)[user]  # [W] the node of each token's user
 
     def access(carry, i):
-        x, ts, used, spent, loaded, clock = carry
+        x, ts, used, spent, loads, clock = carry
         w, l, k = i // (L * K), (i // K) % L, i % K
         n, e = dev[w], tokens[w, l, k]
         valid = weight[w] > 0
@@ -180,14 +182,15 @@ def _lru_window(x, ts, clock, x_prev, tokens, user, weight, su, cu, bud, devices
         x = x.at[n, l, e].set(x[n, l, e] | admit)
         used = used.at[n].add(jnp.where(admit, need, 0))
         spent = spent.at[n].add(jnp.where(admit & ~x_prev[n, l, e], need, 0))
-        loaded = loaded.at[n].add(jnp.where(admit, need, 0))
+        loads = loads.at[n, l, e].add(admit.astype(jnp.int32))
         ts = ts.at[n, l, e].set(jnp.where(valid & (hit | admit), clock, ts[n, l, e]))
-        return (x, ts, used, spent, loaded, clock + valid.astype(jnp.int32)), None
+        return (x, ts, used, spent, loads, clock + valid.astype(jnp.int32)), None
 
     used0 = jnp.where(x, su[None, :, None], 0).sum(axis=(1, 2))
     z = jnp.zeros(N, jnp.int32)
-    (x, ts, _, _, loaded, clock), _ = lax.scan(access, (x, ts, used0, z, z, clock), jnp.arange(W * L * K))
-    return x, ts, clock, loaded
+    loads0 = jnp.zeros(x.shape, jnp.int32)
+    (x, ts, _, _, loads, clock), _ = lax.scan(access, (x, ts, used0, z, loads0, clock), jnp.arange(W * L * K))
+    return x, ts, clock, loads
 
 
 def timeline_policy(
@@ -211,7 +214,8 @@ def timeline_policy(
     Returns:
       (placements bool [T, N, L, E] with ``placements[0] = x0``, info dict of [T, ...] arrays:
       ``forecast_objective`` [T] (J of x_t on what the policy believed; window 0: its own J) and
-      ``loaded`` int32 [T, N] (grid units loaded by the LRU's token-level process; 0 elsewhere)).
+      ``loads`` int32 [T, N, L, E] (how many times the LRU's token-level process loaded each copy,
+      re-loads included; 0 elsewhere)).
     """
     from slimjax._objective import expert_latency_from, objective_from_d
 
@@ -228,7 +232,7 @@ def timeline_policy(
 
     def step(carry, t):
         x_prev, ts, clock = carry
-        loaded = jnp.zeros(N, jnp.int32)
+        loads = jnp.zeros_like(x0, jnp.int32)
         p = cfg.policy
         F = forecast_window(windows, t, cfg.forecast, cfg.alpha, cfg.horizon, lag)
         if p == "static":
@@ -246,17 +250,17 @@ def timeline_policy(
             if cfg.window.budgeted:
                 x = _admit(x, x_prev, jnp.broadcast_to(pop, x.shape), pop, su, cu, budget)
         else:  # lru on the devices; the servers keep x_0
-            xd, ts, clock, loaded = _lru_window(x_prev, ts, clock, x_prev, tokens[t - 1], token_user[t - 1],
+            xd, ts, clock, loads = _lru_window(x_prev, ts, clock, x_prev, tokens[t - 1], token_user[t - 1],
                                                 token_weight[t - 1], su, cu, budget, cfg.devices, cfg.evict)
             x = jnp.where(is_dev[:, None, None], xd, x0)
-        return (x, ts, clock), (x, J_of(F, x), loaded)
+        return (x, ts, clock), (x, J_of(F, x), loads)
 
     ts0 = jnp.where(x0, -1, _BIG).astype(jnp.int32)
-    _, (xs, Jf, loaded) = lax.scan(step, (x0, ts0, jnp.int32(0)), jnp.arange(1, T))
+    _, (xs, Jf, loads) = lax.scan(step, (x0, ts0, jnp.int32(0)), jnp.arange(1, T))
     placements = jnp.concatenate([x0[None], xs])
     info = {
         "forecast_objective": jnp.concatenate([J_of(_window(windows, 0), x0)[None], Jf]),
-        "loaded": jnp.concatenate([jnp.zeros((1, N), jnp.int32), loaded]),
+        "loads": jnp.concatenate([jnp.zeros((1, *x0.shape), jnp.int32), loads]),
     }
     return placements, info
 

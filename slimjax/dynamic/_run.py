@@ -4,8 +4,8 @@ Three compiled programs, each compiled ahead of time with the time measured apar
 solvers do): the initial deployment ``x_0`` on window 0 (shared by every policy, so that every
 policy starts from the same placement), the policy's scan over windows 1..T-1, and the
 evaluation of every placement on its window's *true* routing (J, per-token latencies). On the
-host, in float64: the storage moved (from the float64 sizes), and the checks that storage and
-budget hold in every window.
+host, in float64: the storage moved and the LRU's loads (from the float64 sizes), and the checks
+that storage and budget hold in every window.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ class DynamicResult(NamedTuple):
       p95: float64 [B, T]: 95th percentile of the per-token latency of window t's tokens replayed
         through x_t (NaN without tokens); ``info`` has ``p50`` and ``p99``.
       info: ``forecast_objective`` [B, T] (J of x_t on what the policy believed about window t),
-        ``loaded`` [B, T, N] (storage the LRU loaded token by token; 0 for other policies),
+        ``loaded`` float64 [B, T, N] (storage the LRU loaded token by token, re-loads included,
+        in the unit of ``size``: Σ size[l, e] over the copies it loaded, summed in float64 — not
+        the grid units its budget counts; 0 for other policies),
         ``budget`` [B, N] (the budget in size units, inf when none), ``p50``, ``p99``.
       seconds: wall-clock seconds of the call without compilation.
       compile_seconds: seconds spent tracing, lowering and compiling (0 when every program was
@@ -403,7 +405,8 @@ def run(
     if not np.isfinite(J).all():
         raise RuntimeError(f"policy {policy!r}: non-finite J (a bug)")
     info = {k: np.asarray(v) for k, v in info.items()}
-    info["loaded"] = info["loaded"].astype(np.float64) * unit[:, None, None]
+    # loads: int32 [B, T, N, L, E] copies the LRU loaded; loaded in size units (not rounded-up grid units)
+    info["loaded"] = np.einsum("btnle,btle->btn", info.pop("loads").astype(np.float64), size_t)
     info["forecast_objective"] = info["forecast_objective"].astype(np.float64)
     info["budget"] = budget_real
     if tok_lat is not None:

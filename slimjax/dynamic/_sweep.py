@@ -41,7 +41,7 @@ def result_rows(result: DynamicResult, budget_share: float = float("inf")) -> di
       a dict of arrays of length B·T: ``policy`` (str), ``budget_share``, ``timeline``,
       ``window``, ``objective`` (J of x_t on window t's true routing), ``forecast_objective``,
       ``moved`` (storage moved into all nodes in the window), ``moved_max_node`` (the largest
-      node's), ``loaded`` (what the LRU loaded, re-loads included; 0 for other policies),
+      node's), ``loaded`` (storage the LRU loaded, re-loads included, in the unit of ``size``; 0 for other policies),
       ``copies`` (experts held over all nodes), ``p50``, ``p95``, ``p99`` (NaN without tokens),
       ``evaluated`` (False for window 0, the free initial deployment).
     """
