@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slimjax._storage import SIZE_RTOL
+
 __all__ = ["Instance", "stack", "unstack", "is_batched"]
 
 FIELDS = ("latency", "fallback", "size", "capacity", "patterns", "weight", "traffic", "base")
@@ -326,7 +328,7 @@ def _validate(v: dict[str, np.ndarray], nb: int) -> None:
     if not np.isfinite(size).all() or (size <= 0).any():
         bad = ~np.isfinite(size) | (size <= 0)
         raise ValueError(f"size: must be finite and > 0, got {size[bad][0]} at index {_where(bad)}")
-    same = np.isclose(size, size[..., :1], rtol=1e-6, atol=0)
+    same = np.isclose(size, size[..., :1], rtol=SIZE_RTOL, atol=0)
     if not same.all():
         raise ValueError(
             f"size: all experts of one layer must have the same size; differs at index {_where(~same)}"

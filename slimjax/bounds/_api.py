@@ -1,9 +1,17 @@
 """``lower_bound`` and ``certify``: certified lower bounds on J and certified optimality gaps.
 
-Every method returns, per instance, a number that is ≤ the optimal J of that instance (over all
-placements that the solvers' storage check accepts, ``Σ size·x ≤ capacity·(1 + 1e-6) + 1e-9``),
-however far an iterative method got: the value is a Lagrangian dual function evaluated in float64
-at the dual point the method reached (weak duality), never a primal objective.
+Every method returns, per instance, a number that is ≤ the optimal J of that instance over all
+placements that :func:`slimjax.feasible` accepts (slimjax's one storage contract,
+:mod:`slimjax._storage`: ``used ≤ capacity·(1 + 1e-6) + 1e-9·max(1, max size)``, float64), however
+far an iterative method got. By construction: every relaxation's storage rows contain that set
+(:func:`slimjax._storage.storage_cut` for the whole-expert rows of ``threshold``/``levels``, each
+layer's smallest size; :func:`slimjax._storage.relaxed_limit` for the LP of the MILP), and every
+LP-based value is a Lagrangian dual function evaluated in float64 at the dual point the method (or
+HiGHS) reached (weak duality), never a primal objective. The float64 evaluation subtracts a
+rounding margin of 1e-9 times the magnitudes it sums (far above float64's ~1e-16 per operation);
+``levels`` inflates its float32 knapsack values by their worst-case rounding before the float64
+combination. So a bound exceeds the optimum only by the float64 rounding of the optimum's own
+evaluation (≤ ~1e-15 relative).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slimjax import _storage as storage
 from slimjax._instance import Instance, is_batched
 from slimjax.bounds import _assignment, _levels, _threshold
 from slimjax.bounds import _pdhg as pdhg
@@ -326,7 +335,10 @@ def _first_order(batch, host, method, aggregation, upper, target_gap, max_iters,
     if start is not None:
         value = np.maximum(value, start)
     seconds = time.perf_counter() - t0 - compile_s
-    return Bound(value, names, iters.astype(np.int64), np.asarray(st.err, np.float64), np.asarray(st.gap, np.float64),
+    # instances frozen from the start never iterated: their KKT error and LP gap were not measured
+    err = np.where(done0, np.nan, np.asarray(st.err, np.float64))
+    gap = np.where(done0, np.nan, np.asarray(st.gap, np.float64))
+    return Bound(value, names, iters.astype(np.int64), err, gap,
                  seconds, compile_s,
                  np.full(B, seconds / B), method)
 
@@ -386,26 +398,78 @@ def _threshold_highs_one(data64: dict, b: int, time_limit, threads):
             objective)
 
 
+def _assignment_highs_one(data64: dict, b: int, time_limit, threads):
+    """The LP of the MILP (:mod:`._assignment`'s, over every accepted placement) of instance b on
+    HiGHS: (the Lagrangian at HiGHS's row duals in float64, status)."""
+    from slimjax.solvers._exact import _highspy, _Model
+
+    highspy = _highspy()
+    useful, hasx, anyu, gm = (data64[k][b] > 0 for k in ("useful", "hasx", "anyu", "gm"))
+    U, N, L, E = useful.shape
+    M, K = gm.shape[2:]
+    mdl = _Model()
+    xcol = np.full((N, L, E), -1, np.int64)
+    xcol[hasx] = mdl.cols(int(hasx.sum()))
+    acol = np.full((U, N, L, E), -1, np.int64)
+    acol[useful] = mdl.cols(int(useful.sum()))
+    ycol = mdl.cols(U * L * M, cost=data64["cy"][b].reshape(-1), hi=data64["ymax"][b].reshape(-1)).reshape(U, L, M)
+    uu, nn, ll, ee = np.nonzero(useful)
+    ra = mdl.rows(len(uu), -np.inf, 0.0)  # α: a − x ≤ 0
+    mdl.coef(ra, acol[uu, nn, ll, ee], 1.0)
+    mdl.coef(ra, xcol[nn, ll, ee], -1.0)
+    rbeta = np.full((U, L, E), -1, np.int64)
+    rbeta[anyu] = mdl.rows(int(anyu.sum()), -np.inf, 1.0)  # β: Σ_n a ≤ 1
+    mdl.coef(rbeta[uu, ll, ee], acol[uu, nn, ll, ee], 1.0)
+    gu, gl, gmm, gk = np.nonzero(gm)  # γ: −y − Σ_n saving·a ≤ −fallback, per member
+    rg = mdl.rows(len(gu), -np.inf, -data64["fbm"][b][gu, gl, gmm, gk])
+    mdl.coef(rg, ycol[gu, gl, gmm], -1.0)
+    e_of = data64["gidx"][b][gu, gl, gmm, gk].astype(np.int64) % E
+    on = useful[gu, :, gl, e_of]  # [rows, N]
+    r_i, n_i = np.nonzero(on)
+    uo, lo, eo = gu[r_i], gl[r_i], e_of[r_i]
+    mdl.coef(rg[r_i], acol[uo, n_i, lo, eo], -data64["saving"][b][uo, n_i, lo, eo])
+    rl = mdl.rows(N, -np.inf, data64["qcap"][b])  # λ: storage over the accepted placements
+    xn, xl, xe = np.nonzero(hasx)
+    mdl.coef(rl[xn], xcol[xn, xl, xe], data64["size"][b][xl, xe])
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    if threads is not None:
+        h.setOptionValue("threads", int(threads))
+    h.passModel(mdl.lp(highspy, True, 0.0))
+    h.run()
+    status = h.modelStatusToString(h.getModelStatus())
+    sol = h.getSolution()
+    alpha, beta = np.zeros((1, U, N, L, E)), np.zeros((1, U, L, E))
+    gamma, lam = np.zeros((1, U, L, M, K)), np.zeros((1, N))
+    if sol.dual_valid:
+        rd = -np.asarray(sol.row_dual)  # ≤ rows of a minimisation: multiplier = −(row dual) ≥ 0
+        alpha[0, uu, nn, ll, ee] = rd[ra]
+        beta[0][anyu] = rd[rbeta[anyu]]
+        gamma[0, gu, gl, gmm, gk] = rd[rg]
+        lam[0] = rd[rl]
+    one = {k: v[b : b + 1] for k, v in data64.items()}
+    value = float(_assignment.dual_value64(one, (alpha, beta, gamma, lam))[0])
+    return value, ("optimal" if status == "Optimal" else "time_limit")
+
+
 def _highs(batch, method, aggregation, time_limit, threads):
-    from slimjax.solvers._exact import _highspy, _solve_highs
+    from slimjax.solvers._exact import _highspy
 
     _highspy()
     t0 = time.perf_counter()
     B = batch.latency.shape[0]
     triv = _trivial(batch, aggregation)
     vals, names, secs = np.empty(B), np.empty(B, dtype=object), np.empty(B)
-    data64 = _threshold.build(host_batch(batch, aggregation), "max") if method == "threshold-highs" else None
-    for b in range(B):
+    host = host_batch(batch, aggregation)
+    data64 = (_threshold if method == "threshold-highs" else _assignment).build(host, "max")
+    for b in range(B):  # HiGHS solves one model at a time
         t1 = time.perf_counter()
         if method == "threshold-highs":
             v, s, _ = _threshold_highs_one(data64, b, time_limit, threads)
         else:
-            _, _, st, info, _ = _solve_highs(batch[b], aggregation, True, time_limit, None, threads, False)
-            if st == "Optimal":
-                lp = float(info.objective_function_value)
-                v, s = lp - 1e-9 * (1 + abs(lp)), "optimal"
-            else:
-                v, s = -np.inf, "time_limit"
+            v, s = _assignment_highs_one(data64, b, time_limit, threads)
         vals[b], names[b] = max(v, triv[b]), s
         secs[b] = time.perf_counter() - t1
     seconds = time.perf_counter() - t0
@@ -527,6 +591,10 @@ def lower_bound(
     return res
 
 
+#: relative slack of certify's "J below the bound" check for float64 J: the float64 rounding of the
+#: two evaluations (J over M·K terms, the bound's own margin is already subtracted), with room
+_F64_SLACK = 1e-12
+
 _PER_INSTANCE = ("value", "status", "iterations", "lp_error", "lp_gap", "instance_seconds")
 
 
@@ -539,9 +607,10 @@ def _unsqueeze(b: Bound) -> Bound:
 
 
 def _storage_check(batch: Instance, x: np.ndarray) -> None:
-    used = np.einsum("bnle,ble->bn", x.astype(np.float64), np.asarray(batch.size, np.float64))
+    """The storage contract (:mod:`slimjax._storage`, as :func:`slimjax.feasible`)."""
+    used = storage.used(batch.size, x)
     cap = np.asarray(batch.capacity, np.float64)
-    bad = used > cap * (1 + _threshold.CAP_RTOL) + _threshold.CAP_ATOL
+    bad = ~(used <= storage.limit(batch.size, batch.capacity))
     if bad.any():
         b, n = np.argwhere(bad)[0]
         raise ValueError(f"placement: infeasible at instance {b}, node {n}: uses {used[b, n]:.6g} > capacity "
@@ -582,8 +651,11 @@ def certify(batch: Instance, solution: Any, method: str = "auto", *, aggregation
             raise ValueError("placement: entries must be 0/1 or bool")
         _storage_check(b, x.astype(bool))
         obj = objective64(b, x, aggregation)
+        tol = _F64_SLACK  # J and the bound are both float64 evaluations
     elif arr.ndim <= 1 and arr.size == B:
         obj = arr.astype(np.float64).reshape(B)
+        # values computed in float32 (a solver's J) carry float32 rounding; float64 values float64's
+        tol = _F64_SLACK if arr.dtype == np.float64 else 1e-6
         if not np.isfinite(obj).all():
             raise ValueError(f"objective: values must be finite, got {obj[~np.isfinite(obj)][0]}")
     else:
@@ -597,7 +669,7 @@ def certify(batch: Instance, solution: Any, method: str = "auto", *, aggregation
     if lb.shape != (B,):
         raise ValueError(f"bound: expected {B} values, got shape {np.shape(bound.value)}")
     scale = np.maximum(np.abs(obj), np.abs(lb))
-    below = obj < lb - 1e-6 * scale
+    below = obj < lb - tol * scale
     if below.any():
         i = int(np.flatnonzero(below)[0])
         raise ValueError(f"objective: instance {i} has J = {obj[i]:.9g} below its certified lower bound "

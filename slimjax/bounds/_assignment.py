@@ -8,11 +8,13 @@ finite). Rows (all ``≤``):
     a[u,n,l,e] − x[n,l,e] ≤ 0                                      (α ≥ 0)
     Σ_n a[u,n,l,e] ≤ 1                                             (β ≥ 0)
     −y[u,l,m] − Σ_n saving[u,n,l,e_k] a[u,n,l,e_k] ≤ −fallback[u,l,e_k]  for each member (γ ≥ 0)
-    Σ_{l,e} size[l,e] x[n,l,e] ≤ capacity[n]·(1 + 1e-7)             (λ ≥ 0, both sides / min size)
+    Σ_{l,e} size[l,e] x[n,l,e] ≤ relaxed_limit[n]                   (λ ≥ 0, both sides / min size)
 
 minimizing ``Σ traffic·weight·y`` (patterns merged as sets, zero weights inactive;
-``aggregation="sum"`` uses one-member patterns). The right-hand side of the storage rows is the
-one of the HiGHS model, so both solve the same LP. The certified value is the Lagrangian
+``aggregation="sum"`` uses one-member patterns). The storage rows are the contract's limit raised
+by float64 rounding (:func:`slimjax._storage.relaxed_limit`), so every placement
+:func:`slimjax.feasible` accepts is a feasible point; the ``"highs"`` bound solves this same LP on
+HiGHS and evaluates the same Lagrangian at HiGHS's duals. The certified value is the Lagrangian
 ``−q·(α,β,γ,λ) + Σ hi·min(0, c + Kᵀ(α,β,γ,λ))`` at the projected dual point, in float64
 (:func:`dual_value64`).
 """
@@ -25,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from slimjax._storage import relaxed_limit
 from slimjax.bounds._pdhg import Formulation, lagrangian
 from slimjax.bounds._threshold import host_fields
 
 __all__ = ["AssignmentData", "build", "to_device", "FORMULATION", "dual_value64", "initial_primal", "initial_dual"]
 
-HIGHS_CAP_RTOL = 1e-7  # the HiGHS builder's right-hand side: capacity·(1 + 1e-7)
 
 
 class AssignmentData(NamedTuple):
@@ -79,7 +81,7 @@ def build(batch, aggregation: str = "max") -> dict:
     # Storage rows divided by the smallest expert size (the same LP; well-scaled for PDHG).
     size = np.asarray(batch.size, np.float64)
     unit = size.min(axis=(1, 2))
-    cap = np.asarray(batch.capacity, np.float64) * (1 + HIGHS_CAP_RTOL) / unit[:, None]
+    cap = relaxed_limit(size, batch.capacity) / unit[:, None]  # every accepted placement fits (slimjax._storage)
     return dict(useful=useful.astype(np.float64), saving=saving, hasx=useful.any(1).astype(np.float64),
                 anyu=useful.any(2).astype(np.float64), gidx=gidx.astype(np.int32), gm=gm.astype(np.float64),
                 fbm=np.where(gm, fbm, 0.0), cy=tr[:, :, None, None] * w, ymax=ymax,

@@ -10,7 +10,7 @@ a pattern's latency ``max_k d_{e_k}`` and with ``S_i = {e : d_e < t_{i+1}}``,
 ``S_i`` holds the *free* experts (fallback < t_{i+1}) and experts cached on a node that serves
 them faster than t_{i+1}; the latter all lie on the nodes that serve something faster than
 t_{i+1}, so ``Σ_l ŝ_l·|S_{i,l} ∖ free| ≤ C_i := Σ_{such n} Q̂_n`` (whole-expert storage rows, see
-:func:`slimjax.bounds._threshold.storage_cut`). Dropping the nesting ``S_i ⊆ S_{i+1}`` and which
+:func:`slimjax._storage.storage_cut`, valid for every placement :func:`slimjax.feasible` accepts). Dropping the nesting ``S_i ⊆ S_{i+1}`` and which
 node holds what leaves, per level, ``OPT_i = max W_i(S)`` under that one knapsack, which is solved
 exactly: per layer the best covered weight with ``c`` paid experts for every ``c`` by enumerating
 all 2^E expert sets (a zeta transform of the pattern weights), then the dense (max,+) capacity DP
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from slimjax.bounds._threshold import host_fields, storage_cut
+from slimjax._storage import storage_cut
+from slimjax.bounds._threshold import host_fields
 from slimjax.ops._grid import bucket_units
 from slimjax.ops._maxconv import capacity_dp
 from slimjax.ops._oracle import _masks_by_size
@@ -83,7 +84,7 @@ def build(batch, aggregation: str = "max", max_levels: int = 32) -> dict:
     payable = (best[:, :, None] < tau[..., None, None]) & ~is_free
     free = (is_free * bits).sum(-1)
     elig = (payable * bits).sum(-1)
-    s_hat, q_hat = storage_cut(np.asarray(batch.size, np.float64)[..., 0], np.asarray(batch.capacity, np.float64))
+    s_hat, q_hat = storage_cut(batch.size, batch.capacity)  # valid for every placement slimjax.feasible accepts
     node_best = ul.min(axis=(3, 4))  # [B, U, N]
     node_ok = node_best[:, :, None, :] < tau[..., None]  # [B, U, G, N]
     cap = (node_ok * q_hat[:, None, None, :]).sum(-1)

@@ -48,12 +48,11 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
+from slimjax._storage import storage_cut
 from slimjax.bounds._pdhg import Formulation
 
-__all__ = ["ThresholdData", "build", "to_device", "FORMULATION", "dual_value64", "storage_cut", "initial_dual"]
+__all__ = ["ThresholdData", "build", "to_device", "FORMULATION", "dual_value64", "initial_dual"]
 
-#: Feasibility tolerance on storage that the bounds respect (the same as the solvers' check).
-CAP_RTOL, CAP_ATOL = 1e-6, 1e-9
 #: Largest Σ_n Q̂_n·L·E for which the float64 evaluation runs the exact knapsack DP.
 DP_MAX_WORK = 5e7
 
@@ -78,35 +77,6 @@ class ThresholdData(NamedTuple):
     s_hat: Float[Array, "L"]
     q_hat: Float[Array, "N"]
     j0: Float[Array, ""]
-
-
-def storage_cut(size: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Chvátal–Gomory rounding of the storage rows, valid for every placement that the solvers'
-    feasibility check accepts (``Σ size·x ≤ capacity·(1 + 1e-6) + 1e-9``).
-
-    Args:
-      size: float [B, L] one expert's size per layer; capacity: float [B, N].
-
-    Returns:
-      (ŝ float [B, L], Q̂ float [B, N]) whole numbers with ``Σ ŝ_l c_l ≤ Q̂_n`` for every feasible
-      count vector c (``u`` = the coarsest min-size / k, k ≤ 8, that divides every size within
-      1e-9, else the smallest size; ŝ rounds down, Q̂ rounds down after a 1e-9 relative slack).
-    """
-    size = np.asarray(size, np.float64)
-    cap = np.asarray(capacity, np.float64) * (1 + CAP_RTOL) + CAP_ATOL
-    base = size.min(-1)
-    u = base.copy()
-    found = np.zeros(base.shape, bool)
-    for k in range(1, 9):
-        r = size * k / base[:, None]
-        exact = np.all(np.abs(r - np.round(r)) <= 1e-9 * np.maximum(r, 1), axis=-1) & ~found
-        u = np.where(exact, base / k, u)
-        found |= exact
-    ratio = size / u[:, None]
-    # ŝ ≤ ratio·(1 + 1e-9): then Σ ŝ c ≤ (1 + 1e-9)·cap/u, and the integer left side allows ⌊·⌋.
-    s_hat = np.maximum(np.floor(ratio * (1 + 1e-9)), 1.0)
-    q_hat = np.floor(cap / u[:, None] * (1 + 1e-9) * (1 + 1e-12))
-    return s_hat, q_hat
 
 
 def _sum_patterns(patterns: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +146,7 @@ def build(batch, aggregation: str = "max") -> dict:
     xgather = (nodes * L + np.arange(L)[None, None, :, None, None]) * E + np.arange(E)[None, None, None, :, None]
     rg = (ue[..., None] + np.arange(E)[None, None, :, None]) * N + pos  # [B, U, L, E, N]
     rgather = np.moveaxis(rg, -1, 2)  # [B, U, N, L, E]
-    s_hat, q_hat = storage_cut(np.asarray(batch.size, np.float64)[..., 0], np.asarray(batch.capacity, np.float64))
+    s_hat, q_hat = storage_cut(batch.size, batch.capacity)  # valid for every placement slimjax.feasible accepts
     if U * L * E * N1 >= 2**31 or N * L * E >= 2**31:
         raise ValueError("instance: too large for int32 indices of the threshold LP")
     return dict(fidx=fidx.astype(np.int32), act=act.astype(np.float64), c=c, xgather=xgather.astype(np.int32),

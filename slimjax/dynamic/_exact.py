@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from slimjax import _storage as storage
 from slimjax._instance import Instance
 
 __all__ = ["brute_force_window", "MAX_VARIABLES"]
@@ -23,7 +24,7 @@ def brute_force_window(
     """The optimum of ``J(x) + penalty · Σ moved`` under storage and ``moved_n ≤ budget[n]``.
 
     Every placement of ``{0, 1}^{N·L·E}`` is evaluated in float64 (storage and budget in real
-    units with the tolerance of the solvers' feasibility check).
+    units under the storage contract of :mod:`slimjax._storage`, as :func:`slimjax.feasible`).
 
     Args:
       inst: one window (unbatched), N·L·E <= :data:`MAX_VARIABLES`.
@@ -48,19 +49,16 @@ def brute_force_window(
     w = np.asarray(inst.weight, np.float64) * np.asarray(inst.traffic, np.float64)[:, None, None]
     prev = np.asarray(x_prev, bool).reshape(V)
     bud = np.full(N, np.inf) if budget is None else np.broadcast_to(np.asarray(budget, np.float64), (N,))
-    item_size = np.broadcast_to(size[None], (N, L, E)).reshape(V)
-    node = np.repeat(np.arange(N), L * E)
-    tol = 1e-6 * cap + 1e-9 * size.max()
-    btol = 1e-6 * np.where(np.isfinite(bud), bud, 0) + 1e-9 * size.max()
     best_v, best_x = np.inf, None
     bits = np.arange(V)
     for start in range(0, 2**V, chunk):
         codes = np.arange(start, min(start + chunk, 2**V))
         X = ((codes[:, None] >> bits[None]) & 1).astype(bool)  # [C, V]
-        used = np.stack([(X[:, node == n] * item_size[node == n]).sum(-1) for n in range(N)], -1)
-        newc = X & ~prev[None]
-        moved = np.stack([(newc[:, node == n] * item_size[node == n]).sum(-1) for n in range(N)], -1)
-        ok = (used <= cap + tol).all(-1) & (moved <= bud + btol).all(-1)
+        Xp = X.reshape(-1, N, L, E)
+        newc = Xp & ~prev.reshape(N, L, E)[None]
+        moved = storage.used(size, newc)
+        # the storage contract (slimjax._storage); the budget is checked like a capacity
+        ok = storage.fits(size, cap, Xp).all(-1) & storage.fits(size, bud, newc).all(-1)
         if not ok.any():
             continue
         Xo = X[ok].reshape(-1, N, L, E)

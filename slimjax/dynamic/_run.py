@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slimjax._instance import Instance
+from slimjax import _storage as storage
 from slimjax._objective import AGGREGATIONS, expert_latency_from, objective_from_d
 from slimjax.dynamic._myopic import WindowConfig, window_solve
 from slimjax.dynamic._policies import FORECASTS, POLICIES, PolicyConfig, timeline_policy
@@ -27,9 +28,6 @@ from slimjax.ops._grid import capacity_grid
 from slimjax.solvers._compile import Clock, call
 
 __all__ = ["DynamicResult", "run", "window_config", "sample_tokens"]
-
-#: tolerance of the host-side storage and budget checks (relative; absolute in units of the largest size)
-_RTOL, _ATOL = 1e-6, 1e-9
 
 
 class DynamicResult(NamedTuple):
@@ -210,7 +208,7 @@ def _as_batched(timelines) -> tuple[Timeline, bool]:
     return jax.tree_util.tree_map(lambda a: a[None], timelines), False
 
 
-def _budget_units(budget, B: int, N: int, unit: np.ndarray, cu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _budget_units(budget, B: int, N: int, size: np.ndarray, unit: np.ndarray, cu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(budget in size units float64 [B, N] (inf = none), in grid units int32 [B, N], capped at capacity)."""
     if budget is None:
         return np.full((B, N), np.inf), cu.astype(np.int32)
@@ -225,10 +223,9 @@ def _budget_units(budget, B: int, N: int, unit: np.ndarray, cu: np.ndarray) -> t
     if np.isnan(b).any() or (b < 0).any():
         bad = tuple(int(i) for i in np.argwhere(np.isnan(b) | (b < 0))[0])
         raise ValueError(f"budget: must be >= 0 (inf = no limit), got {b[bad]} at index {bad}")
-    with np.errstate(invalid="ignore", over="ignore"):
-        ratio = b / unit[:, None]
-        units = np.where(np.isfinite(ratio), np.floor(ratio + 1e-9 * np.maximum(ratio, 1)), np.inf)
-    return b, np.minimum(units, cu).astype(np.int32)
+    # a budget is a storage limit on what moves in: whole grid units as for capacities (slimjax._storage)
+    units = storage.grid_units(size, np.where(np.isfinite(b), b, 0.0), unit)[1]
+    return b, np.where(np.isfinite(b), np.minimum(units, cu), cu).astype(np.int32)
 
 
 def _penalty(penalty, B: int) -> np.ndarray:
@@ -362,7 +359,7 @@ def run(
     su = np.asarray(grid.size_units, np.int32)
     cu = np.asarray(grid.capacity_units, np.int32)
     unit = np.asarray(grid.unit, np.float64).reshape(B)
-    budget_real, bud = _budget_units(budget, B, N, unit, cu)
+    budget_real, bud = _budget_units(budget, B, N, np.asarray(first.size, np.float64), unit, cu)
     pen = _penalty(penalty, B)
     cfg = window_config(solver, tl.shape, grid, aggregation, budgeted=budget is not None, bisect=bisect,
                         migration=budget is not None or bool((pen > 0).any()))
@@ -396,12 +393,10 @@ def run(
     # host checks in float64: storage and budget in every window
     size = np.asarray(w.size[:, 0], np.float64)  # [B, L, E]
     cap = np.asarray(w.capacity[:, 0], np.float64)  # [B, N]
-    slack = _ATOL * size.max(axis=(-1, -2))[:, None, None]
-    used = np.einsum("btnle,ble->btn", xs.astype(np.float64), size)
-    _check("storage", used <= cap[:, None] * (1 + _RTOL) + slack, policy)
+    # the storage contract (slimjax._storage) in every window; a budget is checked like a capacity
+    _check("storage", storage.fits(size[:, None], cap[:, None], xs), policy)
     prev = np.concatenate([xs[:, :1], xs[:, :-1]], axis=1)
-    moved64 = np.einsum("btnle,ble->btn", (xs & ~prev).astype(np.float64), size)
-    _check("budget", moved64 <= budget_real[:, None] * (1 + _RTOL) + slack, policy)
+    _check("budget", storage.fits(size[:, None], budget_real[:, None], xs & ~prev), policy)
     if not np.isfinite(J).all():
         raise RuntimeError(f"policy {policy!r}: non-finite J (a bug)")
     info = {k: np.asarray(v) for k, v in info.items()}

@@ -1,7 +1,8 @@
 """The integer storage grid of the capacity DP: sizes rounded up, capacities rounded down.
 
-A placement feasible on the grid is feasible in real units. Every solver that works on the grid
-receives the same :class:`Grid` of a batch from :func:`capacity_grid`.
+A placement feasible on the grid is accepted by the storage contract (:mod:`slimjax._storage`,
+which owns the rounding and the unit finder). Every solver that works on the grid receives the
+same :class:`Grid` of a batch from :func:`capacity_grid`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from slimjax._instance import Instance
+from slimjax._storage import grid_units, storage_unit
 
 __all__ = ["Grid", "MAX_UNITS", "capacity_grid", "bucket_units"]
 
@@ -57,29 +59,22 @@ def capacity_grid(
       max_units_cap: if given, capacities are clipped to this many units.
 
     Returns:
-      a :class:`Grid`. Sizes are rounded up and capacities down, so a placement feasible on the
-      grid is feasible in real units. Capacities are also clipped to the storage that holds every
+      a :class:`Grid`. Each layer's largest size is rounded up and each node's storage limit
+      (:func:`slimjax._storage.limit`) down, so a placement feasible on the grid is accepted by
+      :func:`slimjax.feasible` (:func:`slimjax._storage.grid_units` has the proof). Capacities are also clipped to the storage that holds every
       expert (larger capacities do not change the problem).
     """
-    size = np.asarray(inst.size, dtype=np.float64)[..., 0]  # [..., L] (equal within a layer)
+    size = np.asarray(inst.size, dtype=np.float64)  # [..., L, E]
+    smax = size.max(-1)  # [..., L] each layer's largest size (sizes may differ within SIZE_RTOL)
     cap = np.asarray(inst.capacity, dtype=np.float64)  # [..., N]
     E = inst.size.shape[-1]
     if unit is None:
-        base = size.min(axis=-1)  # [...]
-        u = base.copy()
-        chosen = np.zeros(base.shape, bool)
-        for k in range(1, max_factor + 1):  # a loop over k only; vectorized over the batch
-            r = size * k / base[..., None]
-            exact = np.all(np.abs(r - np.round(r)) <= 1e-6 * np.maximum(r, 1), axis=-1)
-            fits = (cap / (base[..., None] / k)).max(axis=-1, initial=0) <= max_auto_units
-            take = exact & fits & ~chosen
-            u = np.where(take, base / k, u)
-            chosen |= exact
+        u = storage_unit(smax, cap, max_factor=max_factor, max_auto_units=max_auto_units)
     else:
         if isinstance(unit, bool) or not isinstance(unit, (int, float, np.integer, np.floating)) or not np.isfinite(unit) or not unit > 0:
             raise ValueError(f"capacity_unit: must be a finite number > 0 or None, got {unit!r}")
-        u = np.full(size.shape[:-1], float(unit))
-    ratio = size / u[..., None]
+        u = np.full(smax.shape[:-1], float(unit))
+    ratio = smax / u[..., None]
     full_units = (np.ceil(ratio) * E).sum(-1)  # storage of every expert, in units (float64: no overflow)
     worst = float(np.max(np.minimum(cap / u[..., None], full_units[..., None]), initial=0.0))
     if max(worst, float(np.max(ratio, initial=0.0))) > MAX_UNITS:
@@ -88,10 +83,8 @@ def capacity_grid(
             f"{float(np.max(ratio)):.4g}); the limit is {MAX_UNITS} units. Use a coarser capacity_unit "
             "(None = the smallest expert size or a fraction of it)"
         )
-    # Round up, but forgive float noise (1.0000001 units is 1 unit).
-    size_units = np.maximum(np.ceil(ratio - 1e-6 * np.maximum(ratio, 1)), 1).astype(np.int64)
-    cratio = cap / u[..., None]
-    capacity_units = np.floor(cratio + 1e-9 * np.maximum(cratio, 1)).astype(np.int64)
+    # the contract's grid: sizes rounded up, the storage limit rounded down (slimjax._storage)
+    size_units, capacity_units = grid_units(size, cap, u)
     full = (size_units * E).sum(-1, keepdims=True)  # storage that holds every expert
     capacity_units = np.minimum(capacity_units, full)
     if max_units_cap is not None:

@@ -1,7 +1,8 @@
-"""Exact references: ``brute-force``, ``milp`` (HiGHS) and :func:`lower_bound`.
+"""Exact references: ``brute-force`` and ``milp`` (HiGHS).
 
-Both work in **real** storage units (not the rounded grid), with the same tolerance as the
-feasibility check of the registry: ``Σ size·x[n] ≤ capacity[n]·(1 + 1e-6) + 1e-9``.
+Both work in **real** storage units (not the rounded grid) under slimjax's one storage contract
+(:mod:`slimjax._storage`): brute force enumerates exactly the placements :func:`slimjax.feasible`
+accepts; the MILP's storage rows are the contract's limit less HiGHS's feasibility tolerance.
 
 ``brute-force`` enumerates every placement (``N·L·E ≤ 20``) as bit masks in jitted chunks.
 
@@ -18,8 +19,8 @@ node, written with the fallback as the implicit remainder (equivalent to ``Σ a 
 reachable nodes + fallback). Identical patterns are merged (as sets of distinct members), zero
 weights skipped, and ``x`` / ``a`` exist only where a node is reachable, faster than the fallback,
 and the expert is ever activated, so models stay small. For ``aggregation="sum"`` the objective is
-``Σ traffic·w·Σ_k t`` directly (no y). The LP relaxation (x ∈ [0, 1]) gives
-:func:`lower_bound`, a certified bound at scales where the MILP is too slow.
+``Σ traffic·w·Σ_k t`` directly (no y). Its LP relaxation is the ``"highs"`` / ``"lp"`` bound of
+:func:`slimjax.lower_bound` (built there over a superset of the contract's placements).
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slimjax import _storage as storage
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import objective_from_d
 from slimjax.solvers import _compile
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
-__all__ = ["BruteForce", "MILP", "MAX_BRUTE_FORCE", "brute_force_instance", "brute_force_load_instance", "lower_bound",
-           "milp_instance"]
+__all__ = ["BruteForce", "MILP", "MAX_BRUTE_FORCE", "brute_force_instance", "brute_force_load_instance",
+           "milp_instance", "node_tables"]
 
 #: Largest N·L·E that ``brute-force`` accepts (2^20 placements).
 MAX_BRUTE_FORCE = 20
-_CAP_RTOL, _CAP_ATOL = 1e-6, 1e-9
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,9 +51,32 @@ _CAP_RTOL, _CAP_ATOL = 1e-6, 1e-9
 # ----------------------------------------------------------------------------------------------
 
 
-def _enumerate_best(inst: Instance, value):
-    """The feasible placement of least ``value(x)`` over all 2^(N·L·E) placements of one instance
-    (``value``: placement bool [N, L, E] -> scalar), in chunks of 4096 masks under ``lax.map``.
+def node_tables(batch: Instance) -> np.ndarray:
+    """bool [..., N, 2^(L·E)]: whether node n's storage holds the subset ``mask`` of the experts
+    (bit ``l·E + e``), by the storage contract itself (:func:`slimjax._storage.fits`, float64 on the
+    host), so that brute force enumerates exactly the placements :func:`slimjax.feasible` accepts."""
+    size = np.asarray(batch.size, np.float64)
+    lead = size.shape[:-2]
+    L, E = size.shape[-2:]
+    n = L * E
+    if n > MAX_BRUTE_FORCE:
+        raise ValueError(f"brute-force: L·E = {n} > {MAX_BRUTE_FORCE}; use method='milp' for larger instances")
+    lim = storage.limit(size, batch.capacity)  # [..., N]
+    bit = np.arange(n)
+    out = np.empty(lead + (lim.shape[-1], 1 << n), bool)
+    step = 1 << 14
+    for c0 in range(0, 1 << n, step):  # chunks of subsets (host memory), not a loop over instances
+        masks = np.arange(c0, min(c0 + step, 1 << n))
+        X = ((masks[:, None] >> bit[None]) & 1).astype(bool).reshape(-1, 1, L, E)  # [S, 1, L, E]
+        used = storage.used(size[..., None, :, :], X)[..., 0]  # [..., S]
+        out[..., c0 : c0 + len(masks)] = used[..., None, :] <= lim[..., :, None]
+    return out
+
+
+def _enumerate_best(inst: Instance, table, value):
+    """The placement of least ``value(x)`` over all 2^(N·L·E) placements of one instance that the
+    storage contract accepts (``table``: :func:`node_tables` of the instance; ``value``: placement
+    bool [N, L, E] -> scalar), in chunks of 4096 masks under ``lax.map``.
 
     Returns:
       (placement bool [N, L, E], its value).
@@ -64,14 +88,14 @@ def _enumerate_best(inst: Instance, value):
     chunk = 1 << min(n, 12)
     nchunks = (1 << n) // chunk
     bit = jnp.arange(n, dtype=jnp.int32)
-    size = inst.size.reshape(-1)
-    cap = inst.capacity * (1 + _CAP_RTOL) + _CAP_ATOL
+    le = L * E
+    nodes = jnp.arange(N, dtype=jnp.int32)
 
     def evaluate(c):
         masks = c * chunk + jnp.arange(chunk, dtype=jnp.int32)
         x = ((masks[:, None] >> bit[None, :]) & 1).astype(bool).reshape(chunk, N, L, E)
-        used = jnp.einsum("bnq,q->bn", x.reshape(chunk, N, L * E).astype(size.dtype), size)
-        ok = (used <= cap[None]).all(-1)
+        sub = (masks[:, None] >> (nodes[None, :] * le)) & ((1 << le) - 1)  # [chunk, N] each node's subset
+        ok = table[nodes[None, :], sub].all(-1)
         vals = jnp.where(ok, jax.vmap(value)(x), jnp.inf)
         b = jnp.argmin(vals)
         return vals[b], masks[b]
@@ -82,33 +106,44 @@ def _enumerate_best(inst: Instance, value):
     return x, vals[b]
 
 
-@partial(jax.jit, static_argnames=("aggregation",))
-def brute_force_instance(inst: Instance, *, aggregation: str = "max"):
-    """Exact optimum of one instance by enumerating all 2^(N·L·E) placements.
-
-    Returns:
-      (placement bool [N, L, E], J scalar).
-    """
-
+def _brute_one(inst: Instance, table, aggregation: str):
     def J(x):
         d = jnp.minimum(inst.fallback, jnp.where(x[None], inst.latency, jnp.inf).min(axis=1))
         return objective_from_d(inst, d, aggregation)
 
-    return _enumerate_best(inst, J)
+    return _enumerate_best(inst, table, J)
 
 
-@partial(jax.jit, static_argnames=("aggregation",))
+def _brute_load_one(inst: Instance, table, m, aggregation: str):
+    from slimjax.queueing._model import _REPORT
+
+    return _enumerate_best(inst, table, lambda x: _REPORT[aggregation](inst, x, m).objective)
+
+
+_BRUTE_ONE = jax.jit(_brute_one, static_argnums=2)
+_BRUTE_LOAD_ONE = jax.jit(_brute_load_one, static_argnums=3)
+
+
+def brute_force_instance(inst: Instance, *, aggregation: str = "max"):
+    """Exact optimum of one instance by enumerating all 2^(N·L·E) placements (those that
+    :func:`slimjax.feasible` accepts; the empty placement always is).
+
+    Returns:
+      (placement bool [N, L, E], J scalar).
+    """
+    return _BRUTE_ONE(inst, jnp.asarray(node_tables(inst)), aggregation)
+
+
 def brute_force_load_instance(inst: Instance, max_utilization=0.95, *, aggregation: str = "max"):
-    """Exact J_load optimum of one instance over all 2^(N·L·E) placements (load-infeasible ones
-    excluded: the empty placement is always load-feasible).
+    """Exact J_load optimum of one instance over all 2^(N·L·E) placements that
+    :func:`slimjax.feasible` accepts (load-infeasible ones excluded: the empty placement is always
+    load-feasible).
 
     Returns:
       (placement bool [N, L, E], J_load scalar).
     """
-    from slimjax.queueing._model import _REPORT
-
     m = jnp.asarray(max_utilization, inst.latency.dtype)
-    return _enumerate_best(inst, lambda x: _REPORT[aggregation](inst, x, m).objective)
+    return _BRUTE_LOAD_ONE(inst, jnp.asarray(node_tables(inst)), m, aggregation)
 
 
 def _check_load(solver, batch: Instance) -> None:
@@ -117,8 +152,8 @@ def _check_load(solver, batch: Instance) -> None:
                          "generate them with network={'load': 0.3} or pass service=... and rate=...")
 
 
-_BRUTE_LOAD = jax.jit(lambda aggregation, batch, m: jax.lax.map(
-    lambda i: brute_force_load_instance(i, m, aggregation=aggregation), batch), static_argnums=0)
+_BRUTE_LOAD = jax.jit(lambda aggregation, batch, tables, m: jax.lax.map(
+    lambda a: _brute_load_one(a[0], a[1], m, aggregation), (batch, tables)), static_argnums=0)
 
 
 def _check_brute(batch: Instance) -> None:
@@ -130,8 +165,8 @@ def _check_brute(batch: Instance) -> None:
         )
 
 
-_BRUTE = jax.jit(lambda aggregation, batch: jax.lax.map(lambda i: brute_force_instance(i, aggregation=aggregation), batch),
-                 static_argnums=0)
+_BRUTE = jax.jit(lambda aggregation, batch, tables: jax.lax.map(lambda a: _brute_one(a[0], a[1], aggregation),
+                                                                  (batch, tables)), static_argnums=0)
 
 
 @document_options
@@ -162,11 +197,12 @@ class BruteForce(Solver):
     def host_solve(self, batch, grid, keys, aggregation, start, clock):
         _check_brute(batch)
         _check_load(self, batch)
+        tables = jnp.asarray(node_tables(batch))  # the storage contract, float64 on the host
         if self.load:
             m = jnp.asarray(self.max_utilization, batch.latency.dtype)
-            xs, Js = _compile.call(_BRUTE_LOAD, (aggregation,), (batch, m), clock)
+            xs, Js = _compile.call(_BRUTE_LOAD, (aggregation,), (batch, tables, m), clock)
         else:
-            xs, Js = _compile.call(_BRUTE, (aggregation,), (batch,), clock)
+            xs, Js = _compile.call(_BRUTE, (aggregation,), (batch, tables), clock)
         B = batch.latency.shape[0]
         return np.asarray(xs), {"bound": np.asarray(Js, np.float64)}, np.full(B, Status.OPTIMAL, np.int8)
 
@@ -299,8 +335,13 @@ def _build(inst_np: dict, aggregation: str, max_utilization=None):
     mdl.coef(assign[uu, ll, ee], acol[uu, nn, ll, ee], 1.0)
     # storage
     xn, xl, xe = np.nonzero(has_x)
-    store = mdl.rows(N, -np.inf, cap * (1 + 1e-7))  # HiGHS' own 1e-7 tolerance stays inside the check's
-    mdl.coef(store[xn], xcol[xn, xl, xe], size[xl, xe])
+    # The storage contract (slimjax._storage) in units of the smallest size, less a margin above
+    # HiGHS's feasibility tolerance (_HIGHS_FEAS_TOL on the row activity), so that what HiGHS accepts the
+    # contract accepts too; solve() checks the rounded placement with the contract again.
+    unit = float(size.min())
+    lim = storage.limit(size, cap) / unit
+    store = mdl.rows(N, -np.inf, np.maximum(lim - _HIGHS_TOL, 0.0))
+    mdl.coef(store[xn], xcol[xn, xl, xe], size[xl, xe] / unit)
     if max_utilization is not None:
         _load_rows(mdl, inst_np, useful, xcol, acol, float(max_utilization))
     saving = np.where(useful, fb[:, None] - np.where(np.isfinite(lat), lat, 0.0), 0.0)  # [U, N, L, E]
@@ -377,6 +418,10 @@ def _np_instance(inst: Instance) -> dict:
 
 
 _SCHEDULER_THREADS = 0
+#: HiGHS's feasibility tolerances for the MILP (set below), and the margin kept off the storage rows
+#: (in units of the smallest size; far below the contract's 1e-6 relative slack)
+_HIGHS_FEAS_TOL = 1e-9
+_HIGHS_TOL = 1e-8
 
 
 def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_rel_gap, threads, verbose,
@@ -399,6 +444,8 @@ def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_
     if not relax:
         h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
         h.setOptionValue("mip_abs_gap", 1e-9)
+        h.setOptionValue("mip_feasibility_tolerance", _HIGHS_FEAS_TOL)
+        h.setOptionValue("primal_feasibility_tolerance", _HIGHS_FEAS_TOL)
     h.passModel(mdl.lp(highspy, relax, offset))
     t0 = time.perf_counter()
     ran = h.run()
@@ -514,36 +561,3 @@ class MILP(Solver):
             "solver_seconds": np.asarray([d["solver_seconds"] for d in infos], np.float64),
         }
         return np.stack(xs), info, status
-
-
-def lower_bound(inst: Instance, *, aggregation: str = "max", time_limit=None, threads=None, verbose=False):
-    """Certified lower bound on J from the LP relaxation of the MILP.
-
-    Args:
-      inst: one instance or a batch.
-      aggregation: "max" or "sum".
-      time_limit: seconds per LP (None = no limit); when the LP does not finish, the trivial
-        bound J(every expert cached on every node) is returned instead.
-
-    Returns:
-      a float (one instance) or a float64 array [batch]; always ≤ the optimal J (up to the LP
-      solver's tolerance, ~1e-9 relative).
-    """
-    if aggregation not in ("max", "sum"):
-        raise ValueError(f"aggregation: must be one of ('max', 'sum'), got {aggregation!r}")
-    check_float("time_limit", time_limit, 0.0, open_lo=True, none=True)
-    if not isinstance(inst, Instance):
-        raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
-    if is_batched(inst):
-        return np.asarray([lower_bound(inst[i], aggregation=aggregation, time_limit=time_limit, threads=threads,
-                                       verbose=verbose) for i in range(inst.latency.shape[0])])
-    h, _, status, info, _ = _solve_highs(inst, aggregation, True, time_limit, None, threads, verbose)
-    v = _np_instance(inst)
-    d_all = np.minimum(v["fallback"], v["latency"].min(axis=1))
-    member = np.take_along_axis(d_all[:, :, None, :], v["patterns"], axis=-1)
-    pl = member.max(-1) if aggregation == "max" else member.sum(-1)
-    trivial = float((v["traffic"][:, None, None] * v["weight"] * pl).sum())
-    if status == "Optimal":
-        lp = float(info.objective_function_value) - 1e-9 * (1 + abs(float(info.objective_function_value)))
-        return max(lp, trivial)
-    return trivial

@@ -52,8 +52,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slimjax import _storage as storage
 from slimjax._instance import Instance
 from slimjax._objective import objective_from_d
+from slimjax.ops._grid import capacity_grid
 from slimjax.queueing._model import _activation_one, _assignment_one, _share, loaded_expert_latency_from, utilization_from
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
@@ -64,8 +66,6 @@ __all__ = ["LoadAware", "LOAD_OPTIONS", "repair", "load_polish"]
 LOAD_OPTIONS = ("max_utilization", "load_iterations", "load_damping", "load_price", "load_polish")
 #: utilisation at which the repair's tie-break J_load is clipped (finite everywhere)
 _CLIP = 0.999
-#: the storage tolerance of the feasibility check (as in ``_solve``)
-_CAP_RTOL, _CAP_ATOL = 1e-6, 1e-9
 
 
 # -- per-instance pieces (pure JAX) -----------------------------------------------------------
@@ -94,18 +94,32 @@ def _jload(inst: Instance, x, p, cap, aggregation):
     return jnp.where(ok, j, jnp.inf), rho
 
 
-def _fits(inst: Instance, x):
-    used = jnp.einsum("nle,le->n", x.astype(inst.size.dtype), inst.size)
-    return (used <= inst.capacity * (1 + _CAP_RTOL) + _CAP_ATOL * jnp.maximum(inst.size.max(), 1)).all()
+def _grid_room(batch: Instance, grid, nodes: tuple):
+    """(units per expert float32 [B, L], whole units per node float32 [B, len(nodes)]) of the
+    solvers' storage grid (:func:`slimjax._storage.grid_units`), for the in-program check
+    :func:`_fits`. Node units are clipped to 2^24 − 1 so that float32 sums decide exactly."""
+    if grid is None:
+        grid = capacity_grid(batch)
+    cu = np.minimum(np.asarray(grid.capacity_units)[:, np.asarray(nodes)], 2**24 - 1)
+    return jnp.asarray(grid.size_units, jnp.float32), jnp.asarray(cu, jnp.float32)
+
+
+def _fits(x, su, cu):
+    """Whether ``x`` [N, L, E] fits on the integer storage grid (su [L], cu [N], float32 whole
+    numbers): a subset of the storage contract, decided exactly in the program (partial sums
+    are exact up to 2^24 and round monotonically beyond it, where every cu lies below)."""
+    used = (x.sum(-1).astype(jnp.float32) * su[None]).sum(-1)
+    return (used <= cu).all()
 
 
 def _flips(x, nodes):
-    """Every single flip of ``x`` on the given nodes: [len(nodes)·L·E, N, L, E]."""
+    """Every single flip of ``x`` on the given nodes: ([len(nodes)·L·E, N, L, E], whether each
+    flip removes a copy [len(nodes)·L·E])."""
     N, L, E = x.shape
     idx = (np.asarray(nodes)[:, None] * (L * E) + np.arange(L * E)[None]).reshape(-1)  # flat bits
     flip = np.zeros((len(idx), N * L * E), bool)
     flip[np.arange(len(idx)), idx] = True
-    return (x.reshape(1, -1) ^ jnp.asarray(flip)).reshape(-1, N, L, E)
+    return (x.reshape(1, -1) ^ jnp.asarray(flip)).reshape(-1, N, L, E), x.reshape(-1)[jnp.asarray(idx)]
 
 
 def _repair_one(inst: Instance, x, cap, aggregation, batch_size, nodes):
@@ -126,7 +140,7 @@ def _repair_one(inst: Instance, x, cap, aggregation, batch_size, nodes):
         xx, removed = state
         _, rho = excess(xx)
         over = ((rho >= thr)[:, None, None] & xx)[np.asarray(nodes)]  # copies on over-cap nodes
-        cand = _flips(xx, nodes)
+        cand, _ = _flips(xx, nodes)
 
         def score(xc):
             ex, r = excess(xc)
@@ -145,16 +159,17 @@ def _repair_one(inst: Instance, x, cap, aggregation, batch_size, nodes):
     return x, removed
 
 
-def _polish_one(inst: Instance, x, cap, aggregation, rounds, batch_size, nodes):
-    """Best-improvement single flips under the true J_load (load-feasible, storage-feasible)."""
+def _polish_one(inst: Instance, x, cap, su, cu, aggregation, rounds, batch_size, nodes):
+    """Best-improvement single flips under the true J_load (load-feasible; a copy is added only
+    where the result fits on the storage grid, so a contract-feasible start stays feasible)."""
     N, L, E = x.shape
     p = _activation_one(inst)
 
     def step(carry, _):
         xx, j, moves = carry
-        cand = _flips(xx, nodes)
-        vals = jax.lax.map(lambda xc: jnp.where(_fits(inst, xc), _jload(inst, xc, p, cap, aggregation)[0], jnp.inf),
-                           cand, batch_size=batch_size)
+        cand, drop = _flips(xx, nodes)
+        vals = jax.lax.map(lambda a: jnp.where(a[1] | _fits(a[0], su, cu), _jload(inst, a[0], p, cap, aggregation)[0],
+                                               jnp.inf), (cand, drop), batch_size=batch_size)
         c = jnp.argmin(vals)
         better = vals[c] < j * (1 - 1e-7)  # a strict decrease, beyond float rounding
         return (jnp.where(better, cand[c], xx), jnp.where(better, vals[c], j), moves + better.astype(jnp.int32)), None
@@ -170,15 +185,15 @@ def _repair_batch(aggregation, batch_size, nodes, batch, x, cap):
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _polish_batch(aggregation, rounds, batch_size, nodes, batch, x, cap):
-    return jax.vmap(lambda i, xi: _polish_one(i, xi, cap, aggregation, rounds, batch_size, nodes))(batch, x)
+def _polish_batch(aggregation, rounds, batch_size, nodes, batch, x, cap, su, cu):
+    return jax.vmap(lambda i, xi, s, c: _polish_one(i, xi, cap, s, c, aggregation, rounds, batch_size, nodes))(
+        batch, x, su, cu)
 
 
 def _storage_nodes(batch: Instance) -> tuple:
     """The nodes that can hold some expert in some instance of the batch (only they get moves)."""
-    size = np.asarray(batch.size, np.float64).reshape(batch.size.shape[0], -1)
-    cap = np.asarray(batch.capacity, np.float64)
-    fits = size.min(-1)[:, None] <= cap * (1 + _CAP_RTOL) + _CAP_ATOL * np.maximum(size.max(-1), 1)[:, None]
+    size = np.asarray(batch.size, np.float64)
+    fits = size.min(axis=(-1, -2))[:, None] <= storage.limit(size, batch.capacity)
     nodes = tuple(int(n) for n in np.flatnonzero(fits.any(0)))
     return nodes or (0,)
 
@@ -244,8 +259,9 @@ def load_polish(inst: Instance, placement, *, rounds: int = 16, max_utilization:
     batched, inst, x = _as_batch(inst, placement)
     nodes = _storage_nodes(inst)
     cap = jnp.asarray(max_utilization, inst.latency.dtype)
+    su, cu = _grid_room(inst, None, nodes)
     out, _ = _on_nodes(lambda b, xx: _polish_batch(aggregation, int(rounds), _MAP_BATCH, tuple(range(len(nodes))), b, xx,
-                                                   cap), inst, nodes, x)
+                                                   cap, su, cu), inst, nodes, x)
     return out if batched else out[0]
 
 
@@ -352,8 +368,9 @@ class LoadAware(Solver):
             lam = lam + jnp.asarray(self.load_price, dt) * jnp.maximum(rho_t - cap, 0.0) / jnp.maximum(1 - cap, 1e-6)
         moves = np.zeros(B, np.int64)
         if self.load_polish > 0:
+            su, cu = _grid_room(batch, grid, nodes)
             px, moves = _on_nodes(lambda b, xx: _compile.call(_polish_batch, (aggregation, int(self.load_polish), _MAP_BATCH,
-                                                                              local), (b, xx, cap), clock),
+                                                                              local), (b, xx, cap, su, cu), clock),
                                   batch, nodes, best_x)
             best_x, moves = np.asarray(px), np.asarray(moves)
         j, rho, j0 = _compile.call(_evaluate_batch, (aggregation,), (batch, jnp.asarray(best_x), cap), clock)

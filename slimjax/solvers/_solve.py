@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slimjax import _storage as storage
 from slimjax._cache import ensure_cache
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import AGGREGATIONS, check_placement, objective_from_d
@@ -28,9 +29,6 @@ from slimjax.solvers._methods import DEFAULT, as_solver
 
 __all__ = ["solve", "solve_batch", "feasible", "Feasibility", "instance_keys"]
 
-#: relative and absolute tolerance of the storage check (the exact references use the same)
-CAP_RTOL, CAP_ATOL = 1e-6, 1e-9
-
 
 class Feasibility(NamedTuple):
     """:func:`feasible`'s result: ``ok`` bool [] ([batch]) and ``used`` [N] ([batch, N])."""
@@ -40,15 +38,12 @@ class Feasibility(NamedTuple):
 
 
 def _used(batch: Instance, placement: np.ndarray) -> np.ndarray:
-    size = np.asarray(batch.size, np.float64)
-    return np.einsum("...nle,...le->...n", np.asarray(placement, np.float64), size)
+    return storage.used(batch.size, placement)
 
 
 def _fits(batch: Instance, used: np.ndarray) -> np.ndarray:
-    """bool [..., N]: the node's storage holds (with the check's float tolerance)."""
-    size = np.asarray(batch.size, np.float64)
-    cap = np.asarray(batch.capacity, np.float64)
-    return used <= cap * (1 + CAP_RTOL) + CAP_ATOL * np.maximum(size.max(axis=(-1, -2)), 1)[..., None]
+    """bool [..., N]: the node's storage holds (the contract of :mod:`slimjax._storage`)."""
+    return used <= storage.limit(batch.size, batch.capacity)
 
 
 def feasible(inst: Instance, placement) -> Feasibility:
@@ -60,8 +55,9 @@ def feasible(inst: Instance, placement) -> Feasibility:
 
     Returns:
       ``Feasibility(ok, used)``: ``ok`` bool [] ([batch]) and the storage ``used`` per node [N]
-      ([batch, N]), in the unit of ``size``. The tolerance is that of the solvers' own check:
-      ``used <= capacity·(1 + 1e-6) + 1e-9·max(size)``.
+      ([batch, N]), in the unit of ``size``, summed in float64. This is slimjax's one storage
+      contract (:mod:`slimjax._storage`): ``used <= capacity·(1 + 1e-6) + 1e-9·max(1, max size)``;
+      every solver's placement passes it and every lower bound holds for every placement it accepts.
 
     Raises:
       ValueError: a placement of the wrong shape or dtype.
