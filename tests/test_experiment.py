@@ -299,6 +299,59 @@ def test_trace_routing_replays_held_out_tokens(tmp_path):
     assert (df.routing == "trace").all() and (df.K == K).all() and (df.E == E).all()
 
 
+def test_resume_follows_the_trace_content(tmp_path):
+    """routing.path is hashed by content: a trace re-recorded in place (same size and even the same
+    mtime) is recomputed, an unchanged one is skipped; for a folder of traces every file's name and
+    bytes count, its mtimes do not."""
+    import os
+
+    traces = slimjax.traces
+    rng = np.random.default_rng(1)
+    T, L, E, K = 16, 2, 4, 2  # the shapes of TINY (no recompile)
+
+    def record(path, seed):
+        r = np.random.default_rng(seed)
+        ids = np.stack([r.permutation(E)[:K] for _ in range(T * L)]).reshape(T, L, K)
+        traces.Trace(expert_ids=ids, num_experts=E).save(path)
+
+    path = tmp_path / "t.npz"
+    record(path, 0)
+    out = tmp_path / "run"
+    cfg = make(out, "routing=trace", f"routing.path={path}", "routing.merge=false", "bound.method=null",
+               solvers=pick(1))
+    assert app.run(cfg)["skipped"] is False
+    first = pd.read_parquet(out / "results.parquet")
+    assert app.run(cfg)["skipped"] is True  # unchanged: skipped
+    before = path.stat()
+    seed = next(k for k in range(1, 200) if record(tmp_path / "other.npz", k) or  # a new recording of
+                (tmp_path / "other.npz").stat().st_size == before.st_size)        # the same size
+    record(path, seed)  # re-recorded in place
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    res = app.run(cfg)
+    assert res["skipped"] is False
+    again = pd.read_parquet(out / "results.parquet")
+    assert not np.allclose(again.replay_mean.to_numpy(), first.replay_mean.to_numpy())  # the new trace's tokens
+    assert app.run(cfg)["skipped"] is True
+    # a folder of traces (JSONL, one per layer): each file's name and content, not its mtime
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    for layer in range(2):
+        (folder / f"layer{layer}.jsonl").write_text("".join(
+            f'{{"layer": {layer}, "experts": {rng.permutation(E)[:K].tolist()}}}\n' for _ in range(4)))
+    fcfg = make(tmp_path / "f", "routing=trace", f"routing.path={folder}")
+    h0 = app.config_hash(fcfg)
+    os.utime(folder / "layer0.jsonl", ns=(1, 1))
+    assert app.config_hash(fcfg) == h0
+    (folder / "layer1.jsonl").write_text((folder / "layer1.jsonl").read_text().replace("[", "[ ", 1))
+    h1 = app.config_hash(fcfg)
+    assert h1 != h0
+    (folder / "layer1.jsonl").rename(folder / "layer2.jsonl")
+    assert app.config_hash(fcfg) not in (h0, h1)
+    assert app.hashed_fields(fcfg)["routing"]["content"]["bytes"] == sum(
+        f.stat().st_size for f in folder.iterdir())
+
+
 def test_placements_and_instances_recompute_each_rows_J(tmp_path):
     """placements.npz (one [B, N, L, E] array per solver name) and instances.npz (slimjax.save) hold
     what was solved: J recomputed from them equals every row's J."""

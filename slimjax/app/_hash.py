@@ -6,7 +6,9 @@ directory holds a marker with the same hash is skipped. The hash covers
 - every config field that changes results: ``seed``, ``batch_size``, ``precision``, ``name`` (it is
   written on every row), ``model``, ``network``, ``routing``, ``solvers`` (as a set), the options of
   the solvers that run (``solver.<name>``), the problem-level options ``solve_options.aggregation``,
-  ``capacity_unit``, ``merge_patterns``, and the *content* of ``instance.path`` (not its name);
+  ``capacity_unit``, ``merge_patterns``, the *content* of ``instance.path`` (not its name) and
+  the content of ``routing.path`` with ``routing=trace`` (a trace file, or the files of a trace
+  folder: :func:`content_digest`), so a trace re-recorded at the same path is recomputed;
 - the code: slimjax's version, a fingerprint of its sources (:func:`code_fingerprint`) and the
   versions of jax and jaxlib (a new XLA can change the last bits of a float).
 
@@ -31,7 +33,8 @@ from omegaconf import DictConfig
 
 from slimjax.app._config import plain
 
-__all__ = ["EXCLUDED", "MARKER", "code_fingerprint", "config_hash", "is_complete", "read_marker", "source_hash"]
+__all__ = ["EXCLUDED", "MARKER", "code_fingerprint", "config_hash", "content_digest", "is_complete", "read_marker",
+           "source_hash"]
 
 #: the completion marker, written last
 MARKER = ".complete.json"
@@ -94,12 +97,36 @@ def _fingerprint(root: str) -> tuple:
     return tuple(out.items())
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(os.path.expanduser(path), "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+def content_digest(path: str | os.PathLike) -> dict:
+    """What a file or a folder holds, for the hash: ``{"bytes": size, "blake2b": digest}``.
+
+    A file: its size and the BLAKE2b digest of its bytes. A folder (``routing.path`` may be a
+    folder of JSONL traces): the name, size and bytes of each file directly in it, in name order
+    (subfolders are not read, as :func:`slimjax.traces.load` does not read them). A missing path
+    gives ``{"missing": True}`` (the run itself refuses it). The bytes are read once per call
+    (BLAKE2b runs at about 1 GB/s; loading the trace reads them anyway). The modification time is
+    deliberately not used: a file rewritten within the file system's timestamp resolution, or
+    with its mtime restored, keeps its mtime, and a copied file gets a new one.
+    """
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
+    elif os.path.isfile(path):
+        files = [None]
+    else:
+        return {"missing": True}
+    h = hashlib.blake2b(digest_size=16)
+    size = 0
+    for name in files:
+        f = path if name is None else os.path.join(path, name)
+        n = os.path.getsize(f)
+        if name is not None:
+            h.update(name.encode() + b"\0" + str(n).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        size += n
+    return {"bytes": size, "blake2b": h.hexdigest()}
 
 
 def hashed_fields(cfg: DictConfig, code: dict | None = None) -> dict:
@@ -112,9 +139,14 @@ def hashed_fields(cfg: DictConfig, code: dict | None = None) -> dict:
     d["solve_options"] = {k: v for k, v in (d.get("solve_options") or {}).items() if k not in EXECUTION_ONLY}
     inst = d.get("instance") or {}
     if inst.get("path"):  # the file's content decides the results, not where it lies
-        d["instance"] = {**inst, "path": None, "sha256": _file_digest(str(inst["path"]))}
+        d["instance"] = {**inst, "path": None, "content": content_digest(str(inst["path"]))}
         for group in ("model", "network", "routing", "batch_size"):  # unused with a file
             d.pop(group, None)
+    routing = d.get("routing")
+    if isinstance(routing, dict) and routing.get("kind") == "trace" and routing.get("path"):
+        # a trace re-recorded at the same path must not find the old results: its content counts
+        # (the path too: it is written on every result row)
+        d["routing"] = {**routing, "content": content_digest(str(routing["path"]))}
     c = code if code is not None else code_fingerprint()
     d["code"] = {k: c.get(k) for k in ("version", "sources", "jax", "jaxlib")}
     return d
