@@ -206,3 +206,52 @@ def test_bad_input():
         LoadAware(inner="greedy")
     with pytest.raises(ValueError, match="load model"):
         repair(plain, np.ones((1, 1, 2), bool))
+
+
+def test_first_load_aware_solve_compiles_only_through_the_compile_cache(monkeypatch):
+    """load=True on shapes no other test uses: every program is compiled by ``solvers._compile.call``
+    with the solve's Clock, so its compile time is in ``compile_seconds`` and not in ``seconds``.
+    (It used to evaluate J_load with ``load_report``'s jitted program and update the utilisation
+    estimate and price with eager jnp ops: each compiled on first use inside ``seconds``.)"""
+    import logging
+
+    from slimjax.solvers import _compile, _solve
+
+    depth, clocks, leaked = [0], [], []
+    orig = _compile.call
+
+    def spy(fn, static, args, clock=None, **kw):
+        clocks.append(clock)
+        depth[0] += 1
+        try:
+            return orig(fn, static, args, clock, **kw)
+        finally:
+            depth[0] -= 1
+
+    class Leaks(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            # jnp.asarray of a host array compiles a one-op conversion program per shape in JAX 0.10
+            # (jit(stage) / jit(convert_element_type)); those are left out, every real program counts
+            if msg.startswith("Compiling ") and depth[0] == 0 and not msg.startswith(
+                    ("Compiling jit(stage)", "Compiling jit(convert_element_type)")):
+                leaked.append(msg[:120])
+
+    monkeypatch.setattr(_compile, "call", spy)
+    monkeypatch.setattr(_solve, "call", spy)
+    jax.random.key(1)  # key creation from an int seed compiles once per process, not per shape
+    inst = random_load_instance(7, U=2, N=3, L=1, E=3, M=3, K=2, peak=1.6)
+    handler, logger = Leaks(), logging.getLogger("jax")
+    old_level, old_flag = logger.level, jax.config.jax_log_compiles
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        sol = slimjax.solve(inst, "greedy", load=True)
+    finally:
+        jax.config.update("jax_log_compiles", old_flag)
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert not leaked, leaked
+    assert clocks and all(isinstance(c, _compile.Clock) for c in clocks)
+    assert sol.compile_seconds > 0 and np.isfinite(float(sol.objective))

@@ -209,6 +209,14 @@ def _evaluate_batch(aggregation, batch, x, cap):
 
 
 @jax.jit
+def _estimate_update(rho_hat, lam, rho_t, cap, damping, price):
+    """The damped utilisation estimate and the price after an iteration (module docstring, step 2)."""
+    rho_hat = damping * rho_hat + (1 - damping) * rho_t
+    lam = lam + price * jnp.maximum(rho_t - cap, 0.0) / jnp.maximum(1 - cap, 1e-6)
+    return rho_hat, lam
+
+
+@jax.jit
 def _loaded_batch(batch, rho_hat, lam, cap):
     def one(inst, r, lm):
         r = jnp.minimum(r, cap)
@@ -218,21 +226,29 @@ def _loaded_batch(batch, rho_hat, lam, cap):
     return jax.vmap(one)(batch, rho_hat, lam)
 
 
-def _reduced(batch: Instance, nodes: tuple) -> Instance:
-    """The batch on the given nodes only. Exact for placements without copies elsewhere: a node
-    without copies serves nobody, so J_load, rho of the kept nodes and every move are unchanged."""
-    if len(nodes) == batch.latency.shape[2]:
-        return batch
+@partial(jax.jit, static_argnums=(0,))
+def _take_nodes(nodes, batch):
     idx = np.asarray(nodes)
     return batch.replace(latency=batch.latency[:, :, idx], capacity=batch.capacity[:, idx],
                          service=batch.service[:, idx], validate=False)
 
 
-def _on_nodes(fn, batch: Instance, nodes: tuple, x, *args):
+def _reduced(batch: Instance, nodes: tuple, clock=None) -> Instance:
+    """The batch on the given nodes only. Exact for placements without copies elsewhere: a node
+    without copies serves nobody, so J_load, rho of the kept nodes and every move are unchanged.
+    (A program through the compile cache: its first compile is timed into ``clock``.)"""
+    from slimjax.solvers import _compile
+
+    if len(nodes) == batch.latency.shape[2]:
+        return batch
+    return _compile.call(_take_nodes, (tuple(nodes),), (batch,), clock)
+
+
+def _on_nodes(fn, batch: Instance, nodes: tuple, x, *args, clock=None):
     """``fn`` (repair or polish) on the reduced batch; its placement embedded back (and the rest of ``fn``'s outputs)."""
     x = np.asarray(x, bool)
     idx = np.asarray(nodes)
-    out, extra = fn(_reduced(batch, nodes), jnp.asarray(x[:, idx]), *args)
+    out, extra = fn(_reduced(batch, nodes, clock), np.ascontiguousarray(x[:, idx]), *args)
     full = x.copy()
     full[:, idx] = np.asarray(out)
     return full, extra
@@ -330,11 +346,13 @@ class LoadAware(Solver):
         if not batch.has_load:
             raise ValueError("load: load=True needs instances with a load model (fields service and rate); "
                              "generate them with network={'load': 0.3} or pass service=... and rate=...")
-        dt = batch.latency.dtype
+        # every program runs through _compile.call with the clock (host arrays in, no eager jnp op:
+        # each would compile on its first shape outside compile_seconds)
+        dt = np.dtype(batch.latency.dtype)
         B, N = batch.latency.shape[0], batch.latency.shape[2]
-        cap = jnp.asarray(self.max_utilization, dt)
-        rho_hat = jnp.zeros((B, N), dt)
-        lam = jnp.zeros((B, N), dt)
+        cap = np.asarray(self.max_utilization, dt)
+        rho_hat = np.zeros((B, N), dt)
+        lam = np.zeros((B, N), dt)
         best_x = best_j = None
         best_it = np.zeros(B, np.int64)
         best_rep = np.zeros(B, np.int64)
@@ -346,11 +364,9 @@ class LoadAware(Solver):
             work = batch if it == 0 else batch.replace(latency=_compile.call(_loaded_batch, (), (batch, rho_hat, lam, cap), clock))
             x, st = _run_stages(self.inner, work, grid, keys, aggregation, start, clock)
             status = np.where(st == Status.FAILED, Status.FAILED, status).astype(np.int8)
-            xj = jnp.asarray(x)
-            _, rho_t, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, xj, cap), clock)
+            _, rho_t, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, np.asarray(x, bool), cap), clock)
             xr, removed = _on_nodes(lambda b, xx: _compile.call(_repair_batch, (aggregation, _MAP_BATCH, local), (b, xx, cap),
-                                                                clock), batch, nodes, x)
-            xr = jnp.asarray(xr)
+                                                                clock), batch, nodes, x, clock=clock)
             j, _, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, xr, cap), clock)
             xr, j, removed = np.asarray(xr), np.asarray(j, np.float64), np.asarray(removed)
             if it == 0:
@@ -362,18 +378,17 @@ class LoadAware(Solver):
                 best_j = np.where(better, j, best_j)
                 best_it = np.where(better, it, best_it)
                 best_rep = np.where(better, removed, best_rep)
-            rho_t = jnp.asarray(rho_t)
-            d = jnp.asarray(self.load_damping, dt)
-            rho_hat = d * rho_hat + (1 - d) * rho_t
-            lam = lam + jnp.asarray(self.load_price, dt) * jnp.maximum(rho_t - cap, 0.0) / jnp.maximum(1 - cap, 1e-6)
+            upd = _compile.call(_estimate_update, (), (rho_hat, lam, np.asarray(rho_t), cap, np.asarray(self.load_damping, dt),
+                                                       np.asarray(self.load_price, dt)), clock)
+            rho_hat, lam = (np.asarray(a) for a in upd)
         moves = np.zeros(B, np.int64)
         if self.load_polish > 0:
             su, cu = _grid_room(batch, grid, nodes)
             px, moves = _on_nodes(lambda b, xx: _compile.call(_polish_batch, (aggregation, int(self.load_polish), _MAP_BATCH,
                                                                               local), (b, xx, cap, su, cu), clock),
-                                  batch, nodes, best_x)
+                                  batch, nodes, best_x, clock=clock)
             best_x, moves = np.asarray(px), np.asarray(moves)
-        j, rho, j0 = _compile.call(_evaluate_batch, (aggregation,), (batch, jnp.asarray(best_x), cap), clock)
+        j, rho, j0 = _compile.call(_evaluate_batch, (aggregation,), (batch, np.asarray(best_x, bool), cap), clock)
         info = {
             "load_objective": np.asarray(j, np.float64),
             "unloaded": np.asarray(j0, np.float64),

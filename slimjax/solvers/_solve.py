@@ -105,6 +105,26 @@ def _evaluate_fn(aggregation, batch, x):
 _EVALUATE = jax.jit(_evaluate_fn, static_argnums=0)
 
 
+def _load_objective_fn(aggregation, batch, x, max_utilization):
+    """J_load of every placement, ``inf`` where load-infeasible (:func:`slimjax.queueing.load_report`'s
+    objective), as one program run through :func:`call`: its compile is in ``compile_seconds``."""
+    from slimjax.queueing._model import _REPORT
+
+    return jax.vmap(lambda i, xi: _REPORT[aggregation](i, xi, max_utilization).objective)(batch, x)
+
+
+_LOAD_OBJECTIVE = jax.jit(_load_objective_fn, static_argnums=0)
+
+
+def _add_batch_axis(inst, key):
+    """One instance and its key as a batch of one (a program, so that its first compile per shape
+    is timed into ``compile_seconds``, not ``seconds``)."""
+    return jax.tree_util.tree_map(lambda a: a[None], (inst, key))
+
+
+_ADD_BATCH_AXIS = jax.jit(_add_batch_axis)
+
+
 def _instance_bytes(shape) -> float:
     U, N, L, E, M, K = shape
     return 4.0 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
@@ -202,11 +222,9 @@ def _run(
     J = np.asarray(J, np.float64)
     total = np.asarray(total, np.float64)
     if getattr(solver, "load_objective", False):  # load=True: the objective is J_load (inf if load-infeasible)
-        from slimjax.queueing import load_report
-
         base = total - J
-        J = np.asarray(load_report(batch, x, max_utilization=solver.max_utilization, aggregation=aggregation).objective,
-                       np.float64)
+        cap = np.asarray(solver.max_utilization, batch.latency.dtype)
+        J = np.asarray(call(_LOAD_OBJECTIVE, (aggregation,), (batch, x, cap), clock), np.float64)
         total = J + base
     failed = (status == Status.FAILED) | ~fits | ~np.isfinite(J)
     if failed.any():
@@ -332,8 +350,7 @@ def solve(
     if is_batched(inst):
         raise ValueError("inst: solve takes one instance; use slimjax.solve_batch for a batch")
     obj = as_solver(solver, **options)
-    one = jax.tree_util.tree_map(lambda a: a[None], inst)
-    keys = _as_key(key)[None]
+    one, keys = call(_ADD_BATCH_AXIS, (), (inst, _as_key(key)), clock)
     sol = _run(one, obj, _label(solver), keys, capacity_unit=capacity_unit, aggregation=aggregation,
                chunk_size=None, memory_budget_mb=memory_budget_mb, progress=False, throw=throw,
                merge_patterns=merge_patterns, clock=clock, t0=t0, bucket_shapes=bucket_shapes)
