@@ -3,7 +3,18 @@
 ``gap_opt``/``gain_frac_opt`` are filled only against a *proven* optimum (an exact solver with
 status ``optimal``); ``gap_lb`` = J / best lower bound − 1 is a certified gap wherever a bound
 exists. Lower bounds come from the exact solvers that ran (HiGHS's dual bound, brute force's
-optimum); :func:`reference` is the one place to add another source of bounds.
+optimum) and :func:`slimjax.lower_bound` (``bound.method``); :func:`reference` is the one place to
+add another source of bounds.
+
+``gap_lb`` is computed in float64 throughout, as :func:`slimjax.certify` does: its J is
+:func:`slimjax.bounds.objective64` of the row's placement (the ``J`` column is the solver's own
+evaluation, float32 unless ``precision=float64``, which can lie a rounding below the float64 value
+and so below a tight float64 bound: the gap came out as -1e-7), and a proven optimum counts as a
+bound with that float64 J too. ``lower_bound`` is capped at the smallest float64 J of the run's
+valid placements of the instance (no lower bound can exceed a feasible J: the cap removes the
+rounding of bounds taken from float32 values, see :func:`_cap`). So ``gap_lb >= 0`` on every row
+of a solver of J. Solvers with ``load=True`` report J_load (their ``J`` column), and their
+``gap_lb`` is J_load / bound − 1.
 """
 
 from __future__ import annotations
@@ -76,7 +87,19 @@ def _scalar_info(info: dict, B: int) -> dict:
     return out
 
 
-def reference(batch, sols: dict, objs: dict) -> dict:
+def placement_objectives(batch, sols: dict, aggregation: str) -> dict:
+    """``{name: float64 [B]}``: :func:`slimjax.bounds.objective64` of every solver's placement
+    (what :func:`slimjax.certify` certifies); NaN where the solver failed."""
+    from slimjax.bounds import objective64
+
+    out = {}
+    for name, sol in sols.items():
+        J64 = np.asarray(objective64(batch, np.asarray(sol.placement), aggregation), np.float64)
+        out[name] = np.where(np.asarray(sol.ok) & np.isfinite(np.asarray(sol.objective, np.float64)), J64, np.nan)
+    return out
+
+
+def reference(batch, sols: dict, objs: dict, j64: dict | None = None) -> dict:
     """Per instance: the proven optimum (NaN where none), the best lower bound, the reference's status.
 
     A solver's J counts as the optimum only where its status is ``OPTIMAL`` and it is exact by
@@ -84,6 +107,8 @@ def reference(batch, sols: dict, objs: dict) -> dict:
     MILP is never the optimum. Lower bounds: every exact solver's ``info["bound"]`` (HiGHS's dual
     bound; brute force's optimum) and every proven optimum. (A bound computed without an exact
     solver, e.g. an LP relaxation, would be combined here with ``np.fmax`` into ``lower_bound``.)
+    With ``j64`` (:func:`placement_objectives`), a proven optimum enters the lower bound as the
+    float64 J of its placement rather than the solver's float32 J.
     """
     from slimjax.solvers import Status
 
@@ -99,7 +124,8 @@ def reference(batch, sols: dict, objs: dict) -> dict:
         opt = np.where(np.isnan(opt) & proven, np.asarray(sol.objective, np.float64), opt)
         bound = np.asarray(sol.info.get("bound", np.full(B, -np.inf)), np.float64)
         lb = np.fmax(lb, np.where(np.isfinite(bound), bound, -np.inf))
-        lb = np.where(proven, np.fmax(lb, np.asarray(sol.objective, np.float64)), lb)
+        best = j64[name] if j64 is not None and name in j64 else np.asarray(sol.objective, np.float64)
+        lb = np.where(proven & np.isfinite(best), np.fmax(lb, best), lb)
         fresh = status == "none"
         status = np.where(fresh, np.asarray(sol.status_names, dtype=object), status)
     return {"J_opt": opt, "lower_bound": np.where(np.isfinite(lb), lb, np.nan), "ref_status": status.astype(str)}
@@ -129,6 +155,34 @@ def certified_bound(cfg: DictConfig, batch) -> dict | None:
     return {"lower": np.broadcast_to(np.asarray(b.value, np.float64), (B,)),
             "status": np.broadcast_to(np.asarray(b.status).astype(str), (B,)),
             "seconds": float(b.seconds), "compile_seconds": float(getattr(b, "compile_seconds", 0.0))}
+
+
+#: relative excess of a lower bound over a feasible float64 J that float32 rounding explains
+_ROUNDING = 1e-6
+
+
+def _cap(lower: np.ndarray, j64: dict, first: int) -> np.ndarray:
+    """``lower`` capped at the smallest float64 J of the instance's valid placements.
+
+    No lower bound can exceed the J of a feasible placement, so the cap keeps every bound valid.
+    What it removes: float32 rounding of bounds taken from a solver's float32 J (brute force's
+    optimum), and HiGHS's ``mip_rel_gap`` where an ``optimal`` incumbent counts as the optimum. A
+    larger excess is logged (the job log), as it would also be the sign of a wrong bound.
+    """
+    with np.errstate(all="ignore"):
+        Js = np.stack(list(j64.values()))
+        best = np.where(np.isnan(Js).all(0), np.inf, np.nanmin(np.where(np.isnan(Js), np.inf, Js), 0))
+        over = np.isfinite(lower) & (lower > best)
+        large = over & (lower > best * (1 + _ROUNDING))
+    if large.any():
+        import logging
+
+        i = int(np.flatnonzero(large)[0])
+        logging.getLogger("slimjax").info(
+            "lower_bound: %d instance(s) had a lower bound above the float64 J of a valid placement by more than "
+            "float32 rounding (instance %d: bound %r > J %r); capped at that J", int(large.sum()), first + i,
+            float(lower[i]), float(best[i]))
+    return np.where(over, best, lower)
 
 
 def _gain_frac(j_empty, J, j_ref):
@@ -174,12 +228,15 @@ def evaluate(cfg: DictConfig, batch, sols: dict, extra: dict, objs: dict | None 
     Js = np.stack([np.asarray(s.objective, np.float64) for s in sols.values()])  # [S, B]
     with np.errstate(all="ignore"):  # NaN where every solver failed
         j_best = np.where(np.isnan(Js).all(0), np.nan, np.nanmin(np.where(np.isnan(Js), np.inf, Js), 0))
-    ref = reference(batch, sols, objs)
     has_ref = any(getattr(o, "exact", False) for o in objs.values())
     bound = certified_bound(cfg, batch)
+    j64 = placement_objectives(batch, sols, agg) if has_ref or bound is not None else None
+    ref = reference(batch, sols, objs, j64)
     lower = ref["lower_bound"]
     if bound is not None:  # the best of the exact solvers' bounds and slimjax.lower_bound's
         lower = np.fmax(lower, np.where(np.isfinite(bound["lower"]), bound["lower"], np.nan))
+    if j64 is not None:
+        lower = _cap(lower, j64, first)
     capacity = np.asarray(batch.capacity, np.float64).sum(-1)
     base = config_columns(cfg, batch.shape)
     frames = []
@@ -209,9 +266,10 @@ def evaluate(cfg: DictConfig, batch, sols: dict, extra: dict, objs: dict | None 
             d["gap_opt"] = J / np.maximum(ref["J_opt"], 1e-300) - 1.0  # NaN without a proven optimum
             d["gain_frac_opt"] = np.where(np.isfinite(ref["J_opt"]), _gain_frac(j_empty, J, ref["J_opt"]), np.nan)
             d["ref_status"] = ref["ref_status"]
-        if has_ref or bound is not None:
+        if j64 is not None:  # float64 J of the placement (J_load as reported for load=True solvers)
+            Jc = J if getattr(objs.get(name), "load_objective", False) else j64[name]
             with np.errstate(invalid="ignore"):
-                d["gap_lb"] = np.where(lower > 0, J / np.where(lower > 0, lower, 1.0) - 1.0, np.nan)
+                d["gap_lb"] = np.where(lower > 0, Jc / np.where(lower > 0, lower, 1.0) - 1.0, np.nan)
             d["lower_bound"] = lower
         if bound is not None:
             d["bound_status"] = bound["status"]
