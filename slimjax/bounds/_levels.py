@@ -69,7 +69,8 @@ def build(batch, aggregation: str = "max", max_levels: int = 32) -> dict:
                 vals = vals[np.unique(np.round(np.linspace(0, len(vals) - 1, max_levels + 1)).astype(np.int64))]
             row.append(vals)
         grids.append(row)
-    G = max(1, max(len(g) for row in grids for g in row) - 1)
+    G0 = max(1, max(len(g) for row in grids for g in row) - 1)
+    G = max(8, 1 << (G0 - 1).bit_length())  # a power of two ≥ 8 (extra levels have Δ = 0): fewer compiled shapes
     grid = np.empty((B, U, G + 1))
     for b in range(B):
         for u in range(U):
@@ -94,7 +95,7 @@ def build(batch, aggregation: str = "max", max_levels: int = 32) -> dict:
     for k in range(pat.shape[-1]):
         masks |= 1 << pat[..., k]
     top = w.sum(axis=(2, 3)) * grid[..., -1]
-    qmax = bucket_units(int(cap.max()) if cap.size else 0)
+    qmax = bucket_units(max(int(cap.max()) if cap.size else 0, 8))  # ≥ 8: one program for all small capacities
     return dict(masks=masks.astype(np.int32), w=w, free=free.astype(np.int32), elig=elig.astype(np.int32),
                 cap=cap.astype(np.int32), delta=delta, s_hat=s_hat.astype(np.int32), top=top, traffic=tr, qmax=qmax)
 

@@ -106,7 +106,8 @@ def build(batch, aggregation: str = "max") -> dict:
 
     ``batch``: a batch (Instance or the float64 host copy of ``lower_bound``, with patterns
     merged in float64); zero-weight patterns are inactive. Returns a dict of NumPy arrays with the fields of :class:`ThresholdData` (leading
-    axis B); the interval axis I is the largest number of intervals over the batch.
+    axis B); the interval axis I is the largest number of intervals over the batch rounded up to a power of
+    two, at least 8 (the extra intervals have Δ = 0 and no rows), so that nearby data share a compiled program.
     """
     lat, fb, pat, w, tr = host_fields(batch, aggregation)
     B, U, N, L, E = lat.shape
@@ -126,9 +127,11 @@ def build(batch, aggregation: str = "max") -> dict:
     T = np.sort(s_mem.reshape(B, U, L, M, K * N1), axis=-1)
     new = np.concatenate([np.ones(T.shape[:-1] + (1,), bool), T[..., 1:] > T[..., :-1]], axis=-1)
     D = new.sum(-1)
-    I = max(int(D.max()) - 1, 1)
-    tc = np.sort(np.where(new, T, np.inf), axis=-1)[..., : I + 1]
+    I0 = max(int(D.max()) - 1, 1)
+    I = max(8, 1 << (I0 - 1).bit_length())  # a power of two ≥ 8: nearby data share one compiled program
+    tc = np.sort(np.where(new, T, np.inf), axis=-1)[..., : I0 + 1]
     tc = np.where(np.isfinite(tc), tc, T[..., -1:])  # pad with the largest value (Δ = 0)
+    tc = np.concatenate([tc, np.repeat(tc[..., -1:], I - I0, axis=-1)], axis=-1)  # inactive intervals
     t = tc[..., :I]
     delta = tc[..., 1:] - tc[..., :-1]  # [B, U, L, M, I]
     rank = np.zeros((B, U, L, M, K, I), np.int64)
