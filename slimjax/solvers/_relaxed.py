@@ -40,6 +40,7 @@ import numpy as np
 
 from slimjax.ops._grid import Grid
 
+from slimjax import _storage as storage
 from slimjax._instance import Instance
 from slimjax._objective import _multilinear_eval, _multilinear_plan, expert_latency_from, objective_from_d
 from slimjax.ops._fill import priority_fill
@@ -200,20 +201,18 @@ def relax(inst: Instance, size_units, capacity_units, key, cfg: "Relaxed", aggre
 def _fine_grid(batch: Instance, resolution: int) -> Grid:
     """The integer storage grid with ``resolution`` units per smallest expert size (host NumPy).
 
-    Sizes round up and capacities down as in :func:`slimjax.ops.capacity_grid`, so a placement that
-    fits on this grid fits in real units; the resolution is lowered where a node's full storage
+    The storage contract's grid (:func:`slimjax._storage.grid_units`, as
+    :func:`slimjax.ops.capacity_grid`), so a placement that fits on this grid is accepted by
+    :func:`slimjax.feasible`; the resolution is lowered where a node's full storage
     would not stay exact in float32 (2^24 units).
     """
-    size = np.asarray(batch.size, np.float64)[..., 0]  # [B, L]
-    cap = np.asarray(batch.capacity, np.float64)  # [B, N]
+    size64 = np.asarray(batch.size, np.float64)  # [B, L, E]
+    size = size64.max(-1)  # [B, L] each layer's largest size (the contract's grid, slimjax._storage)
     E = batch.size.shape[-1]
     ratio_full = (size / size.min(-1, keepdims=True)).sum(-1) * E  # [B] all experts, in smallest sizes
     res = np.maximum(np.minimum(resolution, np.floor(2.0**24 / (ratio_full + 1.0))), 1.0)
     u = size.min(-1) / res  # [B]
-    ratio = size / u[:, None]
-    size_units = np.maximum(np.ceil(ratio - 1e-9 * np.maximum(ratio, 1)), 1).astype(np.int64)
-    cratio = cap / u[:, None]
-    capacity_units = np.floor(cratio + 1e-9 * np.maximum(cratio, 1)).astype(np.int64)
+    size_units, capacity_units = storage.grid_units(size64, batch.capacity, u)
     capacity_units = np.minimum(capacity_units, (size_units * E).sum(-1, keepdims=True))
     max_units = int(capacity_units.max()) if capacity_units.size else 0
     return Grid(size_units.astype(np.int32), capacity_units.astype(np.int32), max_units, u)
