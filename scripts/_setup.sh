@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  # setuptools >= 77 reads the SPDX license field when a wheel is built without isolation (slow test)
+  .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"
 fi
 extras=${1:-}
 stamp=".venv/.slimjax-installed${extras:+-$extras}"
