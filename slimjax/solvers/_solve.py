@@ -116,15 +116,6 @@ def _load_objective_fn(aggregation, batch, x, max_utilization):
 _LOAD_OBJECTIVE = jax.jit(_load_objective_fn, static_argnums=0)
 
 
-def _add_batch_axis(inst, key):
-    """One instance and its key as a batch of one (a program, so that its first compile per shape
-    is timed into ``compile_seconds``, not ``seconds``)."""
-    return jax.tree_util.tree_map(lambda a: a[None], (inst, key))
-
-
-_ADD_BATCH_AXIS = jax.jit(_add_batch_axis)
-
-
 def _instance_bytes(shape) -> float:
     U, N, L, E, M, K = shape
     return 4.0 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
@@ -350,7 +341,8 @@ def solve(
     if is_batched(inst):
         raise ValueError("inst: solve takes one instance; use slimjax.solve_batch for a batch")
     obj = as_solver(solver, **options)
-    one, keys = call(_ADD_BATCH_AXIS, (), (inst, _as_key(key)), clock)
+    one = jax.tree_util.tree_map(lambda a: a[None], inst)
+    keys = _as_key(key)[None]
     sol = _run(one, obj, _label(solver), keys, capacity_unit=capacity_unit, aggregation=aggregation,
                chunk_size=None, memory_budget_mb=memory_budget_mb, progress=False, throw=throw,
                merge_patterns=merge_patterns, clock=clock, t0=t0, bucket_shapes=bucket_shapes)
