@@ -276,3 +276,20 @@ def test_issue_28_instance_bound_and_certificate():
     cert = slimjax.certify(batch, slimjax.solve_batch(batch, "brute-force"))
     assert cert.gap[0] >= 0 and float(cert.objective[0]) == pytest.approx(1.0)
     check_solvers([inst], "max")
+
+
+def test_milp_when_no_copy_helps_anyone():
+    """Found by the slow property test: every node unreachable, aggregation="sum": the MILP has no
+    variable (HiGHS: "Empty") and was reported as failed; with "max" HiGHS solves an LP and its
+    MIP bound was reported as 0. Caching nothing is optimal, with its J as the bound."""
+    inst = slimjax.Instance(latency=np.full((1, 2, 1, 3), np.inf, np.float32),
+                            fallback=np.array([[[8.85, 9.8, 8.3]]], np.float32), size=np.ones((1, 3), np.float32),
+                            capacity=np.array([1.0, 2.0], np.float32),
+                            patterns=np.array([[[[1, 0], [1, 0], [2, 0], [0, 2]]]], np.int32),
+                            weight=np.array([[[0.25, 0.25, 0.15, 0.35]]], np.float32))
+    for aggregation in ("max", "sum"):
+        sol = slimjax.solve(inst, "milp", aggregation=aggregation)
+        opt = optimum(inst, aggregation)[0]
+        assert sol.status == slimjax.Status.OPTIMAL and not np.asarray(sol.placement).any()
+        assert float(sol.objective) == pytest.approx(opt, rel=1e-6)
+        assert float(sol.info["bound"]) == pytest.approx(opt, rel=1e-6)

@@ -477,6 +477,14 @@ def milp_instance(inst: Instance, *, aggregation="max", time_limit=None, mip_rel
         objective = np.inf
     bound = float(info.mip_dual_bound)
     gap = float(info.mip_gap) if np.isfinite(objective) else np.inf
+    if status == "Optimal" and not (xcol >= 0).any():  # no integer column: HiGHS solved an LP, no MIP bound
+        bound, gap = objective, 0.0
+    if status == "Empty":  # no variable at all (no copy helps any user): caching nothing is optimal
+        v = _np_instance(inst)
+        fb = np.take_along_axis(v["fallback"][:, :, None, :], v["patterns"], axis=-1)  # [U, L, M, K]
+        pl = fb.max(-1) if aggregation == "max" else fb.sum(-1)
+        objective = bound = float((v["traffic"][:, None, None] * v["weight"] * pl).sum())
+        gap = 0.0
     return x, {
         "status": status,
         "objective": objective,
@@ -489,7 +497,7 @@ def milp_instance(inst: Instance, *, aggregation="max", time_limit=None, mip_rel
 
 def _milp_status(info: dict) -> int:
     has = np.isfinite(info["objective"])
-    if info["status"] == "Optimal" and has:
+    if info["status"] in ("Optimal", "Empty") and has:
         return Status.OPTIMAL
     if not has:
         return Status.FAILED
