@@ -206,7 +206,9 @@ def check_solvers(insts, aggregation, solvers=SOLVERS, load=False):
         J64 = np.array([objective64(inst, x[None], aggregation)[0] for inst, x in zip(insts, X)])
         assert (J64 >= opt * (1 - 1e-12)).all(), (name, J64, opt)
         if name == "brute-force":
-            assert (J64 <= opt * (1 + 1e-12)).all(), (name, J64, opt)
+            # brute force compares placements by their float32 J: among near-ties (within float32
+            # rounding, ~1e-7 relative) it may keep one whose float64 J is a rounding above J*
+            assert (J64 <= opt * (1 + 1e-6)).all(), (name, J64, opt)
         if name in ("successive-best", "milp"):
             cert = slimjax.certify(batch, sol, aggregation=aggregation, method="levels")
             assert (cert.gap >= 0).all()
