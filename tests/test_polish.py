@@ -124,6 +124,7 @@ def test_jit_matches_eager_and_no_recompile():
     assert first.compile_seconds > 0 and again.compile_seconds == 0.0  # no recompile on the second call
 
 
+@pytest.mark.slow  # ~30 s; the default run reaches the swap table through the polish tests below and above
 def test_dense_swap_table_matches_candidate_enumeration():
     """The pair-correction form of the same-layer swaps == direct joint evaluation (k = E)."""
     from slimjax.solvers import _polish as P

@@ -154,7 +154,8 @@ def test_solution_fields_and_chain_info():
     assert any(leaf is sol.placement for leaf in leaves)
 
 
-@pytest.mark.parametrize("name", ["greedy", "popularity", "random", "coactivation-blind", "successive-best"])
+@pytest.mark.parametrize("name", ["greedy", "popularity", "random", "coactivation-blind",
+                                  pytest.param("successive-best", marks=pytest.mark.slow)])  # ~25 s: slow
 def test_solve_equals_solve_batch_item(name):
     """solve(batch[i], key=fold_in(k, i)) vs solve_batch(batch, key=k)[i]: what the docstrings
     guarantee (the programs differ in the batch size): J equal up to float32 rounding, placements
