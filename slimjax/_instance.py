@@ -27,7 +27,8 @@ pytree leaves (no array), so jit, vmap and ``tree_map`` work either way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -266,7 +267,7 @@ def unstack(batch: Instance) -> list[Instance]:
 # -- validation ------------------------------------------------------------------------------
 
 
-def _where(mask: np.ndarray) -> tuple:
+def _where(mask: np.ndarray | np.bool_) -> tuple:
     idx = np.argwhere(mask)[0]
     return tuple(int(i) for i in idx)
 

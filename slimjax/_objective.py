@@ -15,7 +15,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from slimjax._instance import Instance, is_batched
 __all__ = [
@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 Aggregation = Literal["max", "sum"]
+#: a placement as the public functions take it (NumPy or JAX): bool, or integers 0/1; [N, L, E] for
+#: one instance, [batch, N, L, E] for a batch
+Placement = Bool[ArrayLike, "*batch N L E"] | Int[ArrayLike, "*batch N L E"]
 AGGREGATIONS = ("max", "sum")
 
 
@@ -111,12 +114,12 @@ def _objective(inst: Instance, placement: Bool[Array, "N L E"], aggregation: Agg
 
 def objective(
     inst: Instance,
-    placement: Bool[Array, "N L E"],
+    placement: Placement,
     aggregation: Aggregation = "max",
     *,
     load: bool = False,
     max_utilization: float = 0.95,
-) -> Float[Array, ""]:
+) -> Float[Array, "*batch"]:
     """The objective J(x): expected per-token latency of the MoE part (scalar; batched: [batch]).
 
     Args:
@@ -274,7 +277,9 @@ def _multilinear_jit(inst: Instance, p, aggregation: Aggregation):
     return jax.vmap(one)(inst, p) if is_batched(inst) else one(inst, p)
 
 
-def multilinear(inst: Instance, p: Float[Array, "N L E"], aggregation: Aggregation = "max") -> Float[Array, ""]:
+def multilinear(
+    inst: Instance, p: Float[ArrayLike, "*batch N L E"], aggregation: Aggregation = "max"
+) -> Float[Array, "*batch"]:
     """The multilinear extension of J: E_{x~Bernoulli(p)} J(x), exact and differentiable.
 
     Every x[n, l, e] is cached independently with probability p[n, l, e]. Equals

@@ -32,10 +32,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from slimjax._instance import Instance
-from slimjax._objective import _check_aggregation, check_placement, expert_latency_from
+from slimjax._objective import Placement, _check_aggregation, check_placement, expert_latency_from
 
 __all__ = ["DEFAULT_MEMORY_BUDGET_MB", "replay", "replay_stats"]
 
@@ -270,8 +270,8 @@ def _chunks(inst, placement, expert_ids, *, user, aggregation, include_base, mem
 
 def replay(
     inst: Instance,
-    placement: Bool[Array, "*B N L E"],
-    expert_ids: Int[Array, "*B T L K"],
+    placement: Placement,
+    expert_ids: Int[ArrayLike, "*_b T L K"] | Any,  # or a Trace (anything with .expert_ids)
     *,
     user: int = 0,
     aggregation: str = "max",
@@ -318,7 +318,7 @@ def _check_percentiles(percentiles: Sequence[float]) -> tuple[float, ...]:
     return q
 
 
-def _summary(a: np.ndarray, q: tuple[float, ...]) -> dict[str, np.ndarray]:
+def _summary(a: np.ndarray, q: tuple[float, ...]) -> dict[str, np.ndarray | np.floating]:
     """Mean and percentiles over the last axis of token latencies, in float64."""
     a = np.asarray(a, np.float64)
     out = {"mean": a.mean(-1)}
@@ -328,9 +328,9 @@ def _summary(a: np.ndarray, q: tuple[float, ...]) -> dict[str, np.ndarray]:
 
 
 def replay_stats(
-    inst: Instance | Float[Array, "*B T"],
-    placement: Bool[Array, "*B N L E"] | None = None,
-    expert_ids: Int[Array, "*B T L K"] | None = None,
+    inst: Instance | Float[ArrayLike, "*B T"],
+    placement: Placement | Sequence[float] | None = None,  # (the array form: the percentiles)
+    expert_ids: Int[ArrayLike, "*_b T L K"] | Any = None,  # or a Trace
     *,
     percentiles: Sequence[float] = (50, 95, 99),
     **options: Any,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Bool, Float
+from jaxtyping import ArrayLike, Bool, Float
 
 __all__ = [
     "expert_placement",
@@ -50,7 +50,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: str | Path) -> Path:
     from slimjax._io import atomic_write
 
     path = Path(path)
@@ -80,7 +80,7 @@ def _size_unit(unit: str) -> float:
     return _SIZE_UNITS[unit]
 
 
-def _ci(a: np.ndarray) -> float:
+def _ci(a: np.ndarray | pd.Series) -> float:
     """Half-width of the 95% Student-t interval of the mean (0 for fewer than two values)."""
     a = np.asarray(a, np.float64)
     a = a[np.isfinite(a)]
@@ -139,7 +139,7 @@ def _metric_axis(ax, metric: str, values, time_unit: str = "auto") -> float:
 
 
 def latency_per_solver(
-    df: pd.DataFrame, path: Path, metric: str = "J", title: str | None = None, *, time_unit: str = "auto"
+    df: pd.DataFrame, path: str | Path, metric: str = "J", title: str | None = None, *, time_unit: str = "auto"
 ) -> Path:
     """Bars of the mean ``metric`` per solver (from zero), 95% Student-t intervals, instances as dots.
 
@@ -174,7 +174,8 @@ def _ordinal(i: int) -> str:
 
 
 def nodes_by_speed(
-    placement: Bool[np.ndarray, "B N L E"], speed: Float[np.ndarray, "B N"], users: int = 1
+    placement: Bool[np.ndarray, "*B N L E"] | Float[np.ndarray, "*B N L E"], speed: Float[np.ndarray, "*B N"],
+    users: int = 1,
 ) -> np.ndarray:
     """Reorder every instance's nodes into display order: the first ``users`` nodes (the devices),
     then the servers fastest first by ``speed`` (traffic-weighted mean latency per node,
@@ -206,13 +207,13 @@ def nodes_by_speed(
 
 
 def placement_heatmap(
-    placement: Bool[np.ndarray, "B N L E"],
-    path: Path,
+    placement: Bool[np.ndarray, "*B N L E"] | Float[np.ndarray, "*B N L E"],
+    path: str | Path,
     title: str = "",
     users: int = 1,
     *,
     batch=None,
-    speed: Float[np.ndarray, "B N"] | None = None,
+    speed: Float[np.ndarray, "*B N"] | None = None,
     ordered: bool = False,
 ) -> Path:
     """Share of each layer's experts cached on each node, averaged over a batch [B, N, L, E].
@@ -288,7 +289,7 @@ def _batch_speed(batch) -> np.ndarray:
 def expert_placement(
     inst,
     placement,
-    path: Path,
+    path: str | Path,
     title: str | None = None,
     *,
     devices: int | None = None,
@@ -315,7 +316,7 @@ def expert_placement(
     return _expert_panels(ex, path, title)
 
 
-def _expert_panels(ex, path: Path, title: str | None) -> Path:
+def _expert_panels(ex, path: str | Path, title: str | None) -> Path:
     plt = _plt()
     x = np.asarray(ex.placement, bool)  # [N, L, E]
     _, L, E = x.shape
@@ -348,7 +349,7 @@ def _fmt_time(seconds: float) -> str:
 
 def layer_contribution(
     explanation,
-    path: Path,
+    path: str | Path,
     title: str | None = None,
     *,
     time_unit: str = "auto",
@@ -431,7 +432,7 @@ def _place_colours(places: list[str]) -> dict[str, Any]:
     return out
 
 
-def token_cdf(token_lat: dict[str, np.ndarray], path: Path, title: str = "", *, time_unit: str = "auto") -> Path:
+def token_cdf(token_lat: dict[str, Float[ArrayLike, " _t"]], path: str | Path, title: str = "", *, time_unit: str = "auto") -> Path:
     """Empirical CDF of per-token latency (replayed held-out tokens), one curve per solver.
 
     Args:
@@ -460,7 +461,7 @@ def token_cdf(token_lat: dict[str, np.ndarray], path: Path, title: str = "", *, 
     return _save(fig, path)
 
 
-def sweep_figure(df: pd.DataFrame, x: str, y: str, path: Path, logx: bool = False, logy: bool | None = None) -> Path:
+def sweep_figure(df: pd.DataFrame, x: str, y: str, path: str | Path, logx: bool = False, logy: bool | None = None) -> Path:
     """Mean ``y`` (95% Student-t interval) against the swept parameter ``x``, one line per solver.
 
     Args:

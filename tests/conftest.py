@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -6,9 +7,45 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SLIMJAX_CACHE", "0")
 
 import jax  # noqa: E402
+import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+
+# The suite runs with slimjax's annotations checked at run time (pyproject.toml: jaxtyping's import
+# hook with beartype, --jaxtyping-packages). Inside ``pytest.raises`` a test feeds invalid input on
+# purpose to check slimjax's own error (a ValueError naming the field, as the docs promise), which
+# the type check of the parameters would pre-empt with a TypeCheckError: there the check is off.
+_raises = pytest.raises
+
+
+class _Unchecked:
+    """A ``pytest.raises`` context with jaxtyping's checks disabled while it is open."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def __enter__(self):
+        self._old = jaxtyping.config.jaxtyping_disable
+        jaxtyping.config.update("jaxtyping_disable", True)
+        return self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return self._ctx.__exit__(*exc)
+        finally:
+            jaxtyping.config.update("jaxtyping_disable", self._old)
+
+
+def _raises_unchecked(expected_exception, *args, **kwargs):
+    if args:  # the call form pytest.raises(E, func, *args)
+        with _Unchecked(contextlib.nullcontext()):
+            return _raises(expected_exception, *args, **kwargs)
+    return _Unchecked(_raises(expected_exception, **kwargs))
+
+
+_raises_unchecked.__doc__ = _raises.__doc__
+pytest.raises = _raises_unchecked
 
 
 @pytest.fixture

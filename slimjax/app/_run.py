@@ -26,7 +26,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,14 @@ def _instance_bytes(shape) -> float:
     return 4.0 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
 
 
+@runtime_checkable
+class _Rows(Protocol):
+    """What :class:`_Layout` reads of its source (a :class:`BatchSource`): the row count and shape."""
+
+    size: int
+    shape: tuple
+
+
 class _Layout:
     """How the run's rows are cut: ``chunk`` rows per chunk, ``chunks`` of them (1 = in one piece).
 
@@ -74,7 +82,7 @@ class _Layout:
     ``stream.chunk`` values (or batch sizes) are refused with a ``ValueError`` on every process.
     """
 
-    def __init__(self, plan, src: BatchSource, topo, stored: dict | None, digest: str):
+    def __init__(self, plan, src: _Rows, topo, stored: dict | None, digest: str):
         B = src.size
         P = topo.process_count
         per = DATA_FACTOR * _instance_bytes(src.shape) + len(plan.names) * (np.prod(src.shape[1:4]) + 600)

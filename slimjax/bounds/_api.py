@@ -86,13 +86,13 @@ class Certificate(NamedTuple):
     bound: Bound
 
     @property
-    def lower(self) -> np.ndarray:
-        """float64 [B]: the certified lower bounds (``bound.value``)."""
+    def lower(self) -> np.ndarray | np.floating:
+        """float64 [B]: the certified lower bounds (``bound.value``; a scalar for one instance)."""
         return self.bound.value
 
     @property
-    def status(self) -> np.ndarray:
-        """str [B]: the bound's status per instance (``bound.status``)."""
+    def status(self) -> np.ndarray | str:
+        """str [B]: the bound's status per instance (``bound.status``; a str for one instance)."""
         return self.bound.status
 
     @property

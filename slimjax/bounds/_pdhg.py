@@ -34,7 +34,8 @@ References:
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

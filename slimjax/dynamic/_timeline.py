@@ -102,7 +102,7 @@ class Timeline:
 # ----------------------------------------------------------------------------------------------
 
 
-def _pad_axis(a: np.ndarray, size: int, axis: int, fill: str | float = "first") -> np.ndarray:
+def _pad_axis(a: np.ndarray, size: int | np.integer, axis: int, fill: str | float = "first") -> np.ndarray:
     """Pad ``a`` along ``axis`` to ``size``: with copies of index 0 (``"first"``) or a constant."""
     n = a.shape[axis]
     if n == size:
@@ -291,7 +291,7 @@ def stack_timelines(timelines: Sequence[Timeline]) -> Timeline:
 # ----------------------------------------------------------------------------------------------
 
 
-def _window_bounds(trace, window_tokens: int, align: str, drop_last: bool) -> list[tuple[int, int]]:
+def _window_bounds(trace, window_tokens: int, align: str, drop_last: bool) -> list[tuple[int | np.integer, int | np.integer]]:
     """[(start, end)] token ranges of the windows, in trace order."""
     T = trace.num_tokens
     if align == "token":

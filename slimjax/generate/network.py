@@ -47,7 +47,7 @@ __all__ = [
     "uniform_pool",
 ]
 
-Range = tuple[float, float]
+Range = float | tuple[float, float] | list[float]  # (lo, hi) (a list from a config), or a number: a constant
 
 _RANGE_FIELDS = (
     "device_tflops",

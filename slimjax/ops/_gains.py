@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 __all__ = ["pattern_top", "scatter_e", "add_gain_layer", "drop_loss_layer", "second_best", "expert_frequency"]
 
@@ -52,8 +52,8 @@ def scatter_e(vals: Array, ids: Array, E: int) -> Array:
 def add_gain_layer(
     lat_l: Float[Array, "U N E"],
     d_l: Float[Array, "U E"],
-    top_v: Float[Array, "U M 3"],
-    top_ids: Int[Array, "U M 3"],
+    top_v: Float[Array, "U M k"],
+    top_ids: Int[Array, "U M k"],
     w_l: Float[Array, "U M"],
     traffic: Float[Array, "U"],
 ) -> Float[Array, "N E"]:
@@ -71,8 +71,8 @@ def add_gain_layer(
 def drop_loss_layer(
     d_drop_l: Float[Array, "U N E"],
     pat_l: Int[Array, "U M K"],
-    top_v: Float[Array, "U M 3"],
-    top_ids: Int[Array, "U M 3"],
+    top_v: Float[Array, "U M k"],
+    top_ids: Int[Array, "U M k"],
     dup: Bool[Array, "U M K"],
     w_l: Float[Array, "U M"],
     traffic: Float[Array, "U"],
@@ -90,7 +90,7 @@ def drop_loss_layer(
 
 
 def second_best(
-    lat_l: Float[Array, "U N E"], fb_l: Float[Array, "U E"], x_l: Bool[Array, "N E"]
+    lat_l: Float[Array, "U N E"], fb_l: Float[Array, "U E"], x_l: Bool[ArrayLike, "N E"]
 ) -> Float[Array, "U N E"]:
     """Expert latency after removing node n's copy: ``d_drop[u, n, e]``."""
     N = lat_l.shape[1]

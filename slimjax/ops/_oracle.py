@@ -32,13 +32,13 @@ the plain oracle, computed exactly as without the argument.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, Shaped
 
 __all__ = ["pattern_prep", "exact_oracle", "greedy_oracle", "modular_oracle", "EXACT_MAX_E"]
 
@@ -57,7 +57,7 @@ def pattern_prep(patterns: Int[Array, "U L M K"], weight: Float[Array, "U L M"],
     return tw, dup
 
 
-def _members(v: Float[Array, "U L E"], patterns: Int[Array, "U L M K"]) -> Float[Array, "U L M K"]:
+def _members(v: Shaped[Array, "U L E"], patterns: Int[Array, "U L M K"]) -> Shaped[Array, "U L M K"]:
     return jnp.take_along_axis(v[:, :, None, :], patterns, axis=-1)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 __all__ = ["ORDERS", "node_speed", "node_orders"]
 
@@ -27,7 +27,7 @@ def node_speed(latency: Float[Array, "U N L E"], traffic: Float[Array, "U"]) -> 
 
 
 def node_orders(
-    latency: Float[Array, "U N L E"], traffic: Float[Array, "U"], capacity: Array
+    latency: Float[Array, "U N L E"], traffic: Float[Array, "U"], capacity: ArrayLike
 ) -> dict[str, Int[Array, "N"]]:
     """Every order of :data:`ORDERS` as ``{name: int32 [N]}`` (stable: ties keep index order).
 

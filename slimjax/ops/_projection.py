@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 __all__ = ["project_storage"]
 
 
 def project_storage(
-    y: Float[Array, "N L E"],
-    size: Float[Array, "L E"],
-    capacity: Float[Array, " N"],
+    y: Float[ArrayLike, "*batch N L E"],
+    size: Float[ArrayLike, "*batch L E"],
+    capacity: Float[ArrayLike, "*batch N"],
     iters: int = 60,
-) -> Float[Array, "N L E"]:
+) -> Float[Array, "*batch N L E"]:
     """Project ``y`` onto ``{0 ≤ p ≤ 1, Σ size·p ≤ capacity}`` node by node.
 
     Args:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Int, Shaped
+from jaxtyping import Array, ArrayLike, Int, Shaped
 
 __all__ = ["stable_argsort"]
 
@@ -67,7 +67,7 @@ def _by_rank(q: Array) -> Array:
     return jnp.sort(packed, axis=-1) % S
 
 
-def stable_argsort(key: Shaped[Array, "*batch S"], *, method: str = "auto") -> Int[Array, "*batch S"]:
+def stable_argsort(key: Shaped[ArrayLike, "*batch S"], *, method: str = "auto") -> Int[Array, "*batch S"]:
     """``jnp.argsort(key, axis=-1, stable=True)`` as int32, through integer sorts (see module).
 
     ``method``: ``"auto"`` (radix for 32-bit keys of rows ≤ 2^15, else rank), ``"radix"`` or

@@ -13,9 +13,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from slimjax._instance import Instance
+from slimjax._objective import Placement
 from slimjax.queueing._model import _activation_one, _assignment_one, _share, utilization_from
 from slimjax.ops._fill import priority_fill
 
@@ -42,8 +43,8 @@ def rate_for_load(
     inst: Instance,
     level: float | Array,
     service: Float[Array, "N L E"],
-    placement: Bool[Array, "N L E"] | None = None,
-    nodes: Bool[Array, " N"] | None = None,
+    placement: Placement | None = None,
+    nodes: Bool[ArrayLike, " N"] | None = None,
     statistic: str = "mean",
 ) -> Float[Array, " U"]:
     """Token rates ``rate = Λ · traffic`` whose mean (or max) utilisation over ``nodes`` is ``level``.

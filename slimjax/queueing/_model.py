@@ -29,10 +29,10 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from slimjax._instance import Instance, is_batched
-from slimjax._objective import objective_from_d
+from slimjax._objective import Placement, objective_from_d
 
 __all__ = [
     "LoadReport",
@@ -135,7 +135,7 @@ def _activation_one(inst: Instance) -> Float[Array, "U L E"]:
     return jnp.zeros((U, L, E), inst.weight.dtype).at[uu, ll, pat].add(w)
 
 
-def _assignment_one(inst: Instance, placement: Bool[Array, "N L E"]) -> Int[Array, "U L E"]:
+def _assignment_one(inst: Instance, placement: Placement) -> Int[Array, "U L E"]:
     N = inst.latency.shape[1]
     x = jnp.asarray(placement).astype(bool)
     masked = jnp.where(x[None], inst.latency, jnp.inf)  # [U, N, L, E]
@@ -144,7 +144,7 @@ def _assignment_one(inst: Instance, placement: Bool[Array, "N L E"]) -> Int[Arra
     return jnp.where(best_t <= inst.fallback, best, jnp.int32(N))
 
 
-def assignment(inst: Instance, placement: Bool[Array, "N L E"]) -> Int[Array, "U L E"]:
+def assignment(inst: Instance, placement: Placement) -> Int[Array, "*batch U L E"]:
     """Which node serves user u's expert (l, e): int32 [U, L, E] in ``[0, N]``, ``N`` = fallback.
 
     The caching node with the smallest unloaded latency (lowest index on ties); the fallback when
@@ -161,10 +161,10 @@ def _share(assign: Int[Array, "U L E"], N: int, dtype) -> Float[Array, "U N L E"
 
 
 def utilization_from(
-    p: Float[Array, "U L E"],
-    rate: Float[Array, " U"],
-    service: Float[Array, "N L E"],
-    share: Float[Array, "U N L E"],
+    p: Float[ArrayLike, "U L E"],
+    rate: Float[ArrayLike, " U"],
+    service: Float[ArrayLike, "N L E"],
+    share: Float[ArrayLike, "U N L E"],
 ) -> Float[Array, " N"]:
     """``rho[n] = Σ_u rate[u] Σ_{l,e} share[u, n, l, e] · p[u, l, e] · service[n, l, e]``.
 
@@ -234,7 +234,7 @@ def _utilization_one(inst: Instance, placement) -> Float[Array, " N"]:
     return utilization_from(_activation_one(inst), rate, service, share)
 
 
-def utilization(inst: Instance, placement: Bool[Array, "N L E"]) -> Float[Array, " N"]:
+def utilization(inst: Instance, placement: Placement) -> Float[Array, "*batch N"]:
     """Utilisation rho [N] of every node under ``placement`` ([batch, N] for a batch).
 
     ``rho[n] = Σ_u rate[u] Σ_{(l, e) assigned to n} p[u, l, e] · service[n, l, e]``; zeros when
@@ -258,8 +258,8 @@ def _loaded_d_one(inst: Instance, placement, rho) -> Float[Array, "U L E"]:
 
 
 def loaded_expert_latency(
-    inst: Instance, placement: Bool[Array, "N L E"], rho: Float[Array, " N"] | None = None
-) -> Float[Array, "U L E"]:
+    inst: Instance, placement: Placement, rho: Float[ArrayLike, "*batch N"] | None = None
+) -> Float[Array, "*batch U L E"]:
     """Loaded expert latency d_load [U, L, E] of the (unloaded) assignment of ``placement``.
 
     Args:
@@ -307,7 +307,7 @@ _REPORT = {agg: partial(_report_one, aggregation=agg) for agg in _AGGREGATIONS}
 
 def load_report(
     inst: Instance,
-    placement: Bool[Array, "N L E"],
+    placement: Placement,
     *,
     max_utilization: float | Array = 0.95,
     aggregation: Aggregation = "max",
@@ -333,11 +333,11 @@ def load_report(
 
 def loaded_objective(
     inst: Instance,
-    placement: Bool[Array, "N L E"],
+    placement: Placement,
     *,
     max_utilization: float | Array = 0.95,
     aggregation: Aggregation = "max",
-) -> Float[Array, ""]:
+) -> Float[Array, "*batch"]:
     """J_load: the expected per-token latency with M/M/1 queueing at the nodes (scalar; [batch]).
 
     ``J_load = Σ_u traffic[u] Σ_l Σ_m weight[u, l, m] · max_k d_load[u, l, patterns[u, l, m, k]]``

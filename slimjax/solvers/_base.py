@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import numbers
-from typing import Any, ClassVar, Hashable, NamedTuple
+from collections.abc import Hashable
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import numpy as np

@@ -198,7 +198,7 @@ def run(
     return placement, info
 
 
-def map_chunks(fn, static: tuple, args: tuple, size: int, clock=None, *, to_host: bool = True,
+def map_chunks(fn, static: tuple, args: tuple, size: float, clock=None, *, to_host: bool = True,
                bucket_shapes: bool = True):
     """``fn(*static, *args)`` over fixed-size chunks of the leading axis of every leaf of ``args``
     (the last chunk padded, so one program serves every chunk), results concatenated.

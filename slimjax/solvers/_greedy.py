@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Int
+from jaxtyping import Array, ArrayLike, Bool, Int
 
 from slimjax._instance import Instance
 from slimjax.ops._gains import add_gain_layer, expert_frequency, pattern_top
@@ -52,8 +52,8 @@ _NEG = -jnp.inf
 
 def greedy_instance(
     inst: Instance,
-    size_units: Int[Array, "L"],
-    capacity_units: Int[Array, "N"],
+    size_units: Int[ArrayLike, "L"],
+    capacity_units: Int[ArrayLike, "N"],
     start: Bool[Array, "N L E"],
     ratio: Bool[Array, ""],
     *,

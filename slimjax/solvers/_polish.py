@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from slimjax._instance import Instance
 from slimjax.ops._gains import add_gain_layer, drop_loss_layer, expert_frequency, pattern_top, second_best, scatter_e
@@ -181,8 +181,8 @@ def _tolerance(J: Array) -> Array:
 
 def polish_instance(
     inst: Instance,
-    size_units: Int[Array, "L"],
-    capacity_units: Int[Array, "N"],
+    size_units: Int[ArrayLike, "L"],
+    capacity_units: Int[ArrayLike, "N"],
     placement: Bool[Array, "N L E"],
     *,
     rounds: int,

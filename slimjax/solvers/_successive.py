@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Bool, Int
+from jaxtyping import Array, ArrayLike, Bool, Int
 
 from slimjax._instance import Instance
 from slimjax.ops._grid import bucket_units
@@ -144,8 +144,8 @@ def _union_plan(inst, s, cap, cfg: SuccessiveConfig, K: int):
 
 def successive_instance(
     inst: Instance,
-    size_units: Int[Array, "L"],
-    capacity_units: Int[Array, "N"],
+    size_units: Int[ArrayLike, "L"],
+    capacity_units: Int[ArrayLike, "N"],
     cfg: SuccessiveConfig,
     key: Array | None = None,
 ) -> tuple[Bool[Array, "N L E"], dict]:
@@ -333,7 +333,7 @@ class Successive(Solver):
     name: ClassVar[str] = "successive"
     order: Any = option("fastest-first", f"node order: one of {ORDERS}, 'best-of' (every order of best_of in "
                         "parallel, best J kept; cost x candidates) or a tuple of node ids")
-    best_of: tuple = option(("fastest-first", "largest-first", "given"),
+    best_of: tuple | list = option(("fastest-first", "largest-first", "given"),
                             "candidate orders of order='best-of' (names or tuples of node ids)")
     oracle: str = option("auto", "layer oracle: 'exact' (all 2^E subsets, E <= 16), 'greedy' (a chain of growing "
                          "sets incl. pattern completions), 'auto' (exact when E <= 12)")

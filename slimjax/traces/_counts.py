@@ -68,7 +68,7 @@ class _CountsUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a counts pickle") from None
 
 
-def _counts_from_pickle(path: str) -> list[dict]:
+def _counts_from_pickle(path: str) -> list[tuple[str, dict]]:
     with open(path, "rb") as f:
         data = f.read()
     try:

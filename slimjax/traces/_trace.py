@@ -47,7 +47,7 @@ class Trace:
 
     expert_ids: np.ndarray
     num_experts: int
-    layers: np.ndarray | None = None
+    layers: np.ndarray | list | tuple | None = None
     task: np.ndarray | None = None
     user: np.ndarray | None = None
     request: np.ndarray | None = None
