@@ -101,7 +101,7 @@ def _grid_room(batch: Instance, grid, nodes: tuple):
     if grid is None:
         grid = capacity_grid(batch)
     cu = np.minimum(np.asarray(grid.capacity_units)[:, np.asarray(nodes)], 2**24 - 1)
-    return jnp.asarray(grid.size_units, jnp.float32), jnp.asarray(cu, jnp.float32)
+    return np.asarray(grid.size_units, np.float32), np.asarray(cu, np.float32)  # host arrays: no eager program
 
 
 def _fits(x, su, cu):
