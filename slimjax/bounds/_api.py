@@ -346,6 +346,19 @@ def _first_order(batch, host, method, aggregation, upper, target_gap, max_iters,
 # -- HiGHS references ------------------------------------------------------------------------------
 
 
+def _run_lp(highspy, mdl, offset: float, time_limit, threads):
+    """Solve an LP model on HiGHS (quiet, with the time limit and threads): (Highs, status name)."""
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    if threads is not None:
+        h.setOptionValue("threads", int(threads))
+    h.passModel(mdl.lp(highspy, True, offset))
+    h.run()
+    return h, h.modelStatusToString(h.getModelStatus())
+
+
 def _threshold_highs_one(data64: dict, b: int, time_limit, threads):
     """The threshold LP of instance b on HiGHS: (g(μ) at HiGHS's row duals, status, HiGHS's LP objective)."""
     from slimjax.solvers._exact import _highspy, _Model
@@ -378,15 +391,7 @@ def _threshold_highs_one(data64: dict, b: int, time_limit, threads):
     store = mdl.rows(N, -np.inf, data64["q_hat"][b])
     nn = np.repeat(np.arange(N), L * E)
     mdl.coef(store[nn], xcol, np.tile(np.repeat(data64["s_hat"][b], E), N))
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    if time_limit is not None:
-        h.setOptionValue("time_limit", float(time_limit))
-    if threads is not None:
-        h.setOptionValue("threads", int(threads))
-    h.passModel(mdl.lp(highspy, True, float(data64["j0"][b])))
-    h.run()
-    status = h.modelStatusToString(h.getModelStatus())
+    h, status = _run_lp(highspy, mdl, float(data64["j0"][b]), time_limit, threads)
     mu = np.zeros((1,) + act.shape)
     sol = h.getSolution()
     if sol.dual_valid:
@@ -431,15 +436,7 @@ def _assignment_highs_one(data64: dict, b: int, time_limit, threads):
     rl = mdl.rows(N, -np.inf, data64["qcap"][b])  # λ: storage over the accepted placements
     xn, xl, xe = np.nonzero(hasx)
     mdl.coef(rl[xn], xcol[xn, xl, xe], data64["size"][b][xl, xe])
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    if time_limit is not None:
-        h.setOptionValue("time_limit", float(time_limit))
-    if threads is not None:
-        h.setOptionValue("threads", int(threads))
-    h.passModel(mdl.lp(highspy, True, 0.0))
-    h.run()
-    status = h.modelStatusToString(h.getModelStatus())
+    h, status = _run_lp(highspy, mdl, 0.0, time_limit, threads)
     sol = h.getSolution()
     alpha, beta = np.zeros((1, U, N, L, E)), np.zeros((1, U, L, E))
     gamma, lam = np.zeros((1, U, L, M, K)), np.zeros((1, N))
