@@ -79,14 +79,7 @@ def test_gather_keeps_dtypes_and_checks_row_counts(tmp_path):
     port = free_port()
     procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
+    wait_all(procs, 120)
     for i in range(2):
         r = json.loads((tmp_path / f"{i}.json").read_text())
         assert r["rows_n"] == ["<f8", [0.0] * 5, [True, False, True, False, True]]
@@ -122,6 +115,11 @@ def run_distributed(out: Path, args: list[str], nproc: int = 2, timeout: float =
             cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(nproc)
     ]
+    return wait_all(procs, timeout)
+
+
+def wait_all(procs, timeout: float) -> list[str]:
+    """The output of every process (killed when one runs past ``timeout``); each must exit 0."""
     logs = []
     try:
         for p in procs:
