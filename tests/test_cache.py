@@ -100,7 +100,7 @@ def test_only_slimjax_configured_programs_are_stored():
     import dataclasses
 
     from slimjax.solvers import Polish, Successive, chain
-    from slimjax.solvers._compile import _ours
+    from slimjax._compile import _ours
 
     @dataclasses.dataclass(frozen=True)
     class Mine:

@@ -209,13 +209,13 @@ def test_bad_input():
 
 
 def test_first_load_aware_solve_compiles_only_through_the_compile_cache(monkeypatch):
-    """load=True on shapes no other test uses: every program is compiled by ``solvers._compile.call``
+    """load=True on shapes no other test uses: every program is compiled by ``_compile.call``
     with the solve's Clock, so its compile time is in ``compile_seconds`` and not in ``seconds``.
     (It used to evaluate J_load with ``load_report``'s jitted program and update the utilisation
     estimate and price with eager jnp ops: each compiled on first use inside ``seconds``.)"""
     import logging
 
-    from slimjax.solvers import _compile, _solve
+    from slimjax import _compile, _solve
 
     depth, clocks, leaked = [0], [], []
     orig = _compile.call

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import slimjax
-from slimjax.solvers import _compile
+from slimjax import _compile
 
 # J recorded with the solvers before they were restructured into fixed-trip loops (same seeds)
 RECORDED_J = {"successive": 0.9993337392807007, "successive-best": 0.9927752614021301}

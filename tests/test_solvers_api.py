@@ -25,7 +25,7 @@ from slimjax.solvers import (
     Successive,
     chain,
 )
-from slimjax.solvers._compile import clear_cache
+from slimjax._compile import clear_cache
 from tests.helpers import assert_same_solutions, random_instance
 from tests.reference import latency_ref
 

@@ -25,7 +25,7 @@ from slimjax.dynamic._myopic import WindowConfig, window_solve
 from slimjax.dynamic._policies import FORECASTS, POLICIES, PolicyConfig, timeline_policy
 from slimjax.dynamic._timeline import Timeline, timeline
 from slimjax.ops._grid import capacity_grid
-from slimjax.solvers._compile import Clock, call
+from slimjax._compile import Clock, call
 
 __all__ = ["DynamicResult", "run", "window_config", "sample_tokens"]
 

@@ -118,7 +118,7 @@ def run(
       start: optional start placements bool [B, N, L, E] (refining solvers).
       progress: None (a bar when there are several chunks and stderr is a terminal), a bool, or
         a callable ``progress(done, total)`` called after every chunk.
-      clock: a :class:`~slimjax.solvers._compile.Clock` that receives the compile seconds.
+      clock: a :class:`~slimjax._compile.Clock` that receives the compile seconds.
       bucket_shapes: pad a batch that fits one chunk up to its :func:`~slimjax.solvers._buckets.bucket`
         size (when ``chunk_size`` is None), so that nearby batch sizes share one program.
 
@@ -163,7 +163,7 @@ def run(
         bar = Progress(transient=True)
         task = bar.add_task(f"{solver.name}: {B} instances", total=B)
         bar.start()
-    from slimjax.solvers._compile import call, fast_compile_for
+    from slimjax._compile import call, fast_compile_for
 
     su_all, cu_all = grid.size_units, grid.capacity_units
     fast = fast_compile_for(batch.shape[3])
@@ -207,7 +207,7 @@ def map_chunks(fn, static: tuple, args: tuple, size: float, clock=None, *, to_ho
     they also stay within the memory budget on large batches. A batch that fits one chunk is
     padded to its :func:`~slimjax.solvers._buckets.bucket` size (unless ``bucket_shapes`` is False).
     """
-    from slimjax.solvers._compile import call
+    from slimjax._compile import call
 
     B = jax.tree_util.tree_leaves(args)[0].shape[0]
     size = max(1, min(int(size), bucket(B) if bucket_shapes else B))

@@ -37,7 +37,7 @@ import numpy as np
 from slimjax import _storage as storage
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import objective_from_d
-from slimjax.solvers import _compile
+from slimjax import _compile
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
 __all__ = ["BruteForce", "MILP", "MAX_BRUTE_FORCE", "brute_force_instance", "brute_force_load_instance",
            "milp_instance", "node_tables"]

@@ -237,7 +237,7 @@ def _reduced(batch: Instance, nodes: tuple, clock=None) -> Instance:
     """The batch on the given nodes only. Exact for placements without copies elsewhere: a node
     without copies serves nobody, so J_load, rho of the kept nodes and every move are unchanged.
     (A program through the compile cache: its first compile is timed into ``clock``.)"""
-    from slimjax.solvers import _compile
+    from slimjax import _compile
 
     if len(nodes) == batch.latency.shape[2]:
         return batch
@@ -341,7 +341,7 @@ class LoadAware(Solver):
         return dataclasses.replace(self, inner=inner, **mine)
 
     def host_solve(self, batch, grid, keys, aggregation, start, clock):
-        from slimjax.solvers import _compile
+        from slimjax import _compile
 
         if not batch.has_load:
             raise ValueError("load: load=True needs instances with a load model (fields service and rate); "

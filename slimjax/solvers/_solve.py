@@ -25,7 +25,7 @@ from slimjax.ops._patterns import merge_codes_fn, merged_size, with_patterns
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solution, Solver, Status
 from slimjax.solvers._buckets import bucket, pad_patterns
-from slimjax.solvers._compile import Clock, call
+from slimjax._compile import Clock, call
 from slimjax.solvers._methods import DEFAULT, as_solver
 
 __all__ = ["solve", "solve_batch", "feasible", "Feasibility", "instance_keys"]
