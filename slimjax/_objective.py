@@ -18,6 +18,16 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from slimjax._instance import Instance, is_batched
+from slimjax._kernels import (
+    AGGREGATIONS,
+    check_aggregation,
+    expert_latency_from,
+    j_from_d,
+    load_terms,
+    pattern_latency_from,
+    repeated_member,
+)
+
 __all__ = [
     "objective",
     "check_placement",
@@ -34,12 +44,7 @@ Aggregation = Literal["max", "sum"]
 #: a placement as the public functions take it (NumPy or JAX): bool, or integers 0/1; [N, L, E] for
 #: one instance, [batch, N, L, E] for a batch
 Placement = Bool[ArrayLike, "*batch N L E"] | Int[ArrayLike, "*batch N L E"]
-AGGREGATIONS = ("max", "sum")
-
-
-def _check_aggregation(aggregation: str) -> None:
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation: must be one of {AGGREGATIONS}, got {aggregation!r}")
+_check_aggregation = check_aggregation
 
 
 def _batched(fn):
@@ -59,28 +64,10 @@ def _batched(fn):
     return wrapper
 
 
-def expert_latency_from(
-    node_latency: Float[Array, "U N L E"], fallback: Float[Array, "U L E"], placement: Array
-) -> Float[Array, "U L E"]:
-    """d = min(fallback, min over caching nodes of latency). ``placement`` may be bool or 0/1."""
-    x = jnp.asarray(placement).astype(bool)
-    masked = jnp.where(x[None], node_latency, jnp.inf)
-    return jnp.minimum(fallback, masked.min(axis=1))
-
-
 @_batched
 def expert_latency(inst: Instance, placement: Bool[Array, "N L E"]) -> Float[Array, "U L E"]:
     """Per-user expert latency d [U, L, E] (batched: [batch, U, L, E])."""
     return expert_latency_from(inst.latency, inst.fallback, placement)
-
-
-def pattern_latency_from(
-    d: Float[Array, "U L E"], patterns: Int[Array, "U L M K"], aggregation: Aggregation = "max"
-) -> Float[Array, "U L M"]:
-    """Latency of each routing pattern: max (or sum) over its K members of d."""
-    _check_aggregation(aggregation)
-    member = jnp.take_along_axis(d[:, :, None, :], patterns, axis=-1)  # [U, L, M, K]
-    return member.max(-1) if aggregation == "max" else member.sum(-1)
 
 
 @partial(_batched)
@@ -94,9 +81,7 @@ def pattern_latency(
 
 def objective_from_d(inst: Instance, d: Float[Array, "U L E"], aggregation: Aggregation = "max") -> Float[Array, ""]:
     """J given the expert latencies d of one instance."""
-    pl = pattern_latency_from(d, inst.patterns, aggregation)
-    per_user = (inst.weight * pl).sum(axis=(-1, -2))
-    return (inst.traffic * per_user).sum()
+    return j_from_d(d, inst.patterns, inst.weight, inst.traffic, aggregation)
 
 
 @_batched
@@ -142,10 +127,33 @@ def objective(
         if not isinstance(inst, Instance) or not inst.has_load:
             raise ValueError("load: load=True needs an instance with a load model (fields service and rate); "
                              "generate one with network={'load': 0.3} or pass service=... and rate=...")
-        from slimjax.queueing import loaded_objective
-
-        return loaded_objective(inst, placement, max_utilization=max_utilization, aggregation=aggregation)
+        _check_aggregation(aggregation)
+        check_max_utilization(max_utilization)
+        x = check_placement(inst, placement)
+        return _loaded_objective(inst, x, jnp.asarray(max_utilization, inst.latency.dtype), aggregation)
     return _objective(inst, placement, aggregation)
+
+
+def check_max_utilization(max_utilization) -> None:
+    """Raise a ``ValueError`` naming ``max_utilization`` unless it is a scalar in (0, 1]."""
+    if isinstance(max_utilization, jax.core.Tracer):
+        return
+    m = np.asarray(max_utilization)  # host value: no staging inside jit
+    if m.ndim != 0:
+        raise ValueError(f"max_utilization: must be a scalar, got shape {m.shape}")
+    if not (0.0 < float(m) <= 1.0):
+        raise ValueError(f"max_utilization: must be in (0, 1], got {float(m)!r}")
+
+
+@partial(jax.jit, static_argnames=("aggregation",))
+def _loaded_objective(inst: Instance, x: Array, m: Array, aggregation: Aggregation) -> Array:
+    """J_load of one instance or a batch (the kernels' :func:`~slimjax._kernels.load_terms`)."""
+
+    def one(i: Instance, xx: Array) -> Array:
+        return load_terms(i.latency, i.fallback, i.service, i.rate, i.patterns, i.weight, i.traffic, xx, m,
+                          aggregation).objective
+
+    return jax.vmap(one)(inst, x) if is_batched(inst) else one(inst, x)
 
 
 def total_latency(inst: Instance, placement, aggregation: Aggregation = "max"):
@@ -224,8 +232,7 @@ def _multilinear_plan(inst: Instance, aggregation: Aggregation = "max") -> dict:
         s_mem = jax.vmap(jax.vmap(lambda s_le, p_lm: s_le[p_lm]))(s, pat)  # [U, L, M, K, N+1]
         t = jnp.sort(s_mem.reshape(U, L, M, K * (N + 1)), axis=-1)  # [U, L, M, B]
         rank = (s_mem[..., None, :] <= t[..., None, :, None]).sum(-1).astype(jnp.int32)  # [U,L,M,K,B]
-        earlier = jnp.tril(jnp.ones((K, K), bool), k=-1)  # earlier[k, k'] = k' < k
-        dup = ((pat[..., :, None] == pat[..., None, :]) & earlier).any(-1)  # [U, L, M, K]
+        dup = repeated_member(pat)  # [U, L, M, K]
         plan.update(t=t, rank=rank, dup=dup)
     return plan
 

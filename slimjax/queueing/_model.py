@@ -28,11 +28,12 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from slimjax import _kernels as K
 from slimjax._instance import Instance, is_batched
-from slimjax._objective import Placement, objective_from_d
+from slimjax._kernels import loaded_expert_latency_from, loaded_node_latency, utilization_from, waiting_time
+from slimjax._objective import Placement, check_max_utilization
 
 __all__ = [
     "LoadReport",
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 Aggregation = Literal["max", "sum"]
-_AGGREGATIONS = ("max", "sum")
 
 
 class LoadReport(NamedTuple):
@@ -73,19 +73,8 @@ class LoadReport(NamedTuple):
 # -- checks and batching -----------------------------------------------------------------------
 
 
-def _check_aggregation(aggregation: str) -> None:
-    if aggregation not in _AGGREGATIONS:
-        raise ValueError(f"aggregation: must be one of {_AGGREGATIONS}, got {aggregation!r}")
-
-
-def _check_max_utilization(max_utilization) -> None:
-    if isinstance(max_utilization, jax.core.Tracer):
-        return
-    m = np.asarray(max_utilization)  # host value: no staging inside jit
-    if m.ndim != 0:
-        raise ValueError(f"max_utilization: must be a scalar, got shape {m.shape}")
-    if not (0.0 < float(m) <= 1.0):
-        raise ValueError(f"max_utilization: must be in (0, 1], got {float(m)!r}")
+_check_aggregation = K.check_aggregation
+_check_max_utilization = check_max_utilization
 
 
 def _check_placement(inst: Instance, placement) -> None:
@@ -124,24 +113,11 @@ def activation_probability(inst: Instance) -> Float[Array, "U L E"]:
 
 
 def _activation_one(inst: Instance) -> Float[Array, "U L E"]:
-    U, _, L, E = inst.latency.shape
-    pat = inst.patterns  # [U, L, M, K]
-    K = pat.shape[-1]
-    earlier = jnp.tril(jnp.ones((K, K), bool), k=-1)  # earlier[k, k'] = k' < k
-    dup = ((pat[..., :, None] == pat[..., None, :]) & earlier).any(-1)  # [U, L, M, K]
-    w = jnp.where(dup, 0.0, inst.weight[..., None]).astype(inst.weight.dtype)  # [U, L, M, K]
-    uu = jnp.arange(U)[:, None, None, None]
-    ll = jnp.arange(L)[None, :, None, None]
-    return jnp.zeros((U, L, E), inst.weight.dtype).at[uu, ll, pat].add(w)
+    return K.activation(inst.patterns, inst.weight, inst.latency.shape[-1])
 
 
 def _assignment_one(inst: Instance, placement: Placement) -> Int[Array, "U L E"]:
-    N = inst.latency.shape[1]
-    x = jnp.asarray(placement).astype(bool)
-    masked = jnp.where(x[None], inst.latency, jnp.inf)  # [U, N, L, E]
-    best = masked.argmin(axis=1).astype(jnp.int32)  # lowest index on ties
-    best_t = masked.min(axis=1)
-    return jnp.where(best_t <= inst.fallback, best, jnp.int32(N))
+    return K.assignment_from(inst.latency, inst.fallback, placement)
 
 
 def assignment(inst: Instance, placement: Placement) -> Int[Array, "*batch U L E"]:
@@ -155,65 +131,7 @@ def assignment(inst: Instance, placement: Placement) -> Int[Array, "*batch U L E
     return _per_instance(_assignment_one, inst, jnp.asarray(placement))
 
 
-def _share(assign: Int[Array, "U L E"], N: int, dtype) -> Float[Array, "U N L E"]:
-    """One-hot of the assignment over the N nodes (the fallback column dropped)."""
-    return jnp.moveaxis(jax.nn.one_hot(assign, N + 1, dtype=dtype)[..., :N], -1, 1)
-
-
-def utilization_from(
-    p: Float[ArrayLike, "U L E"],
-    rate: Float[ArrayLike, " U"],
-    service: Float[ArrayLike, "N L E"],
-    share: Float[ArrayLike, "U N L E"],
-) -> Float[Array, " N"]:
-    """``rho[n] = Σ_u rate[u] Σ_{l,e} share[u, n, l, e] · p[u, l, e] · service[n, l, e]``.
-
-    ``share`` is the part of user u's activations of (l, e) sent to node n: the one-hot
-    assignment for the model, or any fractional split (utilisation is linear in it, which a
-    solver can use as a per-node resource). One instance; vmap it for a batch.
-    """
-    return jnp.einsum("u,unle,ule,nle->n", rate, share, p, service)
-
-
-def waiting_time(service: Float[Array, "N L E"], rho: Float[Array, " N"]) -> Float[Array, "N L E"]:
-    """The M/M/1 (processor-sharing) mean waiting time ``service · rho / (1 − rho)``, [N, L, E].
-
-    ``inf`` where ``rho[n] ≥ 1`` (an unstable queue); finite and differentiable below.
-    """
-    rho = jnp.asarray(rho)[:, None, None]
-    stable = rho < 1
-    r = jnp.where(stable, rho, 0.0)
-    return jnp.where(stable, service * (r / (1.0 - r)), jnp.inf)
-
-
-def loaded_node_latency(
-    latency: Float[Array, "U N L E"], service: Float[Array, "N L E"], rho: Float[Array, " N"]
-) -> Float[Array, "U N L E"]:
-    """Loaded time of every (user, node, expert): ``latency + service · rho / (1 − rho)``.
-
-    ``inf`` stays ``inf`` (unreachable) and nodes with ``rho ≥ 1`` are ``inf``. A load-aware
-    solver can optimise on these times for a fixed utilisation estimate.
-    """
-    return latency + waiting_time(service, rho)[None]
-
-
-def loaded_expert_latency_from(
-    latency: Float[Array, "U N L E"],
-    fallback: Float[Array, "U L E"],
-    service: Float[Array, "N L E"],
-    assign: Int[Array, "U L E"],
-    rho: Float[Array, " N"],
-) -> Float[Array, "U L E"]:
-    """Loaded expert latency of a given assignment and utilisation, [U, L, E].
-
-    ``fallback`` where ``assign == N``, else ``latency[u, a, l, e] + waiting_time[a, l, e]``.
-    """
-    N = latency.shape[1]
-    a = jnp.minimum(assign, N - 1)[:, None]  # [U, 1, L, E]; the fallback column is masked below
-    lat_a = jnp.take_along_axis(latency, a, axis=1)[:, 0]  # [U, L, E]
-    wait = waiting_time(service, rho)  # [N, L, E]
-    wait_a = jnp.take_along_axis(jnp.broadcast_to(wait[None], latency.shape), a, axis=1)[:, 0]
-    return jnp.where(assign == N, fallback, lat_a + wait_a)
+_share = K.assignment_share
 
 
 # -- on instances ---------------------------------------------------------------------------
@@ -282,27 +200,19 @@ def loaded_expert_latency(
 
 def _report_one(inst: Instance, placement, max_utilization, aggregation: str) -> LoadReport:
     service, rate = _load_fields(inst)
-    N = inst.latency.shape[1]
-    assign = _assignment_one(inst, placement)
-    rho = utilization_from(_activation_one(inst), rate, service, _share(assign, N, inst.latency.dtype))
-    feasible = (rho < max_utilization).all()
-    # Evaluate on a utilisation that is finite everywhere, then replace: no NaN (0 · inf) from
-    # zero-weight patterns and no NaN gradients when infeasible.
-    rho_safe = jnp.where(feasible, rho, 0.0)
-    d = loaded_expert_latency_from(inst.latency, inst.fallback, service, assign, rho_safe)
-    j = objective_from_d(inst, d, aggregation)
-    d0 = loaded_expert_latency_from(inst.latency, inst.fallback, service, assign, jnp.zeros_like(rho))
+    t = K.load_terms(inst.latency, inst.fallback, service, rate, inst.patterns, inst.weight, inst.traffic,
+                     placement, max_utilization, aggregation)
     return LoadReport(
-        objective=jnp.where(feasible, j, jnp.inf),
-        unloaded=objective_from_d(inst, d0, aggregation),
-        utilization=rho,
-        feasible=feasible,
-        bottleneck=rho.argmax().astype(jnp.int32),
+        objective=t.objective,
+        unloaded=t.unloaded,
+        utilization=t.utilization,
+        feasible=t.feasible,
+        bottleneck=t.utilization.argmax().astype(jnp.int32),
     )
 
 
 # One function object per aggregation, so that the compiled report is cached across calls.
-_REPORT = {agg: partial(_report_one, aggregation=agg) for agg in _AGGREGATIONS}
+_REPORT = {agg: partial(_report_one, aggregation=agg) for agg in K.AGGREGATIONS}
 
 
 def load_report(
