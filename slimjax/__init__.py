@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from slimjax._explain import Explanation, explain
 from slimjax._instance import Instance, stack, unstack
-from slimjax._io import load, placement_frame, save
+from slimjax._io import export_placement, load, placement_frame, save
 from slimjax._objective import (
     expert_latency,
     layer_latency,
@@ -54,6 +54,7 @@ __all__ = [
     "dynamic",
     "expert_latency",
     "explain",
+    "export_placement",
     "feasible",
     "generate",
     "layer_latency",

@@ -1,4 +1,5 @@
-"""Saving and loading instances and solutions; the one atomic-write helper; placements as a table.
+"""Saving and loading instances and solutions; the one atomic-write helper; placements as a table
+and as per-node files for serving (:func:`export_placement`).
 
 File format (``slimjax.save`` / ``slimjax.load``): a NumPy ``.npz`` archive holding every array
 under its field name (``info`` entries as ``info.<i>``) and one entry ``__slimjax__``: a JSON
@@ -17,16 +18,19 @@ shapes exactly; nothing is pickled.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jaxtyping import ArrayLike, Bool
 
-__all__ = ["FORMAT_VERSION", "atomic_write", "load", "placement_frame", "save"]
+__all__ = ["FORMAT_VERSION", "atomic_write", "export_placement", "load", "placement_frame", "save"]
 
 #: Version of the file format written by :func:`save` (a reader refuses newer versions).
 FORMAT_VERSION = 1
@@ -201,3 +205,72 @@ def placement_frame(solution, inst=None):
             raise ValueError(f"inst: size {list(np.shape(inst.size))} does not match the placement {list(x.shape)}")
         df["size"] = size[b, l, e]
     return df
+
+
+def export_placement(
+    x: Bool[ArrayLike, "N L E"],
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    nodes: Sequence[Any] | None = None,
+    layers: Sequence[Any] | None = None,
+) -> Path:
+    """Write a placement per node for a serving prototype: JSON ``{node: {layer: [experts]}}`` or CSV.
+
+    JSON: one object per node with every layer as a key (a string, JSON has no integer keys) and
+    the sorted expert ids cached there (``[]`` where none). CSV: a header ``node,layer,expert``
+    and one row per cached copy, sorted by node, layer, expert. Written atomically.
+
+    Args:
+      x: a placement bool [N, L, E] of one instance (e.g. ``Solution.placement``).
+      path: the file; its suffix (``.json`` / ``.csv``) gives the format unless ``format`` does.
+      format: ``"json"`` or ``"csv"``; None takes it from the suffix.
+      nodes: N node names (device or server ids); default ``"0"``, ``"1"``, ...
+      layers: L layer names, e.g. a trace's original layer indices; default ``0..L-1``.
+
+    Returns:
+      the path written.
+
+    Raises:
+      ValueError: x not a bool [N, L, E]; an unknown format or suffix; nodes/layers of the wrong
+        length or repeated names.
+
+    Examples:
+      >>> import numpy as np
+      >>> x = np.zeros((2, 1, 4), bool); x[0, 0, [1, 3]] = True; x[1, 0, 0] = True
+      >>> _ = export_placement(x, "/tmp/placement.json", nodes=["edge-a", "edge-b"])
+      >>> open("/tmp/placement.json").read()
+      '{"edge-a": {"0": [1, 3]}, "edge-b": {"0": [0]}}'
+    """
+    a = np.asarray(getattr(x, "placement", x))
+    if a.ndim != 3 or a.dtype != bool:
+        raise ValueError(f"x: expected a placement bool [N, L, E] (one instance), got {a.dtype}{list(a.shape)}")
+    N, L, E = a.shape
+    path = Path(path)
+    fmt = format if format is not None else path.suffix.lower().lstrip(".")
+    if fmt not in ("json", "csv"):
+        raise ValueError(f"format: must be 'json' or 'csv' (or a path ending in .json / .csv), got "
+                         f"{format!r} for {path.name!r}")
+
+    def names(given, n: int, what: str) -> list[str]:
+        out = [str(v) for v in (range(n) if given is None else list(given))]
+        if len(out) != n:
+            raise ValueError(f"{what}: expected {n} names, got {len(out)}")
+        if len(set(out)) != n:
+            raise ValueError(f"{what}: names must be distinct, got {out}")
+        return out
+
+    node_names, layer_names = names(nodes, N, "nodes"), names(layers, L, "layers")
+    if fmt == "json":
+        doc = {node_names[n]: {layer_names[l]: np.flatnonzero(a[n, l]).tolist() for l in range(L)} for n in range(N)}
+        text = json.dumps(doc)
+    else:
+        n, l, e = np.nonzero(a)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")  # quotes names holding commas or quotes
+        w.writerow(["node", "layer", "expert"])
+        w.writerows([node_names[i], layer_names[j], k] for i, j, k in zip(n.tolist(), l.tolist(), e.tolist()))
+        text = buf.getvalue()
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+    return path

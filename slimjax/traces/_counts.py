@@ -2,7 +2,9 @@
 
 Counts hold marginals only (how often each expert was chosen), no co-activation. Files: a Python
 pickle of ``collections.Counter`` objects (read with a restricted unpickler that only rebuilds
-``Counter`` and NumPy integer/float scalars), or a JSON object with ``expert_usage_by_layer``.
+``Counter`` and NumPy integer/float scalars), a JSON object with ``expert_usage_by_layer`` or a
+flat JSON map ``{"<layer>:<expert>": count}``, a NumPy ``.npy`` array [L, E], or SGLang's
+expert-distribution CSV (``layer_id,expert_id,count`` rows).
 Tokens are sampled by Plackett–Luce (Gumbel top-K) with weights calibrated so that each
 expert's inclusion probability matches its count; the trace is marked ``approximate=True``.
 """
@@ -10,10 +12,12 @@ expert's inclusion probability matches its count; the trace is marked ``approxim
 from __future__ import annotations
 
 import collections
+import csv
 import io
 import json
 import os
 import pickle
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,6 +94,66 @@ def _counts_from_pickle(path: str) -> list[tuple[str, dict]]:
     return out
 
 
+_PAIR_KEY = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+#: The header of SGLang's expert-distribution recorder CSV (``dump_expert_distribution_record``).
+SGLANG_CSV_HEADER = "layer_id,expert_id,count"
+
+
+def is_pair_map(doc: Any) -> bool:
+    """A JSON object ``{"<layer>:<expert>": count, ...}``?"""
+    return isinstance(doc, dict) and bool(doc) and all(isinstance(k, str) and _PAIR_KEY.match(k) for k in doc)
+
+
+def _by_layer(path: str, triples: list[tuple[int, int, Any, str]]) -> tuple[list[int], list[dict]]:
+    """(layer, expert, count, where) triples → sorted layers and one {expert: count} per layer."""
+    per: dict[int, dict] = {}
+    for lay, e, n, where in triples:
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"{where}: count must be a non-negative integer, got {n!r}")
+        c = per.setdefault(lay, {})
+        c[e] = c.get(e, 0) + int(n)
+    if not per:
+        raise ValueError(f"{path}: no counts found")
+    lays = sorted(per)
+    return lays, [per[v] for v in lays]
+
+
+def _counts_from_csv(path: str) -> tuple[list[int], list[dict]]:
+    triples = []
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f)
+        head = [h.strip() for h in next(rows, [])]
+        if head != SGLANG_CSV_HEADER.split(","):
+            raise ValueError(f"{path}:1: expected the header {SGLANG_CSV_HEADER!r}, got {','.join(head)!r}")
+        for lineno, row in enumerate(rows, 2):
+            if not row or not "".join(row).strip():
+                continue
+            try:
+                lay, e, n = (int(v) for v in row)
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: expected three integers layer_id,expert_id,count, "
+                                 f"got {','.join(row)!r}") from None
+            triples.append((lay, e, n, f"{path}:{lineno}"))
+    return _by_layer(path, triples)
+
+
+def _counts_from_npy(path: str) -> list[dict]:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as err:  # ValueError (pickled objects refused), OSError ...
+        raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+    if a.ndim != 2 or a.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: expected per-layer counts [L, E] of numbers, got {a.dtype}{list(a.shape)}")
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
+        raise ValueError(f"{path}: counts must be whole numbers")
+    bad = np.argwhere(a < 0)
+    if bad.size:
+        raise ValueError(f"{path}: negative count at [layer {bad[0][0]}, expert {bad[0][1]}]")
+    return [{e: int(n) for e, n in enumerate(row)} for row in a]
+
+
 def load_counts(
     path: str,
     *,
@@ -105,8 +169,10 @@ def load_counts(
     """Aggregate per-layer counts -> an *approximate* Trace sampled by Plackett–Luce.
 
     Reads a pickle (list of ``Counter`` {expert: count} per layer, or cross-layer Counters
-    {(e_i, e_j): count} for layer pairs, whose marginals are used) or a JSON object
-    ``{"expert_usage_by_layer": {layer: {expert: count}}, "num_experts", "layers", "top_k"?}``.
+    {(e_i, e_j): count} for layer pairs, whose marginals are used), a JSON object
+    ``{"expert_usage_by_layer": {layer: {expert: count}}, "num_experts", "layers", "top_k"?}``, a
+    flat JSON map ``{"<layer>:<expert>": count}``, a ``.npy`` array [L, E] (layers ``0..L-1``,
+    E its width) or SGLang's expert-distribution CSV (``layer_id,expert_id,count``).
 
     Args:
       tokens: tokens to sample.
@@ -120,9 +186,15 @@ def load_counts(
     path = os.fspath(path)
     known = hints(path)
     with open(path, "rb") as f:
-        is_pickle = f.read(1) == b"\x80"
+        head = f.read(64)
+    is_pickle = head[:1] == b"\x80"
     file_layers = None
-    if is_pickle:
+    if head[:6] == b"\x93NUMPY":
+        counters = _counts_from_npy(path)
+        num_experts = num_experts or len(counters[0])
+    elif head.lstrip().startswith(SGLANG_CSV_HEADER.encode()):
+        file_layers, counters = _counts_from_csv(path)
+    elif is_pickle:
         entries = _counts_from_pickle(path)
         counters: list[dict] = []
         if all(kind == "pairs" for kind, _ in entries):
@@ -148,8 +220,15 @@ def load_counts(
             line = getattr(err, "lineno", 1)
             raise ValueError(f"{path}:{line}: malformed counts JSON ({err})") from None
         usage = doc.get("expert_usage_by_layer") if isinstance(doc, dict) else None
+        if usage is None and is_pair_map(doc):
+            pairs = [(_PAIR_KEY.match(k), n) for k, n in doc.items()]
+            usage = {}
+            for m, n in pairs:
+                usage.setdefault(m.group(1), {})[m.group(2)] = n
+            doc = {}
         if not isinstance(usage, dict) or not usage:
-            raise ValueError(f"{path}: expected a JSON object with a non-empty 'expert_usage_by_layer'")
+            raise ValueError(f"{path}: expected a JSON object with a non-empty 'expert_usage_by_layer' or "
+                             "a map {\"<layer>:<expert>\": count}")
         keys = list(usage)
         try:
             file_layers = [int(k) for k in keys]

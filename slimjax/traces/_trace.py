@@ -1,10 +1,10 @@
 """The canonical trace: :class:`Trace` and its ``.npz`` file.
 
 A :class:`Trace` holds the experts each token was routed to at each logged MoE layer,
-``expert_ids`` int [T, L, K], plus optional per-token ``task``/``user``/``request`` ids [T],
-the original layer indices ``layers`` [L], the number of routed experts per layer and where the
-trace came from. The canonical file is an ``.npz`` with those keys (:meth:`Trace.save`,
-:func:`load_npz`).
+``expert_ids`` int [T, L, K], plus optional per-token ``task``/``user``/``request`` ids [T] and
+``phase``/``domain`` tags [T] (strings, e.g. ``"prefill"``/``"decode"``), the original layer
+indices ``layers`` [L], the number of routed experts per layer and where the trace came from. The
+canonical file is an ``.npz`` with those keys (:meth:`Trace.save`, :func:`load_npz`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,20 @@ def _opt_ids(value: Any, T: int, name: str) -> np.ndarray | None:
     return a.astype(np.int64)
 
 
+def _opt_tags(value: Any, T: int, name: str) -> np.ndarray | None:
+    if value is None:
+        return None
+    a = np.asarray(value)
+    if a.shape != (T,):
+        raise ValueError(f"{name}: expected shape [T={T}], got {a.shape}")
+    if a.dtype == object:
+        if not all(isinstance(v, str) for v in a.tolist()):
+            raise ValueError(f"{name}: must be strings (one tag per token)")
+    elif a.dtype.kind != "U":
+        raise ValueError(f"{name}: must be strings (one tag per token), got dtype {a.dtype}")
+    return a.astype(str) if a.size else np.zeros(0, "<U1")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Trace:
     """Per-token routing of a MoE model.
@@ -40,6 +54,8 @@ class Trace:
       task, user, request: optional int [T] per-token ids.
       source: free text (file, model).
       approximate: True when the tokens were sampled from aggregate counts (marginals only).
+      phase, domain: optional str [T] per-token tags (``"prefill"``/``"decode"``; a domain or
+        data-set name; ``""`` where a token has none), for :func:`~slimjax.traces.split`.
 
     Raises:
       ValueError: wrong shapes or dtypes, ids outside [0, num_experts).
@@ -53,6 +69,8 @@ class Trace:
     request: np.ndarray | None = None
     source: str = ""
     approximate: bool = False
+    phase: np.ndarray | None = None
+    domain: np.ndarray | None = None
 
     def __post_init__(self):
         ids = np.asarray(self.expert_ids)
@@ -81,6 +99,8 @@ class Trace:
         object.__setattr__(self, "layers", layers.astype(np.int64))
         for name in ("task", "user", "request"):
             object.__setattr__(self, name, _opt_ids(getattr(self, name), T, name))
+        for name in ("phase", "domain"):
+            object.__setattr__(self, name, _opt_tags(getattr(self, name), T, name))
         object.__setattr__(self, "source", str(self.source))
         object.__setattr__(self, "approximate", bool(self.approximate))
 
@@ -118,11 +138,26 @@ class Trace:
         ids = self.expert_ids[idx][:, lay]
         pick = (lambda a: None if a is None else a[idx])
         return Trace(ids, self.num_experts, self.layers[lay], pick(self.task), pick(self.user), pick(self.request),
-                     self.source, self.approximate)
+                     self.source, self.approximate, pick(self.phase), pick(self.domain))
 
     # -- canonical file --------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> str:
-        """Write the canonical ``.npz``; returns the path written."""
+    def save(self, path: str | os.PathLike, *, format: str = "npz", **options: Any) -> str:
+        """Write the trace; returns the path written.
+
+        Args:
+          format: ``"npz"`` (the canonical file; ``.npz`` is appended to ``path`` if missing),
+            ``"policylang-jsonl"`` (:func:`~slimjax.traces.write_policylang_jsonl`) or
+            ``"policylang-parquet"`` (:func:`~slimjax.traces.write_policylang_parquet`).
+          **options: passed to the moe-policylang writers (``model_name``, ``num_layers``).
+        """
+        if format != "npz":
+            from slimjax.traces._policylang import WRITERS
+
+            if format not in WRITERS:
+                raise ValueError(f"format: must be 'npz' or one of {sorted(WRITERS)}, got {format!r}")
+            return WRITERS[format](self, path, **options)
+        if options:
+            raise ValueError(f"options: the npz format takes none, got {sorted(options)}")
         path = os.fspath(path)
         if not path.endswith(".npz"):
             path += ".npz"
@@ -133,7 +168,7 @@ class Trace:
             "source": np.array(self.source),
             "approximate": np.bool_(self.approximate),
         }
-        for name in ("task", "user", "request"):
+        for name in ("task", "user", "request", "phase", "domain"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
         d = os.path.dirname(path)
@@ -192,6 +227,7 @@ def load_npz(path: str | os.PathLike, *, num_experts: int | None = None) -> Trac
         source = str(z["source"]) if "source" in z.files else path
         approx = bool(z["approximate"]) if "approximate" in z.files else False
         try:
-            return Trace(ids, E, get("layers"), get("task"), get("user"), get("request"), source, approx)
+            return Trace(ids, E, get("layers"), get("task"), get("user"), get("request"), source, approx,
+                         get("phase"), get("domain"))
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
