@@ -14,7 +14,16 @@ extras=${1:-}
 stamp=".venv/.slimjax-installed${extras:+-$extras}"
 pins=()
 if [ "${SLIMJAX_UNPINNED:-0}" != 1 ] && [ -f constraints.txt ]; then pins=(-c constraints.txt); fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+# An up-to-date stamp of an install whose extras include every requested one is enough.
+covered() {
+  local st=$1 have want
+  [ -f "$st" ] && ! [ pyproject.toml -nt "$st" ] && ! [ constraints.txt -nt "$st" ] || return 1
+  have=",${st#.venv/.slimjax-installed},"; have=${have/,-/,}
+  for want in ${extras//,/ }; do [[ "$have" == *",$want,"* ]] || return 1; done
+}
+ok=0
+for st in "$stamp" .venv/.slimjax-installed*; do if covered "$st"; then ok=1; break; fi; done
+if [ "$ok" = 0 ]; then
   .venv/bin/python -m pip install -q "${pins[@]}" -e ".${extras:+[$extras]}"
   touch "$stamp"
 fi

@@ -13,6 +13,14 @@ excluded, reported separately as the warm-up time). Prints a table of mean J, me
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402  (a fresh clone: set up .venv and re-run there)
+
+_bootstrap.ensure('')
+
 import argparse
 import ast
 import time

@@ -2,11 +2,12 @@
 # Multi-process check by hand: the same run on NPROC local processes (jax.distributed, gloo on CPU,
 # coordinator on 127.0.0.1) and on one process; prints J and placements side by side per solver.
 # Usage: bash scripts/distributed_check.sh [overrides...]
-#   NPROC=2 (processes), OUT=/tmp/slimjax-distributed (run directories), PYTHON=python3
+#   NPROC=2 (processes), OUT=/tmp/slimjax-distributed (run directories),
+#   PYTHON (default: .venv/bin/python, set up first by scripts/_setup.sh, so a fresh clone works)
 #   e.g. NPROC=3 bash scripts/distributed_check.sh batch_size=96 "solvers=[successive,popularity]"
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; else bash scripts/_setup.sh; PY=.venv/bin/python; fi
 NPROC=${NPROC:-2}
 OUT=${OUT:-/tmp/slimjax-distributed}
 rm -rf "$OUT" && mkdir -p "$OUT"

@@ -7,6 +7,14 @@ The same calls as the page's code blocks, on 16 default mixtral_8x7b instances (
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402  (a fresh clone: set up .venv and re-run there)
+
+_bootstrap.ensure('docs')
+
 from pathlib import Path
 
 import jax

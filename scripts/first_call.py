@@ -13,6 +13,14 @@ Prints one JSON object: ``import_s``, ``generate_s``, ``first_solve_s`` (wall ti
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402  (a fresh clone: set up .venv and re-run there)
+
+_bootstrap.ensure('')
+
 import argparse
 import json
 import os

@@ -7,11 +7,13 @@
 #   4. the throughput of other successive configurations (where the time goes);
 #   5. the scaling curves (batch size, E, capacity units) with their figures.
 # Usage: bash scripts/gpu_check.sh    (SIZES, CONFIGS, DIAG_CONFIGS, DIAG_SIZES override the sizes)
+# PYTHON: an interpreter with slimjax and a GPU jaxlib; default .venv/bin/python (scripts/_setup.sh
+# sets it up with the dev extra; add the CUDA jaxlib to it yourself: pip install 'jax[cuda12]').
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-experiments/bench}
 mkdir -p "$out"
-PY=${PYTHON:-python3}
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; else bash scripts/_setup.sh dev; PY=.venv/bin/python; fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 { "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$out/gpu_env.txt" 2>&1
 step() {  # step SECONDS NAME command...

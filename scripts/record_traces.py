@@ -9,6 +9,14 @@ A thin entry point to :func:`slimjax.traces._record.main`; the recorder itself i
     python scripts/record_traces.py --tiny mixtral --prompt "hello world" --out tiny.npz   # no download
 """
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402  (a fresh clone: set up .venv and re-run there)
+
+_bootstrap.ensure('traces')
+
 import sys
 
 from slimjax.traces._record import main

@@ -11,6 +11,14 @@ measured on a second, warm call; for processes, the slowest process's seconds).
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402  (a fresh clone: set up .venv and re-run there)
+
+_bootstrap.ensure('')
+
 import argparse
 import json
 import os

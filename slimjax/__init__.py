@@ -41,7 +41,7 @@ from slimjax._replay import replay, replay_stats
 if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for type checkers and docs
     from slimjax.solvers import Solution, Status, chain, feasible, methods, solve, solve_batch
 
-__version__ = "1.0.0"
+from slimjax._version import __version__  # noqa: E402  (one definition)
 
 __all__ = [
     "Explanation",

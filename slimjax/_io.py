@@ -63,7 +63,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _meta(kind: str, **extra) -> dict:
-    from slimjax import __version__
+    from slimjax._version import __version__
 
     return {"format": "slimjax", "version": FORMAT_VERSION, "kind": kind, "slimjax_version": __version__, **extra}
 

@@ -222,7 +222,7 @@ def _prepare(inst, placement, expert_ids, user, aggregation, chunk):
 
 def _budget_bytes(memory_budget_mb: float | str) -> float:
     """``memory_budget_mb`` in bytes: a number > 0, or ``"auto"`` as in :func:`slimjax.solve_batch`."""
-    from slimjax.solvers._batching import memory_budget_bytes  # the one resolver of "auto"
+    from slimjax._memory import memory_budget_bytes  # the one resolver of "auto"
 
     return memory_budget_bytes(memory_budget_mb)
 

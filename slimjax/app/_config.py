@@ -130,7 +130,7 @@ class Plan:
     """What a run will do, checked before any work: the solver objects and the execution options."""
 
     def __init__(self, cfg: DictConfig):
-        from slimjax.solvers._batching import memory_budget_bytes
+        from slimjax._memory import memory_budget_bytes
 
         set_precision(str(cfg.precision))
         B = cfg.get("batch_size")

@@ -85,7 +85,7 @@ def _fingerprint(root: str) -> tuple:
     import jax
     import jaxlib
 
-    from slimjax import __version__
+    from slimjax._version import __version__
 
     out: dict[str, Any] = {"version": __version__, "sources": source_hash(root), "jax": jax.__version__,
                            "jaxlib": jaxlib.__version__}

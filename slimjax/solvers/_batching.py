@@ -9,7 +9,6 @@ calls the method's batch function and concatenates the results (padding dropped)
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,47 +16,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from slimjax._instance import Instance
+from slimjax._memory import ACCELERATOR_SHARE, CPU_BUDGET_MB, chunk_size_for, memory_budget_bytes
 from slimjax.ops._grid import Grid
 from slimjax.solvers._buckets import bucket
 
-__all__ = ["run", "chunk_size_for", "memory_budget_bytes", "batch_mesh", "CHUNK_PROGRAM"]
-
-
-#: The budget of ``memory_budget_mb="auto"`` on CPU (MB), and the share of an accelerator's memory.
-CPU_BUDGET_MB = 2048.0
-ACCELERATOR_SHARE = 0.4
-
-
-def memory_budget_bytes(value) -> float:
-    """``memory_budget_mb`` in bytes: a number > 0, or ``"auto"`` (:data:`CPU_BUDGET_MB` on CPU,
-    :data:`ACCELERATOR_SHARE` of the first device's memory limit on a GPU/TPU when JAX reports it)."""
-    if isinstance(value, str):
-        if value != "auto":
-            raise ValueError(f"memory_budget_mb: must be a number > 0 or 'auto', got {value!r}")
-        dev = jax.local_devices()[0]
-        if dev.platform != "cpu":
-            try:
-                limit = (dev.memory_stats() or {}).get("bytes_limit")
-            except Exception:  # noqa: BLE001 - some backends do not report memory
-                limit = None
-            if limit:
-                return ACCELERATOR_SHARE * float(limit)
-        return CPU_BUDGET_MB * 2**20
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0:
-        raise ValueError(f"memory_budget_mb: must be a number > 0 or 'auto', got {value!r}")
-    return float(value) * 2**20
-
-
-def chunk_size_for(estimate: float, n: int, chunk_size, memory_budget_mb) -> int:
-    """Instances per chunk: ``chunk_size`` if given, else what fits ``memory_budget_mb`` given the
-    working-set ``estimate`` of one instance (bytes); at least 1, at most ``n``."""
-    if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValueError(f"chunk_size: must be an integer >= 1 or None, got {chunk_size!r}")
-        return int(min(chunk_size, n))
-    budget = memory_budget_bytes(memory_budget_mb)
-    c = max(1, int(budget // max(estimate, 1)))
-    return min(c, n)
+__all__ = ["ACCELERATOR_SHARE", "CPU_BUDGET_MB", "CHUNK_PROGRAM", "batch_mesh", "chunk_size_for", "memory_budget_bytes", "run"]
 
 
 def batch_mesh():
