@@ -245,7 +245,7 @@ def export_placement(
     a = np.asarray(getattr(x, "placement", x))
     if a.ndim != 3 or a.dtype != bool:
         raise ValueError(f"x: expected a placement bool [N, L, E] (one instance), got {a.dtype}{list(a.shape)}")
-    N, L, E = a.shape
+    N, L, _ = a.shape
     path = Path(path)
     fmt = format if format is not None else path.suffix.lower().lstrip(".")
     if fmt not in ("json", "csv"):

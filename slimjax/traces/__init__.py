@@ -11,8 +11,8 @@ original layer indices; its canonical file is an ``.npz`` (:meth:`Trace.save`, :
   (:func:`load_vllm_events`), llama.cpp expert logs (:func:`load_llamacpp`), or aggregate
   per-layer counts (:func:`load_counts`: tokens sampled by Plackett–Luce from the marginals,
   marked ``approximate``). :data:`KNOWN_SOURCES` fills in what a file does not state.
-* :func:`write_policylang_jsonl` and :func:`write_policylang_parquet` (or
-  ``Trace.save(path, format=...)``) write a trace for moe-policylang.
+* :func:`write_policylang_jsonl` and :func:`write_policylang_parquet` write a trace for
+  moe-policylang (:meth:`Trace.save` writes the canonical ``.npz``).
 * :func:`patterns` turns tokens into the weighted patterns of an instance; :func:`split` makes
   train/test parts by token, request, domain or phase; :func:`statistics` gives the routing
   statistics used to calibrate the generators.
@@ -27,13 +27,13 @@ from slimjax.traces._counts import load_counts, sample_from_counts
 from slimjax.traces._events import load_llamacpp, load_vllm_events
 from slimjax.traces._jsonl import load_jsonl
 from slimjax.traces._load import FORMATS, load
+from slimjax.traces._patterns import patterns
 from slimjax.traces._policylang import (
     load_policylang_jsonl,
     load_policylang_parquet,
     write_policylang_jsonl,
     write_policylang_parquet,
 )
-from slimjax.traces._patterns import patterns
 from slimjax.traces._record import find_routers, record, tiny_model
 from slimjax.traces._sources import KNOWN_SOURCES
 from slimjax.traces._split import split

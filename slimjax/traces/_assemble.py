@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -134,7 +133,7 @@ def assemble(
     dup = np.flatnonzero(cell[srt][1:] == cell[srt][:-1])
     if dup.size:
         r = int(keep[srt[dup[0] + 1]])
-        raise ValueError(f"{where(r)}: a second {what} for prompt {_show(rec, r)}, token {int(rec.token[r])}, "
+        raise ValueError(f"{where(r)}: a second {what} for {_show(rec, r)}token {int(rec.token[r])}, "
                          f"layer {int(rec.layer[r])} (first at {where(int(keep[srt[dup[0]]]))})")
     counts = np.bincount(lay, minlength=L)
     if (counts != T).any():
@@ -146,7 +145,7 @@ def assemble(
         r = int(keep[first[t]])
         raise ValueError(
             f"{path}: ragged log: layer {int(order[j])} has {int(counts[j])} tokens but layer {int(order[full])} has "
-            f"{int(counts[full])}; prompt {_show(rec, r)}, token {int(rec.token[r])} (first {what} at {where(r)}) "
+            f"{int(counts[full])}; {_show(rec, r)}token {int(rec.token[r])} (first {what} at {where(r)}) "
             f"has no {what} for layer {int(order[j])}")
     out = np.empty((T, L, K), np.int64)
     out[tok, lay] = ids[keep]
@@ -162,5 +161,9 @@ def assemble(
                  phase=_tags(rec.phase, tok_rec), domain=_tags(rec.domain, tok_rec))
 
 
-def _show(rec: Records, r: int) -> Any:
-    return "-" if rec.prompt is None else repr(rec.prompt[r].item() if hasattr(rec.prompt[r], "item") else rec.prompt[r])
+def _show(rec: Records, r: int) -> str:
+    """``"prompt <id>, "`` of record r (empty without prompt ids)."""
+    if rec.prompt is None:
+        return ""
+    p = rec.prompt[r]
+    return f"prompt {p.item() if hasattr(p, 'item') else p!r}, "

@@ -24,7 +24,7 @@ from slimjax.traces._assemble import Records, assemble
 from slimjax.traces._sources import reject_unknown
 from slimjax.traces._trace import Trace
 
-__all__ = ["is_vllm_event", "load_llamacpp", "load_vllm_events", "LLAMACPP_LINE"]
+__all__ = ["LLAMACPP_LINE", "is_vllm_event", "load_llamacpp", "load_vllm_events"]
 
 #: A llama.cpp expert-log line: ``EXPERT|L<layer>|T<token>: [ids]``.
 LLAMACPP_LINE = re.compile(r"^\s*EXPERT\|L(\d+)\|T(\d+):\s*\[([^\]]*)\]\s*$")

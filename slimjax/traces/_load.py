@@ -17,7 +17,7 @@ from slimjax.traces._trace import Trace, load_npz
 __all__ = ["FORMATS", "load"]
 
 _SUFFIXES = (".jsonl", ".npz", ".pkl", ".json", ".parquet", ".npy", ".csv", ".log", ".txt")
-_LLAMACPP = re.compile(rb"^\s*EXPERT\|L\d+\|T\d+:", re.M)
+_LLAMACPP = re.compile(rb"^\s*EXPERT\|L\d+\|T\d+:", re.MULTILINE)
 
 #: The formats :func:`load` reads, by the name ``format=`` takes.
 FORMATS = (

@@ -29,7 +29,7 @@ from slimjax.traces._assemble import Records, assemble
 from slimjax.traces._sources import reject_unknown
 from slimjax.traces._trace import Trace
 
-__all__ = ["WRITERS", "load_policylang_jsonl", "load_policylang_parquet", "write_policylang_jsonl",
+__all__ = ["load_policylang_jsonl", "load_policylang_parquet", "write_policylang_jsonl",
            "write_policylang_parquet"]
 
 _PHASE_KEYS = ("ph", "phase")
@@ -322,7 +322,3 @@ def write_policylang_parquet(
         os.makedirs(d, exist_ok=True)
     pq.write_table(table, path)
     return path
-
-
-#: ``Trace.save(path, format=...)``: the moe-policylang writers by format name.
-WRITERS = {"policylang-jsonl": write_policylang_jsonl, "policylang-parquet": write_policylang_parquet}

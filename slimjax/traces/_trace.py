@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -69,8 +70,8 @@ class Trace:
     request: np.ndarray | None = None
     source: str = ""
     approximate: bool = False
-    phase: np.ndarray | None = None
-    domain: np.ndarray | None = None
+    phase: np.ndarray | Sequence[str] | None = None
+    domain: np.ndarray | Sequence[str] | None = None
 
     def __post_init__(self):
         ids = np.asarray(self.expert_ids)
@@ -141,23 +142,12 @@ class Trace:
                      self.source, self.approximate, pick(self.phase), pick(self.domain))
 
     # -- canonical file --------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, format: str = "npz", **options: Any) -> str:
-        """Write the trace; returns the path written.
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the canonical ``.npz`` (``.npz`` is appended to ``path`` if missing); returns the path written.
 
-        Args:
-          format: ``"npz"`` (the canonical file; ``.npz`` is appended to ``path`` if missing),
-            ``"policylang-jsonl"`` (:func:`~slimjax.traces.write_policylang_jsonl`) or
-            ``"policylang-parquet"`` (:func:`~slimjax.traces.write_policylang_parquet`).
-          **options: passed to the moe-policylang writers (``model_name``, ``num_layers``).
+        Other formats: :func:`~slimjax.traces.write_policylang_jsonl`,
+        :func:`~slimjax.traces.write_policylang_parquet`.
         """
-        if format != "npz":
-            from slimjax.traces._policylang import WRITERS
-
-            if format not in WRITERS:
-                raise ValueError(f"format: must be 'npz' or one of {sorted(WRITERS)}, got {format!r}")
-            return WRITERS[format](self, path, **options)
-        if options:
-            raise ValueError(f"options: the npz format takes none, got {sorted(options)}")
         path = os.fspath(path)
         if not path.endswith(".npz"):
             path += ".npz"
