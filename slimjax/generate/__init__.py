@@ -8,6 +8,14 @@ Units: latency, fallback and base in seconds; size and capacity in bytes. Every 
 its unit is documented in ``docs/generators.md``.
 """
 
+from slimjax.generate._locality import (
+    LOCALITY_PRESETS,
+    LocalityConfig,
+    as_locality_config,
+    locality_tokens,
+    locality_trace,
+    reuse_rates,
+)
 from slimjax.generate.from_trace import instance_from_trace
 from slimjax.generate.instances import instance, instances, resolve, sample_fields
 from slimjax.generate.models import MODELS, ModelPreset, get_model, model_names
@@ -15,20 +23,26 @@ from slimjax.generate.network import Network, NetworkConfig, as_network_config, 
 from slimjax.generate.routing import ROUTING_KINDS, RoutingConfig, as_routing_config, sample_routing
 
 __all__ = [
+    "LOCALITY_PRESETS",
     "MODELS",
     "ROUTING_KINDS",
+    "LocalityConfig",
     "ModelPreset",
     "Network",
     "NetworkConfig",
     "RoutingConfig",
+    "as_locality_config",
     "as_network_config",
     "as_routing_config",
     "get_model",
     "instance",
     "instance_from_trace",
     "instances",
+    "locality_tokens",
+    "locality_trace",
     "model_names",
     "resolve",
+    "reuse_rates",
     "sample_fields",
     "sample_network",
     "sample_routing",
