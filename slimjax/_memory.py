@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-__all__ = ["ACCELERATOR_SHARE", "CPU_BUDGET_MB", "chunk_size_for", "memory_budget_bytes"]
+__all__ = ["ACCELERATOR_SHARE", "CPU_BUDGET_MB", "chunk_size_for", "instance_bytes", "memory_budget_bytes"]
 
 
 #: The budget of ``memory_budget_mb="auto"`` on CPU (MB), and the share of an accelerator's memory.
@@ -45,3 +45,10 @@ def chunk_size_for(estimate: float, n: int, chunk_size, memory_budget_mb) -> int
     budget = memory_budget_bytes(memory_budget_mb)
     c = max(1, int(budget // max(estimate, 1)))
     return min(c, n)
+
+
+def instance_bytes(shape: tuple) -> float:
+    """Bytes of one instance's main float32 arrays (latency, fallback and d, patterns and weight)
+    from ``Instance.shape`` = (U, N, L, E, M, K): the unit of the app's and solve's memory models."""
+    U, N, L, E, M, K = shape
+    return 4.0 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))

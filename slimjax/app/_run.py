@@ -33,6 +33,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from slimjax._io import atomic_write
+from slimjax._memory import instance_bytes
 from slimjax.app import _results as R
 from slimjax.app._batch import BatchSource
 from slimjax.app._config import output_dir_for, plain, preflight, sweep_name
@@ -53,11 +54,6 @@ DATA_SHARE = 0.5
 #: bytes the app holds per instance of a chunk, as a multiple of the instance's own arrays
 #: (generation temporaries, device and host copies, merged patterns, evaluation)
 DATA_FACTOR = 8.0
-
-
-def _instance_bytes(shape) -> float:
-    U, N, L, E, M, K = shape
-    return 4.0 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
 
 
 @runtime_checkable
@@ -85,7 +81,7 @@ class _Layout:
     def __init__(self, plan, src: _Rows, topo, stored: dict | None, digest: str):
         B = src.size
         P = topo.process_count
-        per = DATA_FACTOR * _instance_bytes(src.shape) + len(plan.names) * (np.prod(src.shape[1:4]) + 600)
+        per = DATA_FACTOR * instance_bytes(src.shape) + len(plan.names) * (np.prod(src.shape[1:4]) + 600)
         fits = max(1, min(B, int(DATA_SHARE * plan.budget_bytes // per)))
         resumed = int(stored["chunk"]) if stored and stored.get("config_hash") == digest and stored.get("size") == B else 0
         explicit = 0 if plan.chunk == "auto" else int(plan.chunk)

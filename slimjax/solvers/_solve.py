@@ -15,17 +15,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
 
 from slimjax import _storage as storage
 from slimjax._cache import ensure_cache
+from slimjax._compile import Clock, call
 from slimjax._instance import Instance, is_batched
+from slimjax._kernels import load_terms
+from slimjax._memory import instance_bytes
 from slimjax._objective import AGGREGATIONS, check_placement, objective_from_d
 from slimjax.ops._grid import capacity_grid
 from slimjax.ops._patterns import merge_codes_fn, merged_size, with_patterns
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solution, Solver, Status
 from slimjax.solvers._buckets import bucket, pad_patterns
-from slimjax._compile import Clock, call
 from slimjax.solvers._methods import DEFAULT, as_solver
 
 __all__ = ["solve", "solve_batch", "feasible", "Feasibility", "instance_keys"]
@@ -109,17 +112,16 @@ _EVALUATE = jax.jit(_evaluate_fn, static_argnums=0)
 def _load_objective_fn(aggregation, batch, x, max_utilization):
     """J_load of every placement, ``inf`` where load-infeasible (:func:`slimjax.queueing.load_report`'s
     objective), as one program run through :func:`call`: its compile is in ``compile_seconds``."""
-    from slimjax.queueing._model import _REPORT
+    def one(i: Instance, xi: Array) -> Array:
+        service, rate = (i.service, i.rate) if i.has_load else (jnp.zeros(i.latency.shape[1:], i.latency.dtype),
+                                                                 jnp.zeros(i.latency.shape[:1], i.latency.dtype))
+        return load_terms(i.latency, i.fallback, service, rate, i.patterns, i.weight, i.traffic, xi,
+                          max_utilization, aggregation).objective
 
-    return jax.vmap(lambda i, xi: _REPORT[aggregation](i, xi, max_utilization).objective)(batch, x)
+    return jax.vmap(one)(batch, x)
 
 
 _LOAD_OBJECTIVE = jax.jit(_load_objective_fn, static_argnums=0)
-
-
-def _instance_bytes(shape) -> float:
-    U, N, L, E, M, K = shape
-    return 4.0 * (U * N * L * E + 2 * U * L * E + U * L * M * (K + 1))
 
 
 def _merge(batch: Instance, clock: Clock, budget: float) -> Instance:
@@ -207,7 +209,7 @@ def _run(
     used = _used(batch, x)
     fits = _fits(batch, used).all(-1)
     U, N, L, E, M, K = batch.shape
-    eval_bytes = 3 * _instance_bytes(batch.shape) + 8.0 * U * L * M * K  # masked latencies + pattern gathers
+    eval_bytes = 3 * instance_bytes(batch.shape) + 8.0 * U * L * M * K  # masked latencies + pattern gathers
     scored = pad_patterns(batch, bucket(M)) if bucket_shapes else batch  # zero-weight patterns add 0 to J
     J, total = _batching.map_chunks(_EVALUATE, (aggregation,), (scored, x), budget // eval_bytes, clock,
                                     bucket_shapes=bucket_shapes)
