@@ -212,8 +212,8 @@ def export_placement(
     path: str | os.PathLike,
     *,
     format: str | None = None,
-    nodes: Sequence[Any] | None = None,
-    layers: Sequence[Any] | None = None,
+    nodes: Sequence[Any] | np.ndarray | None = None,
+    layers: Sequence[Any] | np.ndarray | None = None,
 ) -> Path:
     """Write a placement per node for a serving prototype: JSON ``{node: {layer: [experts]}}`` or CSV.
 

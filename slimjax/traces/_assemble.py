@@ -69,7 +69,7 @@ def assemble(
     *,
     num_experts: int | None = None,
     top_k: int | None = None,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | np.ndarray | None = None,
     source: str = "",
     what: str = "record",
     top_k_from: str = "top_k",

@@ -43,7 +43,7 @@ def load_vllm_events(
     path: str | os.PathLike,
     *,
     num_experts: int | None = None,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | np.ndarray | None = None,
     source: str | None = None,
     **unused: Any,
 ) -> Trace:
@@ -115,7 +115,7 @@ def load_llamacpp(
     path: str | os.PathLike,
     *,
     num_experts: int | None = None,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | np.ndarray | None = None,
     source: str | None = None,
     **unused: Any,
 ) -> Trace:

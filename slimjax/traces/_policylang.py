@@ -63,7 +63,7 @@ def load_policylang_jsonl(
     path: str | os.PathLike,
     *,
     num_experts: int | None = None,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | np.ndarray | None = None,
     source: str | None = None,
     **unused: Any,
 ) -> Trace:
@@ -199,7 +199,7 @@ def load_policylang_parquet(
     path: str | os.PathLike,
     *,
     num_experts: int | None = None,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | np.ndarray | None = None,
     source: str | None = None,
     **unused: Any,
 ) -> Trace:
