@@ -1,4 +1,7 @@
-"""Policies: how the placement of window t is chosen from what was seen before it (pure JAX).
+"""The placement policies' programs: how x_t is chosen from what was seen before it (pure JAX).
+
+The options of each policy are its object (:mod:`slimjax.dynamic._objects`); this module is
+the compiled side, configured by a hashable :class:`PolicyConfig`.
 
 Every policy is one step ``x_t = step(x_{t-1}, windows < t)`` of a ``lax.scan`` over windows:
 
@@ -36,10 +39,7 @@ from slimjax.dynamic._myopic import WindowConfig, _move_gains, window_solve
 from slimjax.ops._gains import expert_frequency
 from slimjax.ops._order import node_orders
 
-__all__ = ["POLICIES", "FORECASTS", "PolicyConfig", "timeline_policy", "forecast_window", "lfu_placement"]
-
-POLICIES = ("static", "resolve", "incremental", "lfu", "lru", "hindsight")
-FORECASTS = ("last", "ema")
+__all__ = ["PolicyConfig", "timeline_policy", "forecast_window", "lfu_placement"]
 
 _NEG = -jnp.inf
 _BIG = jnp.iinfo(jnp.int32).max
