@@ -715,3 +715,101 @@ def test_real_traces_accounting_and_incremental_vs_static(shared_dir):
         np.testing.assert_allclose(inc.moved, moved_np(tl, inc.placements), rtol=1e-6)
         assert (inc.moved <= budget[:, None] * (1 + 1e-6)).all()
         assert (inc.total <= static.total * (1 + 1e-6)).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Policy objects: names are sugar, options validated, typed results
+# ----------------------------------------------------------------------------------------------
+
+RESULT_ARRAYS = ("placements", "objective", "token_objective", "forecast_objective", "moved", "loaded", "hits",
+                 "accesses", "p50", "p95", "p99", "budget", "status")
+
+
+def test_objects_and_names_give_identical_results(tls, results):
+    objs = {"static": dynamic.Static(), "resolve": dynamic.Resolve(budget=2.0),
+            "incremental": dynamic.Incremental(budget=2.0), "lfu": dynamic.LFU(budget=2.0),
+            "lru": dynamic.LRU(budget=2.0), "hindsight": dynamic.Hindsight(budget=2.0)}
+    assert set(objs) == set(PLACEMENT) and set(dynamic.POLICIES) == set(PLACEMENT) | {"token-lru", "token-lfu", "belady"}
+    for name, obj in objs.items():
+        r = dynamic.run(tls, obj, solver=LIGHT)
+        assert r.compile_seconds == 0.0, name  # the name's run compiled the same programs
+        assert r.policy == name == obj.name
+        for f in RESULT_ARRAYS:
+            np.testing.assert_array_equal(getattr(r, f), getattr(results[name], f), err_msg=f"{name}.{f}")
+    # an option on the object or as a keyword with the object: the same run
+    a = dynamic.run(tls, dynamic.Incremental(budget=2.0, penalty=1e-3), solver=LIGHT)
+    b = dynamic.run(tls, dynamic.Incremental(), budget=2.0, penalty=1e-3, solver=LIGHT)
+    np.testing.assert_array_equal(a.placements, b.placements)
+
+
+def test_status_and_typed_fields(results):
+    for name, r in results.items():
+        want = dynamic.Status.OFFLINE if name == "hindsight" else dynamic.Status.ONLINE
+        assert r.status.dtype == np.int8 and (r.status == want).all(), name
+        assert set(r.status_names) == {want.name.lower()}
+        assert r.info["p99"] is r.p99 and r.info["loaded"] is r.loaded  # the 0.x dict, from the fields
+        assert (r.p50 <= r.p95).all() and (r.p95 <= r.p99).all()
+        # tokens are the windows' patterns here: the replayed mean is J (float32 program vs float64 sum)
+        np.testing.assert_allclose(r.token_objective, r.objective, rtol=1e-5)
+        assert ((r.hits <= r.accesses) & (r.accesses[:, :, :1] > 0).all()).all()
+        if name not in ("lru",):
+            np.testing.assert_array_equal(r.loaded, r.moved)
+
+
+def test_policy_objects_validate_and_document_their_options():
+    import dataclasses
+
+    for cls in (dynamic.Static, dynamic.Resolve, dynamic.Incremental, dynamic.LFU, dynamic.LRU, dynamic.Hindsight,
+                dynamic.TokenLRU, dynamic.TokenLFU, dynamic.Belady):
+        obj = cls()
+        assert hash(obj) == hash(cls()) and obj == cls() and obj.label == obj.name
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("doc") and f.name in (cls.__doc__ or ""), (cls, f.name)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            obj.name2 = 1  # type: ignore[attr-defined]
+    bad = [(dict(forecast="nope"), "forecast"), (dict(ema_alpha=0.0), "ema_alpha"), (dict(ema_horizon=0), "ema_horizon"),
+           (dict(bisect=-1), "bisect"), (dict(budget=-1.0), "budget"), (dict(budget=[1.0, float("nan")]), "budget"),
+           (dict(penalty=-1.0), "penalty"), (dict(penalty=float("inf")), "penalty"), (dict(budget="x"), "budget")]
+    for kw, field in bad:
+        with pytest.raises(ValueError, match=field):
+            dynamic.Incremental(**kw)
+        with pytest.raises(ValueError, match=field):  # the name form validates the 0.x options, used or not
+            dynamic.run(tiny_timeline(0), "static", **kw)
+    with pytest.raises(TypeError):
+        dynamic.Static(budget=1.0)  # an option the policy does not have
+    with pytest.raises(ValueError, match="options"):
+        dynamic.Static().replace(budget=1.0)
+    with pytest.raises(ValueError, match="policy"):
+        dynamic.as_policy("nope")
+    with pytest.raises(ValueError, match="options"):
+        dynamic.as_policy("resolve", nope=1)
+    inc = dynamic.Incremental(budget=np.array([1.0, 2.0]), forecast="ema")
+    assert inc.budget == (1.0, 2.0) and hash(inc) and inc.label == "incremental(forecast='ema')"
+    assert dynamic.as_policy("static", budget=2.0, penalty=1.0) == dynamic.Static()  # 0.x: ignored by static
+    assert dynamic.as_policy("hindsight", budget=2.0, forecast="ema") == dynamic.Hindsight(budget=2.0)
+
+
+def test_sweep_takes_objects_and_solves_x0_once(tls, monkeypatch):
+    from slimjax.dynamic import _run, _sweep
+
+    calls = []
+    real = _run._Setup.deployment
+    monkeypatch.setattr(_run._Setup, "deployment", lambda self, clock: calls.append(1) or real(self, clock))
+    pols = (dynamic.Static(), dynamic.Incremental(), dynamic.Incremental(forecast="ema", ema_horizon=2), "lru")
+    out = _sweep.sweep(tls, pols, (0.25, None), solver=LIGHT)
+    assert len(calls) == 1  # one deployment for 2 shares x 4 policies
+    w, tot = out["windows"], out["totals"]
+    assert set(w["policy"]) == {"static", "incremental", "incremental(forecast='ema', ema_horizon=2)", "lru"}
+    B, T = len(tls), tls.num_windows
+    assert len(w["objective"]) == 2 * 4 * B * T
+    st = w["policy"] == "static"  # no budget: one run, its rows repeated for every share
+    np.testing.assert_array_equal(w["objective"][st & (w["budget_share"] == 0.25)], w["objective"][st & np.isinf(w["budget_share"])])
+    cap = np.asarray(tls.windows.capacity[:, 0], np.float64)
+    ref = dynamic.run(tls, dynamic.Incremental(forecast="ema", ema_horizon=2, budget=0.25 * cap), solver=LIGHT)
+    sel = (w["policy"] == "incremental(forecast='ema', ema_horizon=2)") & (w["budget_share"] == 0.25)
+    np.testing.assert_array_equal(w["objective"][sel], ref.objective.reshape(-1))
+    assert np.isfinite(tot["hit_rate"]).all() and (tot["loaded"] >= tot["moved"] - 1e-6).all()
+    with pytest.raises(ValueError, match="label"):
+        dynamic.sweep(tls, (dynamic.Incremental(), "incremental"), (0.1,))
+    with pytest.raises(ValueError, match="policy options"):
+        dynamic.sweep(tls, (dynamic.Incremental(),), (0.1,), penalty=1.0)
