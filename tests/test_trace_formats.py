@@ -332,11 +332,39 @@ def test_bad_files_name_file_and_place(tmp_path, name, kind):
     make, suffix = BAD[name]
     path = tmp_path / f"bad{suffix}"
     want = make(path, kind)
+    engines = [{}, {"engine": "python"}] if name == "policylang-jsonl" else [{}]  # both JSONL readers
     for fmt in (None, name):
-        with pytest.raises(ValueError, match=MESSAGE[kind]) as err:
-            tr.load(path, format=fmt, num_experts=E)
-        msg = str(err.value)
-        assert want in msg and (want + "0") not in msg and (want + "1") not in msg, msg
+        for engine in engines:
+            with pytest.raises(ValueError, match=MESSAGE[kind]) as err:
+                tr.load(path, format=fmt, num_experts=E, **engine)
+            msg = str(err.value)
+            assert want in msg and (want + "0") not in msg and (want + "1") not in msg, msg
+
+
+def test_policylang_jsonl_fast_reader_is_used_and_agrees(tmp_path, monkeypatch):
+    from slimjax.traces import _policylang
+
+    slow = tr.load(DATA / FILES["policylang-jsonl"], engine="python")
+    assert_same(slow, reference())
+
+    def refuse(path):
+        raise AssertionError("the reference reader was used")
+
+    with monkeypatch.context() as m:
+        m.setattr(_policylang, "_read_lines", refuse)
+        fast = tr.load(DATA / FILES["policylang-jsonl"])
+    assert_same(fast, slow)
+    assert fast.source == slow.source
+    # string prompt ids and records without a prompt id go to the reference reader, with the same result
+    rows = [json.loads(s) for s in (DATA / FILES["policylang-jsonl"]).read_text().splitlines()]
+    for r in rows[1:]:
+        r["p"] = f"req-{r['p']}"
+    (tmp_path / "s.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    t = tr.load(tmp_path / "s.jsonl")
+    np.testing.assert_array_equal(t.request, [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(t.expert_ids, slow.expert_ids)
+    with pytest.raises(ValueError, match="engine"):
+        tr.load(tmp_path / "s.jsonl", engine="rust")
 
 
 def test_bad_file_details(tmp_path):

@@ -28,7 +28,7 @@ class Records:
     Attributes:
       path: the file (for messages).
       where: record index -> its place in the file, e.g. ``"trace.jsonl:7"``.
-      prompt: object [R] prompt keys (ints or strings), or None (one unnamed prompt).
+      prompt: [R] prompt keys (an int array, or objects: ints or strings), or None (one unnamed prompt).
       token: int64 [R] token index within its prompt.
       layer: int64 [R] original layer index.
       values: int64 [Σ widths] every record's ids, record after record.
@@ -49,6 +49,8 @@ class Records:
 
 def _request_ids(prompt: np.ndarray) -> np.ndarray:
     """Integer prompt ids stay as they are; other keys become codes in order of first appearance."""
+    if prompt.dtype.kind in "iu":
+        return prompt.astype(np.int64)
     vals = prompt.tolist()
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
         return np.asarray(vals, np.int64)

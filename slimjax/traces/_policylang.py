@@ -18,6 +18,7 @@ are not read (a :class:`~slimjax.traces.Trace` holds the chosen ids only); the w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from slimjax.traces._assemble import Records, assemble
+from slimjax.traces._jsonl import _nonblank_lines
 from slimjax.traces._sources import reject_unknown
 from slimjax.traces._trace import Trace
 
@@ -59,28 +61,24 @@ def _obj_array(values: list) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # JSONL
 # --------------------------------------------------------------------------------------------
-def load_policylang_jsonl(
-    path: str | os.PathLike,
-    *,
-    num_experts: int | None = None,
-    layers: Sequence[int] | np.ndarray | None = None,
-    source: str | None = None,
-    **unused: Any,
-) -> Trace:
-    """A moe-policylang JSONL trace → Trace (tokens in order of first appearance, layers sorted).
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """The records of a moe-policylang JSONL file, column-wise (R records), and its header."""
 
-    Args:
-      num_experts: E; default: the header's ``num_experts``, else the largest id + 1.
-      layers: the original layer indices to keep (default: all logged).
+    header: dict
+    header_line: int
+    prompt: np.ndarray | None  # object [R], None without prompt ids
+    token: np.ndarray  # int64 [R]
+    layer: np.ndarray  # int64 [R]
+    values: np.ndarray  # int64 [Σ widths]
+    offsets: np.ndarray  # int64 [R + 1]
+    line: np.ndarray  # int64 [R], 1-based line numbers
+    phase: np.ndarray  # object [R]
+    domain: np.ndarray  # object [R]
 
-    Raises:
-      ValueError: naming ``file:line``: malformed JSON, a record without ``"e"``/``"l"``/``"t"``,
-        ids that are not integers, K different from the header's ``top_k`` or from other records
-        (mixed K), a layer >= the header's ``num_layers``, an id >= E, a repeated (prompt, token,
-        layer), a layer with fewer tokens than another (ragged log).
-    """
-    reject_unknown(unused, ())
-    path = os.fspath(path)
+
+def _read_lines(path: str) -> _Rows:
+    """The reference reader: ``json.loads`` line by line; malformed records raise ``file:line``."""
     header: dict = {}
     header_line = 0
     prompt, token, layer, values, widths, lines, phase, domain = [], [], [], [], [], [], [], []
@@ -120,12 +118,110 @@ def load_policylang_jsonl(
                 domain.append(next((obj[k] for k in _DOMAIN_KEYS if obj.get(k) is not None), None))
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason})") from None
-    line = np.asarray(lines, np.int64)
-    rec = Records(path, lambda r: f"{path}:{line[r]}",
-                  None if all(p is None for p in prompt) else _obj_array(prompt),
-                  np.asarray(token, np.int64), np.asarray(layer, np.int64), np.asarray(values, np.int64),
-                  np.concatenate([[0], np.cumsum(widths, dtype=np.int64)]),
-                  _obj_array(phase), _obj_array(domain))
+    return _Rows(header, header_line, None if all(p is None for p in prompt) else _obj_array(prompt),
+                 np.asarray(token, np.int64), np.asarray(layer, np.int64), np.asarray(values, np.int64),
+                 np.concatenate([[0], np.cumsum(widths, dtype=np.int64)]), np.asarray(lines, np.int64),
+                 _obj_array(phase), _obj_array(domain))
+
+
+def _read_arrow(path: str) -> _Rows | None:
+    """The fast reader (``pyarrow.json``, integer prompt ids); None when the reference reader must decide."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.json as pj
+    except ImportError:
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = _nonblank_lines(data)
+    if lines.size == 0:
+        return None
+    start = 0
+    for _ in range(int(lines[0]) - 1):
+        start = data.index(b"\n", start) + 1
+    stop = data.find(b"\n", start)
+    try:
+        first = json.loads(data[start:stop if stop >= 0 else len(data)])
+    except json.JSONDecodeError:
+        return None
+    is_header = isinstance(first, dict) and "e" not in first and any(k in first for k in _HEADER_KEYS)
+    text, ints = pa.string(), pa.int64()
+    schema = pa.schema([("p", ints), ("t", ints), ("l", ints), ("e", pa.list_(ints)),
+                        *[(k, text) for k in (*_PHASE_KEYS, *_DOMAIN_KEYS)]])
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        table = pj.read_json(pa.BufferReader(data), parse_options=options)
+    except pa.ArrowException:  # malformed JSON, string prompt ids, a value of another type ...
+        return None
+    if table.num_rows != lines.size:  # several objects on a line, or an object over several lines
+        return None
+    if is_header:
+        table, row_lines = table.slice(1), lines[1:]
+    else:
+        row_lines = lines
+    R = table.num_rows
+    if R == 0 or any(table.column(k).null_count for k in ("t", "l", "e")):
+        return None
+    p_nulls = table.column("p").null_count
+    if 0 < p_nulls < R:
+        return None
+    e = table.column("e").combine_chunks()
+    flat = e.flatten()
+    offsets = e.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]
+    if flat.null_count or (np.diff(offsets) == 0).any():
+        return None
+
+    def tags(keys: tuple[str, ...]) -> np.ndarray:
+        codes = pc.dictionary_encode(pc.coalesce(*[table.column(k) for k in keys])).combine_chunks()
+        names = _obj_array([*codes.dictionary.to_pylist(), None])
+        idx = codes.indices.fill_null(len(codes.dictionary)).to_numpy(zero_copy_only=False)
+        return names[idx]
+
+    prompt = None if p_nulls == R else table.column("p").to_numpy().astype(np.int64)
+    return _Rows(first if is_header else {}, int(lines[0]) if is_header else 0, prompt,
+                 table.column("t").to_numpy().astype(np.int64), table.column("l").to_numpy().astype(np.int64),
+                 flat.to_numpy(zero_copy_only=False).astype(np.int64), offsets, row_lines,
+                 tags(_PHASE_KEYS), tags(_DOMAIN_KEYS))
+
+
+def load_policylang_jsonl(
+    path: str | os.PathLike,
+    *,
+    num_experts: int | None = None,
+    layers: Sequence[int] | np.ndarray | None = None,
+    source: str | None = None,
+    engine: str = "auto",
+    **unused: Any,
+) -> Trace:
+    """A moe-policylang JSONL trace → Trace (tokens in order of first appearance, layers sorted).
+
+    Args:
+      num_experts: E; default: the header's ``num_experts``, else the largest id + 1.
+      layers: the original layer indices to keep (default: all logged).
+      engine: ``"auto"`` (``pyarrow.json`` where it reads the file exactly, else line by line)
+        or ``"python"`` (line by line only; the same result, slower).
+
+    Raises:
+      ValueError: naming ``file:line``: malformed JSON, a record without ``"e"``/``"l"``/``"t"``,
+        ids that are not integers, K different from the header's ``top_k`` or from other records
+        (mixed K), a layer >= the header's ``num_layers``, an id >= E, a repeated (prompt, token,
+        layer), a layer with fewer tokens than another (ragged log).
+    """
+    reject_unknown(unused, ())
+    if engine not in ("auto", "python"):
+        raise ValueError(f"engine: must be 'auto' or 'python', got {engine!r}")
+    path = os.fspath(path)
+    rows = _read_arrow(path) if engine == "auto" else None
+    rows = rows if rows is not None else _read_lines(path)
+    header, header_line, line = rows.header, rows.header_line, rows.line
+    rec = Records(path, lambda r: f"{path}:{line[r]}", rows.prompt, rows.token, rows.layer, rows.values,
+                  rows.offsets, rows.phase, rows.domain)
     nl = header.get("num_layers")
     if _is_int(nl) and rec.layer.size and (bad := np.flatnonzero((rec.layer >= nl) | (rec.layer < 0))).size:
         r = int(bad[0])
