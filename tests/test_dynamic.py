@@ -432,6 +432,62 @@ def test_node_choice_jit_vs_eager():
     assert int(jnp.where(x_jit & new, su[:, None], 0).sum()) <= 1
 
 
+def test_budget_attempts_stop_when_the_budget_does_not_bind():
+    """A node runs one oracle + DP attempt when μ = 0 fits its budget, 2 + bisect when the budget
+    binds; the result is the one of the 1.0 route (every attempt run, ``stop_early=False``)."""
+    from slimjax.dynamic._myopic import _choose, _oracle
+
+    inst = random_instance(11, U=1, N=2, L=2, E=3, M=3, K=2)
+    grid = slimjax.ops.capacity_grid(inst)
+    su = jnp.asarray(grid.size_units)
+    new = jnp.asarray(np.array([[True, False, True], [True, True, False]]))
+    newsz = jnp.where(new, inst.size, 0)
+    q = jnp.int32(grid.capacity_units[0])
+
+    def choose(cfg, b, count):
+        tw, dup = pattern_prep(inst.patterns, inst.weight, inst.traffic)
+        base = _oracle(cfg, inst.patterns, tw, dup, su)
+
+        def oracle(*a):
+            jax.debug.callback(lambda: count.append(1))
+            return base(*a)
+
+        d = inst.fallback
+        return _choose(oracle, inst, tw, d, jnp.minimum(d, inst.latency[:, 0]), q, b, su, new, newsz,
+                       jnp.float32(0.0), cfg)
+
+    for stop in (True, False):
+        cfg = dynamic.window_config(LIGHT, inst.shape, grid, "max", budgeted=True, bisect=3, migration=True)
+        cfg = cfg._replace(stop_early=stop)
+        got = {}
+        for b in (0, 1, 100):
+            count: list = []
+            got[b] = np.asarray(jax.jit(lambda b: choose(cfg, b, count))(jnp.int32(b)))
+            jax.effects_barrier()
+            # budget 100 never binds (μ = 0 fits); 0 and 1 bind for these new copies
+            assert len(count) == (1 if (stop and b == 100) else 2 + 3), (stop, b, len(count))
+        if stop:
+            first = got
+        else:
+            for b in got:
+                np.testing.assert_array_equal(got[b], first[b])
+
+
+def test_stop_early_gives_the_same_timelines(tls, results, monkeypatch):
+    """The incremental runs with a budget that binds in some windows and nodes (2 units) and one
+    that never binds (inf through the budgeted program): the 1.0 route gives the same placements."""
+    from slimjax.dynamic import _run
+
+    real = _run.window_config
+    inf = np.full(2, np.inf)
+    fast = {"2": results["incremental"], "inf": dynamic.run(tls, "incremental", budget=inf, solver=LIGHT)}
+    monkeypatch.setattr(_run, "window_config", lambda *a, **k: real(*a, **k)._replace(stop_early=False))
+    for name, bud in (("2", 2.0), ("inf", inf)):
+        slow = dynamic.run(tls, "incremental", budget=bud, solver=LIGHT)
+        np.testing.assert_array_equal(slow.placements, fast[name].placements, err_msg=name)
+    np.testing.assert_array_equal(fast["inf"].placements, results["incremental-free"].placements)
+
+
 # ----------------------------------------------------------------------------------------------
 # Forecasts, LRU, timelines from traces
 # ----------------------------------------------------------------------------------------------

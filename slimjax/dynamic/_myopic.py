@@ -69,6 +69,9 @@ class WindowConfig(NamedTuple):
     is the from-scratch solve.
     moves: candidate moves re-evaluated exactly per local-search round. swap_k: adds × drops per
     node combined into swaps.
+    stop_early: with a budget, stop a node's attempts as soon as μ = 0 fits the budget (the
+    budget does not bind: the node's optimum); the same results as running all ``2 + bisect``
+    attempts (False, the 1.0 route, kept for comparisons).
     """
 
     Qmax: int
@@ -83,6 +86,7 @@ class WindowConfig(NamedTuple):
     migration: bool = False
     moves: int = 8
     swap_k: int = 8
+    stop_early: bool = True
 
 
 def moved_units(su: Int[Array, "L"], x: Bool[Array, "N L E"], x_prev: Bool[Array, "N L E"]) -> Int[Array, "N"]:
@@ -121,9 +125,11 @@ def _choose(oracle, inst, tw, d, newp, q, b, s, new_n, newsz_n, pen, cfg: Window
     """One node's set given the others: bool [L, E] within capacity ``q`` and budget ``b`` (units).
 
     Without a budget: one oracle + DP at the user's penalty. With one: attempt 0 is μ = 0 (kept when
-    it fits the budget), attempt 1 is μ_hi (no new copy can pay off: feasible), then ``cfg.bisect``
-    geometric bisection steps; the feasible attempt of the best net gain is kept. All attempts run
-    through one loop body, so the oracle and the DP are traced once.
+    it fits the budget, and then the only attempt: the budget does not bind), attempt 1 is μ_hi (no
+    new copy can pay off: feasible), then ``cfg.bisect`` geometric bisection steps; the feasible
+    attempt of the best net gain is kept. All attempts run through one loop body, so the oracle and
+    the DP are traced once. (Under ``vmap`` the loop runs while some element still needs attempts;
+    the finished ones keep their state.)
     """
     cost0 = pen * newsz_n
 
@@ -161,7 +167,14 @@ def _choose(oracle, inst, tw, d, newp, q, b, s, new_n, newsz_n, pen, cfg: Window
         return lo, hi, jnp.where(better, ch, bch), jnp.where(better, v, bv), done
 
     init = (lo0, hi0, jnp.zeros_like(new_n), jnp.asarray(-jnp.inf, newsz_n.dtype), jnp.bool_(False))
-    _, _, ch, bv, _ = lax.fori_loop(0, 2 + cfg.bisect, step, init)
+    n_att = 2 + cfg.bisect
+    if cfg.stop_early:
+        def cond(c):
+            return (c[0] < n_att) & ~c[1][4]
+
+        _, (_, _, ch, bv, _) = lax.while_loop(cond, lambda c: (c[0] + 1, step(c[0], c[1])), (jnp.int32(0), init))
+    else:
+        _, _, ch, bv, _ = lax.fori_loop(0, n_att, step, init)
     # repair: the budget must hold whatever float noise did (dropping the node's new copies does it)
     over = ~jnp.isfinite(bv) | (jnp.where(ch & new_n, s[:, None], 0).sum() > b)
     return jnp.where(over, ch & ~new_n, ch)
