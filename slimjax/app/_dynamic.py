@@ -1,8 +1,13 @@
 """``experiment=dynamic``: re-placement policies over drifting timelines, in the app.
 
 The run draws ``dynamic.timelines`` drifting timelines of ``dynamic.windows`` windows
-(:func:`slimjax.dynamic.drift`, over the run's model and network), runs every policy of
-``dynamic.policies`` at every budget share of ``dynamic.budget_shares``
+(:func:`slimjax.dynamic.drift`, over the run's model and network) — or, with ``routing.path``
+set (``routing=trace routing.path=/path/to/trace``), cuts that real trace into windows in its
+time order (:func:`slimjax.dynamic.timeline_from_trace`: ``dynamic.window_tokens`` tokens per
+window, default the trace's tokens split into ``dynamic.windows``; ``dynamic.align``), one
+timeline per sampled network — runs every policy of ``dynamic.policies`` (names of
+:data:`slimjax.dynamic.POLICIES`: placement policies and the per-token caches ``token-lru``,
+``token-lfu``, ``belady``) at every budget share of ``dynamic.budget_shares``
 (:func:`slimjax.dynamic.sweep`), and writes:
 
 - ``results.parquet``: one row per (policy, budget share, timeline, window) — J of the window,
@@ -22,6 +27,7 @@ its own run); a multirun spreads several studies over processes or nodes instead
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,13 +44,16 @@ __all__ = ["run_dynamic"]
 
 _KEYS = {"timelines", "windows", "mode", "period", "tokens", "policies", "budget_shares", "penalty",
          "forecast", "solver"}
+#: keys that may be absent (configs written before they existed): their defaults
+_OPTIONAL = {"window_tokens": None, "align": "token"}
 
 
 def _options(cfg: DictConfig) -> dict:
     d = plain(cfg.dynamic) or {}
-    unknown = set(d) - _KEYS
+    unknown = set(d) - _KEYS - set(_OPTIONAL)
     if unknown:
-        raise ValueError(f"dynamic: unknown keys {sorted(unknown)}; valid keys are {sorted(_KEYS)}")
+        raise ValueError(f"dynamic: unknown keys {sorted(unknown)}; valid keys are {sorted(_KEYS | set(_OPTIONAL))}")
+    d = {**_OPTIONAL, **d}
     missing = _KEYS - set(d)
     if missing:
         raise ValueError(f"dynamic: missing keys {sorted(missing)} (see conf/experiment/dynamic.yaml)")
@@ -52,7 +61,42 @@ def _options(cfg: DictConfig) -> dict:
         raise ValueError(f"dynamic.policies: must be a non-empty list of policy names, got {d['policies']!r}")
     if not isinstance(d["budget_shares"], list) or not d["budget_shares"]:
         raise ValueError(f"dynamic.budget_shares: must be a non-empty list (null = no limit), got {d['budget_shares']!r}")
+    w = d["window_tokens"]
+    if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+        raise ValueError(f"dynamic.window_tokens: must be null (the trace split into dynamic.windows) or an integer >= 1, "
+                         f"got {w!r}")
     return d
+
+
+def _trace_path(cfg: DictConfig) -> str | None:
+    """``routing.path`` when set (a real trace's time order replaces the drift generator)."""
+    kind = OmegaConf.select(cfg, "routing.kind")
+    path = OmegaConf.select(cfg, "routing.path", default=None)
+    if not path:
+        if kind == "trace":
+            raise ValueError("routing.path: routing=trace needs a trace file (routing.path=/path/to/trace)")
+        return None
+    full = os.path.expanduser(str(path))
+    if not os.path.exists(full):
+        raise ValueError(f"routing.path: no such file: {path}")
+    return full
+
+
+def _trace_timelines(cfg: DictConfig, d: dict, path: str, key):
+    """One timeline per sampled network over the trace at ``path``, windows in its time order."""
+    import jax
+
+    from slimjax import dynamic, generate, stack, traces
+
+    trace = traces.load(path, **dict(plain(OmegaConf.select(cfg, "routing.load_options", default=None)) or {}))
+    B = int(d["timelines"])
+    wt = d["window_tokens"] or trace.num_tokens // int(d["windows"])
+    if wt < 1:
+        raise ValueError(f"dynamic.windows: {d['windows']} windows of a trace of {trace.num_tokens} tokens leave none")
+    first = np.arange(min(wt, trace.num_tokens))  # the network only: routing from the first window's tokens
+    nets = stack([generate.instance_from_trace(trace, model=plain(cfg.model), network=_network(cfg), key=k,
+                                               tokens=first) for k in jax.random.split(key, B)])
+    return dynamic.timeline_from_trace(trace, int(wt), nets, align=str(d["align"])), os.path.basename(path.rstrip("/"))
 
 
 def _label(policy: str, share) -> str:
@@ -69,10 +113,16 @@ def run_dynamic(cfg: DictConfig, out: Path, rep, digest: str) -> dict:
     d = _options(cfg)
     shares = [None if s is None else float(s) for s in d["budget_shares"]]
     k_gen, k_solve = jax.random.split(jax.random.key(int(cfg.seed)))
-    rep.line(f"slimjax dynamic: {d['timelines']} timelines x {d['windows']} windows, policies {d['policies']}, "
+    path = _trace_path(cfg)
+    if path is None:
+        tl = dynamic.drift(k_gen, int(d["timelines"]), int(d["windows"]), model=plain(cfg.model),
+                           network=_network(cfg), routing={"tokens": int(d["tokens"])}, mode=str(d["mode"]),
+                           period=int(d["period"]))
+        source = "drift"
+    else:
+        tl, source = _trace_timelines(cfg, d, path, k_gen)
+    rep.line(f"slimjax dynamic: {len(tl)} timelines x {tl.num_windows} windows ({source}), policies {d['policies']}, "
              f"budget shares {shares} -> {out}")
-    tl = dynamic.drift(k_gen, int(d["timelines"]), int(d["windows"]), model=plain(cfg.model), network=_network(cfg),
-                       routing={"tokens": int(d["tokens"])}, mode=str(d["mode"]), period=int(d["period"]))
     logger = NullLogger()
     ok = False
     try:
@@ -83,6 +133,7 @@ def run_dynamic(cfg: DictConfig, out: Path, rep, digest: str) -> dict:
             df["name"] = str(cfg.get("name", "dynamic"))
             df["seed"] = int(cfg.seed)
             df["model.name"] = str(OmegaConf.select(cfg, "model.name"))
+            df["source"] = source
             df["solver"] = [_label(p, s) for p, s in zip(df["policy"], df["budget_share"])]
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / "results.parquet") as tmp:
