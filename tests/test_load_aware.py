@@ -215,7 +215,8 @@ def test_first_load_aware_solve_compiles_only_through_the_compile_cache(monkeypa
     estimate and price with eager jnp ops: each compiled on first use inside ``seconds``.)"""
     import logging
 
-    from slimjax import _compile, _solve
+    from slimjax import _compile
+    from slimjax.solvers import _solve
 
     depth, clocks, leaked = [0], [], []
     orig = _compile.call

@@ -58,6 +58,7 @@ from slimjax._objective import objective_from_d
 from slimjax.ops._grid import capacity_grid
 from slimjax.queueing._model import _activation_one, _assignment_one, _share, loaded_expert_latency_from, utilization_from
 from slimjax.solvers import _batching
+from slimjax.solvers import _load_moves as _moves
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
 
 __all__ = ["LoadAware", "LOAD_OPTIONS", "repair", "load_polish"]
@@ -112,82 +113,142 @@ def _fits(x, su, cu):
     return (used <= cu).all()
 
 
-def _flips(x, nodes):
-    """Every single flip of ``x`` on the given nodes: ([len(nodes)·L·E, N, L, E], whether each
-    flip removes a copy [len(nodes)·L·E])."""
-    N, L, E = x.shape
-    idx = (np.asarray(nodes)[:, None] * (L * E) + np.arange(L * E)[None]).reshape(-1)  # flat bits
-    flip = np.zeros((len(idx), N * L * E), bool)
-    flip[np.arange(len(idx)), idx] = True
-    return (x.reshape(1, -1) ^ jnp.asarray(flip)).reshape(-1, N, L, E), x.reshape(-1)[jnp.asarray(idx)]
+def _arrays(inst: Instance, p):
+    return (inst.latency, inst.fallback, inst.service, inst.rate, p, inst.patterns, inst.weight, inst.traffic)
 
 
-def _repair_one(inst: Instance, x, cap, aggregation, batch_size, nodes):
-    """Remove copies from over-cap nodes until every ``rho[n] < cap`` (see the module docstring)."""
+def _flip(x, c):
+    """``x`` with flat bit ``c`` flipped."""
+    flat = x.reshape(-1)
+    return flat.at[c].set(~flat[c]).reshape(x.shape)
+
+
+def _repair_one(inst: Instance, x, cap, aggregation):
+    """Remove copies from over-cap nodes until every ``rho[n] < cap`` (see the module docstring).
+
+    Each step scores every removal at once (:func:`slimjax.solvers._load_moves.moves`: the exact
+    utilisation change, an estimated J_load change), keeps those with the least total over-cap
+    utilisation left, and evaluates the clipped J_load exactly for the :data:`EXACT` of them with
+    the best estimate (all of them when there are no more)."""
     N, L, E = x.shape
     p = _activation_one(inst)
     thr = cap * (1 - 1e-6)  # strictly below the cap, with room for float rounding across programs
+    arrays = _arrays(inst, p)
+    k = min(_moves.EXACT, N * L * E)
 
-    def excess(xx):
-        rho = _rho(inst, xx, p)
-        return jnp.maximum(rho - thr, 0.0).sum(), rho
+    def over(xx):
+        return (_rho(inst, xx, p) >= thr).any()
 
     def cond(state):
-        xx, removed = state
-        return (excess(xx)[0] > 0) & (removed < N * L * E)
+        xx, removed, go = state
+        return go & (removed < N * L * E)
 
     def body(state):
-        xx, removed = state
-        _, rho = excess(xx)
-        over = ((rho >= thr)[:, None, None] & xx)[np.asarray(nodes)]  # copies on over-cap nodes
-        cand, _ = _flips(xx, nodes)
-
-        def score(xc):
-            ex, r = excess(xc)
-            return ex, _j_at(inst, xc, jnp.minimum(r, _CLIP), aggregation)
-
-        ex, jc = jax.lax.map(score, cand, batch_size=batch_size)
-        allowed = over.reshape(-1)
+        xx, removed, _ = state
+        mv = _moves.moves(*arrays, xx, _CLIP, aggregation)
+        allowed = (xx & (mv.rho >= thr)[:, None, None]).reshape(-1)  # copies on over-cap nodes
+        ex = jnp.maximum(mv.rho + mv.drho - thr, 0.0).sum(-1).reshape(-1)
         ex = jnp.where(allowed, ex, jnp.inf)
         best_ex = ex.min()
         tie = allowed & (ex <= best_ex + 1e-12 * (1 + best_ex))
-        c = jnp.argmin(jnp.where(tie, jc, jnp.inf))
-        some = allowed.any()  # else nothing to remove here (a copy outside ``nodes``): stop
-        return jnp.where(some, cand[c], xx), jnp.where(some, removed + 1, N * L * E)
+        _, idx = jax.lax.top_k(-jnp.where(tie, mv.dj.reshape(-1), jnp.inf), k)
 
-    x, removed = jax.lax.while_loop(cond, body, (x, jnp.int32(0)))
+        def exact(c):
+            xc = _flip(xx, c)
+            return _j_at(inst, xc, jnp.minimum(_rho(inst, xc, p), _CLIP), aggregation)
+
+        jc = jnp.where(tie[idx], jax.vmap(exact)(idx), jnp.inf)
+        c = idx[jnp.argmin(jc)]
+        some = allowed.any()  # else nothing to remove here (a copy outside the nodes): stop
+        nx = jnp.where(some, _flip(xx, c), xx)
+        return nx, jnp.where(some, removed + 1, N * L * E), some & over(nx)
+
+    x, removed, _ = jax.lax.while_loop(cond, body, (x, jnp.int32(0), over(x)))
     return x, removed
 
 
-def _polish_one(inst: Instance, x, cap, su, cu, aggregation, rounds, batch_size, nodes):
+def _polish_one(inst: Instance, x, cap, su, cu, aggregation, rounds, moves0):
     """Best-improvement single flips under the true J_load (load-feasible; a copy is added only
-    where the result fits on the storage grid, so a contract-feasible start stays feasible)."""
+    where the result fits on the storage grid, so a contract-feasible start stays feasible).
+
+    Each round scores every flip at once (:mod:`slimjax.solvers._load_moves`), drops those that
+    would put a node at the cap or not fit, evaluates J_load exactly for the :data:`POLISH_EXACT`
+    with the best estimate and takes the best of them if it is a strict decrease; it stops at the
+    first round without one, or after ``rounds`` moves in all (``moves0`` already made)."""
     N, L, E = x.shape
     p = _activation_one(inst)
+    arrays = _arrays(inst, p)
+    k = min(POLISH_EXACT, N * L * E)
 
-    def step(carry, _):
-        xx, j, moves = carry
-        cand, drop = _flips(xx, nodes)
-        vals = jax.lax.map(lambda a: jnp.where(a[1] | _fits(a[0], su, cu), _jload(inst, a[0], p, cap, aggregation)[0],
-                                               jnp.inf), (cand, drop), batch_size=batch_size)
-        c = jnp.argmin(vals)
-        better = vals[c] < j * (1 - 1e-7)  # a strict decrease, beyond float rounding
-        return (jnp.where(better, cand[c], xx), jnp.where(better, vals[c], j), moves + better.astype(jnp.int32)), None
+    def cond(state):
+        return state[3] & (state[2] < rounds)
+
+    def body(state):
+        xx, j, moves, _ = state
+        mv = _moves.moves(*arrays, xx, _CLIP, aggregation)
+        feas = (mv.rho + mv.drho < cap * (1 + 1e-6)).all(-1)  # the exact check follows
+        used = (xx.sum(-1).astype(jnp.float32) * su[None]).sum(-1)  # [N], as _fits
+        room = used[:, None] + su[None, :] <= cu[:, None]  # [N, L]: one more copy of layer l fits
+        valid = (feas & (xx | room[..., None])).reshape(-1)
+        _, idx = jax.lax.top_k(-jnp.where(valid, mv.dj.reshape(-1), jnp.inf), k)
+        vals = jnp.where(valid[idx], jax.vmap(lambda c: _flip_jload(inst, xx, c, p, cap, su, cu, aggregation))(idx), jnp.inf)
+        i = jnp.argmin(vals)
+        better = vals[i] < j * (1 - 1e-7)  # a strict decrease, beyond float rounding
+        nx = jnp.where(better, _flip(xx, idx[i]), xx)
+        return nx, jnp.where(better, vals[i], j), moves + better.astype(jnp.int32), better
 
     j0 = _jload(inst, x, p, cap, aggregation)[0]
-    (x, j, moves), _ = jax.lax.scan(step, (x, j0, jnp.int32(0)), None, length=rounds)
+    x, _, moves, _ = jax.lax.while_loop(cond, body, (x, j0, moves0, jnp.isfinite(j0)))
     return x, moves
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2))
-def _repair_batch(aggregation, batch_size, nodes, batch, x, cap):
-    return jax.vmap(lambda i, xi: _repair_one(i, xi, cap, aggregation, batch_size, nodes))(batch, x)
+def _flip_jload(inst: Instance, x, c, p, cap, su, cu, aggregation):
+    """J_load after flipping bit ``c`` of ``x`` (``inf`` if load-infeasible or an add that does not fit)."""
+    xc = _flip(x, c)
+    ok = x.reshape(-1)[c] | _fits(xc, su, cu)
+    return jnp.where(ok, _jload(inst, xc, p, cap, aggregation)[0], jnp.inf)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _polish_batch(aggregation, rounds, batch_size, nodes, batch, x, cap, su, cu):
-    return jax.vmap(lambda i, xi, s, c: _polish_one(i, xi, cap, s, c, aggregation, rounds, batch_size, nodes))(
-        batch, x, su, cu)
+def _polish_full_one(inst: Instance, x, cap, su, cu, aggregation, moves, rounds):
+    """One best-improvement round over *every* single flip, each J_load exact (the check that the
+    polish above stopped at a local optimum; when it did not, the best flip is made)."""
+    N, L, E = x.shape
+    p = _activation_one(inst)
+    j = _jload(inst, x, p, cap, aggregation)[0]
+    vals = jax.lax.map(lambda c: _flip_jload(inst, x, c, p, cap, su, cu, aggregation), jnp.arange(N * L * E),
+                       batch_size=_MAP_BATCH)
+    c = jnp.argmin(vals)
+    better = (vals[c] < j * (1 - 1e-7)) & (moves < rounds)
+    return jnp.where(better, _flip(x, c), x), moves + better.astype(jnp.int32), better
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _repair_batch(aggregation, batch, x, cap):
+    return jax.vmap(lambda i, xi, c: _repair_one(i, xi, c, aggregation))(batch, x, cap)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _polish_batch(aggregation, rounds, batch, x, cap, su, cu, moves):
+    return jax.vmap(lambda i, xi, m, s, c, k: _polish_one(i, xi, m, s, c, aggregation, rounds, k))(batch, x, cap, su, cu, moves)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _polish_full_batch(aggregation, rounds, batch, x, cap, su, cu, moves):
+    return jax.vmap(lambda i, xi, m, s, c, k: _polish_full_one(i, xi, m, s, c, aggregation, k, rounds))(
+        batch, x, cap, su, cu, moves)
+
+
+def _polish_chunked(aggregation, rounds, red, x, cap, su, cu, budget, clock):
+    """The polish to a local optimum of all single flips (or ``rounds`` moves): the fast rounds,
+    then one exhaustive round; while that one still finds a move, the fast rounds again."""
+    moves = np.zeros(np.shape(x)[0], np.int32)
+    per = _move_bytes(red.shape)
+    while True:
+        x, moves = _chunked(_polish_batch, (aggregation, rounds), (red, x, cap, su, cu, moves), per, budget, clock)
+        x, moves, better = _chunked(_polish_full_batch, (aggregation, rounds), (red, x, cap, su, cu, moves),
+                                    _full_bytes(red.shape), budget, clock)
+        if not np.asarray(better).any():
+            return x, moves
 
 
 def _storage_nodes(batch: Instance) -> tuple:
@@ -200,12 +261,12 @@ def _storage_nodes(batch: Instance) -> tuple:
 
 @partial(jax.jit, static_argnums=(0,))
 def _evaluate_batch(aggregation, batch, x, cap):
-    def one(inst, xi):
+    def one(inst, xi, c):
         p = _activation_one(inst)
-        j, rho = _jload(inst, xi, p, cap, aggregation)
+        j, rho = _jload(inst, xi, p, c, aggregation)
         return j, rho, _j_at(inst, xi, jnp.zeros_like(rho), aggregation)
 
-    return jax.vmap(one)(batch, x)
+    return jax.vmap(one)(batch, x, cap)
 
 
 @jax.jit
@@ -218,12 +279,12 @@ def _estimate_update(rho_hat, lam, rho_t, cap, damping, price):
 
 @jax.jit
 def _loaded_batch(batch, rho_hat, lam, cap):
-    def one(inst, r, lm):
-        r = jnp.minimum(r, cap)
+    def one(inst, r, lm, c):
+        r = jnp.minimum(r, c)
         extra = inst.service * (r / (1.0 - r) + lm)[:, None, None]  # [N, L, E]
         return inst.latency + extra[None]
 
-    return jax.vmap(one)(batch, rho_hat, lam)
+    return jax.vmap(one)(batch, rho_hat, lam, cap)
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -244,17 +305,44 @@ def _reduced(batch: Instance, nodes: tuple, clock=None) -> Instance:
     return _compile.call(_take_nodes, (tuple(nodes),), (batch,), clock)
 
 
-def _on_nodes(fn, batch: Instance, nodes: tuple, x, *args, clock=None):
-    """``fn`` (repair or polish) on the reduced batch; its placement embedded back (and the rest of ``fn``'s outputs)."""
-    x = np.asarray(x, bool)
-    idx = np.asarray(nodes)
-    out, extra = fn(_reduced(batch, nodes, clock), np.ascontiguousarray(x[:, idx]), *args)
-    full = x.copy()
-    full[:, idx] = np.asarray(out)
-    return full, extra
+def _embed(x, nodes: tuple, part):
+    """``x`` [B, N, L, E] with its ``nodes`` replaced by ``part`` [B, len(nodes), L, E]."""
+    full = np.array(x, bool)
+    full[:, np.asarray(nodes)] = np.asarray(part)
+    return full
 
 
-def repair(inst: Instance, placement, *, max_utilization: float = 0.95, aggregation: str = "max"):
+def _move_bytes(shape) -> float:
+    """Working set (bytes) of one instance in the repair or the polish program: the flip scores
+    (about a dozen [U, N, L, E] arrays, the pattern gathers of every (node, layer), the [N, L, E, N]
+    utilisation changes) and the exact evaluation of the best flips. Checked against XLA's
+    ``memory_analysis`` in tests/test_load_aware.py."""
+    U, N, L, E, M, K = shape
+    k = max(_moves.EXACT, POLISH_EXACT)
+    return 4.0 * (16 * U * N * L * E + 8 * U * N * L * M * K + 3 * N * L * E * N
+                  + k * (4 * U * N * L * E + 3 * U * L * M * K) + 4 * U * L * M * K)
+
+
+def _full_bytes(shape) -> float:
+    """Working set (bytes) of one instance in the exhaustive polish round (:data:`_MAP_BATCH` exact
+    evaluations at a time)."""
+    U, N, L, E, M, K = shape
+    return 4.0 * (_MAP_BATCH * (4 * U * N * L * E + 3 * U * L * M * K) + 4 * U * L * M * K)
+
+
+def _eval_bytes(shape) -> float:
+    """Working set (bytes) of one instance in the evaluation programs (J_load, utilisation)."""
+    U, N, L, E, M, K = shape
+    return 4.0 * (8 * U * N * L * E + 6 * U * L * M * K + 8 * U * L * E * (N + 1))
+
+
+def _chunked(fn, static, args, per_instance: float, budget: float, clock):
+    """``fn(*static, *args)`` over chunks of the batch that fit ``budget`` bytes (host results)."""
+    return _batching.map_chunks(fn, static, args, max(1, int(budget // max(per_instance, 1.0))), clock)
+
+
+def repair(inst: Instance, placement, *, max_utilization: float = 0.95, aggregation: str = "max",
+           memory_budget_mb: float | str = "auto"):
     """The load-feasibility repair of :class:`LoadAware` on one instance or a batch.
 
     Removes copies from nodes with ``rho[n] ≥ max_utilization`` until none is left; returns the
@@ -262,23 +350,33 @@ def repair(inst: Instance, placement, *, max_utilization: float = 0.95, aggregat
     """
     batched, inst, x = _as_batch(inst, placement)
     nodes = _storage_nodes(inst)
-    cap = jnp.asarray(max_utilization, inst.latency.dtype)
-    out, _ = _on_nodes(lambda b, xx: _repair_batch(aggregation, _MAP_BATCH, tuple(range(len(nodes))), b, xx, cap),
-                       inst, nodes, x)
+    red = _reduced(inst, nodes)
+    cap = np.asarray(max_utilization, np.dtype(inst.latency.dtype))
+    budget = _batching.memory_budget_bytes(memory_budget_mb)
+    out, _ = _chunked(_repair_batch, (aggregation,), (red, x[:, np.asarray(nodes)], _bcast(cap, x)),
+                      _move_bytes(red.shape), budget, None)
+    out = _embed(x, nodes, out)
     return out if batched else out[0]
 
 
 def load_polish(inst: Instance, placement, *, rounds: int = 16, max_utilization: float = 0.95,
-                aggregation: str = "max"):
+                aggregation: str = "max", memory_budget_mb: float | str = "auto"):
     """The J_load flip polish of :class:`LoadAware` on one instance or a batch (never increases
     J_load; a load-feasible start stays load-feasible)."""
     batched, inst, x = _as_batch(inst, placement)
     nodes = _storage_nodes(inst)
-    cap = jnp.asarray(max_utilization, inst.latency.dtype)
+    red = _reduced(inst, nodes)
+    cap = np.asarray(max_utilization, np.dtype(inst.latency.dtype))
     su, cu = _grid_room(inst, None, nodes)
-    out, _ = _on_nodes(lambda b, xx: _polish_batch(aggregation, int(rounds), _MAP_BATCH, tuple(range(len(nodes))), b, xx,
-                                                   cap, su, cu), inst, nodes, x)
+    budget = _batching.memory_budget_bytes(memory_budget_mb)
+    out, _ = _polish_chunked(aggregation, int(rounds), red, x[:, np.asarray(nodes)], _bcast(cap, x), su, cu, budget, None)
+    out = _embed(x, nodes, out)
     return out if batched else out[0]
+
+
+def _bcast(value, x):
+    """A scalar as one value per instance (the chunked programs split every argument)."""
+    return np.full(np.shape(x)[:1], value, np.asarray(value).dtype)
 
 
 def _as_batch(inst, placement):
@@ -286,13 +384,16 @@ def _as_batch(inst, placement):
 
     if not isinstance(inst, Instance) or not inst.has_load:
         raise ValueError("inst: needs an instance with a load model (fields service and rate)")
-    x = jnp.asarray(placement).astype(bool)
+    x = np.asarray(placement).astype(bool)
     if is_batched(inst):
         return True, inst, x
     return False, jax.tree_util.tree_map(lambda a: a[None], inst), x[None]
 
 
-_MAP_BATCH = 64  # candidates evaluated together inside the repair and the polish
+#: flips evaluated exactly per polish round (the repair evaluates :data:`_load_moves.EXACT`)
+POLISH_EXACT = 32
+#: flips evaluated together in the exhaustive polish round
+_MAP_BATCH = 64
 
 
 @document_options
@@ -315,6 +416,8 @@ class LoadAware(Solver):
     jax_native: ClassVar[bool] = False
     #: ``solve`` reports J_load as the objective of this solver
     load_objective: ClassVar[bool] = True
+    #: ``solve`` passes ``memory_budget_mb`` (bytes) to :meth:`host_solve`: every program runs in chunks within it
+    memory_budgeted: ClassVar[bool] = True
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -340,17 +443,19 @@ class LoadAware(Solver):
             inner = inner.replace(**rest)
         return dataclasses.replace(self, inner=inner, **mine)
 
-    def host_solve(self, batch, grid, keys, aggregation, start, clock):
+    def host_solve(self, batch, grid, keys, aggregation, start, clock, budget=None):
         from slimjax import _compile
 
         if not batch.has_load:
             raise ValueError("load: load=True needs instances with a load model (fields service and rate); "
                              "generate them with network={'load': 0.3} or pass service=... and rate=...")
         # every program runs through _compile.call with the clock (host arrays in, no eager jnp op:
-        # each would compile on its first shape outside compile_seconds)
+        # each would compile on its first shape outside compile_seconds), in chunks within the budget
+        budget = _batching.memory_budget_bytes("auto") if budget is None else float(budget)
         dt = np.dtype(batch.latency.dtype)
         B, N = batch.latency.shape[0], batch.latency.shape[2]
-        cap = np.asarray(self.max_utilization, dt)
+        cap = np.full(B, self.max_utilization, dt)
+        thr = float(np.asarray(self.max_utilization, dt)) * (1 - 1e-6)  # as the repair's
         rho_hat = np.zeros((B, N), dt)
         lam = np.zeros((B, N), dt)
         best_x = best_j = None
@@ -359,36 +464,49 @@ class LoadAware(Solver):
         status = np.full(B, Status.FEASIBLE, np.int8)
         blind = None
         nodes = _storage_nodes(batch)  # moves only there, on the batch reduced to these nodes
-        local = tuple(range(len(nodes)))
+        idx = np.asarray(nodes)
+        ev = _eval_bytes(batch.shape)
+        red = None
         for it in range(self.load_iterations + 1):
-            work = batch if it == 0 else batch.replace(latency=_compile.call(_loaded_batch, (), (batch, rho_hat, lam, cap), clock))
-            x, st = _run_stages(self.inner, work, grid, keys, aggregation, start, clock)
-            status = np.where(st == Status.FAILED, Status.FAILED, status).astype(np.int8)
-            _, rho_t, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, np.asarray(x, bool), cap), clock)
-            xr, removed = _on_nodes(lambda b, xx: _compile.call(_repair_batch, (aggregation, _MAP_BATCH, local), (b, xx, cap),
-                                                                clock), batch, nodes, x, clock=clock)
-            j, _, _ = _compile.call(_evaluate_batch, (aggregation,), (batch, xr, cap), clock)
-            xr, j, removed = np.asarray(xr), np.asarray(j, np.float64), np.asarray(removed)
             if it == 0:
-                best_x, best_j, blind = xr, j, j.copy()
-                best_rep = removed.astype(np.int64)
+                work = batch
+            else:
+                loaded = _chunked(_loaded_batch, (), (batch, rho_hat, lam, cap), ev, budget, clock)
+                work = batch.replace(latency=loaded)
+            x, st = _run_stages(self.inner, work, grid, keys, aggregation, start, clock, budget)
+            status = np.where(st == Status.FAILED, Status.FAILED, status).astype(np.int8)
+            x = np.asarray(x, bool)
+            j, rho_t, _ = _chunked(_evaluate_batch, (aggregation,), (batch, x, cap), ev, budget, clock)
+            removed = np.zeros(B, np.int64)
+            if (np.asarray(rho_t) >= thr).any():  # else nothing to repair
+                if red is None:
+                    red = _chunked(_take_nodes, (nodes,), (batch,), ev, budget, clock) if len(nodes) < N else batch
+                xr, removed = _chunked(_repair_batch, (aggregation,), (red, np.ascontiguousarray(x[:, idx]), cap),
+                                       _move_bytes(red.shape), budget, clock)
+                x = _embed(x, nodes, xr)
+                j, _, _ = _chunked(_evaluate_batch, (aggregation,), (batch, x, cap), ev, budget, clock)
+            j, removed = np.asarray(j, np.float64), np.asarray(removed, np.int64)
+            if it == 0:
+                best_x, best_j, blind = x, j, j.copy()
+                best_rep = removed
             else:
                 better = j < best_j
-                best_x = np.where(better[:, None, None, None], xr, best_x)
+                best_x = np.where(better[:, None, None, None], x, best_x)
                 best_j = np.where(better, j, best_j)
                 best_it = np.where(better, it, best_it)
                 best_rep = np.where(better, removed, best_rep)
-            upd = _compile.call(_estimate_update, (), (rho_hat, lam, np.asarray(rho_t), cap, np.asarray(self.load_damping, dt),
+            upd = _compile.call(_estimate_update, (), (rho_hat, lam, np.asarray(rho_t), np.asarray(self.max_utilization, dt), np.asarray(self.load_damping, dt),
                                                        np.asarray(self.load_price, dt)), clock)
             rho_hat, lam = (np.asarray(a) for a in upd)
         moves = np.zeros(B, np.int64)
         if self.load_polish > 0:
+            if red is None:
+                red = _chunked(_take_nodes, (nodes,), (batch,), ev, budget, clock) if len(nodes) < N else batch
             su, cu = _grid_room(batch, grid, nodes)
-            px, moves = _on_nodes(lambda b, xx: _compile.call(_polish_batch, (aggregation, int(self.load_polish), _MAP_BATCH,
-                                                                              local), (b, xx, cap, su, cu), clock),
-                                  batch, nodes, best_x, clock=clock)
-            best_x, moves = np.asarray(px), np.asarray(moves)
-        j, rho, j0 = _compile.call(_evaluate_batch, (aggregation,), (batch, np.asarray(best_x, bool), cap), clock)
+            px, moves = _polish_chunked(aggregation, int(self.load_polish), red, np.ascontiguousarray(best_x[:, idx]), cap,
+                                        su, cu, budget, clock)
+            best_x = _embed(best_x, nodes, px)
+        j, rho, j0 = _chunked(_evaluate_batch, (aggregation,), (batch, np.asarray(best_x, bool), cap), ev, budget, clock)
         info = {
             "load_objective": np.asarray(j, np.float64),
             "unloaded": np.asarray(j0, np.float64),
@@ -396,24 +514,23 @@ class LoadAware(Solver):
             "blind": blind,
             "best_iteration": best_it,
             "repairs": best_rep,
-            "polish_moves": moves.astype(np.int64),
+            "polish_moves": np.asarray(moves, np.int64),
         }
         return np.asarray(best_x, bool), info, status
 
 
-def _run_stages(solver: Solver, work: Instance, grid, keys, aggregation, start, clock):
+def _run_stages(solver: Solver, work: Instance, grid, keys, aggregation, start, clock, budget: float):
     """The stages of ``solver`` on ``work`` (as ``solve_batch`` runs them); (placement, status [B])."""
     B = work.latency.shape[0]
     x = start
     status = np.full(B, Status.FEASIBLE, np.int8)
-    budget = _batching.memory_budget_bytes("auto")
     for stage in solver.stages():
         if stage.jax_native:
             prepared = stage.prepare(work, grid, aggregation)
             check = getattr(stage, "check_memory", None)
             if check is not None:
                 check(work.shape, prepared.static, budget, grid)
-            x, _ = _batching.run(stage, prepared, work, grid, keys, x, chunk_size=None, memory_budget_mb="auto",
+            x, _ = _batching.run(stage, prepared, work, grid, keys, x, chunk_size=None, memory_budget_mb=budget / 2**20,
                                  progress=False, clock=clock)
         else:
             x, _, st = stage.host_solve(work, grid, keys, aggregation, x, clock)

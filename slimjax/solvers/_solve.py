@@ -198,7 +198,8 @@ def _run(
                                      bucket_shapes=bucket_shapes)
             sstatus = np.full(B, Status.FEASIBLE, np.int8)
         else:
-            x, sinfo, sstatus = stage.host_solve(work, grid, keys, aggregation, x, clock)
+            extra = {"budget": budget} if getattr(stage, "memory_budgeted", False) else {}  # LoadAware chunks to it
+            x, sinfo, sstatus = stage.host_solve(work, grid, keys, aggregation, x, clock, **extra)
             x = np.asarray(x)
         status = _combine_status(status, np.asarray(sstatus, np.int8))
         prefix = "" if i == 0 else f"{stage.name}."
