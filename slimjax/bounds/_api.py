@@ -12,6 +12,14 @@ rounding margin of 1e-9 times the magnitudes it sums (far above float64's ~1e-16
 ``levels`` inflates its float32 knapsack values by their worst-case rounding before the float64
 combination. So a bound exceeds the optimum only by the float64 rounding of the optimum's own
 evaluation (≤ ~1e-15 relative).
+
+Execution. The methods are objects (:mod:`slimjax.bounds._methods`); their JAX programs run
+through the one compile cache (:func:`slimjax._compile.call`, compile time measured apart) in
+fixed-size chunks of the batch sized to ``memory_budget_mb`` (each program's XLA footprint —
+arguments, outputs and temporaries, from ``memory_analysis`` — is recorded in
+``Bound.peak_bytes``; when a chunk's footprint exceeds the budget the next chunks shrink). The
+PDHG of the LP methods runs only on the instances that still need it (those another bound
+already certified to the target, or that ``auto`` leaves to ``levels``, are not iterated).
 """
 
 from __future__ import annotations
@@ -24,19 +32,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slimjax import _compile
 from slimjax import _storage as storage
 from slimjax._instance import Instance, is_batched
-from slimjax.bounds import _assignment, _levels, _threshold
+from slimjax.bounds import _assignment, _highs_lp, _levels, _threshold
 from slimjax.bounds import _pdhg as pdhg
-from slimjax.ops._patterns import _merge_numpy
+from slimjax.bounds._methods import (METHODS, AssignmentLP, Auto, BoundMethod, BoundStatus, HighsLP, Levels,
+                                     ThresholdHighs, ThresholdLP, Trivial, as_method, STATUS_NAMES)
+from slimjax.ops import merge_patterns_host
+from slimjax.solvers._batching import memory_budget_bytes
 
 __all__ = ["Bound", "Certificate", "HostBatch", "METHODS", "lower_bound", "certify", "host_batch", "objective64"]
 
-METHODS = ("auto", "levels", "threshold", "lp", "threshold-highs", "highs", "trivial")
-"""The bound methods of :func:`lower_bound`, the default first."""
-_STATUS = {pdhg.STATUS_RUNNING: "iteration_limit", pdhg.STATUS_OPTIMAL: "optimal",
-           pdhg.STATUS_CONVERGED: "converged", pdhg.STATUS_TARGET: "target", pdhg.STATUS_DOMINATED: "dominated"}
 _FORMS = {"threshold": _threshold, "lp": _assignment}
+#: PDHG checks per run of the compiled loop (fixed, so max_iters does not change the program);
+#: the time limit is checked between runs
+CHECKS_PER_RUN = 16
+
+
+def _names(status) -> Any:
+    return STATUS_NAMES[np.asarray(status, np.int64)]
 
 
 class Bound(NamedTuple):
@@ -44,21 +59,19 @@ class Bound(NamedTuple):
 
     Attributes:
       value: float64 [B], ≤ the optimal J of each instance.
-      status: str [B]: ``"optimal"`` (within ``rtol`` of a feasible LP point: the LP is solved),
-        ``"converged"`` (the bound rose by < ``stall_rtol`` over ``patience`` checks and the LP's
-        relative KKT error is ≤ ``rtol``), ``"dominated"`` (``auto``: a feasible point of the
-        threshold LP is already below the ``levels`` bound, which is kept), ``"target"`` (the bound
-        reached ``upper / (1 + target_gap)``), ``"iteration_limit"``, ``"time_limit"``; ``levels``:
-        ``"solved"``; HiGHS methods: ``"optimal"`` or ``"time_limit"`` (then the trivial bound);
-        ``"exact"`` for ``trivial``. The value is a valid bound whatever the status.
-      iterations: int [B] first-order iterations (0 for host methods).
+      status: int8 [B] of :class:`~slimjax.bounds.BoundStatus` (``status_names``: the words). The
+        value is a valid bound whatever the status.
+      iterations: int [B] first-order iterations (0 for other methods and for instances that were
+        not iterated).
       lp_error: float [B] relative KKT error of the LP at the end (nan where not measured).
       lp_gap: float [B] relative gap between a feasible LP point and the bound (an upper bound on
         how far the bound is below the LP optimum; nan where not measured).
       seconds: wall time of the call without compilation (the whole batch).
       compile_seconds: time spent compiling (0 when cached).
       instance_seconds: float [B] time per instance (batched methods: ``seconds / B``).
-      method: the method name.
+      method: the method's name (``"levels"``, ``"auto"``, ...).
+      peak_bytes: the largest XLA footprint (arguments + outputs + temporaries) of a program run
+        (0 for the host methods).
     """
 
     value: np.ndarray
@@ -70,6 +83,12 @@ class Bound(NamedTuple):
     compile_seconds: float
     instance_seconds: np.ndarray
     method: str
+    peak_bytes: int = 0
+
+    @property
+    def status_names(self) -> Any:
+        """The status as words (``"optimal"``, ``"solved"``, ``"iteration_limit"``, ...)."""
+        return _names(self.status)
 
 
 class Certificate(NamedTuple):
@@ -91,9 +110,14 @@ class Certificate(NamedTuple):
         return self.bound.value
 
     @property
-    def status(self) -> np.ndarray | str:
-        """str [B]: the bound's status per instance (``bound.status``; a str for one instance)."""
+    def status(self) -> Any:
+        """int8 [B]: the bound's :class:`~slimjax.bounds.BoundStatus` per instance (``bound.status``)."""
         return self.bound.status
+
+    @property
+    def status_names(self) -> Any:
+        """The bound's status per instance as words (``bound.status_names``)."""
+        return self.bound.status_names
 
     @property
     def seconds(self) -> float:
@@ -102,28 +126,6 @@ class Certificate(NamedTuple):
 
 
 # -- validation --------------------------------------------------------------------------------
-
-
-def _check_options(method, aggregation, max_iters, check_every, rtol, stall_rtol, patience, target_gap,
-                   time_limit, dtype):
-    if method not in METHODS:
-        raise ValueError(f"method: unknown bound method {method!r}; valid methods are {METHODS}")
-    if aggregation not in ("max", "sum"):
-        raise ValueError(f"aggregation: must be one of ('max', 'sum'), got {aggregation!r}")
-    for name, v in (("max_iters", max_iters), ("check_every", check_every), ("patience", patience)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
-    for name, v in (("rtol", rtol), ("stall_rtol", stall_rtol)):
-        if not isinstance(v, (int, float)) or not (0 <= v < 1) or math.isnan(v):
-            raise ValueError(f"{name}: must be a number in [0, 1), got {v!r}")
-    if target_gap is not None and (not isinstance(target_gap, (int, float)) or not target_gap >= 0):
-        raise ValueError(f"target_gap: must be a number >= 0 or None, got {target_gap!r}")
-    if time_limit is not None and (not isinstance(time_limit, (int, float)) or not time_limit > 0):
-        raise ValueError(f"time_limit: must be a number > 0 or None (seconds), got {time_limit!r}")
-    if dtype is not None and np.dtype(dtype) not in (np.float32, np.float64):
-        raise ValueError(f"dtype: must be float32, float64 or None, got {dtype!r}")
-    if dtype is not None and np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("dtype: float64 iterations need jax_enable_x64 (the certified value is float64 anyway)")
 
 
 def _as_batch(batch) -> tuple[Instance, bool]:
@@ -145,6 +147,28 @@ def _check_upper(upper, B: int):
     if np.isnan(u).any():
         raise ValueError(f"upper: NaN at index {int(np.flatnonzero(np.isnan(u))[0])}")
     return u
+
+
+def _check_placement(placement, batch: Instance):
+    if placement is None:
+        return None
+    want = tuple(batch.latency.shape[:1] + batch.latency.shape[2:])
+    x = np.asarray(placement)
+    if x.shape != want and x.shape == want[1:] and want[0] == 1:
+        x = x[None]
+    if x.shape != want:
+        raise ValueError(f"placement: expected shape {list(want)} (bool [B, N, L, E]), got {list(x.shape)}")
+    return x.astype(bool)
+
+
+def _check_call(aggregation, target_gap, merge) -> None:
+    if aggregation not in ("max", "sum"):
+        raise ValueError(f"aggregation: must be one of ('max', 'sum'), got {aggregation!r}")
+    if target_gap is not None and (isinstance(target_gap, bool) or not isinstance(target_gap, (int, float))
+                                   or not target_gap >= 0):
+        raise ValueError(f"target_gap: must be a number >= 0 or None, got {target_gap!r}")
+    if not isinstance(merge, bool):
+        raise ValueError(f"merge: must be a bool, got {merge!r}")
 
 
 # -- the objective in float64 (the one place J is evaluated here) -------------------------------
@@ -208,7 +232,7 @@ def host_batch(batch: Instance, aggregation: str = "max", merge: bool = True) ->
     M, K = pat.shape[-2:]
     Mp = min(M, math.comb(E + K - 1, K))
     if merge and Mp < M:
-        pat, w = _merge_numpy(pat, w, Mp)
+        pat, w = merge_patterns_host(pat, w, Mp)
     return HostBatch(np.asarray(batch.latency, np.float64), np.asarray(batch.fallback, np.float64),
                      np.asarray(batch.size, np.float64), np.asarray(batch.capacity, np.float64),
                      np.asarray(pat).astype(np.int64), np.asarray(w, np.float64),
@@ -230,34 +254,61 @@ def expert_spread(host: HostBatch, rtol: float = 1e-6) -> np.ndarray:
     return node | fbs
 
 
-# -- first-order methods -------------------------------------------------------------------------
-
-_COMPILED: dict = {}
+# -- chunked execution under the memory budget ------------------------------------------------
 
 
-def _compiled(name, fn, *args, **static):
-    """AOT-compile ``fn`` for these argument shapes once per process; returns (callable, seconds)."""
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    key = (name, tree, tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves), tuple(sorted(static.items())))
-    if key in _COMPILED:
-        return _COMPILED[key], 0.0
-    t0 = time.perf_counter()
-    exe = jax.jit(fn, static_argnames=tuple(static)).lower(*args, **static).compile()
-    _COMPILED[key] = exe
-    if len(_COMPILED) > 64:
-        _COMPILED.pop(next(iter(_COMPILED)))
-    return exe, time.perf_counter() - t0
+class _Chunks:
+    """Fixed-size chunks of the instances ``rows`` (the last one padded by repeating its last
+    instance, so one program serves every chunk), sized to the memory budget from an estimate and
+    shrunk when a program's XLA footprint turns out larger than the budget."""
+
+    def __init__(self, rows: np.ndarray, estimate: float, budget: float):
+        self.rows = np.asarray(rows, np.int64)
+        self.budget = float(budget)
+        n = len(self.rows)
+        size = max(1, int(self.budget // max(estimate, 1.0)))
+        self.size = _pow2_floor(min(size, _pow2_ceil(max(n, 1))))
+        self.peak = 0
+
+    def __iter__(self):
+        lo = 0
+        n = len(self.rows)
+        while lo < n:
+            size = min(self.size, _pow2_ceil(n - lo))
+            part = self.rows[lo : lo + size]
+            idx = np.concatenate([part, np.repeat(part[-1:], size - len(part))])
+            yield part, idx
+            lo += len(part)
+
+    def record(self, clock: _compile.Clock, size: int) -> None:
+        """A program of ``size`` instances ran with ``clock.peak_bytes``: shrink later chunks when
+        it was over the budget."""
+        self.peak = max(self.peak, clock.peak_bytes)
+        if clock.peak_bytes > self.budget and size > 1:
+            per = clock.peak_bytes / size
+            self.size = min(self.size, _pow2_floor(max(1, int(self.budget // per))))
 
 
-def _init(mod, data, b0):
-    v0 = jax.vmap(mod.initial_primal)(data)
-    y0 = jax.vmap(mod.initial_dual)(data)
-    return pdhg.init_state(mod.FORMULATION, data, v0, y0, b0)
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _run(mod, data, st, target, rtol, stall_rtol, total, check_every, n_checks, patience):
-    return pdhg.run_chunks.__wrapped__(mod.FORMULATION, data, st, target, rtol, stall_rtol, total,
-                                       check_every=check_every, n_checks=n_checks, patience=patience)
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+def _take(tree, idx):
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _call(fn, static, args, clock: _compile.Clock):
+    """:func:`slimjax._compile.call` with a clock of its own: (result, that program's clock)."""
+    own = _compile.Clock()
+    out = _compile.call(fn, static, args, own)
+    clock.compile_seconds += own.compile_seconds
+    clock.compiled += own.compiled
+    clock.peak_bytes = max(clock.peak_bytes, own.peak_bytes)
+    return out, own
 
 
 def _targets(upper, target_gap, B):
@@ -266,212 +317,129 @@ def _targets(upper, target_gap, B):
     return np.where(np.isfinite(upper), upper / (1 + target_gap), np.inf)
 
 
-def _levels_bound(batch, host, aggregation, upper, target_gap, dtype, max_levels: int = 32):
+def _dtype(dtype, batch):
+    return jnp.dtype(dtype) if dtype is not None else batch.latency.dtype
+
+
+# -- levels --------------------------------------------------------------------------------------
+
+
+def _levels_bound(batch, host, aggregation, upper, target_gap, m: Levels, budget: float,
+                  clock: _compile.Clock) -> Bound:
     """The level-decomposition bound (exact, non-iterative)."""
     t0 = time.perf_counter()
+    c0 = clock.compile_seconds
     B = batch.latency.shape[0]
-    data = _levels.build(host, "max", max_levels)
-    dt = jnp.dtype(dtype) if dtype is not None else batch.latency.dtype
-    U, G, L = data["free"].shape[1:]
+    data = _levels.build(host, "max", m.max_levels)
+    dt = _dtype(m.dtype, batch)
     E = batch.latency.shape[-1]
-    Wc = _levels._masks_by_size(E).shape[1]
-    per = U * L * ((1 << E) + (E + 1) * Wc) * 12 + 1
-    bs = int(max(1, min(B, (1 << 28) // per)))
-    args = tuple(jnp.asarray(data[k], dt if k == "w" else jnp.int32) for k in ("masks", "w", "free", "elig", "cap",
-                                                                                "s_hat"))
-    fn, comp = _compiled(("levels",), lambda *a, E, qmax, batch_size: _levels.level_opt.__wrapped__(
-        *a, E=E, qmax=qmax, batch_size=batch_size), *args, E=E, qmax=int(data["qmax"]), batch_size=bs)
-    opt = np.asarray(fn(*args))
+    keys = ("masks", "w", "free", "elig", "cap", "s_hat")
+    arrays = [np.asarray(data[k], dt if k == "w" else np.int32) for k in keys]
+    est = _levels.bytes_per_instance(data, E, np.dtype(dt).itemsize)
+    chunks = _Chunks(np.arange(B), est, budget)
+    U, G = data["free"].shape[1:3]
+    opt = np.empty((B, U, G))
+    for part, idx in chunks:
+        out, own = _call(_levels.LEVEL_PROGRAM, (E, int(data["qmax"])), tuple(jnp.asarray(a[idx]) for a in arrays),
+                         clock)
+        chunks.record(own, len(idx))
+        opt[part] = np.asarray(out)[: len(part)]
     value = _levels.value64(data, opt, dt)
     value = np.maximum(value, _trivial(batch, aggregation))
+    comp = clock.compile_seconds - c0
     secs = time.perf_counter() - t0 - comp
-    status = np.where(value >= _targets(upper, target_gap, B), "target", "solved").astype(object)
+    status = np.where(value >= _targets(upper, target_gap, B), BoundStatus.TARGET, BoundStatus.SOLVED).astype(np.int8)
     return Bound(value, status, np.zeros(B, np.int64), np.full(B, np.nan), np.full(B, np.nan), secs, comp,
-                 np.full(B, secs / B), "levels")
+                 np.full(B, secs / B), "levels", chunks.peak)
 
 
-def _first_order(batch, host, method, aggregation, upper, target_gap, max_iters, check_every, rtol, stall_rtol,
-                 patience, time_limit, dtype, chunk_checks: int = 16, start=None, skip=None):
-    mod = _FORMS[method]
+# -- first-order (PDHG) methods ------------------------------------------------------------------
+
+
+def _first_order(batch, host, form: str, m, aggregation, upper, target_gap, budget: float, clock: _compile.Clock,
+                 start=None, skip=None, placement=None) -> Bound:
+    """An LP bound by PDHG (``form``: "threshold" or "lp"), run only on the instances not in
+    ``skip`` and not already at the target with ``start`` (a bound known from another method);
+    ``placement`` (bool [B, N, L, E], a known placement) warm-starts the threshold LP."""
+    mod = _FORMS[form]
     t0 = time.perf_counter()
+    c0 = clock.compile_seconds
     B = batch.latency.shape[0]
     data64 = mod.build(host, "max")
-    dt = jnp.dtype(dtype) if dtype is not None else batch.latency.dtype
-    data = mod.to_device(data64, dt)
-    tgt_np = _targets(upper, target_gap, B)
-    tgt = jnp.asarray(tgt_np, dt)
-    b0 = jnp.asarray(start if start is not None else np.full(B, -np.inf), dt)
-    init, c1 = _compiled(("init", method), lambda d, b: _init(mod, d, b), data, b0)
-    st = init(data, b0)
-    done0 = np.zeros(B, bool) if skip is None else np.asarray(skip, bool)
-    if start is not None:  # instances already certified to the target by another bound
-        done0 |= start >= tgt_np
-    if done0.any():  # frozen from the start: no iterations
-        st = st._replace(status=jnp.where(jnp.asarray(done0), pdhg.STATUS_TARGET, st.status))
-    n_checks = chunk_checks  # fixed, so that max_iters does not change the compiled program
-    args = (data, st, tgt, jnp.asarray(rtol, dt), jnp.asarray(stall_rtol, dt), jnp.int32(max_iters))
-    run, c2 = _compiled(("run", method), lambda d, s, t, r, sr, tot, check_every, n_checks, patience:
-                        _run(mod, d, s, t, r, sr, tot, check_every, n_checks, patience),
-                        *args, check_every=check_every, n_checks=n_checks, patience=patience)
-    compile_s = c1 + c2
+    dt = _dtype(m.dtype, batch)
+    tgt = _targets(upper, target_gap, B)
+    start = np.full(B, -np.inf) if start is None else np.asarray(start, np.float64)
+    done0 = np.zeros(B, bool) if skip is None else np.asarray(skip, bool).copy()
+    done0 |= start >= tgt  # certified to the target by another bound: not iterated
+    solver = pdhg.PDHG(mod.FORMULATION, int(m.check_every), int(m.patience))
+    est = mod.bytes_per_instance(data64, np.dtype(dt).itemsize)
+    chunks = _Chunks(np.flatnonzero(~done0), est, budget)
+    dual = np.full(B, -np.inf)
+    status = np.full(B, BoundStatus.TARGET, np.int8)  # frozen from the start
+    iters = np.zeros(B, np.int64)
+    err, gap = np.full(B, np.nan), np.full(B, np.nan)
     t_start = time.perf_counter()  # the time limit counts the iterations only
-    timed_out = False
-    while True:
-        st = run(data, st, tgt, args[3], args[4], args[5])
-        status = np.asarray(st.status)
-        iters = np.asarray(st.iters)
-        running = (status == pdhg.STATUS_RUNNING) & (iters < max_iters)
-        if not running.any():
-            break
-        if time_limit is not None and time.perf_counter() - t_start >= time_limit:
-            timed_out = True
-            break
-    ys = jax.tree_util.tree_map(np.asarray, st.best_y)
-    value = mod.dual_value64(data64, ys)
-    names = np.array([_STATUS[int(s)] for s in status], dtype=object)
-    if timed_out:
-        names[running] = "time_limit"
-    value = np.maximum(value, _trivial(batch, aggregation))  # both are valid; keep the larger
-    if start is not None:
-        value = np.maximum(value, start)
-    seconds = time.perf_counter() - t0 - compile_s
-    # instances frozen from the start never iterated: their KKT error and LP gap were not measured
-    err = np.where(done0, np.nan, np.asarray(st.err, np.float64))
-    gap = np.where(done0, np.nan, np.asarray(st.gap, np.float64))
-    return Bound(value, names, iters.astype(np.int64), err, gap,
-                 seconds, compile_s,
-                 np.full(B, seconds / B), method)
+    scalars = (jnp.asarray(m.rtol, dt), jnp.asarray(m.stall_rtol, dt), jnp.int32(m.max_iters))
+    for part, idx in chunks:
+        n = len(part)
+        if m.time_limit is not None and time.perf_counter() - t_start >= m.time_limit:
+            status[part] = BoundStatus.TIME_LIMIT  # never started: the start / trivial bound
+            continue
+        one = {k: v[idx] for k, v in data64.items()}
+        data = mod.to_device(one, dt)
+        ctl = pdhg.Controls(jnp.asarray(tgt[idx], dt), *scalars)
+        warm = placement is not None and hasattr(mod, "start_from")
+        x = jnp.asarray(placement[idx], dt) if warm else None
+        st, own = _call(pdhg.INIT_PROGRAM, (solver, mod.start_from if warm else None),
+                        (data, jnp.asarray(start[idx], dt), x), clock)
+        chunks.record(own, len(idx))
+        while True:
+            st, own = _call(pdhg.RUN_PROGRAM, (solver, CHECKS_PER_RUN), (data, st, ctl), clock)
+            chunks.record(own, len(idx))
+            s = np.asarray(st.status)[:n]
+            running = (s == pdhg.STATUS_RUNNING) & (np.asarray(st.iters)[:n] < m.max_iters)
+            if not running.any():
+                break
+            if m.time_limit is not None and time.perf_counter() - t_start >= m.time_limit:
+                s = np.where(running, BoundStatus.TIME_LIMIT, s)
+                break
+        ys = jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], st.best_y)
+        dual[part] = mod.dual_value64({k: v[part] for k, v in data64.items()}, ys)
+        status[part] = s
+        iters[part] = np.asarray(st.iters)[:n]
+        err[part] = np.asarray(st.err, np.float64)[:n]
+        gap[part] = np.asarray(st.gap, np.float64)[:n]
+    value = np.maximum(np.maximum(dual, _trivial(batch, aggregation)), start)  # all valid; keep the largest
+    comp = clock.compile_seconds - c0
+    seconds = time.perf_counter() - t0 - comp
+    return Bound(value, status, iters, err, gap, seconds, comp, np.full(B, seconds / B), form, chunks.peak)
 
 
-# -- HiGHS references ------------------------------------------------------------------------------
+# -- HiGHS references ----------------------------------------------------------------------------
 
 
-def _run_lp(highspy, mdl, offset: float, time_limit, threads):
-    """Solve an LP model on HiGHS (quiet, with the time limit and threads): (Highs, status name)."""
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    if time_limit is not None:
-        h.setOptionValue("time_limit", float(time_limit))
-    if threads is not None:
-        h.setOptionValue("threads", int(threads))
-    h.passModel(mdl.lp(highspy, True, offset))
-    h.run()
-    return h, h.modelStatusToString(h.getModelStatus())
+def _highs_bound(batch, m, aggregation) -> Bound:
+    from slimjax._highs import highspy
 
-
-def _threshold_highs_one(data64: dict, b: int, time_limit, threads):
-    """The threshold LP of instance b on HiGHS: (g(μ) at HiGHS's row duals, status, HiGHS's LP objective)."""
-    from slimjax.solvers._exact import _highspy, _Model
-
-    highspy = _highspy()
-    act, c, fidx = data64["act"][b], data64["c"][b], data64["fidx"][b]
-    xg = data64["xgather"][b]
-    U, L, M, K, I = act.shape
-    N = data64["q_hat"].shape[-1]
-    E = xg.shape[2]
-    N1 = N + 1
-    mdl = _Model()
-    xcol = mdl.cols(N * L * E)
-    zmask = c > 0
-    zcol = np.full(c.shape, -1, np.int64)
-    zcol[zmask] = mdl.cols(int(zmask.sum()), cost=-c[zmask])
-    rows_on = act > 0
-    uu, ll, mm, kk, ii = np.nonzero(rows_on)
-    nrow = len(uu)
-    r = mdl.rows(nrow, -np.inf, 0.0)
-    mdl.coef(r, zcol[uu, ll, mm, ii], 1.0)
-    f = fidx[uu, ll, mm, kk, ii].astype(np.int64)
-    rank = f % N1
-    e = (f // N1) % E
-    j = np.arange(N)[None, :]
-    on = j < rank[:, None]
-    rr = np.broadcast_to(r[:, None], on.shape)[on]
-    cc = xcol[xg[uu, ll, e][:, :N]][on]
-    mdl.coef(rr, cc, -1.0)
-    store = mdl.rows(N, -np.inf, data64["q_hat"][b])
-    nn = np.repeat(np.arange(N), L * E)
-    mdl.coef(store[nn], xcol, np.tile(np.repeat(data64["s_hat"][b], E), N))
-    h, status = _run_lp(highspy, mdl, float(data64["j0"][b]), time_limit, threads)
-    mu = np.zeros((1,) + act.shape)
-    sol = h.getSolution()
-    if sol.dual_valid:
-        rd = np.asarray(sol.row_dual)[:nrow]
-        mu[0, uu, ll, mm, kk, ii] = np.maximum(-rd, 0.0)
-    one = {k: v[b : b + 1] for k, v in data64.items()}
-    objective = float(h.getInfo().objective_function_value) if status == "Optimal" else np.nan
-    return (float(_threshold.dual_value64(one, (mu, None))[0]), ("optimal" if status == "Optimal" else "time_limit"),
-            objective)
-
-
-def _assignment_highs_one(data64: dict, b: int, time_limit, threads):
-    """The LP of the MILP (:mod:`._assignment`'s, over every accepted placement) of instance b on
-    HiGHS: (the Lagrangian at HiGHS's row duals in float64, status)."""
-    from slimjax.solvers._exact import _highspy, _Model
-
-    highspy = _highspy()
-    useful, hasx, anyu, gm = (data64[k][b] > 0 for k in ("useful", "hasx", "anyu", "gm"))
-    U, N, L, E = useful.shape
-    M, K = gm.shape[2:]
-    mdl = _Model()
-    xcol = np.full((N, L, E), -1, np.int64)
-    xcol[hasx] = mdl.cols(int(hasx.sum()))
-    acol = np.full((U, N, L, E), -1, np.int64)
-    acol[useful] = mdl.cols(int(useful.sum()))
-    ycol = mdl.cols(U * L * M, cost=data64["cy"][b].reshape(-1), hi=data64["ymax"][b].reshape(-1)).reshape(U, L, M)
-    uu, nn, ll, ee = np.nonzero(useful)
-    ra = mdl.rows(len(uu), -np.inf, 0.0)  # α: a − x ≤ 0
-    mdl.coef(ra, acol[uu, nn, ll, ee], 1.0)
-    mdl.coef(ra, xcol[nn, ll, ee], -1.0)
-    rbeta = np.full((U, L, E), -1, np.int64)
-    rbeta[anyu] = mdl.rows(int(anyu.sum()), -np.inf, 1.0)  # β: Σ_n a ≤ 1
-    mdl.coef(rbeta[uu, ll, ee], acol[uu, nn, ll, ee], 1.0)
-    gu, gl, gmm, gk = np.nonzero(gm)  # γ: −y − Σ_n saving·a ≤ −fallback, per member
-    rg = mdl.rows(len(gu), -np.inf, -data64["fbm"][b][gu, gl, gmm, gk])
-    mdl.coef(rg, ycol[gu, gl, gmm], -1.0)
-    e_of = data64["gidx"][b][gu, gl, gmm, gk].astype(np.int64) % E
-    on = useful[gu, :, gl, e_of]  # [rows, N]
-    r_i, n_i = np.nonzero(on)
-    uo, lo, eo = gu[r_i], gl[r_i], e_of[r_i]
-    mdl.coef(rg[r_i], acol[uo, n_i, lo, eo], -data64["saving"][b][uo, n_i, lo, eo])
-    rl = mdl.rows(N, -np.inf, data64["qcap"][b])  # λ: storage over the accepted placements
-    xn, xl, xe = np.nonzero(hasx)
-    mdl.coef(rl[xn], xcol[xn, xl, xe], data64["size"][b][xl, xe])
-    h, status = _run_lp(highspy, mdl, 0.0, time_limit, threads)
-    sol = h.getSolution()
-    alpha, beta = np.zeros((1, U, N, L, E)), np.zeros((1, U, L, E))
-    gamma, lam = np.zeros((1, U, L, M, K)), np.zeros((1, N))
-    if sol.dual_valid:
-        rd = -np.asarray(sol.row_dual)  # ≤ rows of a minimisation: multiplier = −(row dual) ≥ 0
-        alpha[0, uu, nn, ll, ee] = rd[ra]
-        beta[0][anyu] = rd[rbeta[anyu]]
-        gamma[0, gu, gl, gmm, gk] = rd[rg]
-        lam[0] = rd[rl]
-    one = {k: v[b : b + 1] for k, v in data64.items()}
-    value = float(_assignment.dual_value64(one, (alpha, beta, gamma, lam))[0])
-    return value, ("optimal" if status == "Optimal" else "time_limit")
-
-
-def _highs(batch, method, aggregation, time_limit, threads):
-    from slimjax.solvers._exact import _highspy
-
-    _highspy()
+    highspy()
     t0 = time.perf_counter()
     B = batch.latency.shape[0]
     triv = _trivial(batch, aggregation)
-    vals, names, secs = np.empty(B), np.empty(B, dtype=object), np.empty(B)
+    vals, status, secs = np.empty(B), np.empty(B, np.int8), np.empty(B)
     host = host_batch(batch, aggregation)
-    data64 = (_threshold if method == "threshold-highs" else _assignment).build(host, "max")
+    thr = isinstance(m, ThresholdHighs)
+    data64 = (_threshold if thr else _assignment).build(host, "max")
     for b in range(B):  # HiGHS solves one model at a time
         t1 = time.perf_counter()
-        if method == "threshold-highs":
-            v, s, _ = _threshold_highs_one(data64, b, time_limit, threads)
+        if thr:
+            v, s, _ = _highs_lp.threshold_highs_one(data64, b, m.time_limit, m.threads)
         else:
-            v, s = _assignment_highs_one(data64, b, time_limit, threads)
-        vals[b], names[b] = max(v, triv[b]), s
+            v, s = _highs_lp.assignment_highs_one(data64, b, m.time_limit, m.threads)
+        vals[b], status[b] = max(v, triv[b]), s
         secs[b] = time.perf_counter() - t1
     seconds = time.perf_counter() - t0
-    return Bound(vals, names, np.zeros(B, np.int64), np.full(B, np.nan), np.full(B, np.nan), seconds, 0.0, secs,
-                 method)
+    return Bound(vals, status, np.zeros(B, np.int64), np.full(B, np.nan), np.full(B, np.nan), seconds, 0.0, secs,
+                 m.name)
 
 
 # -- public functions ----------------------------------------------------------------------------
@@ -479,110 +447,104 @@ def _highs(batch, method, aggregation, time_limit, threads):
 
 def lower_bound(
     batch: Instance,
-    method: str = "auto",
+    method: str | BoundMethod = "auto",
     *,
     aggregation: str = "max",
     upper=None,
     target_gap: float | None = None,
-    max_iters: int = 20000,
-    check_every: int = 64,
-    rtol: float = 1e-5,
-    stall_rtol: float = 1e-7,
-    patience: int = 8,
-    time_limit: float | None = None,
-    dtype=None,
-    threads: int | None = None,
-    max_levels: int = 32,
     merge: bool = True,
+    memory_budget_mb: float | str = "auto",
+    placement=None,
+    **options,
 ) -> Bound:
     """Certified lower bounds on the optimal J of every instance of a batch.
 
-    The methods (``method=``):
+    The methods (objects of :mod:`slimjax.bounds`; the names are sugar):
 
-    - ``"auto"`` (default): ``levels`` where it applies (E ≤ 16), raised by ``threshold`` on the
-      instances whose node latencies differ between experts and that ``levels`` did not already
-      certify to ``target_gap``; ``threshold`` alone for larger E.
-    - ``"levels"``: the level decomposition, an exact knapsack per latency level over all 2^E
-      expert sets of a layer (E ≤ 16).
-    - ``"threshold"``: the threshold formulation of the pattern max with whole-expert
-      (Chvátal–Gomory) storage rows, solved for the whole batch by restarted PDHG in JAX; the value
-      is its Lagrangian dual with the per-node 0/1 knapsacks solved exactly, in float64.
-    - ``"lp"``: the LP relaxation of the MILP by the same PDHG; equals HiGHS's LP value when
-      converged (weaker than ``threshold``).
-    - ``"threshold-highs"``: the threshold LP on HiGHS (CPU, one instance at a time), value at
-      HiGHS's duals; ``"highs"``: the MILP's LP on HiGHS (the reference; the trivial bound when it
-      does not finish within ``time_limit``); ``"trivial"``: J with every expert on every node.
+    - :class:`~slimjax.bounds.Auto` (``"auto"``, default): ``levels`` where it applies (E ≤ 16),
+      raised by ``threshold`` on the instances whose node latencies differ between experts and
+      that ``levels`` did not already certify to ``target_gap``; ``threshold`` alone for larger E.
+    - :class:`~slimjax.bounds.Levels` (``"levels"``): the level decomposition, an exact knapsack
+      per latency level over all 2^E expert sets of a layer (E ≤ 16).
+    - :class:`~slimjax.bounds.ThresholdLP` (``"threshold"``): the threshold formulation of the
+      pattern max with whole-expert storage rows, by restarted PDHG in JAX; the value is its
+      Lagrangian dual with the per-node 0/1 knapsacks solved exactly, in float64.
+    - :class:`~slimjax.bounds.AssignmentLP` (``"lp"``): the MILP's LP relaxation by the same PDHG.
+    - :class:`~slimjax.bounds.ThresholdHighs` (``"threshold-highs"``), :class:`~slimjax.bounds.HighsLP`
+      (``"highs"``): the same two LPs on HiGHS, one instance at a time, valued at HiGHS's duals.
+    - :class:`~slimjax.bounds.Trivial` (``"trivial"``): J with every expert on every node.
 
     Args:
       batch: an Instance or a batch (leading axis B).
-      method: one of :data:`METHODS`.
+      method: a bound method object, or its name (:data:`METHODS`).
       aggregation: "max" or "sum".
       upper: optional float [B], known objective values (e.g. J of a solution); with
         ``target_gap`` an instance stops once its bound reaches ``upper / (1 + target_gap)``.
       target_gap: relative gap at which to stop (None: never stop on the gap).
-      max_iters: PDHG iteration cap per instance.
-      check_every: PDHG steps between two bound evaluations.
-      rtol: relative KKT error (and LP gap) at which an instance counts as solved.
-      stall_rtol: an instance stops when its bound rose by less than this (relative) ...
-      patience: ... over this many checks.
-      time_limit: seconds (PDHG: for the batch, checked every 16 checks; HiGHS: per instance).
-      dtype: iteration precision of PDHG (default: the instance's); the certified value is float64.
-      threads: HiGHS threads.
-      max_levels: most latency levels of the ``levels`` bound (a coarser grid when there are more
-        distinct latencies; still valid, possibly weaker).
       merge: merge identical patterns first (J unchanged; smaller LPs).
+      memory_budget_mb: working memory of one compiled program in MB, or ``"auto"`` (as
+        :func:`slimjax.solve_batch`); the batch runs in chunks that fit it.
+      placement: optional bool [B, N, L, E], a known placement (:func:`certify` passes the one
+        it certifies): the threshold LP starts from it (its z, and the weights on the member rows
+        that bind at it) instead of from nothing. The value is valid either way.
+      **options: with a method name, its options (``lower_bound(b, "levels", max_levels=16)`` is
+        ``lower_bound(b, Levels(max_levels=16))``); the options of the 1.x signature that do not
+        apply to the named method are ignored, as they were. With an object: options replaced
+        on it (each must be one of its fields).
 
     Returns:
-      :class:`Bound` (per-instance value, status, iterations; the time taken apart from compilation).
+      :class:`Bound` (per-instance value, integer status, iterations; the time taken apart from
+      compilation).
 
     Raises:
-      ValueError: an unknown method, a bad option or a non-Instance ``batch``.
+      ValueError: an unknown method or option, a bad option value or a non-Instance ``batch``.
 
     Examples:
       >>> import jax, slimjax
-      >>> from slimjax.bounds import lower_bound
+      >>> from slimjax.bounds import Levels, lower_bound
       >>> batch = slimjax.generate.instances(jax.random.key(0), 4, model="mixtral_8x7b")  # doctest: +SKIP
-      >>> lower_bound(batch).value  # doctest: +SKIP
+      >>> lower_bound(batch, Levels(max_levels=16)).value  # doctest: +SKIP
     """
-    _check_options(method, aggregation, max_iters, check_every, rtol, stall_rtol, patience, target_gap, time_limit,
-                   dtype)
-    if isinstance(max_levels, bool) or not isinstance(max_levels, (int, np.integer)) or max_levels < 1:
-        raise ValueError(f"max_levels: must be an integer >= 1, got {max_levels!r}")
+    m = as_method(method, options)
+    _check_call(aggregation, target_gap, merge)
+    budget = memory_budget_bytes(memory_budget_mb)
     batch, single = _as_batch(batch)
     B = batch.latency.shape[0]
     up = _check_upper(upper, B)
-    host = host_batch(batch, aggregation, merge) if method not in ("highs", "threshold-highs", "trivial") else None
+    x0 = _check_placement(placement, batch)
+    clock = _compile.Clock()
     E = batch.latency.shape[-1]
-    if method == "levels" or (method == "auto" and E <= _levels.LEVELS_MAX_E):
-        res = _levels_bound(batch, host, aggregation, up, target_gap, dtype, int(max_levels))
-        if method == "auto":
-            lv = res
-            need = expert_spread(host) & (lv.status != "target")
+    if isinstance(m, (Levels, Auto, ThresholdLP, AssignmentLP)):
+        host = host_batch(batch, aggregation, merge)
+    if isinstance(m, Levels) or (isinstance(m, Auto) and E <= _levels.LEVELS_MAX_E):
+        lv = _levels_bound(batch, host, aggregation, up, target_gap, m.levels() if isinstance(m, Auto) else m,
+                           budget, clock)
+        res = lv
+        if isinstance(m, Auto):
+            need = expert_spread(host) & (lv.status != BoundStatus.TARGET)
             if need.any():
-                res = _first_order(batch, host, "threshold", aggregation, up, target_gap, int(max_iters),
-                                   int(check_every), float(rtol), float(stall_rtol), int(patience), time_limit,
-                                   dtype, start=lv.value, skip=~need)
-                res = res._replace(status=np.where(need, res.status, lv.status),
-                                   iterations=np.where(need, res.iterations, 0),
-                                   seconds=res.seconds + lv.seconds,
-                                   compile_seconds=res.compile_seconds + lv.compile_seconds,
-                                   instance_seconds=res.instance_seconds + lv.instance_seconds)
-            res = res._replace(method="auto")
-    elif method == "auto":
-        res = _first_order(batch, host, "threshold", aggregation, up, target_gap, int(max_iters),
-                           int(check_every), float(rtol), float(stall_rtol), int(patience), time_limit,
-                           dtype)._replace(method="auto")
-    elif method in _FORMS:
-        res = _first_order(batch, host, method, aggregation, up, target_gap, int(max_iters), int(check_every), float(rtol),
-                           float(stall_rtol), int(patience), time_limit, dtype)
-    elif method in ("highs", "threshold-highs"):
-        res = _highs(batch, method, aggregation, time_limit, threads)
+                th = _first_order(batch, host, "threshold", m.threshold(), aggregation, up, target_gap, budget, clock,
+                                  start=lv.value, skip=~need, placement=x0)
+                res = th._replace(status=np.where(need, th.status, lv.status).astype(np.int8),
+                                  iterations=np.where(need, th.iterations, 0),
+                                  seconds=th.seconds + lv.seconds,
+                                  compile_seconds=th.compile_seconds + lv.compile_seconds,
+                                  instance_seconds=th.instance_seconds + lv.instance_seconds,
+                                  peak_bytes=max(th.peak_bytes, lv.peak_bytes))
+            res = res._replace(method=m.name)
+    elif isinstance(m, Auto):
+        res = _first_order(batch, host, "threshold", m.threshold(), aggregation, up, target_gap, budget,
+                           clock, placement=x0)._replace(method=m.name)
+    elif isinstance(m, (ThresholdLP, AssignmentLP)):
+        res = _first_order(batch, host, m.name, m, aggregation, up, target_gap, budget, clock, placement=x0)
+    elif isinstance(m, (HighsLP, ThresholdHighs)):
+        res = _highs_bound(batch, m, aggregation)
     else:
         t0 = time.perf_counter()
         v = _trivial(batch, aggregation)
         s = time.perf_counter() - t0
-        res = Bound(v, np.array(["exact"] * B, dtype=object), np.zeros(B, np.int64), np.full(B, np.nan),
-                    np.full(B, np.nan), s, 0.0, np.full(B, s / B), method)
+        res = Bound(v, np.full(B, BoundStatus.EXACT, np.int8), np.zeros(B, np.int64), np.full(B, np.nan),
+                    np.full(B, np.nan), s, 0.0, np.full(B, s / B), m.name)
     if single:
         res = _squeeze(res)
     return res
@@ -614,7 +576,7 @@ def _storage_check(batch: Instance, x: np.ndarray) -> None:
                          f"{cap[b, n]:.6g}; a lower bound certifies feasible placements only")
 
 
-def certify(batch: Instance, solution: Any, method: str = "auto", *, aggregation: str = "max",
+def certify(batch: Instance, solution: Any, method: str | BoundMethod = "auto", *, aggregation: str = "max",
             target_gap: float | None = 1e-5, bound: Bound | None = None, **options) -> Certificate:
     """Certified optimality gap of placements (or objective values): ``J / bound − 1`` per instance.
 
@@ -622,12 +584,12 @@ def certify(batch: Instance, solution: Any, method: str = "auto", *, aggregation
       batch: an Instance or a batch.
       solution: an object with a ``placement`` attribute (a solver's Solution), a placement
         bool [B, N, L, E], or objective values float [B] (taken as given).
-      method: the bound method (:func:`lower_bound`).
+      method: the bound method, an object or its name (:func:`lower_bound`).
       aggregation: "max" or "sum".
       target_gap: stop each instance once its gap is certified below this (None: run to
         convergence); the certified gap is then at most about this.
       bound: a precomputed :class:`Bound` of ``batch`` (skips the bound computation).
-      **options: passed to :func:`lower_bound`.
+      **options: passed to :func:`lower_bound` (``merge``, ``memory_budget_mb``, a named method's options).
 
     Returns:
       :class:`Certificate` (gap, objective, bound). The gap is an upper bound on the true relative
@@ -641,6 +603,7 @@ def certify(batch: Instance, solution: Any, method: str = "auto", *, aggregation
     B = b.latency.shape[0]
     placement = getattr(solution, "placement", solution)
     arr = np.asarray(placement)
+    x = None
     want = (B,) + tuple(b.latency.shape[2:])
     if arr.ndim in (3, 4) and arr.shape[-3:] == want[1:]:
         x = arr.reshape(want)
@@ -659,6 +622,8 @@ def certify(batch: Instance, solution: Any, method: str = "auto", *, aggregation
         raise ValueError(f"solution: expected a placement [B, N, L, E] = {list(want)}, objective values [{B}] "
                          f"or an object with .placement; got shape {arr.shape}")
     if bound is None:
+        if x is not None:
+            options.setdefault("placement", x)
         bound = lower_bound(b, method, aggregation=aggregation, upper=obj, target_gap=target_gap, **options)
         if single:
             bound = _unsqueeze(bound)

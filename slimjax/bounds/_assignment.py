@@ -31,7 +31,7 @@ from slimjax._storage import relaxed_limit
 from slimjax.bounds._pdhg import Formulation, lagrangian
 from slimjax.bounds._threshold import host_fields
 
-__all__ = ["AssignmentData", "build", "to_device", "FORMULATION", "dual_value64", "initial_primal", "initial_dual"]
+__all__ = ["AssignmentData", "build", "bytes_per_instance", "to_device", "FORMULATION", "dual_value64", "initial_primal", "initial_dual"]
 
 
 
@@ -86,6 +86,18 @@ def build(batch, aggregation: str = "max") -> dict:
                 anyu=useful.any(2).astype(np.float64), gidx=gidx.astype(np.int32), gm=gm.astype(np.float64),
                 fbm=np.where(gm, fbm, 0.0), cy=tr[:, :, None, None] * w, ymax=ymax,
                 size=size / unit[:, None, None], qcap=cap)
+
+
+def bytes_per_instance(data: dict, itemsize: int) -> float:
+    """Working set of one instance in the PDHG programs (bytes): its data and the state (v and
+    the dual, each ~24 copies with the step temporaries and the check's pair of candidates, as
+    calibrated for the threshold LP's loop)."""
+    one = sum((4 if v.dtype.kind in "iu" else itemsize) * (v[0].size if v.ndim else 1) for v in data.values())
+    U, N, L, E = data["useful"].shape[1:]
+    M, K = data["gm"].shape[3:]
+    v = N * L * E + U * N * L * E + U * L * M
+    y = U * N * L * E + U * L * E + U * L * M * K + N
+    return float(one + itemsize * 24 * (v + y))
 
 
 def to_device(data: dict, dtype) -> AssignmentData:
@@ -160,9 +172,6 @@ def _primal(d: AssignmentData, v):
     return (d.cy * jnp.maximum(y, 0)).sum()
 
 
-FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal)
-
-
 def initial_primal(d: AssignmentData):
     return jnp.zeros_like(d.hasx), jnp.zeros_like(d.useful), jnp.zeros_like(d.cy)
 
@@ -172,6 +181,10 @@ def initial_dual(d: AssignmentData):
     n = d.gm.sum(-1, keepdims=True)
     gamma = d.gm * d.cy[..., None] / jnp.where(n > 0, n, 1)
     return jnp.zeros_like(d.useful), jnp.zeros_like(d.anyu), gamma, jnp.zeros_like(d.qcap)
+
+
+FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal, initial_primal,
+                          initial_dual)
 
 
 def dual_value64(data: dict, dual) -> np.ndarray:

@@ -35,11 +35,9 @@ from jax import lax
 
 from slimjax._storage import storage_cut
 from slimjax.bounds._threshold import host_fields
-from slimjax.ops._grid import bucket_units
-from slimjax.ops._maxconv import capacity_dp
-from slimjax.ops._oracle import _masks_by_size
+from slimjax.ops import bucket_units, capacity_dp, masks_by_size
 
-__all__ = ["LEVELS_MAX_E", "build", "level_opt", "value64"]
+__all__ = ["LEVELS_MAX_E", "LEVEL_PROGRAM", "build", "bytes_per_instance", "level_opt", "value64"]
 
 #: Largest E the level bound enumerates (2^E expert sets per layer).
 LEVELS_MAX_E = 16
@@ -60,23 +58,7 @@ def build(batch, aggregation: str = "max", max_levels: int = 32) -> dict:
         raise ValueError(f"method: 'levels' enumerates 2^E expert sets and needs E <= {LEVELS_MAX_E}, got E={E}")
     useful = np.isfinite(lat) & (lat < fb[:, :, None])
     ul = np.where(useful, lat, np.inf)  # [B, U, N, L, E]
-    grids = []
-    for b in range(B):
-        row = []
-        for u in range(U):
-            vals = np.unique(np.concatenate([ul[b, u][useful[b, u]], fb[b, u].ravel()]))
-            if len(vals) - 1 > max_levels:
-                vals = vals[np.unique(np.round(np.linspace(0, len(vals) - 1, max_levels + 1)).astype(np.int64))]
-            row.append(vals)
-        grids.append(row)
-    G0 = max(1, max(len(g) for row in grids for g in row) - 1)
-    G = max(8, 1 << (G0 - 1).bit_length())  # a power of two ≥ 8 (extra levels have Δ = 0): fewer compiled shapes
-    grid = np.empty((B, U, G + 1))
-    for b in range(B):
-        for u in range(U):
-            g = grids[b][u]
-            grid[b, u, : len(g)] = g
-            grid[b, u, len(g):] = g[-1]
+    grid = _grids(ul, fb, max_levels)  # [B, U, G + 1]
     tau = grid[..., 1:]  # [B, U, G]
     delta = grid[..., 1:] - grid[..., :-1]
     bits = (1 << np.arange(E)).astype(np.int64)
@@ -100,8 +82,35 @@ def build(batch, aggregation: str = "max", max_levels: int = 32) -> dict:
                 cap=cap.astype(np.int32), delta=delta, s_hat=s_hat.astype(np.int32), top=top, traffic=tr, qmax=qmax)
 
 
+def _grids(ul: np.ndarray, fb: np.ndarray, max_levels: int) -> np.ndarray:
+    """The level grid of every (instance, user): its distinct useful latencies and fallbacks,
+    ascending, or ``max_levels + 1`` of them evenly spaced by rank (``np.linspace`` rounded, as a
+    coarser but still valid grid) when there are more; padded with the last value to ``G + 1``
+    entries, G a power of two ≥ 8 (extra levels have Δ = 0: fewer compiled shapes). Vectorised
+    over instances and users (a sort per row)."""
+    B, U = fb.shape[:2]
+    vals = np.sort(np.concatenate([ul.reshape(B, U, -1), fb.reshape(B, U, -1)], axis=-1), axis=-1)
+    fin = np.isfinite(vals)
+    new = fin & np.concatenate([np.ones((B, U, 1), bool), vals[..., 1:] > vals[..., :-1]], axis=-1)
+    D = new.sum(-1)  # distinct values per row (>= 1: the fallbacks are finite)
+    distinct = np.take_along_axis(vals, np.argsort(~new, axis=-1, kind="stable"), axis=-1)  # distinct first
+    n = np.minimum(D - 1, max_levels) + 1  # grid points per row
+    G0 = max(1, int(n.max()) - 1)
+    G = max(8, 1 << (G0 - 1).bit_length())
+    j = np.arange(G + 1)
+    coarse = (D - 1 > max_levels)[..., None]
+    # np.linspace(0, D - 1, max_levels + 1): arange · step, the last point exactly D − 1
+    step = ((D - 1) / max_levels)[..., None]
+    lin = np.where(j == max_levels, (D - 1)[..., None], j * step)
+    pick = np.where(coarse, np.round(lin).astype(np.int64), j)
+    pick = np.minimum(np.where(j < n[..., None], pick, (D - 1)[..., None]), (D - 1)[..., None])
+    return np.take_along_axis(distinct, pick, axis=-1)
+
+
 def _opt_one(masks, w, free, elig, cap, s_hat, *, E: int, qmax: int):
-    """OPT [U, G] of one instance (see the module docstring)."""
+    """OPT [U, G] of one instance (see the module docstring). The zeta transform W [U, L, 2^E] is
+    built once; the U·G levels run one after another (``lax.map``), each reading its user's row
+    of W, so the level axis is never materialised next to the 2^E axis."""
     U, L, M = masks.shape
     P = 1 << E
     uu = jnp.broadcast_to(jnp.arange(U)[:, None, None], masks.shape)
@@ -111,11 +120,12 @@ def _opt_one(masks, w, free, elig, cap, s_hat, *, E: int, qmax: int):
         H = H.reshape(U, L, P >> (i + 1), 2, 1 << i)
         H = jnp.stack([H[:, :, :, 0], H[:, :, :, 1] + H[:, :, :, 0]], axis=3)
     W = H.reshape(U, L, P)
-    by_size = jnp.asarray(_masks_by_size(E))  # [E+1, Wc], padded with P
+    by_size = jnp.asarray(masks_by_size(E))  # [E+1, Wc], padded with P
     Wc = by_size.shape[1]
 
     def level(args):
-        Wu, fr, el, c = args  # [L, P], [L], [L], []
+        u, fr, el, c = args  # [], [L], [L], []
+        Wu = W[u]  # [L, P]
         T = by_size[None]  # [1, E+1, Wc]
         ok = (T < P) & ((T & ~el[:, None, None]) == 0)
         idx = jnp.where(T < P, T | fr[:, None, None], 0)  # [L, E+1, Wc]
@@ -127,16 +137,42 @@ def _opt_one(masks, w, free, elig, cap, s_hat, *, E: int, qmax: int):
         return r.value + g0.sum()
 
     G = free.shape[1]
-    Wg = jnp.broadcast_to(W[:, None], (U, G, L, P)).reshape(U * G, L, P)
-    out = lax.map(level, (Wg, free.reshape(U * G, L), elig.reshape(U * G, L), cap.reshape(U * G)))
+    users = jnp.repeat(jnp.arange(U), G)
+    out = lax.map(level, (users, free.reshape(U * G, L), elig.reshape(U * G, L), cap.reshape(U * G)))
     return out.reshape(U, G)
 
 
-@partial(jax.jit, static_argnames=("E", "qmax", "batch_size"))
-def level_opt(masks, w, free, elig, cap, s_hat, *, E: int, qmax: int, batch_size: int):
-    """OPT [B, U, G] for a batch (``lax.map`` over instances in chunks of ``batch_size``)."""
-    f = lambda a: _opt_one(*a, E=E, qmax=qmax)  # noqa: E731
-    return lax.map(f, (masks, w, free, elig, cap, s_hat), batch_size=batch_size)
+def _level_program(E: int, qmax: int, masks, w, free, elig, cap, s_hat):
+    """OPT [b, U, G] of a chunk of instances (vectorised over the chunk: the chunk size is what
+    bounds the memory, see :func:`bytes_per_instance`)."""
+    return jax.vmap(partial(_opt_one, E=E, qmax=qmax))(masks, w, free, elig, cap, s_hat)
+
+
+#: the compiled entry (E and the DP size static), run through slimjax._compile.call
+LEVEL_PROGRAM = jax.jit(_level_program, static_argnums=(0, 1))
+
+
+def level_opt(masks, w, free, elig, cap, s_hat, *, E: int, qmax: int):
+    """OPT [B, U, G] for a batch (eager entry for tests; ``lower_bound`` runs :data:`LEVEL_PROGRAM`
+    in chunks through the compile cache)."""
+    return LEVEL_PROGRAM(E, qmax, masks, w, free, elig, cap, s_hat)
+
+
+def bytes_per_instance(data: dict, E: int, itemsize: int) -> float:
+    """Working set of one instance in :data:`LEVEL_PROGRAM` (bytes): its arguments (pattern masks
+    and weights [U, L, M], the level masks [U, G, L]) and output, plus the one instance in flight:
+    the scatter and zeta transform over [U, L, 2^E] (input, stacked copy and result), one level's
+    [L, E+1, Wc] gathers (indices, masks and values) and its capacity DP [L, qmax+1, E+1]. The
+    level axis G multiplies only the small per-level arrays, never 2^E. A chunk of b instances
+    (vectorised) needs b times this."""
+    _, U, L, M = data["masks"].shape
+    G = data["free"].shape[2]
+    Wc = masks_by_size(E).shape[1]
+    qmax = int(data["qmax"])
+    args = 4 * U * L * M + itemsize * U * L * M + 4 * 2 * U * G * L + 4 * (U * G + L) + 8 * U * G
+    zeta = itemsize * U * L * (1 << E) * 4
+    level = (4 + 4 + itemsize) * L * (E + 1) * Wc * 2 + itemsize * L * (qmax + 1) * (E + 2) * 4
+    return float(args + zeta + level)
 
 
 def value64(data: dict, opt: np.ndarray, dtype) -> np.ndarray:

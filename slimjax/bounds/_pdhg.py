@@ -22,6 +22,15 @@ restarts, records its best dual point by the formulation's ``bound`` function, a
 state is frozen) once converged or once it reaches the caller's target. Instances never interact,
 so a batch gives the same iterates as one instance at a time.
 
+The solver is an object with explicit state, step and termination (the shape of optimistix's
+iterative solvers): ``solver = PDHG(formulation, check_every, patience)``;
+``state = solver.init(data, bound0)``; ``state = solver.step(data, state, controls)`` (one chunk
+of ``check_every`` iterations and the check, for the whole batch, frozen instances unchanged);
+``solver.terminate(state, controls)`` (bool [B]: the instance stopped); ``solver.run`` loops
+``step`` until every instance terminated or ``n_checks`` steps were taken (``lax.while_loop``).
+The caller (:mod:`slimjax.bounds._api`) runs it through the one compile cache
+(:func:`slimjax._compile.call`) and handles the time limit between runs.
+
 References:
   Chambolle, A. and Pock, T. (2011). A first-order primal-dual algorithm for convex problems with
   applications to imaging. J. Math. Imaging Vis. 40, 120–145.
@@ -33,8 +42,9 @@ References:
 
 from __future__ import annotations
 
-from functools import partial
+import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -42,13 +52,16 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["Formulation", "PDHGState", "init_state", "run_chunks", "STATUS_RUNNING", "STATUS_OPTIMAL",
-           "STATUS_CONVERGED", "STATUS_TARGET",
-           "STATUS_DOMINATED"]
+from slimjax.bounds._methods import BoundStatus
+
+__all__ = ["Formulation", "PDHG", "PDHGState", "Controls", "lagrangian", "STATUS_RUNNING"]
 
 PyTree = Any
 
-STATUS_RUNNING, STATUS_OPTIMAL, STATUS_CONVERGED, STATUS_TARGET, STATUS_DOMINATED = 0, 1, 2, 3, 4
+#: an instance still iterating (when the iterations stop it is at its iteration limit)
+STATUS_RUNNING = int(BoundStatus.ITERATION_LIMIT)
+STATUS_OPTIMAL, STATUS_CONVERGED = int(BoundStatus.OPTIMAL), int(BoundStatus.CONVERGED)
+STATUS_TARGET, STATUS_DOMINATED = int(BoundStatus.TARGET), int(BoundStatus.DOMINATED)
 OMEGA_MIN, OMEGA_MAX = 1e-8, 1e8
 
 
@@ -60,7 +73,8 @@ class Formulation(NamedTuple):
       cost(data) -> c (v-shaped), rhs(data) -> q (y-shaped), upper(data) -> hi (v-shaped),
       bound(data, y, kty) -> a valid lower bound at y ≥ 0 given Kᵀy (scalar; may improve on g(y)),
       primal(data, v) -> the objective (with the same constants as ``bound``) of a feasible point
-        repaired from v: an upper bound on the LP optimum, so ``primal − bound`` is a true gap.
+        repaired from v: an upper bound on the LP optimum, so ``primal − bound`` is a true gap,
+      initial_primal(data) -> v0, initial_dual(data) -> y0 (the starts).
     """
 
     K: Callable
@@ -72,6 +86,17 @@ class Formulation(NamedTuple):
     upper: Callable
     bound: Callable
     primal: Callable
+    initial_primal: Callable
+    initial_dual: Callable
+
+
+class Controls(NamedTuple):
+    """The traced stopping parameters of a run (one program serves every value)."""
+
+    target: Float[Array, "B"]  # stop an instance once its bound reaches this
+    rtol: Float[Array, ""]
+    stall_rtol: Float[Array, ""]
+    max_iters: Int[Array, ""]
 
 
 class PDHGState(NamedTuple):
@@ -144,26 +169,6 @@ def _kkt(form: Formulation, data, v, y, kty):
     e_p = pres / (1 + jnp.sqrt(_sq(q)))
     e_g = jnp.abs(pobj - dobj) / (1 + jnp.abs(pobj) + jnp.abs(dobj))
     return jnp.maximum(e_p, e_g), pobj, e_p
-
-
-def init_state(form: Formulation, data, v0, y0, bound0) -> PDHGState:
-    """Initial batched state from batched primal / dual starts (y0 is projected onto y ≥ 0)."""
-
-    def one(d, v, y, b0):
-        y = _tmap(lambda a: jnp.maximum(a, 0), y)
-        kty = form.KT(d, y)
-        err, _, _ = _kkt(form, d, v, y, kty)
-        b = jnp.maximum(form.bound(d, y, kty), b0)
-        zero = jnp.zeros((), jnp.int32)
-        # PDLP's initial primal weight ‖c‖/‖q‖ (1 when either is 0).
-        nc, nq = jnp.sqrt(_sq(form.cost(d))), jnp.sqrt(_sq(form.rhs(d)))
-        omega = jnp.where((nc > 0) & (nq > 0), nc / jnp.where(nq > 0, nq, 1), 1.0)
-        omega = jnp.clip(omega, OMEGA_MIN, OMEGA_MAX).astype(err.dtype)
-        tau, sigma = _steps(form, d)
-        return PDHGState(v, y, tau, sigma, kty, _tmap(jnp.zeros_like, v), _tmap(jnp.zeros_like, y), zero, v, y, err, err,
-                         omega, zero, zero, b, y, err, jnp.asarray(jnp.inf, err.dtype), b, zero, zero)
-
-    return jax.vmap(one)(data, v0, y0, bound0)
 
 
 def _select(done, old, new):
@@ -273,30 +278,90 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
     return new
 
 
-@partial(jax.jit, static_argnames=("form", "check_every", "n_checks", "patience"))
-def run_chunks(form: Formulation, data, st: PDHGState, target: Float[Array, "B"], rtol: Float[Array, ""],
-               stall_rtol: Float[Array, ""], total_iters: Int[Array, ""], *, check_every: int, n_checks: int,
-               patience: int) -> PDHGState:
-    """Up to ``n_checks`` chunks of ``check_every`` steps for the whole batch; an instance whose
-    status is not running (or that reached ``total_iters``) is frozen, and the loop ends early
-    once every instance is frozen."""
+def _init_one(form: Formulation, d, b0, start=None):
+    """The state of one instance from ``start`` = (v0, y0) or the formulation's starts (y0
+    projected onto y ≥ 0)."""
+    v, y = (form.initial_primal(d), form.initial_dual(d)) if start is None else start
+    y = _tmap(lambda a: jnp.maximum(a, 0), y)
+    kty = form.KT(d, y)
+    err, _, _ = _kkt(form, d, v, y, kty)
+    b = jnp.maximum(form.bound(d, y, kty), b0)
+    zero = jnp.zeros((), jnp.int32)
+    # PDLP's initial primal weight ‖c‖/‖q‖ (1 when either is 0).
+    nc, nq = jnp.sqrt(_sq(form.cost(d))), jnp.sqrt(_sq(form.rhs(d)))
+    omega = jnp.where((nc > 0) & (nq > 0), nc / jnp.where(nq > 0, nq, 1), 1.0)
+    omega = jnp.clip(omega, OMEGA_MIN, OMEGA_MAX).astype(err.dtype)
+    tau, sigma = _steps(form, d)
+    return PDHGState(v, y, tau, sigma, kty, _tmap(jnp.zeros_like, v), _tmap(jnp.zeros_like, y), zero, v, y, err, err,
+                     omega, zero, zero, b, y, err, jnp.asarray(jnp.inf, err.dtype), b, zero,
+                     jnp.asarray(STATUS_RUNNING, jnp.int32))
 
-    def active(s):
-        return (s.status == STATUS_RUNNING) & (s.iters < total_iters)
 
-    def body(carry):
-        k, s = carry
-        new = jax.vmap(partial(_chunk_one, form, check_every, patience, rtol, stall_rtol), in_axes=(0, None, 0, 0))(
-            target, total_iters, data, s)
-        s = _select_batch(active(s), s, new)
-        return k + 1, s
+@dataclasses.dataclass(frozen=True)
+class PDHG:
+    """Restarted, preconditioned PDHG for a batch of LPs of one :class:`Formulation` (see the
+    module docstring). Hashable: the object is the static part of its compiled programs.
 
-    def cond(carry):
-        k, s = carry
-        return (k < n_checks) & active(s).any()
+    Attributes:
+      form: the LP family's operators.
+      check_every: iterations per step (between two checks).
+      patience: checks without progress (with KKT error ≤ rtol) before an instance stops.
+    """
 
-    _, st = lax.while_loop(cond, body, (jnp.int32(0), st))
-    return st
+    form: Formulation
+    check_every: int = 64
+    patience: int = 8
+
+    def init(self, data, bound0: Float[Array, "B"], start=None) -> PDHGState:
+        """The batched initial state; ``bound0`` [B] is a bound already known (−inf: none);
+        ``start``: optional batched (v0, y0) (default: the formulation's starts)."""
+        if start is None:
+            return jax.vmap(partial(_init_one, self.form))(data, bound0)
+        return jax.vmap(partial(_init_one, self.form))(data, bound0, start)
+
+    def active(self, state: PDHGState, controls: Controls) -> Bool[Array, "B"]:
+        """bool [B]: the instance still iterates (running and below its iteration cap)."""
+        return (state.status == STATUS_RUNNING) & (state.iters < controls.max_iters)
+
+    def terminate(self, state: PDHGState, controls: Controls) -> Bool[Array, "B"]:
+        """bool [B]: the instance has stopped (a status other than running, or the cap)."""
+        return ~self.active(state, controls)
+
+    def step(self, data, state: PDHGState, controls: Controls) -> PDHGState:
+        """One chunk of ``check_every`` iterations and the check, for every instance that has not
+        terminated (the others are returned unchanged)."""
+        new = jax.vmap(partial(_chunk_one, self.form, self.check_every, self.patience, controls.rtol,
+                               controls.stall_rtol), in_axes=(0, None, 0, 0))(controls.target, controls.max_iters,
+                                                                             data, state)
+        return _select_batch(self.active(state, controls), state, new)
+
+    def run(self, data, state: PDHGState, controls: Controls, n_checks: int) -> PDHGState:
+        """Up to ``n_checks`` steps; ends early once every instance terminated."""
+
+        def body(carry):
+            k, s = carry
+            return k + 1, self.step(data, s, controls)
+
+        def cond(carry):
+            k, s = carry
+            return (k < n_checks) & self.active(s, controls).any()
+
+        _, state = lax.while_loop(cond, body, (jnp.int32(0), state))
+        return state
+
+
+def _init_program(solver: PDHG, start_fn, data, bound0, x):
+    start = None if start_fn is None else jax.vmap(start_fn)(data, x)
+    return solver.init(data, bound0, start)
+
+
+def _run_program(solver: PDHG, n_checks: int, data, state, controls):
+    return solver.run(data, state, controls, n_checks)
+
+
+#: the jitted entries, run through slimjax._compile.call (the solver object is static)
+INIT_PROGRAM = jax.jit(_init_program, static_argnums=(0, 1))
+RUN_PROGRAM = jax.jit(_run_program, static_argnums=(0, 1))
 
 
 def _select_batch(run: Bool[Array, "B"], old, new):

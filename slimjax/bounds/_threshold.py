@@ -51,7 +51,8 @@ from jaxtyping import Array, Float, Int
 from slimjax._storage import storage_cut
 from slimjax.bounds._pdhg import Formulation
 
-__all__ = ["ThresholdData", "build", "to_device", "FORMULATION", "dual_value64", "initial_dual"]
+__all__ = ["ThresholdData", "build", "bytes_per_instance", "to_device", "FORMULATION", "dual_value64", "initial_dual",
+           "initial_primal"]
 
 #: Largest Σ_n Q̂_n·L·E for which the float64 evaluation runs the exact knapsack DP.
 DP_MAX_WORK = 5e7
@@ -107,7 +108,7 @@ def build(batch, aggregation: str = "max") -> dict:
     ``batch``: a batch (Instance or the float64 host copy of ``lower_bound``, with patterns
     merged in float64); zero-weight patterns are inactive. Returns a dict of NumPy arrays with the fields of :class:`ThresholdData` (leading
     axis B); the interval axis I is the largest number of intervals over the batch rounded up to a power of
-    two, at least 8 (the extra intervals have Δ = 0 and no rows), so that nearby data share a compiled program.
+    two, at least 4 (the extra intervals have Δ = 0 and no rows), so that nearby data share a compiled program.
     """
     lat, fb, pat, w, tr = host_fields(batch, aggregation)
     B, U, N, L, E = lat.shape
@@ -128,7 +129,7 @@ def build(batch, aggregation: str = "max") -> dict:
     new = np.concatenate([np.ones(T.shape[:-1] + (1,), bool), T[..., 1:] > T[..., :-1]], axis=-1)
     D = new.sum(-1)
     I0 = max(int(D.max()) - 1, 1)
-    I = max(8, 1 << (I0 - 1).bit_length())  # a power of two ≥ 8: nearby data share one compiled program
+    I = max(4, 1 << (I0 - 1).bit_length())  # a power of two ≥ 4: nearby data share one compiled program
     tc = np.sort(np.where(new, T, np.inf), axis=-1)[..., : I0 + 1]
     tc = np.where(np.isfinite(tc), tc, T[..., -1:])  # pad with the largest value (Δ = 0)
     tc = np.concatenate([tc, np.repeat(tc[..., -1:], I - I0, axis=-1)], axis=-1)  # inactive intervals
@@ -270,9 +271,6 @@ def _primal(d: ThresholdData, v):
     return d.j0 - (d.c * z).sum()
 
 
-FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal)
-
-
 def initial_dual(d: ThresholdData):
     """A start for the dual: each pattern-interval's weight split equally over its member rows
     (the bound of replacing max by the mean of the members), λ = 0."""
@@ -286,50 +284,85 @@ def initial_primal(d: ThresholdData):
     return jnp.zeros((N, L, E), d.c.dtype), jnp.zeros_like(d.c)
 
 
+def start_from(d: ThresholdData, x):
+    """A primal-dual start from a known placement x [N, L, E] (e.g. the solution being certified):
+    v = (x, z(x)) with z = min(1, min_k F_pk(x)), and each pattern-interval's weight c_p split over
+    the member rows that bind at x (F_pk = z_p: the members that keep the pattern from being
+    faster than t_i), the complementary-slackness guess; λ = 0."""
+    x = jnp.clip(x.astype(d.c.dtype), 0, 1)
+    F = jnp.where(d.act > 0, _F(d, x), jnp.inf)
+    z = jnp.clip(F.min(3), 0, 1)  # [U, L, M, I]
+    bind = (d.act > 0) & (F <= z[:, :, :, None, :])
+    n = bind.sum(3, keepdims=True)
+    mu = jnp.where(bind, d.c[:, :, :, None, :] / jnp.maximum(n, 1), 0.0).astype(d.c.dtype)
+    return (x, jnp.where(d.c > 0, z, 0.0)), (mu, jnp.zeros_like(d.q_hat))
+
+
+FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal, initial_primal,
+                          initial_dual)
+
+
 # -- the certified value (host, float64) -------------------------------------------------------
 
 
 def _knapsack64(r: np.ndarray, s_hat: np.ndarray, q_hat: np.ndarray) -> np.ndarray:
     """max Σ r·x s.t. Σ ŝ_l x ≤ Q̂, x ∈ {0,1}, per (instance, node): r [B, N, L, E] >= 0,
-    ŝ [B, L], Q̂ [B, N] (whole numbers) -> [B, N]. Exact (top-k or DP) or, when the DP table would
-    be too large, the fractional knapsack (an upper bound on it)."""
+    ŝ [B, L], Q̂ [B, N] (whole numbers) -> [B, N]. Exact (top-k when a instance's sizes are equal,
+    else the DP over the integer grid) or, when the DP table would be too large, the fractional
+    knapsack (an upper bound on it). Vectorised over instances and nodes; the DP steps over
+    layers (a sequential recurrence), each step over every count at once."""
     B, N, L, E = r.shape
-    srt = -np.sort(-r, axis=-1)  # [B, N, L, E] descending per layer
-    curves = np.concatenate([np.zeros((B, N, L, 1)), np.cumsum(srt, axis=-1)], axis=-1)  # [B, N, L, E+1]
-    equal = np.all(s_hat == s_hat[:, :1], axis=-1)  # [B]
     out = np.empty((B, N))
+    equal = np.all(s_hat == s_hat[:, :1], axis=-1)  # [B]
     qmax = int(np.max(q_hat)) if q_hat.size else 0
-    for b in range(B):
-        if equal[b]:
-            k = np.floor(q_hat[b] / s_hat[b, 0]).astype(np.int64)  # [N]
-            allv = -np.sort(-r[b].reshape(N, -1), axis=-1)
-            cs = np.concatenate([np.zeros((N, 1)), np.cumsum(allv, axis=-1)], axis=-1)
-            out[b] = cs[np.arange(N), np.minimum(k, L * E)]
-        elif (qmax + 1) * L * (E + 1) * N <= DP_MAX_WORK:
-            Q = int(q_hat[b].max())
-            G = np.zeros((N, Q + 1))
-            for l in range(L):
-                sl = int(s_hat[b, l])
-                best = G.copy()
-                for cnt in range(1, E + 1):
-                    shift = cnt * sl
-                    if shift > Q:
-                        break
-                    cand = np.full((N, Q + 1), -np.inf)
-                    cand[:, shift:] = G[:, : Q + 1 - shift] + curves[b, :, l, cnt][:, None]
-                    best = np.maximum(best, cand)
-                G = best
-            out[b] = G[np.arange(N), q_hat[b].astype(np.int64)]
-        else:
-            size = np.broadcast_to(s_hat[b][None, :, None], (N, L, E)).reshape(N, -1)
-            val = r[b].reshape(N, -1)
-            order = np.argsort(-val / size, axis=-1, kind="stable")
-            v = np.take_along_axis(val, order, -1)
-            s = np.take_along_axis(size, order, -1)
-            cs = np.cumsum(s, -1)
-            room = q_hat[b][:, None] - (cs - s)
-            out[b] = np.where(cs <= q_hat[b][:, None], v, np.clip(room / s, 0, 1) * v).sum(-1)
+    dp = ~equal & ((qmax + 1) * L * (E + 1) * N <= DP_MAX_WORK)
+    frac = ~equal & ~dp
+    if equal.any():
+        b = np.flatnonzero(equal)
+        k = np.floor(q_hat[b] / s_hat[b, :1]).astype(np.int64)  # [b, N]
+        allv = -np.sort(-r[b].reshape(len(b), N, -1), axis=-1)
+        cs = np.concatenate([np.zeros((len(b), N, 1)), np.cumsum(allv, axis=-1)], axis=-1)
+        out[b] = np.take_along_axis(cs, np.minimum(k, L * E)[..., None], axis=-1)[..., 0]
+    if dp.any():
+        b = np.flatnonzero(dp)
+        srt = -np.sort(-r[b], axis=-1)  # [b, N, L, E] descending per layer
+        curves = np.concatenate([np.zeros((len(b), N, L, 1)), np.cumsum(srt, axis=-1)], axis=-1)  # [b, N, L, E+1]
+        Q = int(q_hat[b].max())
+        q = np.arange(Q + 1)
+        cnt = np.arange(E + 1)
+        G = np.zeros((len(b), N, Q + 1))
+        for l in range(L):  # the DP over layers: G_l[q] = max_c G_{l-1}[q − c·ŝ_l] + curve_l[c]
+            src = q[None, None, :] - cnt[None, :, None] * s_hat[b, l].astype(np.int64)[:, None, None]  # [b, E+1, Q+1]
+            ok = src >= 0
+            prev = np.take_along_axis(G[:, :, None, :], np.where(ok, src, 0)[:, None], axis=-1)  # [b, N, E+1, Q+1]
+            cand = np.where(ok[:, None], prev + curves[:, :, l, :, None], -np.inf)
+            G = cand.max(axis=2)
+        out[b] = np.take_along_axis(G, q_hat[b].astype(np.int64)[..., None], axis=-1)[..., 0]
+    if frac.any():
+        b = np.flatnonzero(frac)
+        size = np.broadcast_to(s_hat[b][:, None, :, None], (len(b), N, L, E)).reshape(len(b), N, -1)
+        val = r[b].reshape(len(b), N, -1)
+        order = np.argsort(-val / size, axis=-1, kind="stable")
+        v = np.take_along_axis(val, order, -1)
+        sz = np.take_along_axis(size, order, -1)
+        cs = np.cumsum(sz, -1)
+        room = q_hat[b][..., None] - (cs - sz)
+        out[b] = np.where(cs <= q_hat[b][..., None], v, np.clip(room / sz, 0, 1) * v).sum(-1)
     return out
+
+
+def bytes_per_instance(data: dict, itemsize: int) -> float:
+    """Working set of one instance in the PDHG programs (bytes): its data (float fields in the
+    iteration dtype, indices int32) and the state — v- and y-shaped arrays (iterate, steps, sums,
+    restart point, best point; y = the member rows [U, L, M, K, I]) — plus the temporaries of a
+    chunk of steps (the loop carry, Kᵀy's scatter over [U, L, E, N+1], the pair of candidates the
+    check evaluates): 24 arrays of each shape in all, calibrated against XLA's ``memory_analysis``
+    of the compiled loop (olmoe_1b_7b, 4 users: ~1.5× the 12 copies first counted)."""
+    one = sum((4 if v.dtype.kind in "iu" else itemsize) * (v[0].size if v.ndim else 1) for v in data.values())
+    act = data["act"][0].size
+    U, L, E, N = data["xgather"].shape[1:]
+    v = N * L * E + data["c"][0].size
+    return float(one + itemsize * (24 * act + 24 * v + 8 * U * L * E * (N + 1)))
 
 
 def dual_value64(data: dict, dual) -> np.ndarray:

@@ -18,12 +18,14 @@ from slimjax.ops._maxconv import fptas_levels as fptas_levels
 from slimjax.ops._maxconv import maxplus_conv as maxplus_conv
 from slimjax.ops._maxconv import upper_envelope as upper_envelope
 from slimjax.ops._oracle import EXACT_MAX_E as EXACT_MAX_E
+from slimjax.ops._oracle import _masks_by_size as masks_by_size
 from slimjax.ops._oracle import exact_oracle as exact_oracle
 from slimjax.ops._oracle import greedy_oracle as greedy_oracle
 from slimjax.ops._oracle import pattern_prep as pattern_prep
 from slimjax.ops._order import ORDERS as ORDERS
 from slimjax.ops._order import node_orders as node_orders
 from slimjax.ops._order import node_speed as node_speed
+from slimjax.ops._patterns import _merge_numpy as merge_patterns_host
 from slimjax.ops._patterns import merge_patterns as merge_patterns
 from slimjax.ops._projection import project_storage as project_storage
 
@@ -42,8 +44,10 @@ __all__ = [
     "expert_frequency",
     "fptas_levels",
     "greedy_oracle",
+    "masks_by_size",
     "maxplus_conv",
     "merge_patterns",
+    "merge_patterns_host",
     "node_orders",
     "node_speed",
     "pattern_prep",

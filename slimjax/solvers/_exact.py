@@ -37,7 +37,7 @@ import numpy as np
 from slimjax import _storage as storage
 from slimjax._instance import Instance, is_batched
 from slimjax._objective import objective_from_d
-from slimjax import _compile
+from slimjax import _compile, _highs
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
 __all__ = ["BruteForce", "MILP", "MAX_BRUTE_FORCE", "brute_force_instance", "brute_force_load_instance",
            "milp_instance", "node_tables"]
@@ -212,77 +212,6 @@ class BruteForce(Solver):
 # ----------------------------------------------------------------------------------------------
 
 
-def _highspy():
-    try:
-        import highspy
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "method 'milp' and slimjax.lower_bound need HiGHS: install the optional extra with "
-            "`pip install 'slimjax[milp]'` (it provides highspy)"
-        ) from err
-    return highspy
-
-
-class _Model:
-    """Column-wise model builder (numpy triplets -> HighsLp)."""
-
-    def __init__(self):
-        self.cost, self.lo, self.hi, self.integer = [], [], [], []
-        self.rows_lo, self.rows_hi = [], []
-        self.ti, self.tj, self.tv = [], [], []  # row, col, value
-        self.ncol = 0
-        self.nrow = 0
-
-    def cols(self, n, cost=0.0, lo=0.0, hi=1.0, integer=False):
-        idx = np.arange(self.ncol, self.ncol + n)
-        self.ncol += n
-        self.cost.append(np.broadcast_to(np.asarray(cost, np.float64), (n,)))
-        self.lo.append(np.full(n, lo, np.float64))
-        self.hi.append(np.full(n, hi, np.float64))
-        self.integer.append(np.full(n, integer, bool))
-        return idx
-
-    def rows(self, n, lo, hi):
-        idx = np.arange(self.nrow, self.nrow + n)
-        self.nrow += n
-        self.rows_lo.append(np.broadcast_to(np.asarray(lo, np.float64), (n,)))
-        self.rows_hi.append(np.broadcast_to(np.asarray(hi, np.float64), (n,)))
-        return idx
-
-    def coef(self, r, c, v):
-        r, c, v = np.broadcast_arrays(np.asarray(r), np.asarray(c), np.asarray(v, np.float64))
-        self.ti.append(r.ravel())
-        self.tj.append(c.ravel())
-        self.tv.append(v.ravel())
-
-    def lp(self, highspy, relax: bool, offset: float):
-        inf = highspy.kHighsInf
-        lp = highspy.HighsLp()
-        lp.num_col_ = self.ncol
-        lp.num_row_ = self.nrow
-        cat = lambda parts, dt=np.float64: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
-        lp.col_cost_ = cat(self.cost)
-        lp.col_lower_ = cat(self.lo)
-        lp.col_upper_ = cat(self.hi)
-        lp.row_lower_ = np.where(np.isfinite(cat(self.rows_lo)), cat(self.rows_lo), -inf)
-        lp.row_upper_ = np.where(np.isfinite(cat(self.rows_hi)), cat(self.rows_hi), inf)
-        lp.offset_ = float(offset)
-        r, c, v = cat(self.ti, np.int64), cat(self.tj, np.int64), cat(self.tv)
-        order = np.lexsort((r, c))
-        r, c, v = r[order], c[order], v[order]
-        start = np.searchsorted(c, np.arange(self.ncol + 1)).astype(np.int32)
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = start
-        lp.a_matrix_.index_ = r.astype(np.int32)
-        lp.a_matrix_.value_ = v
-        lp.a_matrix_.num_col_ = self.ncol
-        lp.a_matrix_.num_row_ = self.nrow
-        if not relax:
-            integ = cat(self.integer, bool)
-            lp.integrality_ = [highspy.HighsVarType.kInteger if b else highspy.HighsVarType.kContinuous for b in integ]
-        return lp
-
-
 def _distinct_activation(pat, w):
     """p[u, l, e] = Σ_m w[u, l, m] · [e ∈ pattern m] (distinct members), NumPy."""
     U, L, M, K = pat.shape
@@ -317,7 +246,7 @@ def _build(inst_np: dict, aggregation: str, max_utilization=None):
     act *= tr[:, None, None]
     if max_utilization is None:
         useful = (lat < fb[:, None]) & (act[:, None] > 0)  # [U, N, L, E]
-    mdl = _Model()
+    mdl = _highs.Model()  # the model builder shared with the HiGHS bounds
     has_x = useful.any(0)  # [N, L, E]
     xcol = np.full((N, L, E), -1, np.int64)
     xcol[has_x] = mdl.cols(int(has_x.sum()), integer=True)
@@ -417,7 +346,6 @@ def _np_instance(inst: Instance) -> dict:
     return out
 
 
-_SCHEDULER_THREADS = 0
 #: HiGHS's feasibility tolerances for the MILP (set below), and the margin kept off the storage rows
 #: (in units of the smallest size; far below the contract's 1e-6 relative slack)
 _HIGHS_FEAS_TOL = 1e-9
@@ -426,33 +354,16 @@ _HIGHS_TOL = 1e-8
 
 def _solve_highs(inst: Instance, aggregation: str, relax: bool, time_limit, mip_rel_gap, threads, verbose,
                  max_utilization=None):
-    highspy = _highspy()
     mdl, xcol, offset = _build(_np_instance(inst), aggregation, max_utilization)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", bool(verbose))
-    if time_limit is not None:
-        h.setOptionValue("time_limit", float(time_limit))
-    global _SCHEDULER_THREADS
-    want = int(threads) if threads is not None else 0  # 0 = HiGHS's default
-    if want != _SCHEDULER_THREADS:
-        # HiGHS keeps one global thread pool per process and refuses to run with another thread
-        # count than the one it was started with ("Not Set", silently): restart the pool.
-        h.resetGlobalScheduler(True)
-        _SCHEDULER_THREADS = want
-    if threads is not None:
-        h.setOptionValue("threads", int(threads))
+    h = _highs.new_highs(time_limit, threads, verbose)
     if not relax:
         h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
         h.setOptionValue("mip_abs_gap", 1e-9)
         h.setOptionValue("mip_feasibility_tolerance", _HIGHS_FEAS_TOL)
         h.setOptionValue("primal_feasibility_tolerance", _HIGHS_FEAS_TOL)
-    h.passModel(mdl.lp(highspy, relax, offset))
     t0 = time.perf_counter()
-    ran = h.run()
+    status = _highs.run(h, mdl, relax, offset)
     secs = time.perf_counter() - t0
-    status = h.modelStatusToString(h.getModelStatus())
-    if ran == highspy.HighsStatus.kError and status == "Not Set":
-        raise RuntimeError("HiGHS refused to run the model (HighsStatus.kError); rerun with verbose=True for its log")
     info = h.getInfo()
     return h, xcol, status, info, secs
 
@@ -547,7 +458,7 @@ class MILP(Solver):
             raise ValueError(f"verbose: must be a bool, got {self.verbose!r}")
 
     def host_solve(self, batch, grid, keys, aggregation, start, clock):
-        _highspy()
+        _highs.highspy()
         _check_load(self, batch)
         cap = self.max_utilization if self.load else None
         xs, infos = [], []
