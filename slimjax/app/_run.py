@@ -247,6 +247,10 @@ def run(cfg: DictConfig) -> dict:
       ValueError: an invalid config value (naming the field), before any instance is generated.
     """
     out = output_dir_for(cfg)
+    if cfg.get("caching") is not None:  # experiment=caching: placement vs per-token caches
+        from slimjax.app._caching import run_caching_point
+
+        return run_caching_point(cfg, out)
     if cfg.get("dynamic") is not None:  # experiment=dynamic: policies over timelines
         if cfg.get("distributed", False):
             _cleanup(out)
