@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 import slimjax
+from slimjax.bounds import BoundStatus
 from slimjax.solvers._exact import brute_force_instance
 from tests.helpers import random_instance
 from tests.reference import brute_force_ref, feasible_ref, latency_ref
@@ -96,7 +97,7 @@ def test_brute_force_matches_reference_and_milp(U, K, agg):
         assert mi.info["bound"] <= J_ref * (1 + 1e-6)
         lb = slimjax.lower_bound(inst, "highs", aggregation=agg)
         # a Lagrangian value at HiGHS's duals in float64: only float64 rounding of J_ref as slack
-        assert lb.value.shape == () and lb.status == "optimal" and float(lb.value) <= J_ref * (1 + 1e-12)
+        assert lb.value.shape == () and lb.status == BoundStatus.OPTIMAL and float(lb.value) <= J_ref * (1 + 1e-12)
 
 
 def test_capacity_below_k_and_zero():

@@ -33,4 +33,4 @@ cert = slimjax.certify(batch, sol)
 wall = time.perf_counter() - t
 print(f"{args.model}, {args.instances} instances, {args.method}: solve {solve_s:.1f} s; certify {wall:.1f} s cold "
       f"(bound {cert.seconds:.2f} s + compile {cert.bound.compile_seconds:.1f} s); median certified gap "
-      f"{np.median(cert.gap):.4%}, max {np.max(cert.gap):.4%}; statuses {dict(zip(*np.unique(cert.status, return_counts=True)))}")
+      f"{np.median(cert.gap):.4%}, max {np.max(cert.gap):.4%}; statuses {dict(zip(*np.unique(cert.status_names, return_counts=True)))}")

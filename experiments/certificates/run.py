@@ -100,7 +100,7 @@ def part_a(model, B, limit, sols, batch, rows):
         per_inst[method] = r.seconds / B
         for i in range(B):
             rows.append(dict(model=model, instance=i, bound_method=method, bound=r.value[i], best_J=best[i],
-                             gap=best[i] / r.value[i] - 1, status=r.status[i], iterations=int(r.iterations[i]),
+                             gap=best[i] / r.value[i] - 1, status=r.status_names[i], iterations=int(r.iterations[i]),
                              batch_seconds=r.seconds, compile_seconds=r.compile_seconds, batch_wall=wall,
                              batch_cpu=cpu, instances=B))
         print(f"  bound {method:10s} median gap {np.median(best / r.value - 1):.3%}  {r.seconds:6.1f} s"
@@ -110,7 +110,7 @@ def part_a(model, B, limit, sols, batch, rows):
         inst = batch[i]
         r, wall, _ = timed(lower_bound, inst, "highs", time_limit=max(T, HIGHS_LP_LIMIT))
         rows.append(dict(model=model, instance=i, bound_method="highs-lp", bound=float(r.value), best_J=best[i],
-                         gap=best[i] / r.value - 1, status=r.status, iterations=0, batch_seconds=wall,
+                         gap=best[i] / r.value - 1, status=r.status_names, iterations=0, batch_seconds=wall,
                          compile_seconds=0.0, batch_wall=wall, batch_cpu=np.nan, instances=1,
                          time_limit=max(T, HIGHS_LP_LIMIT)))
         (_, info), wall, _ = timed(milp_instance, inst, time_limit=T)
@@ -131,7 +131,7 @@ def part_b(model, storage, sols, batch, limit, rows):
         for i in range(len(c.gap)):
             rows.append(dict(model=model, storage=("default" if storage is None else storage), instance=i,
                              method=name, J=c.objective[i], bound=bound.value[i], gap=c.gap[i],
-                             bound_status=bound.status[i], solve_seconds=secs / len(c.gap),
+                             bound_status=bound.status_names[i], solve_seconds=secs / len(c.gap),
                              bound_seconds=bound.seconds / len(c.gap)))
     g = {n: np.median(objective64(batch, x) / bound.value - 1) for n, (x, _) in sols.items()}
     print(f"  certified median gaps: " + ", ".join(f"{n} {v:.3%}" for n, v in g.items()) +
