@@ -139,7 +139,7 @@ def check_against_reference(tl, kind, warm):
 
 
 @pytest.mark.parametrize("kind", CACHES)
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10**6), cap=st.integers(0, 5), warm=st.booleans())
 def test_each_cache_matches_the_python_reference(kind, seed, cap, warm):
     tl = make_timeline(seed, (cap, cap + 1, 3))
@@ -155,7 +155,7 @@ def test_each_cache_matches_the_reference_with_two_expert_sizes(kind):
             check_against_reference(make_timeline(seed, (5, 4, 3), sizes=(1.0, 2.0)), kind, warm)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 10**6), cap=st.integers(1, 6), warm=st.booleans(), reuse=st.floats(0.0, 0.9))
 def test_belady_hits_at_least_lru_and_lfu_per_node(seed, cap, warm, reuse):
     tl = make_timeline(seed, (cap, max(cap - 1, 0), 3), reuse=reuse)
@@ -170,7 +170,7 @@ def test_belady_hits_at_least_lru_and_lfu_per_node(seed, cap, warm, reuse):
     assert ((rate[:, :2] >= res["token-lru"].hit_rate[:, :2]) | np.isnan(rate[:, :2])).all()
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 10**6))
 def test_a_cache_of_the_whole_model_misses_only_cold_starts(seed):
     tl = make_timeline(seed, (L * E, L * E, 3), reuse=0.2)
