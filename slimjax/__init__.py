@@ -22,7 +22,7 @@ Submodules are imported on first use, so ``import slimjax`` stays light.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slimjax._explain import Explanation, explain
 from slimjax._instance import Instance, stack, unstack
@@ -104,7 +104,7 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
-def lower_bound(batch: Instance, method: str = "auto", **options):
+def lower_bound(batch: Instance, method: Any = "auto", **options):
     """Certified lower bounds on the optimal J, one per instance of a batch.
 
     The same function as :func:`slimjax.bounds.lower_bound` (imported on first call, so that
@@ -112,7 +112,8 @@ def lower_bound(batch: Instance, method: str = "auto", **options):
 
     Args:
       batch: an Instance or a batch of B instances.
-      method: ``"auto"`` (default: the best of the JAX bounds that apply), ``"levels"``,
+      method: a bound method object of :mod:`slimjax.bounds` (``Levels()``, ``ThresholdLP(rtol=1e-6)``,
+        ...) or its name: ``"auto"`` (default: the best of the JAX bounds that apply), ``"levels"``,
         ``"threshold"``, ``"lp"`` (the MILP's LP relaxation by PDHG in JAX), ``"highs"`` (that LP
         on HiGHS, one instance at a time; needs the ``milp`` extra), ``"threshold-highs"`` or
         ``"trivial"`` (see :data:`slimjax.bounds.METHODS`).
@@ -121,7 +122,8 @@ def lower_bound(batch: Instance, method: str = "auto", **options):
 
     Returns:
       a :class:`slimjax.bounds.Bound`: ``value`` float64 [B] (each ≤ the optimal J of its
-      instance, whatever the status), ``status`` str [B], ``iterations`` int [B], ``seconds`` (the
+      instance, whatever the status), ``status`` int8 [B] (:class:`slimjax.bounds.BoundStatus`;
+      ``status_names`` the words), ``iterations`` int [B], ``seconds`` (the
       batch, compilation apart in ``compile_seconds``). Per-instance fields are 0-d for one
       instance.
 
@@ -141,7 +143,7 @@ def lower_bound(batch: Instance, method: str = "auto", **options):
     return _lb(batch, method, **options)
 
 
-def certify(batch: Instance, solution, method: str = "auto", **options):
+def certify(batch: Instance, solution, method: Any = "auto", **options):
     """Certified optimality gaps ``J / bound − 1`` of placements, one per instance.
 
     The same function as :func:`slimjax.bounds.certify` (imported on first call).
@@ -150,14 +152,14 @@ def certify(batch: Instance, solution, method: str = "auto", **options):
       batch: an Instance or a batch of B instances.
       solution: a :class:`Solution` of ``batch`` (its ``placement``), a placement bool
         [B, N, L, E] ([N, L, E] for one instance), or objective values float [B].
-      method: the bound method (:func:`lower_bound`).
+      method: the bound method, an object or its name (:func:`lower_bound`).
       **options: keyword options of :func:`slimjax.bounds.certify` (``bound=`` a precomputed
         bound, ``target_gap``, ``time_limit``, ...).
 
     Returns:
       a :class:`slimjax.bounds.Certificate`: ``gap`` float64 [B] (≥ the true gap to the
       optimum), ``objective`` float64 [B] (J in float64), ``lower`` float64 [B] and ``status``
-      str [B] (the bound's), ``seconds`` (time of the bound), and the full ``bound``.
+      int8 [B] (the bound's :class:`slimjax.bounds.BoundStatus`), ``seconds`` (time of the bound), and the full ``bound``.
 
     Raises:
       ValueError: a placement of the wrong shape or over a node's storage.
