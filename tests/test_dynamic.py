@@ -462,7 +462,7 @@ def test_budget_attempts_stop_when_the_budget_does_not_bind():
         got = {}
         for b in (0, 1, 100):
             count: list = []
-            got[b] = np.asarray(jax.jit(lambda b: choose(cfg, b, count))(jnp.int32(b)))
+            got[b] = np.asarray(jax.jit(lambda b, cfg=cfg, count=count: choose(cfg, b, count))(jnp.int32(b)))
             jax.effects_barrier()
             # budget 100 never binds (μ = 0 fits); 0 and 1 bind for these new copies
             assert len(count) == (1 if (stop and b == 100) else 2 + 3), (stop, b, len(count))

@@ -145,7 +145,7 @@ def study(quick: bool, out: str) -> None:
     pol = (results[keep].groupby(["source", "locality", "storage", "policy", "family", "migration"], dropna=False)
            [["J", "cost", "p50", "p95", "p99", "hit_rate", "gb_per_token", "seconds", "compile_seconds"]].mean()
            .reset_index())
-    pol.to_csv(os.path.join(HERE, "policies.csv"), index=False)
+    pol.to_csv(os.path.join(HERE, "policies.csv"), index=False, float_format="%.6g")
     shutil.copy(os.path.join(out, "region.csv"), os.path.join(HERE, "region.csv"))
     shutil.copy(os.path.join(out, "summary.csv"), os.path.join(HERE, "summary.csv"))
     replot()

@@ -304,12 +304,17 @@ def region_figure(reg: pd.DataFrame, path: Path, source: str = "synthetic", real
     stores = sorted(syn.storage.unique())
     xt = ["real" if x < 0 else f"{x:g}" for x in locs]
     panels = [("ratio", f"cost ratio, migration {c:g} s/GB", c) for c in costs] + [("p99_ratio", "p99 ratio", costs[0])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels) + 1, 3.2), squeeze=False)
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol + 1, 3.4 * nrow), squeeze=False)
+    fig.subplots_adjust(wspace=0.35, hspace=0.45)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     vals = np.log2(np.clip(syn[["ratio", "p99_ratio"]].to_numpy(dtype=float), 1e-3, 1e3))
     lim = max(1.0, float(np.nanmax(np.abs(vals)))) if np.isfinite(vals).any() else 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
     im = None
-    for ax, (col, title, c) in zip(axes[0], panels):
+    for ax, (col, title, c) in zip(axes.flat, panels):
         sub = syn[syn.migration == c]
         grid = np.full((len(stores), len(locs)), np.nan)
         for _, r in sub.iterrows():
@@ -318,14 +323,16 @@ def region_figure(reg: pd.DataFrame, path: Path, source: str = "synthetic", real
         for i in range(len(stores)):
             for j in range(len(locs)):
                 if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+                    dark = abs(np.log2(grid[i, j])) > 0.6 * lim
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            weight="bold" if grid[i, j] < 1 else "normal", color="white" if dark else "black")
         ax.set_xticks(range(len(locs)), xt, fontsize=7)
         ax.set_yticks(range(len(stores)), [f"{s:g}" for s in stores], fontsize=7)
-        ax.set_xlabel("locality")
+        ax.set_xlabel("locality", fontsize=8)
+        ax.set_ylabel("storage share", fontsize=8)
         ax.set_title(title, fontsize=8)
-    axes[0][0].set_ylabel("storage (share of expert bytes)")
     if im is not None:
-        cb = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+        cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
         cb.set_label("log2(cache / plan): < 0 (blue) = caching wins", fontsize=7)
     fig.suptitle("Per-token caching vs planned placement (best online cache / best plan)", fontsize=9)
     with atomic_write(path) as tmp:

@@ -517,8 +517,6 @@ def run(
     if replays and not tl.has_tokens:
         tl = sample_tokens(tl, sampled_tokens, key, clock)
     x0 = st.deployment(clock) if x0 is None else st.check_x0(x0)
-    su_j, cu_j = jnp.asarray(st.su), jnp.asarray(st.cu)
-    fdt = w.size.dtype
     cache_hit = None
     if pol.per_token:
         xs, loads, cache_hit, cache_lat = _run_cache(pol, tl, st, devs, x0, clock)

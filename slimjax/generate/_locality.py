@@ -129,16 +129,17 @@ class LocalityConfig:
         )
 
 
-#: Latent and drift parameters calibrated on the shared per-token GSM8K traces at ``locality = 0``:
-#: the grid of ``experiments/caching/run.py --calibrate`` closest to the traces' reuse rates at
-#: windows 1, 4, 16, 64 (each within 0.01; measured rates in ``docs/caching.md``). Use with the
-#: model's ``layers/experts/top_k``; set ``locality`` (and ``window``) on top.
 LOCALITY_PRESETS: dict[str, dict[str, Any]] = {
     # Qwen1.5-MoE-A2.7B-Chat, 3 layers (weiran0129__vLLM-MoE-Logger): reuse w=1/4/16/64 0.115/0.300/0.704/0.974
     "qwen1_5_moe_a2_7b": {"drift": 0.7, "skew": 0.2, "cluster_spread": 1.5, "task_spread": 2.0},
     # OLMoE-1B-7B, layer 0 (KaxitPandya__cerebras-assesment2): 0.243/0.526/0.875/0.993
     "olmoe_1b_7b": {"drift": 0.3, "skew": 0.5, "cluster_spread": 1.5, "task_spread": 0.5},
 }
+"""Latent and drift parameters calibrated on the shared per-token GSM8K traces at ``locality = 0``,
+by model preset: the point of the grid of ``experiments/caching/run.py --calibrate`` closest to
+the traces' reuse rates at windows 1, 4, 16, 64 (each within 0.01; the measured rates are in the
+handbook's "Placement or caching?" page). Use with the model's ``layers``/``experts``/``top_k``
+and set ``locality`` (and ``window``) on top: ``as_locality_config({"preset": name, "locality": 0.9})``."""
 
 
 def as_locality_config(locality: LocalityConfig | Mapping[str, Any] | str | None) -> LocalityConfig:
