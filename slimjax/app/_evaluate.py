@@ -153,7 +153,7 @@ def certified_bound(cfg: DictConfig, batch) -> dict | None:
         return None
     B = batch.batch_shape[0]
     return {"lower": np.broadcast_to(np.asarray(b.value, np.float64), (B,)),
-            "status": np.broadcast_to(np.asarray(b.status).astype(str), (B,)),
+            "status": np.broadcast_to(np.asarray(b.status_names).astype(str), (B,)),
             "seconds": float(b.seconds), "compile_seconds": float(getattr(b, "compile_seconds", 0.0))}
 
 
