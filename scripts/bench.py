@@ -446,7 +446,7 @@ def part_scaling(B: int, experts, units, reps: int) -> dict:
     node problem vs capacity units with the dense and the hull DP (random curves, L = 32, E = 16)."""
     import dataclasses
 
-    from slimjax.generate.models import MODELS
+    from slimjax.generate import MODELS
 
     log(f"(s) scaling: E in {list(experts)} (exact vs greedy oracle, {B} instances); capacity units in {list(units)} (dense vs hull)")
     rows_e = []

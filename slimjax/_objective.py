@@ -205,11 +205,11 @@ def check_placement(inst: Instance, placement) -> Array:
 # distinct members, independent experts, so its CDF is the product of the members' CDFs at the
 # merged sorted breakpoints t_j, and  E[max] = Σ_j t_j (G(t_j) − G(t_{j−1})).  This "jump" form
 # equals ``latency`` bit for bit at every 0/1 point (one term is t_J · 1, the others are 0).
-# The breakpoints and their ranks do not depend on p: :func:`_multilinear_plan` computes them
-# once and :func:`_multilinear_eval` is the cheap, differentiable part (a solver reuses a plan).
+# The breakpoints and their ranks do not depend on p: :func:`multilinear_plan` computes them
+# once and :func:`multilinear_eval` is the cheap, differentiable part (a solver reuses a plan).
 
 
-def _multilinear_plan(inst: Instance, aggregation: Aggregation = "max") -> dict:
+def multilinear_plan(inst: Instance, aggregation: Aggregation = "max") -> dict:
     """The p-independent part of the multilinear extension of one (unbatched) instance.
 
     Returns a dict of arrays: ``perm`` int32 [U, L, E, N+1] (ascending order of the clipped node
@@ -269,10 +269,10 @@ def _weighted_total(inst: Instance, pl: Float[Array, "U L M"]) -> Float[Array, "
     return (inst.traffic * per_user).sum()
 
 
-def _multilinear_eval(
+def multilinear_eval(
     inst: Instance, plan: dict, p: Float[Array, "N L E"], aggregation: Aggregation = "max"
 ) -> Float[Array, ""]:
-    """E_{x~Bernoulli(p)} J(x) of one instance from its :func:`_multilinear_plan`."""
+    """E_{x~Bernoulli(p)} J(x) of one instance from its :func:`multilinear_plan`."""
     return _weighted_total(inst, _multilinear_patterns(inst, plan, p, aggregation))
 
 
@@ -280,7 +280,7 @@ def _multilinear_eval(
 def _multilinear_jit(inst: Instance, p, aggregation: Aggregation):
     """Pattern expectations [([batch,] U, L, M)]; the weighted total is taken outside the jit with
     exactly the operations of :func:`latency`, so the two agree bit for bit at 0/1 points."""
-    one = lambda i, q: _multilinear_patterns(i, _multilinear_plan(i, aggregation), q, aggregation)
+    one = lambda i, q: _multilinear_patterns(i, multilinear_plan(i, aggregation), q, aggregation)
     return jax.vmap(one)(inst, p) if is_batched(inst) else one(inst, p)
 
 

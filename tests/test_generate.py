@@ -101,7 +101,7 @@ def test_deterministic_and_keys_differ(default_batch):
     again = instances(KEY, 8, routing=SMALL)
     for a, c in zip(jax.tree_util.tree_leaves(default_batch), jax.tree_util.tree_leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
-    from slimjax.generate.instances import _generate
+    from slimjax.generate._instances import _generate
 
     compiled = _generate._cache_size()
     other = instances(jax.random.key(1), 8, routing=SMALL)
@@ -141,7 +141,7 @@ def test_small_program_draws_the_batched_programs_bits(network, routing):
     the batched program. Every field of instance i must be bitwise the same in both, so that no
     instance depends on the batch it is drawn in. (Compiling the small program with the solvers'
     fast XLA options broke this: 1-ulp latencies with the multi-user geometry.)"""
-    from slimjax.generate.instances import SMALL_BATCH
+    from slimjax.generate._instances import SMALL_BATCH
 
     small = instances(KEY, 3, network=network, routing=routing)
     large = instances(KEY, SMALL_BATCH + 4, network=network, routing=routing)

@@ -404,7 +404,7 @@ def test_generator_without_load_and_config_errors():
 
 def test_instance_from_trace_with_a_load_level():
     from slimjax import traces as tr
-    from slimjax.generate.from_trace import instance_from_trace
+    from slimjax.generate import instance_from_trace
 
     rng = np.random.default_rng(0)
     ids = np.stack([np.stack([rng.choice(8, 2, replace=False) for _ in range(3)]) for _ in range(200)])

@@ -73,7 +73,7 @@ def test_cli_writes_a_canonical_trace_that_slimjax_uses(script, tmp_path):
     assert t.shape == (len("hello edge") + len("experts!"), 2, 2) and t.num_experts == 4
     assert "tiny random mixtral" in t.source
     # an instance built from it evaluates like replay
-    from slimjax.generate.from_trace import instance_from_trace
+    from slimjax.generate import instance_from_trace
 
     inst = instance_from_trace(t, model="moe_llava_phi2", network={"servers": 2, "storage_fraction": 0.5}, key=0)
     x = np.zeros(inst.latency.shape[1:], bool)

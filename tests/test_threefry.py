@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slimjax.generate import _threefry as threefry
-from slimjax.generate.instances import _host_pools, resolve
+from slimjax.generate._instances import _host_pools, resolve
 
 SEEDS = [0, 1, 7, 2**31 - 1, 2**31 + 5, 123456789]
 

@@ -14,7 +14,7 @@ import pytest
 
 import slimjax
 from slimjax import traces as tr
-from slimjax.generate.from_trace import instance_from_trace
+from slimjax.generate import instance_from_trace
 from tests.reference import latency_ref
 
 

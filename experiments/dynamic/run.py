@@ -226,7 +226,7 @@ def main():
         if raw is None:
             print("real traces not found (set SLIMJAX_SHARED); skipped", flush=True)
         else:
-            from slimjax.generate.from_trace import instance_from_trace
+            from slimjax.generate import instance_from_trace
 
             for label, rel, model in (TRACES[:1] if args.quick else TRACES):
                 trace = slimjax.traces.load(os.path.join(raw, rel))

@@ -39,7 +39,7 @@ import pandas as pd
 
 import slimjax
 from slimjax import traces as tr
-from slimjax.generate.from_trace import instance_from_trace
+from slimjax.generate import instance_from_trace
 
 SWITCH = {"name": "switch_base_128", "layers": 6, "experts": 128, "top_k": 1, "hidden": 768, "ffn": 3072, "matrices": 2}
 
@@ -156,7 +156,7 @@ STAT_KEYS = ["freq_cv", "top10_share", "entropy", "distinct_share", "pair_lift"]
 
 
 def latent_stats(cfg, L, E, K, seeds=2):
-    from slimjax.generate.routing import sample_routing
+    from slimjax.generate import sample_routing
 
     vals = []
     for s in range(seeds):
@@ -166,7 +166,7 @@ def latent_stats(cfg, L, E, K, seeds=2):
 
 
 def calibrate(traces, T, grid, log):
-    from slimjax.generate.routing import RoutingConfig
+    from slimjax.generate import RoutingConfig
 
     rows = []
     targets = []

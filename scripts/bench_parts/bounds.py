@@ -42,7 +42,7 @@ def measure(quick: bool) -> dict:
     import numpy as np
 
     import slimjax
-    from slimjax.generate.models import MODELS
+    from slimjax.generate import MODELS
 
     out: dict = {}
     try:

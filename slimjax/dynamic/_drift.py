@@ -26,12 +26,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from slimjax._instance import Instance
+from slimjax._keys import as_key
 from slimjax.dynamic._timeline import Timeline
-from slimjax.generate.instances import _as_key, _resolve_dtype, resolve
-from slimjax.generate.network import sample_network, uniform_pool
-from slimjax.generate.routing import RoutingConfig, _gumbel, _latent_logits, _top_k_indices
+from slimjax.generate import (
+    RoutingConfig,
+    gumbel,
+    latent_logits,
+    resolve,
+    resolve_dtype,
+    sample_network,
+    top_k_indices,
+    uniform_pool,
+)
 
-__all__ = ["drift", "DRIFT_MODES", "DRIFT_ROUTING"]
+__all__ = ["DRIFT_MODES", "DRIFT_ROUTING", "drift"]
 
 DRIFT_MODES = ("piecewise", "smooth")
 #: Routing defaults of :func:`drift`: few, well separated task clusters and concentrated task mixes,
@@ -61,10 +69,10 @@ def _one(key, smooth, T: int, period: int, model, net_cfg, rc: RoutingConfig, dt
 
     def window(k, m):
         r = uniform_pool(k, shapes, dtype, normal=("z",))
-        logits = _latent_logits(dict(fixed, mix=m, task=r["task"], z=r["z"]), rc, U, L, E)  # [U, L, M, E]
+        logits = latent_logits(dict(fixed, mix=m, task=r["task"], z=r["z"]), rc, U, L, E)  # [U, L, M, E]
         if rc.temperature > 0:
-            logits = logits + rc.temperature * _gumbel(r["gumbel"])
-        return _top_k_indices(logits, K).astype(jnp.int32)
+            logits = logits + rc.temperature * gumbel(r["gumbel"])
+        return top_k_indices(logits, K).astype(jnp.int32)
 
     pats = jax.vmap(window)(jax.random.split(kwin, T), mix)  # [T, U, L, M, K]
     return net, pats, mix
@@ -121,9 +129,9 @@ def drift(
     m, net_cfg, rc = resolve(model, network, merged)
     if rc.kind != "latent":
         raise ValueError(f"routing.kind: the drift generator moves a latent task mix, so kind must be 'latent', got {rc.kind!r}")
-    dt = _resolve_dtype(dtype)
+    dt = resolve_dtype(dtype)
     B, T = int(timelines), int(windows)
-    keys = jax.random.split(_as_key(key), B)
+    keys = jax.random.split(as_key(key), B)
     smooth = jnp.asarray(1.0 if mode == "smooth" else 0.0, dt)  # traced: both modes share one program
     net, pats, _ = _generate(keys, smooth, T, int(period), m, net_cfg, rc, dt)
     U, Mtok, L, K = net_cfg.users, rc.tokens, m.layers, m.top_k

@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slimjax._instance import Instance
 from slimjax import _storage as storage
+from slimjax._compile import Clock, call
+from slimjax._instance import Instance
+from slimjax._keys import as_key
 from slimjax._objective import AGGREGATIONS, expert_latency_from, objective_from_d
 from slimjax.dynamic._caches import next_use, token_caches
 from slimjax.dynamic._myopic import WindowConfig, window_solve
@@ -29,9 +31,8 @@ from slimjax.dynamic._objects import Policy, Status, as_policy
 from slimjax.dynamic._policies import PolicyConfig, timeline_policy
 from slimjax.dynamic._timeline import Timeline, timeline
 from slimjax.ops._grid import capacity_grid
-from slimjax._compile import Clock, call
 
-__all__ = ["DynamicResult", "run", "deploy", "window_config", "sample_tokens"]
+__all__ = ["DynamicResult", "deploy", "run", "sample_tokens", "window_config"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -237,23 +238,13 @@ def sample_tokens(timelines: Timeline, tokens: int, key=0, clock: Clock | None =
     tl = _as_batched(timelines)[0]
     if isinstance(tokens, bool) or not isinstance(tokens, numbers.Integral) or tokens < 1:
         raise ValueError(f"tokens: must be an integer >= 1, got {tokens!r}")
-    ids, user, w = call(_SAMPLE, (int(tokens),), (_key(key), tl.windows), clock)
+    ids, user, w = call(_SAMPLE, (int(tokens),), (as_key(key), tl.windows), clock)
     return Timeline(tl.windows, ids, user, w)
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _key(key):
-    if key is None:
-        key = 0
-    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-        return key
-    raise ValueError(f"key: must be an int seed or a jax.random.key(...), got {key!r}")
 
 
 def _as_batched(timelines) -> tuple[Timeline, bool]:

@@ -8,6 +8,8 @@ Units: latency, fallback and base in seconds; size and capacity in bytes. Every 
 its unit is documented in ``docs/generators.md``.
 """
 
+from slimjax.generate._from_trace import instance_from_trace
+from slimjax.generate._instances import instance, instances, resolve, resolve_dtype, sample_fields
 from slimjax.generate._locality import (
     LOCALITY_PRESETS,
     LocalityConfig,
@@ -16,11 +18,25 @@ from slimjax.generate._locality import (
     locality_trace,
     reuse_rates,
 )
-from slimjax.generate.from_trace import instance_from_trace
-from slimjax.generate.instances import instance, instances, resolve, sample_fields
-from slimjax.generate.models import MODELS, ModelPreset, get_model, model_names
-from slimjax.generate.network import Network, NetworkConfig, as_network_config, sample_network, shannon_rate
-from slimjax.generate.routing import ROUTING_KINDS, RoutingConfig, as_routing_config, sample_routing
+from slimjax.generate._models import MODELS, ModelPreset, get_model, model_names
+from slimjax.generate._network import (
+    Network,
+    NetworkConfig,
+    as_network_config,
+    sample_network,
+    shannon_rate,
+    uniform_pool,
+)
+from slimjax.generate._routing import (
+    ROUTING_KINDS,
+    RoutingConfig,
+    as_routing_config,
+    gumbel,
+    latent_logits,
+    routing_shapes,
+    sample_routing,
+    top_k_indices,
+)
 
 __all__ = [
     "LOCALITY_PRESETS",
@@ -35,16 +51,22 @@ __all__ = [
     "as_network_config",
     "as_routing_config",
     "get_model",
+    "gumbel",
     "instance",
     "instance_from_trace",
     "instances",
+    "latent_logits",
     "locality_tokens",
     "locality_trace",
     "model_names",
     "resolve",
+    "resolve_dtype",
     "reuse_rates",
+    "routing_shapes",
     "sample_fields",
     "sample_network",
     "sample_routing",
     "shannon_rate",
+    "top_k_indices",
+    "uniform_pool",
 ]

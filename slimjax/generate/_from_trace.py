@@ -2,7 +2,7 @@
 
 The routing part (``patterns``, ``weight``) is the empirical distribution of the trace's tokens
 (:func:`slimjax.traces.patterns`); the network part (``latency``, ``fallback``, ``size``,
-``capacity``, ``base``) is sampled by the network model of :mod:`slimjax.generate.network` for a
+``capacity``, ``base``) is sampled by the network model of :func:`slimjax.generate.sample_network` for a
 model preset whose ``layers``/``experts``/``top_k`` are replaced by the trace's ``L``/``E``/``K``
 (a trace often logs only some of the model's layers).
 """
@@ -21,7 +21,7 @@ def _sample_network_jit(key, preset, cfg, dtype):
     """``sample_network`` compiled once per (model, network config, dtype)."""
     global _JIT
     if _JIT is None:
-        from slimjax.generate.network import sample_network
+        from slimjax.generate._network import sample_network
 
         _JIT = jax.jit(sample_network, static_argnums=(1, 2, 3))
     return _JIT(key, preset, cfg, dtype)
@@ -38,7 +38,7 @@ def model_for_trace(trace, model: Any = None):
     Raises:
       ValueError: no preset matches and none was given.
     """
-    from slimjax.generate.models import MODELS, get_model
+    from slimjax.generate._models import MODELS, get_model
 
     T, L, K = trace.shape
     E = trace.num_experts
@@ -74,7 +74,7 @@ def instance_from_trace(
       trace: a :class:`slimjax.traces.Trace` (or a path, loaded with :func:`slimjax.traces.load`).
       model: model preset (name / ``ModelPreset`` / mapping) for sizes and FLOPs; its L, E and K
         are replaced by the trace's. Default: the preset with the trace's E and K.
-      network: :class:`~slimjax.generate.network.NetworkConfig` or mapping (``storage_fraction``
+      network: :class:`~slimjax.generate._network.NetworkConfig` or mapping (``storage_fraction``
         is useful when the trace logs only a few layers). With ``users > 1`` the trace needs
         per-token ``user`` ids in ``[0, users)``; each user gets the patterns of its own tokens
         and ``traffic`` = its share of the tokens.
@@ -90,8 +90,8 @@ def instance_from_trace(
     import jax.numpy as jnp
 
     from slimjax import traces as _traces
-    from slimjax.generate.network import as_network_config
     from slimjax._instance import Instance
+    from slimjax.generate._network import as_network_config
     if not isinstance(trace, _traces.Trace):
         trace = _traces.load(trace)
     preset = model_for_trace(trace, model)

@@ -25,13 +25,14 @@ from jaxtyping import Array
 
 from slimjax._cache import ensure_cache
 from slimjax._instance import Instance
+from slimjax._keys import as_key
 from slimjax.generate import _threefry as threefry
+from slimjax.generate._models import ModelPreset, get_model
+from slimjax.generate._network import NetworkConfig, as_network_config, network_shapes, pool_size, sample_network
+from slimjax.generate._routing import RoutingConfig, as_routing_config, routing_shapes, sample_routing
 from slimjax.generate._threefry import host_draws_match_jax
-from slimjax.generate.models import ModelPreset, get_model
-from slimjax.generate.network import NetworkConfig, as_network_config, network_shapes, pool_size, sample_network
-from slimjax.generate.routing import RoutingConfig, as_routing_config, routing_shapes, sample_routing
 
-__all__ = ["instance", "instances", "load_rates", "resolve", "sample_fields"]
+__all__ = ["instance", "instances", "load_rates", "resolve", "resolve_dtype", "sample_fields"]
 
 # Instances drawn per vmapped chunk; larger batches are scanned over chunks to bound memory.
 GEN_CHUNK = 1024
@@ -154,20 +155,7 @@ def _generate_batch(key, batch: int, model, network, routing, dtype, chunk: int,
     return jax.tree_util.tree_map(lambda a: a[0], out) if one else out
 
 
-def _as_key(key) -> Array:
-    if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"key: expected a single PRNG key, got shape {key.shape}")
-        return key
-    if key.shape != (2,) or key.dtype != jnp.uint32:
-        raise ValueError(f"key: expected a PRNG key (jax.random.key) or an int seed, got {key.dtype}{key.shape}")
-    return key
-
-
-def _resolve_dtype(dtype) -> Any:
+def resolve_dtype(dtype) -> Any:
     dt = jnp.dtype(jnp.float32 if dtype is None else dtype)
     if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
         raise ValueError(f"dtype: must be float32 or float64, got {dt}")
@@ -216,7 +204,7 @@ def instances(
     if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch: must be an integer >= 1, got {batch!r}")
     m, net, rout = resolve(model, network, routing)
-    dt = _resolve_dtype(dtype)
+    dt = resolve_dtype(dtype)
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size: must be an integer >= 1, got {chunk_size!r}")
     return _draw(key, int(batch), m, net, rout, dt, int(chunk_size), validate, one=False)
@@ -224,7 +212,7 @@ def instances(
 
 def _draw(key, batch: int, m, net, rout, dt, chunk_size: int, validate: bool, one: bool) -> Instance:
     ensure_cache()  # the persistent compilation cache, as on the first solve
-    fields = _generate_batch(_as_key(key), batch, m, net, rout, dt, chunk_size, one)
+    fields = _generate_batch(as_key(key), batch, m, net, rout, dt, chunk_size, one)
     return Instance(**fields, validate=validate)
 
 
@@ -239,4 +227,4 @@ def instance(
 ) -> Instance:
     """One random instance (no batch axis); equals ``instances(key, 1, ...)[0]``."""
     m, net, rout = resolve(model, network, routing)
-    return _draw(key, 1, m, net, rout, _resolve_dtype(dtype), GEN_CHUNK, validate, one=True)
+    return _draw(key, 1, m, net, rout, resolve_dtype(dtype), GEN_CHUNK, validate, one=True)

@@ -44,9 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from slimjax.generate.models import ModelPreset, get_model
-from slimjax.generate.network import uniform_pool
-from slimjax.generate.routing import RoutingConfig, _gumbel, _top_k_indices, routing_shapes
+from slimjax.generate._models import ModelPreset, get_model
+from slimjax.generate._network import uniform_pool
+from slimjax.generate._routing import RoutingConfig, gumbel, routing_shapes, top_k_indices
 from slimjax.traces import Trace
 
 __all__ = [
@@ -193,7 +193,7 @@ def _core(key, params, *, T, w, L, E, K, rd, C, noisy, dtype):
     )
     r = uniform_pool(key, shapes, dtype, normal=("W", "b", "centres", "mix", "z"))
     x = uniform_pool(jax.random.fold_in(key, 1), {"switch": (T,), "src": (T, L), "slot": (T, L, K)}, dtype)
-    # the latent router (as routing._latent_logits, with the task chain of the drift)
+    # the latent router (as routing.latent_logits, with the task chain of the drift)
     W = r["W"] / jnp.linalg.norm(r["W"], axis=1, keepdims=True)  # [L, r, E]
     b = params["skew"] * r["b"]  # [L, E]
     cdf = jnp.cumsum(jax.nn.softmax(params["task_spread"] * r["mix"], axis=-1), axis=-1)  # [1, C]
@@ -204,7 +204,7 @@ def _core(key, params, *, T, w, L, E, K, rd, C, noisy, dtype):
     z = r["centres"][task] + params["cluster_spread"] * r["z"][0]  # [T, r]
     logits = (z @ W.transpose(1, 0, 2).reshape(rd, L * E)).reshape(T, L, E) + b[None]
     if noisy:
-        logits = logits + params["temperature"] * _gumbel(r["gumbel"][0].transpose(1, 0, 2))
+        logits = logits + params["temperature"] * gumbel(r["gumbel"][0].transpose(1, 0, 2))
     rank = (K - jnp.arange(K)).astype(dtype)  # slot 0 of the source stays first
 
     def step(carry, inp):
@@ -218,7 +218,7 @@ def _core(key, params, *, T, w, L, E, K, rd, C, noisy, dtype):
             reuse[..., None] & (src[..., None] == jnp.arange(E)), top[..., None] + 1 + rank[:, None], -jnp.inf
         )
         score = jnp.maximum(lg, boost.max(axis=1))  # re-used experts above every fresh one, in source order
-        ids = _top_k_indices(score, K).astype(jnp.int32)
+        ids = top_k_indices(score, K).astype(jnp.int32)
         hist = jnp.concatenate([ids[None], hist[:-1]], axis=0)
         return (hist, jnp.minimum(n + 1, w)), ids
 

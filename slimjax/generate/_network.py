@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from slimjax.generate.models import ModelPreset
+from slimjax.generate._models import ModelPreset
 
 __all__ = [
     "Network",

@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from slimjax.generate.network import uniform_pool
+from slimjax.generate._network import uniform_pool
 
-__all__ = ["ROUTING_KINDS", "RoutingConfig", "as_routing_config", "routing_shapes", "sample_routing"]
+__all__ = ["ROUTING_KINDS", "RoutingConfig", "as_routing_config", "gumbel", "latent_logits", "routing_shapes", "sample_routing", "top_k_indices"]
 
 ROUTING_KINDS = ("latent", "zipf", "uniform")
 
@@ -102,11 +102,11 @@ def as_routing_config(routing: RoutingConfig | Mapping[str, Any] | str | None) -
     raise ValueError(f"routing: expected a RoutingConfig, a kind name, a mapping or None, got {type(routing).__name__}")
 
 
-def _gumbel(u: Array) -> Array:
+def gumbel(u: Array) -> Array:
     return -jnp.log(-jnp.log(u))
 
 
-def _latent_logits(r: dict, cfg: RoutingConfig, U: int, L: int, E: int) -> Array:
+def latent_logits(r: dict, cfg: RoutingConfig, U: int, L: int, E: int) -> Array:
     rd, C = cfg.latent_dim, cfg.clusters
     W = r["W"] / jnp.linalg.norm(r["W"], axis=1, keepdims=True)  # [L, r, E] unit columns
     b = cfg.skew * r["b"]  # [L, E]
@@ -128,7 +128,7 @@ def _zipf_logits(r: dict, cfg: RoutingConfig, U: int, L: int, E: int) -> Array:
     return jnp.broadcast_to(logp_expert[None, :, None, :], (U, L, cfg.tokens, E))
 
 
-def _top_k_indices(x: Array, k: int) -> Array:
+def top_k_indices(x: Array, k: int) -> Array:
     """Indices of the k largest entries along the last axis, largest first.
 
     For small k, k masked argmax passes (several times faster than ``lax.top_k`` on CPU);
@@ -183,7 +183,7 @@ def sample_routing(
       users: ``U``.
       dtype: float dtype of ``weight``.
       uniform: the pool's uniform draw made beforehand (see
-        :func:`~slimjax.generate.network.uniform_pool`); then ``key`` is unused.
+        :func:`~slimjax.generate._network.uniform_pool`); then ``key`` is unused.
 
     Returns:
       ``(patterns, weight)``: int32 ``[U, L, M, K]`` (distinct ids within a pattern) and
@@ -196,13 +196,13 @@ def sample_routing(
     shapes = routing_shapes(cfg, L, E, U)
     r = uniform_pool(key, shapes, dtype, normal=("W", "b", "centres", "mix", "z"), uniform=uniform)
     if cfg.kind == "latent":
-        logits = _latent_logits(r, cfg, U, L, E)
+        logits = latent_logits(r, cfg, U, L, E)
     elif cfg.kind == "zipf":
         logits = _zipf_logits(r, cfg, U, L, E)
     else:  # uniform
         logits = jnp.zeros((U, L, M, E), dtype)
     if noise_scale > 0:
-        logits = logits + noise_scale * _gumbel(r["gumbel"])
-    patterns = _top_k_indices(logits, top_k)
+        logits = logits + noise_scale * gumbel(r["gumbel"])
+    patterns = top_k_indices(logits, top_k)
     weight = jnp.full((U, L, M), 1.0 / M, dtype)
     return patterns.astype(jnp.int32), weight

@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from functools import partial
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slimjax import _storage as storage
-from slimjax._instance import Instance, is_batched
-from slimjax._objective import objective_from_d
 from slimjax import _compile, _highs
+from slimjax import _storage as storage
+from slimjax._instance import Instance
+from slimjax._kernels import load_terms
+from slimjax._objective import objective_from_d
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
+
 __all__ = ["BruteForce", "MILP", "MAX_BRUTE_FORCE", "brute_force_instance", "brute_force_load_instance",
            "milp_instance", "node_tables"]
 
@@ -115,9 +116,11 @@ def _brute_one(inst: Instance, table, aggregation: str):
 
 
 def _brute_load_one(inst: Instance, table, m, aggregation: str):
-    from slimjax.queueing._model import _REPORT
+    def J(x):
+        return load_terms(inst.latency, inst.fallback, inst.service, inst.rate, inst.patterns, inst.weight,
+                          inst.traffic, x, m, aggregation).objective
 
-    return _enumerate_best(inst, table, lambda x: _REPORT[aggregation](inst, x, m).objective)
+    return _enumerate_best(inst, table, J)
 
 
 _BRUTE_ONE = jax.jit(_brute_one, static_argnums=2)

@@ -38,14 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slimjax.ops._grid import Grid
-
 from slimjax import _storage as storage
 from slimjax._instance import Instance
-from slimjax._objective import _multilinear_eval, _multilinear_plan, expert_latency_from, objective_from_d
+from slimjax._objective import expert_latency_from, multilinear_eval, multilinear_plan, objective_from_d
 from slimjax.ops._fill import priority_fill
+from slimjax.ops._grid import Grid
 from slimjax.ops._projection import project_storage
 from slimjax.solvers._base import Prepared, Solver, check_choice, check_float, check_int, document_options, option
+
 __all__ = ["Relaxed", "SCHEDULES", "relax"]
 
 SCHEDULES = ("constant", "cosine", "linear", "exponential", "warmup_cosine")
@@ -150,12 +150,12 @@ def relax(inst: Instance, size_units, capacity_units, key, cfg: "Relaxed", aggre
     R, S, steps = int(cfg.restarts), int(cfg.samples), int(cfg.steps)
     proj = partial(project_storage, size=size, capacity=cap, iters=int(cfg.proj_iters))
 
-    plan = _multilinear_plan(inst, agg)
+    plan = multilinear_plan(inst, agg)
     J0 = _J(inst, jnp.zeros((N, L, E), bool), agg)
     scale = jnp.where(J0 > 0, J0, 1.0)
 
     def f(p):
-        return _multilinear_eval(inst, plan, p, agg) / scale
+        return multilinear_eval(inst, plan, p, agg) / scale
 
     k_init, k_round = jax.random.split(key)
     uniform = jnp.broadcast_to(jnp.clip(cap / jnp.maximum(size.sum(), 1e-30), 0.0, 1.0)[:, None, None], (N, L, E))

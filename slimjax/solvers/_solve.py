@@ -22,6 +22,7 @@ from slimjax._cache import ensure_cache
 from slimjax._compile import Clock, call
 from slimjax._instance import Instance, is_batched
 from slimjax._kernels import load_terms
+from slimjax._keys import as_key
 from slimjax._memory import instance_bytes
 from slimjax._objective import AGGREGATIONS, check_placement, objective_from_d
 from slimjax.ops._grid import capacity_grid
@@ -31,7 +32,7 @@ from slimjax.solvers._base import Solution, Solver, Status
 from slimjax.solvers._buckets import bucket, pad_patterns
 from slimjax.solvers._methods import DEFAULT, as_solver
 
-__all__ = ["solve", "solve_batch", "feasible", "Feasibility", "instance_keys"]
+__all__ = ["Feasibility", "feasible", "instance_keys", "solve", "solve_batch"]
 
 
 class Feasibility(NamedTuple):
@@ -73,28 +74,12 @@ def feasible(inst: Instance, placement) -> Feasibility:
     return Feasibility(_fits(inst, used).all(-1), used)
 
 
-def _as_key(key):
-    """An int seed, a typed key or a raw uint32[2] key as one typed PRNG key."""
-    if key is None:
-        key = 0
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if isinstance(key, (jax.Array, np.ndarray)):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            if key.shape != ():
-                raise ValueError(f"key: expected one PRNG key, got a key array of shape {key.shape}")
-            return key
-        if key.shape == (2,) and key.dtype == np.uint32:
-            return jax.random.wrap_key_data(jnp.asarray(key))
-    raise ValueError(f"key: must be an int seed or a jax.random.key(...), got {key!r}")
-
-
 _FOLD = jax.jit(lambda key, idx: jax.vmap(lambda i: jax.random.fold_in(key, i))(idx))
 
 
 def instance_keys(key, n: int, clock: Clock | None = None):
     """The PRNG keys of a batch of ``n``: instance i gets ``jax.random.fold_in(key, i)``."""
-    return call(_FOLD, (), (_as_key(key), jnp.arange(bucket(n), dtype=jnp.uint32)), clock)[:n]
+    return call(_FOLD, (), (as_key(key), jnp.arange(bucket(n), dtype=jnp.uint32)), clock)[:n]
 
 
 def _evaluate_fn(aggregation, batch, x):
@@ -346,7 +331,7 @@ def solve(
         raise ValueError("inst: solve takes one instance; use slimjax.solve_batch for a batch")
     obj = as_solver(solver, **options)
     one = jax.tree_util.tree_map(lambda a: a[None], inst)
-    keys = _as_key(key)[None]
+    keys = as_key(key)[None]
     sol = _run(one, obj, _label(solver), keys, capacity_unit=capacity_unit, aggregation=aggregation,
                chunk_size=None, memory_budget_mb=memory_budget_mb, progress=False, throw=throw,
                merge_patterns=merge_patterns, clock=clock, t0=t0, bucket_shapes=bucket_shapes)
