@@ -35,12 +35,24 @@ import numpy as np
 from slimjax import _compile
 from slimjax import _storage as storage
 from slimjax._instance import Instance, is_batched
+from slimjax._memory import memory_budget_bytes
 from slimjax.bounds import _assignment, _highs_lp, _levels, _threshold
 from slimjax.bounds import _pdhg as pdhg
-from slimjax.bounds._methods import (METHODS, AssignmentLP, Auto, BoundMethod, BoundStatus, HighsLP, Levels,
-                                     ThresholdHighs, ThresholdLP, Trivial, as_method, STATUS_NAMES)
+from slimjax.bounds._methods import (
+    METHODS,
+    STATUS_NAMES,
+    AssignmentLP,
+    Auto,
+    BoundMethod,
+    BoundStatus,
+    HighsLP,
+    Levels,
+    ThresholdHighs,
+    ThresholdLP,
+    Trivial,
+    as_method,
+)
 from slimjax.ops import merge_patterns_host
-from slimjax.solvers._batching import memory_budget_bytes
 
 __all__ = ["Bound", "Certificate", "HostBatch", "METHODS", "lower_bound", "certify", "host_batch", "objective64"]
 
