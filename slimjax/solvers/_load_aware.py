@@ -17,11 +17,17 @@ For a batch, all instances at once:
 
    (the fallback and unreachable nodes unchanged). Its placement ``x_t`` then gets
 
-   * the **repair**: while some node has ``rho[n] ≥ max_utilization``, remove one copy from an
-     over-cap node — the removal with the least total over-cap utilisation left, ties to the
-     smallest J_load (evaluated with the utilisation clipped at 0.999). Removing a copy never
-     raises its own node's utilisation, and a node without copies has ``rho = 0`` (the fallback
-     does not queue), so the repair ends with a load-feasible placement;
+   * the **repair** (skipped when no node is over the cap): while some node has
+     ``rho[n] ≥ max_utilization``, remove one copy from an over-cap node — the removal with the
+     least total over-cap utilisation left, ties to the smallest J_load (evaluated with the
+     utilisation clipped at 0.999). Every removal is scored at once
+     (:mod:`slimjax.solvers._load_moves`: removing (n, l, e) moves only the users whose fastest
+     copy it was, to their second-fastest holder, so its utilisation change is exact from one
+     segment sum; its J_load change is estimated) and the tie-break J_load is evaluated exactly
+     for the :data:`~slimjax.solvers._load_moves.EXACT` ties with the best estimate (all ties
+     when there are no more). Removing a copy never raises its own node's utilisation, and a node
+     without copies has ``rho = 0`` (the fallback does not queue), so the repair ends with a
+     load-feasible placement;
    * the true J_load of the repaired placement; the best one so far is kept (per instance).
 
    The estimate and the price move with the *unrepaired* placement's utilisation ``rho_t``::
@@ -29,9 +35,17 @@ For a batch, all instances at once:
        rho_hat <- damping · rho_hat + (1 − damping) · rho_t
        lam[n]  <- lam[n] + price_step · max(0, rho_t[n] − max_utilization) / (1 − max_utilization)
 
-3. **Polish under J_load.** The best placement gets up to ``polish_rounds`` rounds of single
-   flips (add a copy where storage allows, or remove one), each round the flip with the largest
-   decrease of the true J_load (load-feasible flips only), until none decreases it.
+3. **Polish under J_load.** The best placement gets up to ``polish_rounds`` single flips (add a
+   copy where storage allows, or remove one), each the best strict decrease of the true J_load
+   (load-feasible flips only): a round scores every flip at once as above and evaluates J_load
+   exactly for the :data:`POLISH_EXACT` with the best estimate; when none of them improves, one
+   exhaustive round evaluates every flip exactly, and the fast rounds go on while it finds one. So
+   the polish stops at a local optimum of all single flips (or after ``polish_rounds`` flips).
+
+Every program runs in chunks of the batch within ``memory_budget_mb`` (``solve`` passes it to
+:meth:`LoadAware.host_solve`; the per-instance working sets :func:`_move_bytes`,
+:func:`_full_bytes` and :func:`_eval_bytes` are checked against XLA's ``memory_analysis`` in the
+tests).
 
 So the result is load-feasible, and never worse under J_load than the repaired load-blind
 placement of the same inner solver (iteration 0; equal to the load-blind placement whenever that
@@ -64,7 +78,7 @@ from slimjax.solvers._base import Solver, Status, check_float, check_int, docume
 __all__ = ["LoadAware", "LOAD_OPTIONS", "repair", "load_polish"]
 
 #: the options of ``solve(..., load=True, ...)`` that go to :class:`LoadAware` (not to the inner solver)
-LOAD_OPTIONS = ("max_utilization", "load_iterations", "load_damping", "load_price", "load_polish")
+LOAD_OPTIONS = ("max_utilization", "load_iterations", "load_damping", "load_price", "load_polish", "load_warm_start")
 #: utilisation at which the repair's tie-break J_load is clipped (finite everywhere)
 _CLIP = 0.999
 
@@ -127,17 +141,30 @@ def _repair_one(inst: Instance, x, cap, aggregation):
     """Remove copies from over-cap nodes until every ``rho[n] < cap`` (see the module docstring).
 
     Each step scores every removal at once (:func:`slimjax.solvers._load_moves.moves`: the exact
-    utilisation change, an estimated J_load change), keeps those with the least total over-cap
-    utilisation left, and evaluates the clipped J_load exactly for the :data:`EXACT` of them with
-    the best estimate (all of them when there are no more)."""
+    utilisation change, an estimated J_load change) and keeps those with the least total over-cap
+    utilisation left. When that removal is unique, it is made and the next ones follow without
+    rescoring (a run of up to :data:`_RUN` removals): removing (n, l, e) changes only the
+    utilisation changes of expert (l, e)'s copies (one column, :func:`removal_column`), so the run
+    makes exactly the removals of one step at a time. On a tie, the clipped J_load decides,
+    evaluated exactly for the :data:`EXACT` tied removals with the best estimate (all of them
+    when there are no more)."""
     N, L, E = x.shape
     p = _activation_one(inst)
     thr = cap * (1 - 1e-6)  # strictly below the cap, with room for float rounding across programs
     arrays = _arrays(inst, p)
     k = min(_moves.EXACT, N * L * E)
+    w = (inst.rate[:, None, None] * p)[:, None] * inst.service[None]  # [U, N, L, E] load of (l, e) at n
 
     def over(xx):
         return (_rho(inst, xx, p) >= thr).any()
+
+    def pick(xx, rho, drho):
+        allowed = (xx & (rho >= thr)[:, None, None]).reshape(-1)  # copies on over-cap nodes
+        ex = jnp.maximum(rho + drho - thr, 0.0).sum(-1).reshape(-1)
+        ex = jnp.where(allowed, ex, jnp.inf)
+        best_ex = ex.min()
+        tie = allowed & (ex <= best_ex + 1e-12 * (1 + best_ex))
+        return allowed, ex, tie
 
     def cond(state):
         xx, removed, go = state
@@ -145,12 +172,10 @@ def _repair_one(inst: Instance, x, cap, aggregation):
 
     def body(state):
         xx, removed, _ = state
-        mv = _moves.moves(*arrays, xx, _CLIP, aggregation)
-        allowed = (xx & (mv.rho >= thr)[:, None, None]).reshape(-1)  # copies on over-cap nodes
-        ex = jnp.maximum(mv.rho + mv.drho - thr, 0.0).sum(-1).reshape(-1)
-        ex = jnp.where(allowed, ex, jnp.inf)
-        best_ex = ex.min()
-        tie = allowed & (ex <= best_ex + 1e-12 * (1 + best_ex))
+        mv = _moves.moves(*arrays, xx, _CLIP, aggregation, adds=False)
+        allowed, ex, tie = pick(xx, mv.rho, mv.drho)
+        some = allowed.any()  # else nothing to remove here (a copy outside the nodes): stop
+        # a tie: the clipped J_load of the best tied removals by the estimate decides
         _, idx = jax.lax.top_k(-jnp.where(tie, mv.dj.reshape(-1), jnp.inf), k)
 
         def exact(c):
@@ -158,13 +183,35 @@ def _repair_one(inst: Instance, x, cap, aggregation):
             return _j_at(inst, xc, jnp.minimum(_rho(inst, xc, p), _CLIP), aggregation)
 
         jc = jnp.where(tie[idx], jax.vmap(exact)(idx), jnp.inf)
-        c = idx[jnp.argmin(jc)]
-        some = allowed.any()  # else nothing to remove here (a copy outside the nodes): stop
-        nx = jnp.where(some, _flip(xx, c), xx)
-        return nx, jnp.where(some, removed + 1, N * L * E), some & over(nx)
+        x_tie = _flip(xx, idx[jnp.argmin(jc)])
+
+        # no tie: a run of unique best removals, one column of drho updated after each
+        def rcond(r):
+            return r[4] & (r[3] < _RUN)
+
+        def rbody(r):
+            x2, rho2, d2, cnt, _ = r
+            al, ex2, tie2 = pick(x2, rho2, d2)
+            go = (tie2.sum() == 1) & (rho2 >= thr).any() & al.any()
+            c = jnp.argmin(ex2)
+            n, l, e = c // (L * E), (c // E) % L, c % E
+            x3 = _flip(x2, c)
+            col = _moves.removal_column(inst.latency[:, :, l, e], inst.fallback[:, l, e], w[:, :, l, e], x3[:, l, e])
+            return (jnp.where(go, x3, x2), jnp.where(go, rho2 + d2[n, l, e], rho2),
+                    jnp.where(go, d2.at[:, l, e, :].set(col), d2), cnt + go.astype(jnp.int32), go)
+
+        x_run, _, _, cnt, _ = jax.lax.while_loop(rcond, rbody, (xx, mv.rho, mv.drho, jnp.int32(0), tie.sum() == 1))
+        single = tie.sum() == 1
+        nx = jnp.where(some, jnp.where(single, x_run, x_tie), xx)
+        step = jnp.where(single, cnt, 1)
+        return nx, jnp.where(some, removed + step, N * L * E), some & over(nx)
 
     x, removed, _ = jax.lax.while_loop(cond, body, (x, jnp.int32(0), over(x)))
     return x, removed
+
+
+#: unique best removals made in a run without rescoring every removal
+_RUN = 64
 
 
 def _polish_one(inst: Instance, x, cap, su, cu, aggregation, rounds, moves0):
@@ -209,14 +256,14 @@ def _flip_jload(inst: Instance, x, c, p, cap, su, cu, aggregation):
     return jnp.where(ok, _jload(inst, xc, p, cap, aggregation)[0], jnp.inf)
 
 
-def _polish_full_one(inst: Instance, x, cap, su, cu, aggregation, moves, rounds):
+def _polish_full_one(inst: Instance, x, cap, su, cu, aggregation, moves, rounds, map_batch):
     """One best-improvement round over *every* single flip, each J_load exact (the check that the
     polish above stopped at a local optimum; when it did not, the best flip is made)."""
     N, L, E = x.shape
     p = _activation_one(inst)
     j = _jload(inst, x, p, cap, aggregation)[0]
     vals = jax.lax.map(lambda c: _flip_jload(inst, x, c, p, cap, su, cu, aggregation), jnp.arange(N * L * E),
-                       batch_size=_MAP_BATCH)
+                       batch_size=map_batch)
     c = jnp.argmin(vals)
     better = (vals[c] < j * (1 - 1e-7)) & (moves < rounds)
     return jnp.where(better, _flip(x, c), x), moves + better.astype(jnp.int32), better
@@ -232,9 +279,9 @@ def _polish_batch(aggregation, rounds, batch, x, cap, su, cu, moves):
     return jax.vmap(lambda i, xi, m, s, c, k: _polish_one(i, xi, m, s, c, aggregation, rounds, k))(batch, x, cap, su, cu, moves)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _polish_full_batch(aggregation, rounds, batch, x, cap, su, cu, moves):
-    return jax.vmap(lambda i, xi, m, s, c, k: _polish_full_one(i, xi, m, s, c, aggregation, k, rounds))(
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _polish_full_batch(aggregation, rounds, map_batch, batch, x, cap, su, cu, moves):
+    return jax.vmap(lambda i, xi, m, s, c, k: _polish_full_one(i, xi, m, s, c, aggregation, k, rounds, map_batch))(
         batch, x, cap, su, cu, moves)
 
 
@@ -245,8 +292,9 @@ def _polish_chunked(aggregation, rounds, red, x, cap, su, cu, budget, clock):
     per = _move_bytes(red.shape)
     while True:
         x, moves = _chunked(_polish_batch, (aggregation, rounds), (red, x, cap, su, cu, moves), per, budget, clock)
-        x, moves, better = _chunked(_polish_full_batch, (aggregation, rounds), (red, x, cap, su, cu, moves),
-                                    _full_bytes(red.shape), budget, clock)
+        mb = _full_map_batch(red.shape, budget)
+        x, moves, better = _chunked(_polish_full_batch, (aggregation, rounds, mb), (red, x, cap, su, cu, moves),
+                                    _full_bytes(red.shape, mb), budget, clock)
         if not np.asarray(better).any():
             return x, moves
 
@@ -323,11 +371,20 @@ def _move_bytes(shape) -> float:
                   + k * (4 * U * N * L * E + 3 * U * L * M * K) + 4 * U * L * M * K)
 
 
-def _full_bytes(shape) -> float:
-    """Working set (bytes) of one instance in the exhaustive polish round (:data:`_MAP_BATCH` exact
+def _full_bytes(shape, map_batch: int) -> float:
+    """Working set (bytes) of one instance in the exhaustive polish round (``map_batch`` exact
     evaluations at a time)."""
     U, N, L, E, M, K = shape
-    return 4.0 * (_MAP_BATCH * (4 * U * N * L * E + 3 * U * L * M * K) + 4 * U * L * M * K)
+    return 4.0 * (map_batch * (4 * U * N * L * E + 3 * U * L * M * K) + 4 * U * L * M * K)
+
+
+def _full_map_batch(shape, budget: float) -> int:
+    """Exact evaluations at a time in the exhaustive round: :data:`_MAP_BATCH`, fewer when one
+    instance would not fit ``budget`` with them."""
+    mb = _MAP_BATCH
+    while mb > 1 and _full_bytes(shape, mb) > budget:
+        mb //= 2
+    return mb
 
 
 def _eval_bytes(shape) -> float:
@@ -413,6 +470,8 @@ class LoadAware(Solver):
     load_damping: float = option(0.5, "weight of the previous utilisation estimate, in [0, 1)")
     load_price: float = option(1.0, "step of the utilisation price of over-cap nodes (>= 0; 0 = no price)")
     load_polish: int = option(16, "rounds of J_load flip polish of the best placement (int >= 0)")
+    load_warm_start: bool = option(False, "iterations after the load-blind one run only the inner chain's later stages "
+                                   "(its polish), started from the previous iteration's placement")
     jax_native: ClassVar[bool] = False
     #: ``solve`` reports J_load as the objective of this solver
     load_objective: ClassVar[bool] = True
@@ -433,6 +492,8 @@ class LoadAware(Solver):
             raise ValueError(f"load_damping: must be in [0, 1), got {self.load_damping!r}")
         check_float("load_price", self.load_price, 0.0)
         check_int("load_polish", self.load_polish, 0)
+        if not isinstance(self.load_warm_start, bool):
+            raise ValueError(f"load_warm_start: must be a bool, got {self.load_warm_start!r}")
 
     def replace(self, **changes) -> "LoadAware":
         """Load options change this object; every other option goes to the inner solver."""
@@ -473,7 +534,12 @@ class LoadAware(Solver):
             else:
                 loaded = _chunked(_loaded_batch, (), (batch, rho_hat, lam, cap), ev, budget, clock)
                 work = batch.replace(latency=loaded)
-            x, st = _run_stages(self.inner, work, grid, keys, aggregation, start, clock, budget)
+            stages = self.inner.stages()
+            if it > 0 and self.load_warm_start and len(stages) > 1:  # the later stages from the previous iterate
+                x, st = _run_stages(stages[1:], work, grid, keys, aggregation, x_prev, clock, budget)
+            else:
+                x, st = _run_stages(stages, work, grid, keys, aggregation, start, clock, budget)
+            x_prev = x
             status = np.where(st == Status.FAILED, Status.FAILED, status).astype(np.int8)
             x = np.asarray(x, bool)
             j, rho_t, _ = _chunked(_evaluate_batch, (aggregation,), (batch, x, cap), ev, budget, clock)
@@ -519,12 +585,13 @@ class LoadAware(Solver):
         return np.asarray(best_x, bool), info, status
 
 
-def _run_stages(solver: Solver, work: Instance, grid, keys, aggregation, start, clock, budget: float):
-    """The stages of ``solver`` on ``work`` (as ``solve_batch`` runs them); (placement, status [B])."""
+def _run_stages(stages, work: Instance, grid, keys, aggregation, start, clock, budget: float):
+    """``stages`` (of the inner solver) on ``work`` from ``start``, as ``solve_batch`` runs them;
+    (placement, status [B])."""
     B = work.latency.shape[0]
     x = start
     status = np.full(B, Status.FEASIBLE, np.int8)
-    for stage in solver.stages():
+    for stage in stages:
         if stage.jax_native:
             prepared = stage.prepare(work, grid, aggregation)
             check = getattr(stage, "check_memory", None)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from slimjax.ops import drop_loss_layer, pattern_top
 
-__all__ = ["EXACT", "Moves", "moves", "wait_factor"]
+__all__ = ["EXACT", "Moves", "moves", "removal_column", "wait_factor"]
 
 #: flips evaluated exactly (J_load from scratch) per repair or polish step
 EXACT = 8
@@ -68,9 +68,29 @@ def _state(lat, fb, x):
     return a, b, bt, a2, bt2
 
 
-def moves(lat, fb, service, rate, p, patterns, weight, traffic, x, clip, aggregation: str) -> Moves:
+def removal_column(lat_c, fb_c, w_c, x_c):
+    """The utilisation change [n, m] of removing copy n of one expert (l, e): ``lat_c`` [U, N] its
+    latencies, ``fb_c`` [U] its fallback, ``w_c`` [U, N] the load it puts on each node
+    (``rate · p · service``), ``x_c`` [N] its copies (rows of nodes without a copy: zero)."""
+    N = lat_c.shape[1]
+    dt = lat_c.dtype
+    masked = jnp.where(x_c[None], lat_c, jnp.inf)  # [U, N]
+    b = masked.argmin(axis=1)
+    bt = masked.min(axis=1)
+    a = jnp.where(bt <= fb_c, b, N)
+    masked2 = jnp.where(jnp.arange(N)[None] == b[:, None], jnp.inf, masked)
+    b2 = masked2.argmin(axis=1)
+    a2 = jnp.where(masked2.min(axis=1) <= fb_c, b2, N)
+    A = jax.nn.one_hot(a, N, dtype=dt)  # [U, N]; the fallback: zeros
+    A2 = jax.nn.one_hot(a2, N, dtype=dt)
+    rm = A.T @ (A2 * w_c) - jnp.diag((A * w_c).sum(0))
+    return jnp.where(x_c[:, None], rm, 0.0)
+
+
+def moves(lat, fb, service, rate, p, patterns, weight, traffic, x, clip, aggregation: str, adds: bool = True) -> Moves:
     """Every single flip of ``x`` [N, L, E] on one instance (arrays of that instance; ``p`` the
-    activation probabilities [U, L, E]); waits at ``min(rho, clip)``. See the module docstring."""
+    activation probabilities [U, L, E]); waits at ``min(rho, clip)``. See the module docstring.
+    ``adds=False``: removals only (the scores of the additions are then those of no move)."""
     U, N, L, E = lat.shape
     dt = lat.dtype
     a, b, bt, a2, bt2 = _state(lat, fb, x)
@@ -79,17 +99,21 @@ def moves(lat, fb, service, rate, p, patterns, weight, traffic, x, clip, aggrega
     A2 = jax.nn.one_hot(a2, N, dtype=dt)
     Ald = A * ld
     rho = Ald.sum((0, 1, 2))
-    # removal of (n, l, e): its users (a = n) go to a2
-    rm = jnp.einsum("ulen,ulem->nlem", A, A2 * ld)
-    rm = rm - jnp.moveaxis(Ald.sum(0), -1, 0)[..., None] * jnp.eye(N, dtype=dt)[:, None, None, :]
-    # addition of (n, l, e): users for whom n beats their holder (ties to the lower index), not the fallback
+    # removal of (n, l, e): its users (a = n) go to a2 (the column function, as the repair updates one column)
+    col = jax.vmap(jax.vmap(removal_column, in_axes=(2, 1, 2, 1), out_axes=1), in_axes=(2, 1, 2, 1), out_axes=1)
+    rm = col(lat, fb, ld.transpose(0, 3, 1, 2), x)  # [N, L, E, N]
     latn = lat  # [U, N, L, E]
-    beats = (latn < bt[:, None]) | ((latn == bt[:, None]) & (jnp.arange(N)[None, :, None, None] < b[:, None]))
-    mv = beats & (latn <= fb[:, None]) & ~x[None]  # [U, N, L, E]
-    mvf = mv.astype(dt)
-    gain = jnp.einsum("unle,ulen->nle", mvf, ld)
-    add = gain[..., None] * jnp.eye(N, dtype=dt)[:, None, None, :] - jnp.einsum("unle,ulem->nlem", mvf, Ald)
-    drho = jnp.where(x[..., None], rm, add)
+    if adds:
+        # addition of (n, l, e): users for whom n beats their holder (ties to the lower index), not the fallback
+        beats = (latn < bt[:, None]) | ((latn == bt[:, None]) & (jnp.arange(N)[None, :, None, None] < b[:, None]))
+        mv = beats & (latn <= fb[:, None]) & ~x[None]  # [U, N, L, E]
+        mvf = mv.astype(dt)
+        gain = jnp.einsum("unle,ulen->nle", mvf, ld)
+        add = gain[..., None] * jnp.eye(N, dtype=dt)[:, None, None, :] - jnp.einsum("unle,ulem->nlem", mvf, Ald)
+        drho = jnp.where(x[..., None], rm, add)
+    else:
+        mv = jnp.zeros((), bool)
+        drho = rm
 
     # estimated change of J_load: direct (the moved users' own times) + queue (the waits)
     f = wait_factor(rho, clip)  # [N]
@@ -99,8 +123,8 @@ def moves(lat, fb, service, rate, p, patterns, weight, traffic, x, clip, aggrega
     d = jnp.where(a < N, bt + wait_a, fb)  # loaded expert time now
     d2 = jnp.where(a2 < N, bt2 + wait_a2, fb)  # after losing the holder
     on_n = a[:, None] == jnp.arange(N)[None, :, None, None]  # [U, N, L, E]
-    d_new = jnp.where(x[None], jnp.where(on_n, d2[:, None], d[:, None]),
-                      jnp.where(mv, latn + svc_f[None], d[:, None]))  # [U, N, L, E]
+    d_rm = jnp.where(on_n, d2[:, None], d[:, None])  # [U, N, L, E]
+    d_new = jnp.where(x[None], d_rm, jnp.where(mv, latn + svc_f[None], d[:, None])) if adds else d_rm
     if aggregation == "max":
         def layer(d_l, dnew_l, pat_l, w_l):
             top_v, top_ids, dup = pattern_top(d_l, pat_l, 2)
