@@ -267,14 +267,14 @@ def test_flip_scores_against_the_reference(aggregation):
     """Every single flip's utilisation change is exact (the float64 reference on the flipped
     placement), and its estimated J_load change ranks the flips usefully: the flip with the best
     estimate is within the best few by the exact J_load change."""
-    from slimjax.queueing._model import _activation_one
+    from slimjax.queueing import activation_probability
     from slimjax.solvers._load_moves import moves
 
     inst = random_load_instance(11, U=4, N=3, L=2, E=5, M=6, K=3, peak=0.6)
     N, L, E = inst.latency.shape[1:]
     rng = np.random.default_rng(0)
     x = rng.random((N, L, E)) < 0.5
-    mv = moves(inst.latency, inst.fallback, inst.service, inst.rate, _activation_one(inst), inst.patterns, inst.weight,
+    mv = moves(inst.latency, inst.fallback, inst.service, inst.rate, activation_probability(inst), inst.patterns, inst.weight,
                inst.traffic, x, 0.999, aggregation)
     rho = utilization_ref(inst, x)
     np.testing.assert_allclose(np.asarray(mv.rho), rho, rtol=1e-5, atol=1e-6)

@@ -68,9 +68,9 @@ import numpy as np
 
 from slimjax import _storage as storage
 from slimjax._instance import Instance
+from slimjax._kernels import activation, assignment_from, assignment_share, loaded_expert_latency_from, utilization_from
 from slimjax._objective import objective_from_d
 from slimjax.ops._grid import capacity_grid
-from slimjax.queueing._model import _activation_one, _assignment_one, _share, loaded_expert_latency_from, utilization_from
 from slimjax.solvers import _batching
 from slimjax.solvers import _load_moves as _moves
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option
@@ -87,17 +87,17 @@ _CLIP = 0.999
 
 
 def _fields(inst: Instance):
-    return inst.service, inst.rate, _activation_one(inst)
+    return inst.service, inst.rate, activation(inst.patterns, inst.weight, inst.latency.shape[-1])
 
 
 def _rho(inst: Instance, x, p):
     N = inst.latency.shape[1]
-    share = _share(_assignment_one(inst, x), N, inst.latency.dtype)
+    share = assignment_share(assignment_from(inst.latency, inst.fallback, x), N, inst.latency.dtype)
     return utilization_from(p, inst.rate, inst.service, share)
 
 
 def _j_at(inst: Instance, x, rho, aggregation):
-    d = loaded_expert_latency_from(inst.latency, inst.fallback, inst.service, _assignment_one(inst, x), rho)
+    d = loaded_expert_latency_from(inst.latency, inst.fallback, inst.service, assignment_from(inst.latency, inst.fallback, x), rho)
     return objective_from_d(inst, d, aggregation)
 
 
@@ -149,7 +149,7 @@ def _repair_one(inst: Instance, x, cap, aggregation):
     evaluated exactly for the :data:`EXACT` tied removals with the best estimate (all of them
     when there are no more)."""
     N, L, E = x.shape
-    p = _activation_one(inst)
+    p = activation(inst.patterns, inst.weight, inst.latency.shape[-1])
     thr = cap * (1 - 1e-6)  # strictly below the cap, with room for float rounding across programs
     arrays = _arrays(inst, p)
     k = min(_moves.EXACT, N * L * E)
@@ -223,7 +223,7 @@ def _polish_one(inst: Instance, x, cap, su, cu, aggregation, rounds, moves0):
     with the best estimate and takes the best of them if it is a strict decrease; it stops at the
     first round without one, or after ``rounds`` moves in all (``moves0`` already made)."""
     N, L, E = x.shape
-    p = _activation_one(inst)
+    p = activation(inst.patterns, inst.weight, inst.latency.shape[-1])
     arrays = _arrays(inst, p)
     k = min(POLISH_EXACT, N * L * E)
 
@@ -260,7 +260,7 @@ def _polish_full_one(inst: Instance, x, cap, su, cu, aggregation, moves, rounds,
     """One best-improvement round over *every* single flip, each J_load exact (the check that the
     polish above stopped at a local optimum; when it did not, the best flip is made)."""
     N, L, E = x.shape
-    p = _activation_one(inst)
+    p = activation(inst.patterns, inst.weight, inst.latency.shape[-1])
     j = _jload(inst, x, p, cap, aggregation)[0]
     vals = jax.lax.map(lambda c: _flip_jload(inst, x, c, p, cap, su, cu, aggregation), jnp.arange(N * L * E),
                        batch_size=map_batch)
@@ -310,7 +310,7 @@ def _storage_nodes(batch: Instance) -> tuple:
 @partial(jax.jit, static_argnums=(0,))
 def _evaluate_batch(aggregation, batch, x, cap):
     def one(inst, xi, c):
-        p = _activation_one(inst)
+        p = activation(inst.patterns, inst.weight, inst.latency.shape[-1])
         j, rho = _jload(inst, xi, p, c, aggregation)
         return j, rho, _j_at(inst, xi, jnp.zeros_like(rho), aggregation)
 
