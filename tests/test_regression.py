@@ -33,3 +33,44 @@ def test_solutions_equal_the_recorded_ones(case):
         # the recorded J is the NumPy reference's J of the recorded placement (float64)
         np.testing.assert_allclose([latency_ref(batch[i], x_rec[i]) for i in range(n)], J_rec, rtol=1e-12)
         assert_same_solutions(batch, x, x_rec, J, J_rec, rtol=1e-5)
+
+
+# -- many patterns, large E (issue 29): recorded with the code before the speed work -----------
+
+from tests.realistic import shared_traces  # noqa: E402
+from tests.regression_large import GENERATED, J64, REALISTIC, generated_batch, realistic_batch  # noqa: E402
+from tests.regression_large import PATH as LARGE_PATH  # noqa: E402
+
+LARGE = np.load(LARGE_PATH)
+
+
+def _check_large(name: str, batch, solvers) -> None:
+    for s in solvers:
+        shape = tuple(LARGE[f"{name}/{s}/shape"])
+        x_rec = np.unpackbits(LARGE[f"{name}/{s}/x"])[: int(np.prod(shape))].reshape(shape).astype(bool)
+        J_rec = LARGE[f"{name}/{s}/J"]
+        sol = slimjax.solve_batch(batch, s, progress=False)
+        x = np.asarray(sol.placement)
+        assert x.shape == shape, s
+        assert (np.asarray(sol.status) != slimjax.Status.FAILED).all(), s  # FAILED = did not fit the storage
+        J = np.array([J64(batch[i], x[i]) for i in range(shape[0])])
+        # the same placement, or one of the same J in float64 (a near-tie broken the other way)
+        assert_same_solutions(batch, x, x_rec, J, J_rec, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", GENERATED, ids=[c[0] for c in GENERATED])
+def test_large_generated_solutions_equal_the_recorded_ones(case):
+    name, model, network, routing, n, solvers = case
+    _check_large(name, generated_batch(model, network, routing, n), solvers)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.slow) if c[0] == "deepseek_v2_lite" else c for c in REALISTIC],
+    ids=[c[0] for c in REALISTIC],
+)
+def test_realistic_solutions_equal_the_recorded_ones(case):
+    if shared_traces() is None:
+        pytest.skip("../shared/traces/raw is absent (real per-token traces; set SLIMJAX_SHARED)")
+    kind, solvers = case
+    _check_large(f"real_{kind}", realistic_batch(kind), solvers)

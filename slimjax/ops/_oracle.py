@@ -57,6 +57,23 @@ def pattern_prep(patterns: Int[Array, "U L M K"], weight: Float[Array, "U L M"],
     return tw, dup
 
 
+def _minor_sum(slabs: list) -> Array:
+    """``jnp.stack(slabs, -1).sum(-1)`` with the summation order of XLA CPU's reduction over a
+    short minor axis (K <= 8: the K values padded with zeros to a power of two, then halved
+    pairwise: ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7))), so that the position-major
+    oracle gives bit for bit the sums of the ``[..., K].sum(-1)`` form it replaces (and so the
+    same greedy chain: its ranking can tie). Above 8 the stacked sum itself."""
+    K = len(slabs)
+    if K > 8:
+        return jnp.stack(slabs, axis=-1).sum(-1)
+    W = 1 << max(K - 1, 0).bit_length()
+    v = list(slabs) + [jnp.zeros_like(slabs[0])] * (W - K)
+    while len(v) > 1:
+        h = len(v) // 2
+        v = [v[i] + v[i + h] for i in range(h)]
+    return v[0]
+
+
 def _members(v: Shaped[Array, "U L E"], patterns: Int[Array, "U L M K"]) -> Shaped[Array, "U L M K"]:
     return jnp.take_along_axis(v[:, :, None, :], patterns, axis=-1)
 
@@ -226,27 +243,45 @@ def greedy_oracle(
     T = E if steps is None else max(1, min(int(steps), E))
     dt = d.dtype
     improv = (newp < d).any(0)  # [L, E]: this node makes the expert faster for some user
+    # Pattern members position-major ([K] lists of [U, L, M] slabs): every per-pattern max, argmax
+    # and count over the K members is then K - 1 elementwise steps (vectorised) instead of a
+    # reduction over a short minor axis; the values are the same (max/argmax/any are exact).
     improv_u = _members((newp < d).astype(jnp.int32), patterns) > 0  # [U, L, M, K]
-    new = jnp.where(dup, 0, _members(newp, patterns))
-    old = jnp.where(dup, 0, _members(d, patterns))
+    new4 = jnp.where(dup, 0, _members(newp, patterns))
+    old4 = jnp.where(dup, 0, _members(d, patterns))
     lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], patterns.shape)
-    flat_idx = (lidx * E + patterns).reshape(-1)
-    kpos = jnp.arange(K, dtype=jnp.int32)
-    p0 = old.max(-1)
+    lidx3 = lidx[..., 0]  # [U, L, M]
+    p0 = old4.max(-1)
+    pos = lambda a: list(jnp.moveaxis(a, -1, 0))  # noqa: E731 (materialised position-major, outside the loop)
+    new_k, old_k, pat_k, dup_k = pos(new4), pos(old4), pos(patterns), pos(dup)
+    fix_k = [~dk & iu for dk, iu in zip(dup_k, pos(improv_u))]  # addable unless already in the set
+    flat_k = pos((lidx * E + patterns))
 
     def members_now(inS):
-        """``in_s`` and ``cur_k`` [U, L, M, K]: membership and latency of each pattern member given
-        the set (the current latencies are ``newp`` on the set and ``d`` elsewhere)."""
-        in_s = inS.reshape(-1)[flat_idx].reshape(patterns.shape)
-        return in_s, jnp.where(in_s, new, old)
+        """``in_s`` and ``cur`` ([K] of [U, L, M]): membership and latency of each pattern member
+        given the set (the current latencies are ``newp`` on the set and ``d`` elsewhere)."""
+        flat = inS.reshape(-1)
+        in_s = [flat[f] for f in flat_k]
+        return in_s, [jnp.where(i, nw, od) for i, nw, od in zip(in_s, new_k, old_k)]
 
     lim = jnp.full((L,), E, jnp.int32) if limit is None else jnp.minimum(jnp.asarray(limit, jnp.int32), E)
     cost = None if item_cost is None else jnp.asarray(item_cost, dt)
 
     def step(state):
         t, active, inS, s0, added_at, gains, sizes = state
-        in_s, cur_k = members_now(inS)
-        curP = cur_k.max(-1)
+        in_s, cur = members_now(inS)
+        # one pass over the members: the slowest (first among ties, as argmax) i1, its new latency,
+        # id and dup flag, and the largest other value top2 (>= 0, as a max with a 0 at i1)
+        curP, i1, top2, new1, e1 = cur[0], jnp.zeros(cur[0].shape, jnp.int32), jnp.zeros_like(cur[0]), new_k[0], pat_k[0]
+        dup1 = dup_k[0]
+        for k in range(1, K):
+            gt = cur[k] > curP
+            top2 = jnp.where(gt, curP, jnp.maximum(top2, cur[k]))
+            curP = jnp.where(gt, cur[k], curP)
+            i1 = jnp.where(gt, k, i1)
+            new1 = jnp.where(gt, new_k[k], new1)
+            e1 = jnp.where(gt, pat_k[k], e1)
+            dup1 = jnp.where(gt, dup_k[k], dup1)
         gain_now = (tw * (p0 - curP)).sum(axis=(0, 2))  # [L] exact gain of the current set
         if cost is not None:
             gain_now = gain_now - jnp.where(inS, cost, 0).sum(-1)
@@ -254,24 +289,26 @@ def greedy_oracle(
         # Exact single-expert gains. Adding a member lowers the pattern's latency only when it is
         # the (first) slowest member i1 (every member's new latency is <= the pattern's), so each
         # pattern contributes to one expert: curP - max(its new latency, the other members' max).
-        i1 = jnp.argmax(cur_k, axis=-1)
-        is1 = kpos == i1[..., None]
-        top2 = jnp.where(is1, 0, cur_k).max(-1)
-        new1 = jnp.where(is1, new, 0).max(-1)  # latencies are >= 0
-        dup1 = (is1 & dup).any(-1)
         drop1 = jnp.where(dup1, 0, curP - jnp.maximum(new1, top2))  # [U, L, M]
-        e1 = jnp.take_along_axis(patterns, i1[..., None], axis=-1)[..., 0]
-        idx1 = (lidx[..., 0] * E + e1).reshape(-1)
+        idx1 = (lidx3 * E + e1).reshape(-1)
         single = jnp.zeros((L * E,), dt).at[idx1].add((tw * drop1).reshape(-1)).reshape(L, E)
         if cost is not None:
             single = single - cost  # net single gains (a completion's estimate sums its members' net gains)
         # pattern completions
-        A = ~dup & ~in_s & improv_u  # [U, L, M, K]
-        size_a = A.sum(-1)
-        full = jnp.where(A, new, cur_k).max(-1)
-        own = tw * ((curP - full) - jnp.where((A & is1).any(-1), drop1, 0))
-        s_k = single.reshape(-1)[flat_idx].reshape(patterns.shape)
-        est = jnp.where(A, s_k, 0).sum(-1) + own
+        A = [f & ~i for f, i in zip(fix_k, in_s)]  # [K] of [U, L, M]
+        size_a = sum(a.astype(jnp.int32) for a in A)
+        full = jnp.where(A[0], new_k[0], cur[0])
+        a1 = A[0] & (i1 == 0)
+        for k in range(1, K):
+            full = jnp.maximum(full, jnp.where(A[k], new_k[k], cur[k]))
+            a1 = a1 | (A[k] & (i1 == k))
+        own = tw * ((curP - full) - jnp.where(a1, drop1, 0))
+        # rounded on its own, as in the [..., K].sum(-1) form: LLVM would contract the product into the
+        # sum below (an FMA, est off in the last bit, which can flip a near-tie of the ranking); a
+        # select (never taken: own is finite) between them prevents the contraction
+        own = jnp.where(own == own, own, 0.0)
+        sflat = single.reshape(-1)
+        est = _minor_sum([jnp.where(a, sflat[f], 0) for a, f in zip(A, flat_k)]) + own
         r_c = jnp.where(size_a > 0, est / jnp.maximum(size_a, 1).astype(dt), -jnp.inf)  # [U, L, M]
         r_s = jnp.where(~inS & improv, single, -jnp.inf)  # [L, E]
         cand = jnp.concatenate([r_s, jnp.moveaxis(r_c, 0, 1).reshape(L, U * M)], axis=-1)
@@ -280,8 +317,9 @@ def greedy_oracle(
         is_single = best < E
         ci = jnp.maximum(best - E, 0)
         cu, cm = ci // M, ci % M
-        a_sel = A[cu, jnp.arange(L), cm]  # [L, K]
-        p_sel = patterns[cu, jnp.arange(L), cm]  # [L, K]
+        ar = jnp.arange(L)
+        a_sel = jnp.stack([a[cu, ar, cm] for a in A], axis=-1)  # [L, K]
+        p_sel = patterns[cu, ar, cm]  # [L, K]
         comp = (jax.nn.one_hot(p_sel, E, dtype=jnp.int32) * a_sel[..., None]).max(-2) > 0  # [L, E]
         add = jnp.where(is_single[:, None], jax.nn.one_hot(best, E, dtype=bool), comp) & go[:, None]
         inS = inS | add
@@ -297,7 +335,7 @@ def greedy_oracle(
             jnp.full((L, E), T + 1, jnp.int32), jnp.zeros((T + 1, L), dt), jnp.full((T + 1, L), E + 1, jnp.int32))
     t_end, _, inS, singles0, added_at, gains, sizes = lax.while_loop(
         lambda st: (st[0] < T) & st[1].any(), step, init)  # singles0: gains vs d
-    pT = members_now(inS)[1].max(-1)
+    pT = functools.reduce(jnp.maximum, members_now(inS)[1])
     gain_end = (tw * (p0 - pT)).sum(axis=(0, 2))
     if cost is not None:
         gain_end = gain_end - jnp.where(inS, cost, 0).sum(-1)
