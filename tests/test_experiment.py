@@ -570,6 +570,7 @@ def test_summary_of_a_dataset_equals_the_summary_of_its_table():
     assert row.n_opt == g.gap_opt.notna().sum()
 
 
+@pytest.mark.slow  # the default run keeps tests/test_dynamic_app.py's experiment=dynamic run
 def test_dynamic_experiment_rows_and_resume(tmp_path):
     """experiment=dynamic: one row per (policy, share, timeline, window), totals per timeline, a
     marker (a rerun is skipped) and budgets that hold in every evaluated window."""

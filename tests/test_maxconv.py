@@ -163,6 +163,7 @@ def test_upper_envelope_points():
     assert np.asarray(on2).tolist() == [True, False, True, True, False, False]
 
 
+@pytest.mark.slow  # the default run keeps the backends' reference tests
 def test_jit_vs_eager_and_vmap_vs_loop():
     rng = np.random.default_rng(5)
     g = jnp.asarray(random_curves(rng, "nonconcave", 6), jnp.float32)

@@ -26,6 +26,7 @@ def test_registered():
     assert "relaxed" in slimjax.methods()
 
 
+@pytest.mark.slow  # the default run keeps test_sum_aggregation_feasible_with_non_integer_sizes and the property test's relaxed
 def test_quality_feasibility_and_solve_equals_solve_batch():
     """~30 tiny instances, U ∈ {1, 2}, K ∈ {1, 2, 3} (K < 3 as patterns repeating an id): median
     gain ≥ 0.90 of the brute-force optimum's; feasible; ``solve`` == ``solve_batch``; deterministic."""

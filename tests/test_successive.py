@@ -117,6 +117,7 @@ def test_plain_is_the_paper_method(x64):
         np.testing.assert_array_equal(by_name.placement[i], x)
 
 
+@pytest.mark.slow  # brute-force quality; the default run has tests/test_properties.py's solver property
 def test_default_quality_vs_brute_force(tiny):
     r = _ratios(tiny, "successive-best")
     assert np.median(r) >= 0.99, r
@@ -216,6 +217,7 @@ def test_vmap_vs_loop_and_no_recompile(tiny):
                               first.objective[i:i + 1])
 
 
+@pytest.mark.slow  # jit vs eager of every configuration; the default run keeps test_vmap_vs_loop_and_no_recompile
 def test_jit_vs_eager():
     import jax
 
@@ -281,6 +283,7 @@ def test_refined_grid_keeps_real_optima():
 # -- successive-fast quality (greedy chain offers the best single expert) --------------------------
 
 
+@pytest.mark.slow  # brute-force quality; the default run has tests/test_properties.py's solver property
 def test_fast_quality_vs_brute_force(tiny):
     """successive with the greedy oracle and the hull DP on tiny instances: it must gain something wherever
     gain is possible (a node holding fewer experts than the pattern size K still gets its best
