@@ -18,6 +18,13 @@ Parts:
       mixtral_8x7b / olmoe_1b_7b / deepseek_v3 instances (tests/maxconv_curves.py) and J of the plain
       successive pass on mixtral_8x7b with each backend.
   (d) one deepseek_v3-scale instance (L=58, E=256, K=8, 9 nodes, 1024 tokens) with successive-fast.
+  (r) the realistic setting (scripts/bench_parts/solvers.py): successive / greedy / successive-best
+      on instances built from the shared real per-token traces (tests/realistic.py; skipped without
+      ../shared) and successive-best end to end on deepseek_v3.
+  (l) load-aware solving (scripts/bench_parts/load.py): a batch of 16 64-user mixtral instances,
+      greedy on 4-user olmoe, the 4-user real-trace instance.
+  (g) certificates (scripts/bench_parts/bounds.py): certify on the real-trace instances and the
+      certified gap of successive-best on every model preset.
   (e) peak resident memory after each part (the process high-water mark).
   (f) what a user waits for: ``scripts/first_call.py`` in fresh subprocesses (import, generate one
       mixtral_8x7b instance, first ``solve`` of the default method and of ``successive``) with the
@@ -74,6 +81,13 @@ TARGETS = {
     "single_solve_ms": ("<=", 20),
     "import_s": ("<=", 1.5),
     "generate_one_s": ("<=", 1),
+    # the realistic setting (parts r, l, g; scripts/bench_parts/)
+    "deepseek_v3_successive_best_seconds": ("<=", 12),
+    "load_mixtral64_s_per_instance": ("<=", 2),
+    "load_greedy_olmoe4_s": ("<=", 30),
+    "load_qwen4_s": ("<=", 60),
+    "certify_real_trace_s": ("<=", 20),
+    "certify_real_trace_gap_pct": ("<=", 0.5),
 }
 
 
@@ -558,11 +572,21 @@ def part_throughput(sizes, chunk: int, configs=("successive", "plain")) -> dict:
     return out
 
 
+def part_module(name: str, quick: bool) -> dict:
+    """``scripts/bench_parts/<name>.py``'s ``measure(quick)`` (the realistic setting's parts)."""
+    import importlib
+
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)  # bench_parts reads the real-trace instances of tests/realistic.py
+    mod = importlib.import_module(f"bench_parts.{name}")
+    return mod.measure(quick)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller reference loops; < 10 min on 2 CPU cores")
     ap.add_argument("--json", metavar="OUT", help="write the figures as JSON")
-    ap.add_argument("--parts", default="abcdf", help="which parts to run (subset of 'abcdfts'; f = first call in fresh processes, t = throughput vs batch size, s = scaling in E and capacity units)")
+    ap.add_argument("--parts", default="abcdfrlg", help="which parts to run (subset of 'abcdfrlgts'; f = first call in fresh processes, r = real-trace instances and deepseek_v3 (bench_parts/solvers.py), l = load-aware (bench_parts/load.py), g = certificates (bench_parts/bounds.py), t = throughput vs batch size, s = scaling in E and capacity units)")
     ap.add_argument("--successive-batch", type=int, default=1024)
     ap.add_argument("--chunk", type=int, default=8192, help="chunk_size cap of the throughput part")
     ap.add_argument("--milp-n", type=int, default=None, help="instances solved by HiGHS in part b")
@@ -595,6 +619,9 @@ def main(argv=None) -> int:
         "d": lambda: part_deepseek(),
         "f": lambda: part_first_call(args.reps or (2 if q else 3)),
         "t": lambda: part_throughput(args.sizes, args.chunk, args.configs),
+        "r": lambda: part_module("solvers", q),
+        "l": lambda: part_module("load", q),
+        "g": lambda: part_module("bounds", q),
         "s": lambda: part_scaling(args.scaling_batch or (64 if q else 256), args.experts or ([4, 8, 12] if q else [4, 8, 12, 16]), args.units, 2 if q else 3),
     }
     for p in args.parts:
@@ -609,6 +636,8 @@ def main(argv=None) -> int:
         if k not in res:
             continue
         v = res[k]
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
         met = v >= thr if op == ">=" else v <= thr
         met_all &= met
         log(f"| {k} | {v:.4g} | {op} {thr} | {'yes' if met else 'NO'} |")
