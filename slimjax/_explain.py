@@ -208,8 +208,31 @@ def explain(
       >>> bool(abs(ex.layers["J"].sum() - ex.J) < 1e-9)
       True
     """
-    import pandas as pd
+    x, devices, names = _explain_inputs(inst, placement, aggregation, devices, names)
+    lat = np.asarray(inst.latency, np.float64)  # [U, N, L, E]
+    fb = np.asarray(inst.fallback, np.float64)  # [U, L, E]
+    pat = np.asarray(inst.patterns, np.int64)  # [U, L, M, K]
+    w = np.asarray(inst.weight, np.float64)  # [U, L, M]
+    tr = np.asarray(inst.traffic, np.float64)  # [U]
+    N = lat.shape[1]
+    d, serve = _service(x, lat, fb)
+    t = _pattern_terms(d, serve, fb, pat, w, tr, aggregation)
+    speed = _speed(lat, tr)
+    order = node_display_order(speed, devices)
+    layers, nodes, shares, contribution = _place_tables(x, inst, t, speed, order, devices, names, N)
+    all_names = np.array(list(names) + [CLOUD], dtype=object)
+    patterns = _pattern_table(pat, w, t, all_names)
+    experts, freq = _expert_table(x, pat, w, tr, serve, all_names)
+    return Explanation(
+        J=float(t["layer_J"].sum()), J_empty=float(t["layer_J0"].sum()), layers=layers, nodes=nodes, shares=shares,
+        contribution=contribution, patterns=patterns, experts=experts, placement=x, frequency=freq, order=order,
+        names=names, aggregation=aggregation,
+    )
 
+
+def _explain_inputs(inst: Instance, placement: Any, aggregation: str, devices: int | None,
+                    names: Sequence[str] | None) -> tuple[np.ndarray, int, tuple[str, ...]]:
+    """Check explain's arguments: the placement as bool [N, L, E], the device count, the node names."""
     if not isinstance(inst, Instance):
         raise ValueError(f"inst: expected a slimjax.Instance, got {type(inst).__name__}")
     if is_batched(inst):
@@ -219,17 +242,7 @@ def explain(
     if hasattr(placement, "placement") and hasattr(placement, "objective"):  # a Solution
         placement = placement.placement
     x = np.asarray(check_placement(inst, placement), bool)  # [N, L, E]
-
-    lat = np.asarray(inst.latency, np.float64)  # [U, N, L, E]
-    fb = np.asarray(inst.fallback, np.float64)  # [U, L, E]
-    size = np.asarray(inst.size, np.float64)  # [L, E]
-    cap = np.asarray(inst.capacity, np.float64)  # [N]
-    pat = np.asarray(inst.patterns, np.int64)  # [U, L, M, K]
-    w = np.asarray(inst.weight, np.float64)  # [U, L, M]
-    tr = np.asarray(inst.traffic, np.float64)  # [U]
-    U, N, L, E = lat.shape
-    M, K = pat.shape[-2:]
-
+    U, N = inst.latency.shape[:2]
     devices = U if devices is None else int(devices)
     if names is None:
         names = node_names(N, devices)
@@ -238,14 +251,25 @@ def explain(
         raise ValueError(f"names: expected {N} node names, got {len(names)}")
     if len(set(names)) != N or CLOUD in names:
         raise ValueError(f"names: must be distinct and not {CLOUD!r}, got {names}")
+    return x, devices, names
 
-    # Who serves what: the fastest caching node when it beats the fallback, else the cloud (= N).
+
+def _service(x: np.ndarray, lat: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Who serves what: d [U, L, E] (== slimjax.expert_latency) and the serving place [U, L, E]
+    (the fastest caching node when it beats the fallback, else the cloud = N)."""
+    N = lat.shape[1]
     masked = np.where(x[None], lat, np.inf)  # [U, N, L, E]
     best_n = masked.argmin(axis=1)  # [U, L, E]
     best = np.take_along_axis(masked, best_n[:, None], axis=1)[:, 0]
     from_node = best < fb
-    d = np.where(from_node, best, fb)  # [U, L, E] == slimjax.expert_latency
-    serve = np.where(from_node, best_n, N)  # [U, L, E], N = the cloud
+    return np.where(from_node, best, fb), np.where(from_node, best_n, N)
+
+
+def _pattern_terms(d: np.ndarray, serve: np.ndarray, fb: np.ndarray, pat: np.ndarray, w: np.ndarray,
+                   tr: np.ndarray, aggregation: str) -> dict:
+    """Per-pattern latencies, slowest members and the per-layer / per-place shares of J."""
+    U, L, M, K = pat.shape
+    E = d.shape[-1]
 
     def members(a):  # a [U, L, E] -> [U, L, M, K] at the patterns' ids
         return np.take_along_axis(np.broadcast_to(a[:, :, None, :], (U, L, M, E)), pat, axis=-1)
@@ -253,25 +277,30 @@ def explain(
     dm = members(d)  # [U, L, M, K]
     pm = members(serve)
     if aggregation == "max":
-        pl = dm.max(-1)
-        pl0 = members(fb).max(-1)
+        pl, pl0 = dm.max(-1), members(fb).max(-1)
     else:
-        pl = dm.sum(-1)
-        pl0 = members(fb).sum(-1)
+        pl, pl0 = dm.sum(-1), members(fb).sum(-1)
     k_slow = dm.argmax(-1)  # first of the slowest members
     slow_e = np.take_along_axis(pat, k_slow[..., None], -1)[..., 0]  # [U, L, M]
     slow_p = np.take_along_axis(pm, k_slow[..., None], -1)[..., 0]  # [U, L, M]
     tw = tr[:, None, None] * w  # [U, L, M] token share of every (user, layer, pattern)
+    return {"aggregation": aggregation, "dm": dm, "pm": pm, "pl": pl, "slow_e": slow_e, "slow_p": slow_p, "tw": tw,
+            "layer_J": np.einsum("ulm,ulm->l", tw, pl), "layer_J0": np.einsum("ulm,ulm->l", tw, pl0)}
 
-    layer_J = np.einsum("ulm,ulm->l", tw, pl)
-    layer_J0 = np.einsum("ulm,ulm->l", tw, pl0)
-    J = float(layer_J.sum())
-    J0 = float(layer_J0.sum())
 
+def _place_tables(x: np.ndarray, inst: Instance, t: dict, speed: np.ndarray, order: np.ndarray, devices: int,
+                  names: tuple[str, ...], N: int) -> tuple:
+    """The layers, nodes, shares and contribution tables of an :class:`Explanation`."""
+    import pandas as pd
+
+    size = np.asarray(inst.size, np.float64)  # [L, E]
+    cap = np.asarray(inst.capacity, np.float64)  # [N]
+    tw, pl, pm, dm, slow_p = t["tw"], t["pl"], t["pm"], t["dm"], t["slow_p"]
+    L, K = dm.shape[1], dm.shape[-1]
     P = N + 1  # places: nodes by index, then the cloud
     one_slow = slow_p[..., None] == np.arange(P)  # [U, L, M, P]
     one_mem = pm[..., None] == np.arange(P)  # [U, L, M, K, P]
-    if aggregation == "max":
+    if t["aggregation"] == "max":
         contrib = np.einsum("ulm,ulm,ulmp->lp", tw, pl, one_slow)
     else:
         contrib = np.einsum("ulm,ulmk,ulmkp->lp", tw, dm, one_mem)
@@ -279,17 +308,13 @@ def explain(
     steps = np.einsum("ulm,ulmp->p", tw, one_slow) / mass
     acts = np.einsum("ulm,ulmkp->p", tw, one_mem) / (K * mass)
     layer_cloud = np.einsum("ulm,ulm->l", tw, slow_p == N) / np.maximum(tw.sum(axis=(0, 2)), 1e-300)
-
-    speed = _speed(lat, tr)
-    order = node_display_order(speed, devices)
     place_names = [names[n] for n in order] + [CLOUD]
     place_idx = list(order) + [N]
-
     layers = pd.DataFrame(
         {
-            "J": layer_J,
-            "J_empty": layer_J0,
-            "gain": layer_J0 - layer_J,
+            "J": t["layer_J"],
+            "J_empty": t["layer_J0"],
+            "gain": t["layer_J0"] - t["layer_J"],
             "copies": x.sum(axis=(0, 2)),
             "cached": x.any(0).sum(-1),
             "cloud_steps": layer_cloud,
@@ -315,23 +340,37 @@ def explain(
                           index=pd.Index(place_names, name="place"))
     contribution = pd.DataFrame(contrib[:, place_idx], index=pd.RangeIndex(L, name="layer"),
                                 columns=pd.Index(place_names, name="place"))
+    return layers, nodes, shares, contribution
+
+
+def _pattern_table(pat: np.ndarray, w: np.ndarray, t: dict, all_names: np.ndarray):
+    """One row per pattern with positive weight: its experts, latency and slowest member."""
+    import pandas as pd
 
     pos = w > 0
     uu, ll, mm = np.nonzero(pos)
-    all_names = np.array(list(names) + [CLOUD], dtype=object)
-    patterns = pd.DataFrame(
+    return pd.DataFrame(
         {
             "user": uu,
             "layer": ll,
             "pattern": mm,
             "weight": w[pos],
             "experts": [tuple(int(e) for e in p) for p in pat[pos]],
-            "latency": pl[pos],
-            "slowest_expert": slow_e[pos],
-            "slowest_node": all_names[slow_p[pos]],
+            "latency": t["pl"][pos],
+            "slowest_expert": t["slow_e"][pos],
+            "slowest_node": all_names[t["slow_p"][pos]],
         }
     )
 
+
+def _expert_table(x: np.ndarray, pat: np.ndarray, w: np.ndarray, tr: np.ndarray, serve: np.ndarray,
+                  all_names: np.ndarray) -> tuple:
+    """One row per (layer, expert): activation frequency, copies and the place serving most of it."""
+    import pandas as pd
+
+    U, L, M, _ = pat.shape
+    E = x.shape[-1]
+    P = len(all_names)
     member = np.zeros((U, L, M, E), bool)
     np.put_along_axis(member, pat, True, axis=-1)  # distinct membership
     freq_u = np.einsum("ulm,ulme->ule", w, member)  # [U, L, E]
@@ -347,8 +386,4 @@ def explain(
             "served_by": all_names[top.reshape(-1)],
         }
     )
-    return Explanation(
-        J=J, J_empty=J0, layers=layers, nodes=nodes, shares=shares, contribution=contribution,
-        patterns=patterns, experts=experts, placement=x, frequency=freq, order=order, names=names,
-        aggregation=aggregation,
-    )
+    return experts, freq
