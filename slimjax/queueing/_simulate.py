@@ -131,21 +131,54 @@ def simulate(
     _check(inst, placement, tokens, warmup, service, batches)
     simpy = _import_simpy()
     U, N, L, E, _, K = inst.shape
+    a, served, half, time = _routes(inst, placement)
+    rate = np.asarray(inst.rate, np.float64)
+    if warmup is None:
+        rep = load_report(inst, jnp.asarray(placement), max_utilization=1.0)
+        j_hat = float(rep.objective) if bool(rep.feasible) else float(rep.unloaded)
+        warmup = max(tokens // 10, math.ceil(3 * rate.sum() * j_hat))
+    first = int(warmup)
+    stream = _Stream(np.random.default_rng(seed), rate, np.asarray(inst.weight, np.float64), K,
+                     service == "exponential", first + tokens)
+    pats = np.asarray(inst.patterns)
+    done, busy, window = _run_events(simpy, stream, pats, a, served, half, time, first, tokens, N, L, K)
+    meas_users = stream.users_first[first : first + tokens]
+    counts = np.bincount(meas_users, minlength=U)
+    sums = np.bincount(meas_users, weights=done, minlength=U)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        user_mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return SimulationResult(
+        mean=float(done.mean()),
+        mean_ci=_batch_means_ci(done, batches),
+        p50=float(np.percentile(done, 50)),
+        p95=float(np.percentile(done, 95)),
+        p99=float(np.percentile(done, 99)),
+        utilization=busy / window if window > 0 else np.zeros(N),
+        user_mean=user_mean,
+        user_tokens=counts,
+        latencies=done,
+        tokens=int(done.size),
+        window=float(window),
+    )
+
+
+def _routes(inst: Instance, placement) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per (u, l, e): the assignment a (N = fallback), whether a node serves it, half its link time
+    (latency − service, each way) and its time (mean service on a node, else the fallback time).
+
+    Raises:
+      ValueError: a served member whose latency is below its service (a negative link time).
+    """
+    U, N, L, E, _, _ = inst.shape
     a = np.asarray(assignment(inst, jnp.asarray(placement)))  # [U, L, E], N = fallback
     lat = np.asarray(inst.latency, np.float64)
-    fb = np.asarray(inst.fallback, np.float64)
     svc = np.asarray(inst.service, np.float64)
-    weight = np.asarray(inst.weight, np.float64)
-    pats = np.asarray(inst.patterns)
-    rate = np.asarray(inst.rate, np.float64)
-
-    # Per (u, l, e): (node or -1, half link time, mean service or the fallback time).
     uu, ll, ee = np.meshgrid(np.arange(U), np.arange(L), np.arange(E), indexing="ij")
     served = a < N
     n_idx = np.where(served, a, 0)
     s_mean = svc[n_idx, ll, ee]
     link = lat[uu, n_idx, ll, ee] - s_mean
-    p_act = _used(pats, weight, U, L, E)
+    p_act = _used(np.asarray(inst.patterns), np.asarray(inst.weight, np.float64), U, L, E)
     bad = served & p_act & (link < -1e-9 * np.maximum(lat[uu, n_idx, ll, ee], 1e-300))
     if bad.any():
         u, l, e = (int(i) for i in np.argwhere(bad)[0])
@@ -155,16 +188,15 @@ def simulate(
             f"{lat[u, n, l, e]:.6g}; the simulation needs latency >= service (link time = latency - service)"
         )
     half = np.where(served, np.maximum(link, 0.0) / 2, 0.0)
-    time = np.where(served, s_mean, fb)
+    time = np.where(served, s_mean, np.asarray(inst.fallback, np.float64))
+    return a, served, half, time
 
-    total = rate.sum()
-    if warmup is None:
-        rep = load_report(inst, jnp.asarray(placement), max_utilization=1.0)
-        j_hat = float(rep.objective) if bool(rep.feasible) else float(rep.unloaded)
-        warmup = max(tokens // 10, math.ceil(3 * total * j_hat))
-    first = int(warmup)
-    stream = _Stream(np.random.default_rng(seed), rate, weight, K, service == "exponential", first + tokens)
 
+def _run_events(simpy, stream: _Stream, pats: np.ndarray, a: np.ndarray, served: np.ndarray, half: np.ndarray,
+                time: np.ndarray, first: int, tokens: int, N: int, L: int, K: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The discrete-event run: tokens arrive (stream), each layer waits for its slowest member (a
+    FIFO queue per node, the fallback without queueing). Returns the measured tokens' latencies,
+    each node's busy time inside the measured window, and that window's length."""
     # The distinct members of every (u, l, m), as tuples (node, half link, time, member slot).
     plan: dict[tuple[int, int, int], list] = {}
 
@@ -228,28 +260,7 @@ def simulate(
 
     env.process(source())
     env.run(until=all_done)
-
-    lat_tok = done
-    meas_users = stream.users_first[first : last + 1]
-    counts = np.bincount(meas_users, minlength=U)
-    sums = np.bincount(meas_users, weights=lat_tok, minlength=U)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        user_mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    window = t_end - t_start
-    util = busy / window if window > 0 else np.zeros(N)
-    return SimulationResult(
-        mean=float(lat_tok.mean()),
-        mean_ci=_batch_means_ci(lat_tok, batches),
-        p50=float(np.percentile(lat_tok, 50)),
-        p95=float(np.percentile(lat_tok, 95)),
-        p99=float(np.percentile(lat_tok, 99)),
-        utilization=util,
-        user_mean=user_mean,
-        user_tokens=counts,
-        latencies=lat_tok,
-        tokens=int(lat_tok.size),
-        window=float(window),
-    )
+    return done, busy, t_end - t_start
 
 
 class _Stream:
