@@ -508,7 +508,7 @@ def run(
     if replays and not tl.has_tokens:
         tl = sample_tokens(tl, sampled_tokens, key, clock)
     x0 = st.deployment(clock) if x0 is None else st.check_x0(x0)
-    cache_hit = None
+    cache_hit = cache_lat = None
     if pol.per_token:
         xs, loads, cache_hit, cache_lat = _run_cache(pol, tl, st, devs, x0, clock)
         fobj = None
@@ -517,44 +517,58 @@ def run(
     J, tok_lat = call(_EVAL, (aggregation,), (w, xs, tl.tokens, tl.token_user), clock)
     xs = np.asarray(xs)
     J = np.asarray(J, np.float64)
-    size_t = np.asarray(w.size, np.float64)  # [B, T, L, E]
-    prev = np.concatenate([xs[:, :1], xs[:, :-1]], axis=1)
-    # moved on the host: float64 sizes of each window, summed in float64 (not the device's float32 sum)
-    moved = np.einsum("btnle,btle->btn", (xs & ~prev).astype(np.float64), size_t)
-    cap = np.asarray(w.capacity[:, 0], np.float64)  # [B, N]
-    # the storage contract (slimjax._storage) in every window; a budget is checked like a capacity
-    _check("storage", storage.fits(st.size[:, None], cap[:, None], xs), pol.name)
-    _check("budget", storage.fits(st.size[:, None], budget_real[:, None], xs & ~prev), pol.name)
     if not np.isfinite(J).all():
         raise RuntimeError(f"policy {pol.name!r}: non-finite J (a bug)")
-    loaded = moved if loads is None else np.einsum("btnle,btle->btn", np.asarray(loads).astype(np.float64), size_t)
-    nan = np.full((B, T), np.nan)
-    fobj = nan if fobj is None else np.asarray(fobj, np.float64)
-    if tok_lat is not None:
-        tok_lat = np.asarray(tok_lat, np.float64)
-        tw = np.asarray(tl.token_weight, np.float64)
-        tokens, users = np.asarray(tl.tokens), np.asarray(tl.token_user)
-        if cache_hit is not None:
-            tok_lat[:, 1:] = np.asarray(cache_lat, np.float64)
-        tok_J = _weighted_mean(tok_lat, tw)
-        if pol.per_token:
-            J[:, 1:] = tok_J[:, 1:]
-        pct = _percentiles(tok_lat, tw)
-        if devs is not None:
-            dev_of_user = np.asarray(devs, np.int64)
-            hits, acc = _hits(xs, tokens, users, tw, dev_of_user, N)
-            if cache_hit is not None:
-                h1, _ = _hits(xs[:, 1:], tokens[:, 1:], users[:, 1:], tw[:, 1:], dev_of_user, N, np.asarray(cache_hit))
-                hits[:, 1:] = h1
-        else:
-            hits = acc = np.zeros((B, T, N), np.int64)
-    else:
-        tok_J, pct = nan, {"p50": nan, "p95": nan, "p99": nan}
-        hits = acc = np.zeros((B, T, N), np.int64)
+    moved, loaded = _moves(pol, w, st, xs, budget_real, loads)
+    fobj = np.full((B, T), np.nan) if fobj is None else np.asarray(fobj, np.float64)
+    tok_J, pct, hits, acc = _token_metrics(pol, tl, xs, J, tok_lat, devs, cache_hit, cache_lat, N)
     status = np.full(B, Status.OFFLINE if pol.offline else Status.ONLINE, np.int8)
     seconds = max(time.perf_counter() - t0 - clock.compile_seconds, 0.0)
     return DynamicResult(pol.name, xs, J, tok_J, fobj, moved, loaded, hits, acc, pct["p50"], pct["p95"], pct["p99"],
                          budget_real, status, seconds, clock.compile_seconds)
+
+
+def _moves(pol: Policy, w: Instance, st: _Setup, xs: np.ndarray, budget_real: np.ndarray, loads) -> tuple:
+    """Bytes moved into every node per window (new copies; float64 sizes summed in float64, not
+    the device's float32 sum) and bytes loaded (a cache's re-loads included), after checking the
+    storage contract (slimjax._storage) in every window and the budget like a capacity."""
+    size_t = np.asarray(w.size, np.float64)  # [B, T, L, E]
+    prev = np.concatenate([xs[:, :1], xs[:, :-1]], axis=1)
+    moved = np.einsum("btnle,btle->btn", (xs & ~prev).astype(np.float64), size_t)
+    cap = np.asarray(w.capacity[:, 0], np.float64)  # [B, N]
+    _check("storage", storage.fits(st.size[:, None], cap[:, None], xs), pol.name)
+    _check("budget", storage.fits(st.size[:, None], budget_real[:, None], xs & ~prev), pol.name)
+    loaded = moved if loads is None else np.einsum("btnle,btle->btn", np.asarray(loads).astype(np.float64), size_t)
+    return moved, loaded
+
+
+def _token_metrics(pol: Policy, tl: Timeline, xs: np.ndarray, J: np.ndarray, tok_lat, devs, cache_hit, cache_lat,
+                   N: int) -> tuple:
+    """Per-token figures: J of the replayed tokens (and, for a per-token cache, J itself from
+    window 1 on), p50/p95/p99, and hits/accesses per device node (NaN and zeros without tokens)."""
+    B, T = J.shape
+    if tok_lat is None:
+        nan = np.full((B, T), np.nan)
+        zeros = np.zeros((B, T, N), np.int64)
+        return nan, {"p50": nan, "p95": nan, "p99": nan}, zeros, zeros
+    tok_lat = np.asarray(tok_lat, np.float64)
+    tw = np.asarray(tl.token_weight, np.float64)
+    tokens, users = np.asarray(tl.tokens), np.asarray(tl.token_user)
+    if cache_hit is not None:
+        tok_lat[:, 1:] = np.asarray(cache_lat, np.float64)
+    tok_J = _weighted_mean(tok_lat, tw)
+    if pol.per_token:
+        J[:, 1:] = tok_J[:, 1:]
+    pct = _percentiles(tok_lat, tw)
+    if devs is None:
+        zeros = np.zeros((B, T, N), np.int64)
+        return tok_J, pct, zeros, zeros
+    dev_of_user = np.asarray(devs, np.int64)
+    hits, acc = _hits(xs, tokens, users, tw, dev_of_user, N)
+    if cache_hit is not None:
+        h1, _ = _hits(xs[:, 1:], tokens[:, 1:], users[:, 1:], tw[:, 1:], dev_of_user, N, np.asarray(cache_hit))
+        hits[:, 1:] = h1
+    return tok_J, pct, hits, acc
 
 
 def _run_placement(pol: Policy, tl: Timeline, st: _Setup, devs, x0, bud, pen, clock):
