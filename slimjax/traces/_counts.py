@@ -185,77 +185,16 @@ def load_counts(
     reject_unknown(unused, ("warmup",))
     path = os.fspath(path)
     known = hints(path)
-    with open(path, "rb") as f:
-        head = f.read(64)
-    is_pickle = head[:1] == b"\x80"
-    file_layers = None
-    if head[:6] == b"\x93NUMPY":
-        counters = _counts_from_npy(path)
-        num_experts = num_experts or len(counters[0])
-    elif head.lstrip().startswith(SGLANG_CSV_HEADER.encode()):
-        file_layers, counters = _counts_from_csv(path)
-    elif is_pickle:
-        entries = _counts_from_pickle(path)
-        counters: list[dict] = []
-        if all(kind == "pairs" for kind, _ in entries):
-            # Cross-layer pair counts for layer pairs (a, b), (b, c), ...: marginals of a, b, c, ...
-            for i, (_, c) in enumerate(entries):
-                first: collections.Counter = collections.Counter()
-                second: collections.Counter = collections.Counter()
-                for (a, b), n in c.items():
-                    first[a] += n
-                    second[b] += n
-                if i == 0:
-                    counters.append(first)
-                counters.append(second)
-        elif all(kind == "single" for kind, _ in entries):
-            counters = [c for _, c in entries]
-        else:
-            raise ValueError(f"{path}: mixes per-expert and pair counters")
-    else:
-        try:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            line = getattr(err, "lineno", 1)
-            raise ValueError(f"{path}:{line}: malformed counts JSON ({err})") from None
-        usage = doc.get("expert_usage_by_layer") if isinstance(doc, dict) else None
-        if usage is None and is_pair_map(doc):
-            pairs = [(_PAIR_KEY.match(k), n) for k, n in doc.items()]
-            usage = {}
-            for m, n in pairs:
-                usage.setdefault(m.group(1), {})[m.group(2)] = n
-            doc = {}
-        if not isinstance(usage, dict) or not usage:
-            raise ValueError(f"{path}: expected a JSON object with a non-empty 'expert_usage_by_layer' or "
-                             "a map {\"<layer>:<expert>\": count}")
-        keys = list(usage)
-        try:
-            file_layers = [int(k) for k in keys]
-            counters = [{int(e): v for e, v in usage[k].items()} for k in keys]
-        except (ValueError, AttributeError) as err:
-            raise ValueError(f"{path}: expert_usage_by_layer must map layer -> {{expert: count}} ({err})") from None
-        order = np.argsort(file_layers, kind="stable")
-        file_layers = [file_layers[i] for i in order]
-        counters = [counters[i] for i in order]
-        num_experts = num_experts or doc.get("num_experts")
-        top_k = top_k or doc.get("top_k")
+    counters, file_layers, file_E, file_K = _read_counters(path)
     for i, c in enumerate(counters):
         for e, n in c.items():
             if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
                 raise ValueError(f"{path}: layer entry {i}: count of expert {e} must be a non-negative integer, got {n!r}")
             if e < 0:
                 raise ValueError(f"{path}: layer entry {i}: negative expert id {e}")
-    E = int(num_experts or known.get("num_experts") or max(max(c) for c in counters if c) + 1)
-    K = int(top_k or known.get("top_k") or 1)
-    counts = np.zeros((len(counters), E), np.float64)
-    for i, c in enumerate(counters):
-        for e, n in c.items():
-            if e >= E:
-                raise ValueError(f"{path}: layer entry {i}: expert id {e} >= num_experts={E}")
-            counts[i, e] = n
-        if counts[i].sum() <= 0:
-            raise ValueError(f"{path}: layer entry {i}: all counts are zero")
+    E = int(num_experts or file_E or known.get("num_experts") or max(max(c) for c in counters if c) + 1)
+    K = int(top_k or file_K or known.get("top_k") or 1)
+    counts = _count_matrix(path, counters, E)
     if layers is None:
         layers = file_layers or known.get("layers")
         if layers is None or len(layers) != len(counters):
@@ -264,6 +203,85 @@ def load_counts(
         raise ValueError(f"layers: {len(layers)} given but the file has {len(counters)} layers")
     ids = sample_from_counts(counts, K, tokens, seed=seed, calibrate=calibrate)
     return Trace(ids, E, np.asarray(layers), source=source or f"{path} (sampled from counts)", approximate=True)
+
+
+def _read_counters(path: str) -> tuple[list, list | None, int | None, int | None]:
+    """The per-layer {expert: count} maps of a counts file, by content: (counters, the file's
+    layer ids or None, its num_experts or None, its top_k or None)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:6] == b"\x93NUMPY":
+        counters = _counts_from_npy(path)
+        return counters, None, len(counters[0]), None
+    if head.lstrip().startswith(SGLANG_CSV_HEADER.encode()):
+        file_layers, counters = _counts_from_csv(path)
+        return counters, file_layers, None, None
+    if head[:1] == b"\x80":
+        return _pickle_marginals(path), None, None, None
+    return _counts_from_json(path)
+
+
+def _pickle_marginals(path: str) -> list:
+    """Per-layer counters of a pickle: per-expert Counters as they are, or the marginals of
+    cross-layer pair Counters for layer pairs (a, b), (b, c), ..."""
+    entries = _counts_from_pickle(path)
+    if all(kind == "single" for kind, _ in entries):
+        return [c for _, c in entries]
+    if not all(kind == "pairs" for kind, _ in entries):
+        raise ValueError(f"{path}: mixes per-expert and pair counters")
+    counters: list = []
+    for i, (_, c) in enumerate(entries):
+        first: collections.Counter = collections.Counter()
+        second: collections.Counter = collections.Counter()
+        for (a, b), n in c.items():
+            first[a] += n
+            second[b] += n
+        if i == 0:
+            counters.append(first)
+        counters.append(second)
+    return counters
+
+
+def _counts_from_json(path: str) -> tuple[list, list, int | None, int | None]:
+    """``{"expert_usage_by_layer": {layer: {expert: count}}, ...}`` or ``{"<l>:<e>": count}``,
+    layers sorted by id."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        line = getattr(err, "lineno", 1)
+        raise ValueError(f"{path}:{line}: malformed counts JSON ({err})") from None
+    usage = doc.get("expert_usage_by_layer") if isinstance(doc, dict) else None
+    if usage is None and is_pair_map(doc):
+        usage = {}
+        for k, n in doc.items():
+            m = _PAIR_KEY.match(k)
+            usage.setdefault(m.group(1), {})[m.group(2)] = n
+        doc = {}
+    if not isinstance(usage, dict) or not usage:
+        raise ValueError(f"{path}: expected a JSON object with a non-empty 'expert_usage_by_layer' or "
+                         "a map {\"<layer>:<expert>\": count}")
+    keys = list(usage)
+    try:
+        file_layers = [int(k) for k in keys]
+        counters = [{int(e): v for e, v in usage[k].items()} for k in keys]
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: expert_usage_by_layer must map layer -> {{expert: count}} ({err})") from None
+    order = np.argsort(file_layers, kind="stable")
+    return [counters[i] for i in order], [file_layers[i] for i in order], doc.get("num_experts"), doc.get("top_k")
+
+
+def _count_matrix(path: str, counters: list, E: int) -> np.ndarray:
+    """counts [layers, E] (float64) with the ids checked against E and no all-zero layer."""
+    counts = np.zeros((len(counters), E), np.float64)
+    for i, c in enumerate(counters):
+        for e, n in c.items():
+            if e >= E:
+                raise ValueError(f"{path}: layer entry {i}: expert id {e} >= num_experts={E}")
+            counts[i, e] = n
+        if counts[i].sum() <= 0:
+            raise ValueError(f"{path}: layer entry {i}: all counts are zero")
+    return counts
 
 
 def sample_from_counts(
