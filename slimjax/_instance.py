@@ -276,39 +276,7 @@ def _validate(v: dict[str, np.ndarray], nb: int) -> None:
     """Check the validation rules on host arrays; ``nb`` = number of leading batch dims. Optional fields
     may be absent from ``v`` or ``None``."""
     present = [f for f in ALL_FIELDS if v.get(f) is not None]
-    for name in present:
-        a = v[name]
-        if a.ndim != nb + _NDIM[name]:
-            raise ValueError(
-                f"{name}: expected {nb + _NDIM[name]} dims ({nb} batch + {_NDIM[name]}), got shape {a.shape}"
-            )
-    batch = v["latency"].shape[:nb]
-    U, N, L, E = v["latency"].shape[nb:]
-    M, K = v["patterns"].shape[nb + 2 :]
-    expect = {
-        "latency": (U, N, L, E),
-        "fallback": (U, L, E),
-        "size": (L, E),
-        "capacity": (N,),
-        "patterns": (U, L, M, K),
-        "weight": (U, L, M),
-        "traffic": (U,),
-        "base": (U,),
-        "service": (N, L, E),
-        "rate": (U,),
-    }
-    for name, shp in expect.items():
-        if name not in present:
-            continue
-        if v[name].shape != batch + shp:
-            raise ValueError(
-                f"{name}: shape {v[name].shape} disagrees with latency {v['latency'].shape}; "
-                f"expected {batch + shp}"
-            )
-    if min(U, N, L, E, M, K) < 1:
-        raise ValueError(f"shape: U, L, E, M, K must be >= 1, got U={U} N={N} L={L} E={E} M={M} K={K}")
-    if K > E:
-        raise ValueError(f"patterns: top-K must satisfy K <= E, got K={K} > E={E}")
+    E = _check_shapes(v, nb, present)
     for name in present:
         a = v[name]
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
@@ -334,10 +302,7 @@ def _validate(v: dict[str, np.ndarray], nb: int) -> None:
         raise ValueError(
             f"size: all experts of one layer must have the same size; differs at index {_where(~same)}"
         )
-    cap = v["capacity"].astype(np.float64)
-    if not np.isfinite(cap).all() or (cap < 0).any():
-        bad = ~np.isfinite(cap) | (cap < 0)
-        raise ValueError(f"capacity: must be finite and >= 0, got {cap[bad][0]} at index {_where(bad)}")
+    _check_finite_nonneg("capacity", v["capacity"])
     pat = v["patterns"]
     if not np.issubdtype(pat.dtype, np.integer):
         if not np.all(np.mod(pat, 1) == 0):
@@ -346,10 +311,7 @@ def _validate(v: dict[str, np.ndarray], nb: int) -> None:
     if bad.any():
         raise ValueError(f"patterns: expert ids must be in [0, E={E}), got {pat[bad][0]} at index {_where(bad)}")
     for name in ("weight", "traffic"):
-        a = v[name].astype(np.float64)
-        if not np.isfinite(a).all() or (a < 0).any():
-            bad = ~np.isfinite(a) | (a < 0)
-            raise ValueError(f"{name}: must be finite and >= 0, got {a[bad][0]} at index {_where(bad)}")
+        a = _check_finite_nonneg(name, v[name])
         tol = _SUM_TOL.get(np.asarray(v[name]).dtype, 1e-4)
         s = a.sum(-1)
         bad = np.abs(s - 1) > tol * max(1, a.shape[-1] ** 0.5)
@@ -358,14 +320,53 @@ def _validate(v: dict[str, np.ndarray], nb: int) -> None:
                 f"{name}: must sum to 1 over its last axis, sums to {s[bad][0]:.6g} at index {_where(bad)} "
                 "(pass normalize=True to rescale)"
             )
-    b = v["base"].astype(np.float64)
-    if not np.isfinite(b).all() or (b < 0).any():
-        bad = ~np.isfinite(b) | (b < 0)
-        raise ValueError(f"base: must be finite and >= 0, got {b[bad][0]} at index {_where(bad)}")
+    _check_finite_nonneg("base", v["base"])
     for name in OPTIONAL_FIELDS:
-        if name not in present:
-            continue
-        a = v[name].astype(np.float64)
-        if not np.isfinite(a).all() or (a < 0).any():
-            bad = ~np.isfinite(a) | (a < 0)
-            raise ValueError(f"{name}: must be finite and >= 0, got {a[bad][0]} at index {_where(bad)}")
+        if name in present:
+            _check_finite_nonneg(name, v[name])
+
+
+def _check_shapes(v: dict[str, np.ndarray], nb: int, present: list[str]) -> int:
+    """Every present field has ``nb`` batch dims and the shape its role implies from latency
+    [U, N, L, E] and patterns [U, L, M, K]; every size >= 1, K <= E. Returns E."""
+    for name in present:
+        a = v[name]
+        if a.ndim != nb + _NDIM[name]:
+            raise ValueError(
+                f"{name}: expected {nb + _NDIM[name]} dims ({nb} batch + {_NDIM[name]}), got shape {a.shape}"
+            )
+    batch = v["latency"].shape[:nb]
+    U, N, L, E = v["latency"].shape[nb:]
+    M, K = v["patterns"].shape[nb + 2 :]
+    expect = {
+        "latency": (U, N, L, E),
+        "fallback": (U, L, E),
+        "size": (L, E),
+        "capacity": (N,),
+        "patterns": (U, L, M, K),
+        "weight": (U, L, M),
+        "traffic": (U,),
+        "base": (U,),
+        "service": (N, L, E),
+        "rate": (U,),
+    }
+    for name, shp in expect.items():
+        if name in present and v[name].shape != batch + shp:
+            raise ValueError(
+                f"{name}: shape {v[name].shape} disagrees with latency {v['latency'].shape}; "
+                f"expected {batch + shp}"
+            )
+    if min(U, N, L, E, M, K) < 1:
+        raise ValueError(f"shape: U, L, E, M, K must be >= 1, got U={U} N={N} L={L} E={E} M={M} K={K}")
+    if K > E:
+        raise ValueError(f"patterns: top-K must satisfy K <= E, got K={K} > E={E}")
+    return E
+
+
+def _check_finite_nonneg(name: str, value: np.ndarray) -> np.ndarray:
+    """``value`` in float64 after checking it is finite and >= 0 (a ValueError naming ``name``)."""
+    a = value.astype(np.float64)
+    if not np.isfinite(a).all() or (a < 0).any():
+        bad = ~np.isfinite(a) | (a < 0)
+        raise ValueError(f"{name}: must be finite and >= 0, got {a[bad][0]} at index {_where(bad)}")
+    return a
