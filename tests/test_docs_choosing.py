@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 import slimjax
-import slimjax.bounds as bounds
-import slimjax.dynamic as dynamic
-import slimjax.solvers as solvers
+from slimjax import bounds, dynamic, solvers
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "choosing.md"
 
