@@ -88,48 +88,16 @@ def run(
     Returns:
       (placement bool [B, N, L, E] on the host, info {name: host array [B, ...]}).
     """
-    import sys
-
     B = batch.batch_shape[0]
     mesh = batch_mesh()
-    ndev = jax.local_device_count() if mesh is not None else 1
-    est = solver.bytes_per_instance(batch.shape, prepared.static)
-    size = chunk_size_for(est, B, chunk_size, memory_budget_mb)
-    if bucket_shapes and chunk_size is None and size == B:  # one chunk: pad B up to its bucket
-        size = min(bucket(B), chunk_size_for(est, bucket(B), None, memory_budget_mb))
-    size = int(math.ceil(size / ndev) * ndev)  # divisible over devices
-    nchunks = int(math.ceil(B / size))
-    callback = progress if callable(progress) else None
-    show = bool(progress) if progress is not None and callback is None else (nchunks > 1 and sys.stderr.isatty())
-    if callback is not None:
-        show = False
+    size, nchunks = _layout(solver, prepared, batch, mesh, chunk_size, memory_budget_mb, bucket_shapes)
     sharding = NamedSharding(mesh, PartitionSpec("batch")) if mesh is not None else None
-
-    placements, infos = [], []
-    bar = None
-    pending = None
-    done = 0
-
-    def collect(x, info, n):
-        nonlocal done
-        placements.append(np.asarray(x)[:n])
-        infos.append({k: np.asarray(v)[:n] for k, v in info.items()})
-        done += n
-        if bar is not None:
-            bar.update(task, advance=n)
-        if callback is not None:
-            callback(done, B)
-
-    if show:
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task(f"{solver.name}: {B} instances", total=B)
-        bar.start()
     from slimjax._compile import call, fast_compile_for
 
     su_all, cu_all = grid.size_units, grid.capacity_units
     fast = fast_compile_for(batch.shape[3])
+    out = _Collector(solver.name, B, nchunks, progress)
+    pending = None
     try:
         for c in range(nchunks):
             lo, hi = c * size, min(B, (c + 1) * size)
@@ -149,16 +117,65 @@ def run(
             # One chunk in flight: chunk c is dispatched before chunk c-1 is copied to the host,
             # so the device is not idle while the host collects results.
             if pending is not None:
-                collect(*pending)
+                out.collect(*pending)
             pending = (x, info, hi - lo)
         if pending is not None:
-            collect(*pending)
+            out.collect(*pending)
     finally:
-        if bar is not None:
-            bar.stop()
-    placement = np.concatenate(placements)
-    info = {k: np.concatenate([i[k] for i in infos]) for k in infos[0]} if infos else {}
-    return placement, info
+        out.close()
+    return out.results()
+
+
+def _layout(solver, prepared, batch: Instance, mesh, chunk_size, memory_budget_mb, bucket_shapes: bool) -> tuple[int, int]:
+    """(instances per chunk, number of chunks): what ``chunk_size`` or the memory budget allows,
+    a lone chunk padded up to its bucket size, divisible over the local devices."""
+    B = batch.batch_shape[0]
+    ndev = jax.local_device_count() if mesh is not None else 1
+    est = solver.bytes_per_instance(batch.shape, prepared.static)
+    size = chunk_size_for(est, B, chunk_size, memory_budget_mb)
+    if bucket_shapes and chunk_size is None and size == B:  # one chunk: pad B up to its bucket
+        size = min(bucket(B), chunk_size_for(est, bucket(B), None, memory_budget_mb))
+    size = int(math.ceil(size / ndev) * ndev)  # divisible over devices
+    return size, int(math.ceil(B / size))
+
+
+class _Collector:
+    """The chunks' results on the host, with the progress bar or callback of :func:`run`."""
+
+    def __init__(self, name: str, total: int, nchunks: int, progress):
+        import sys
+
+        self.total, self.done = total, 0
+        self.placements: list = []
+        self.infos: list = []
+        self.callback = progress if callable(progress) else None
+        show = bool(progress) if progress is not None and self.callback is None else (nchunks > 1 and sys.stderr.isatty())
+        self.bar = None
+        if show and self.callback is None:
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.task = self.bar.add_task(f"{name}: {total} instances", total=total)
+            self.bar.start()
+
+    def collect(self, x, info: dict, n: int) -> None:
+        self.placements.append(np.asarray(x)[:n])
+        self.infos.append({k: np.asarray(v)[:n] for k, v in info.items()})
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def results(self) -> tuple[np.ndarray, dict]:
+        placement = np.concatenate(self.placements)
+        infos = self.infos
+        info = {k: np.concatenate([i[k] for i in infos]) for k in infos[0]} if infos else {}
+        return placement, info
 
 
 def map_chunks(fn, static: tuple, args: tuple, size: float, clock=None, *, to_host: bool = True,
