@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from slimjax._kernels import repeated_member
 from slimjax._storage import relaxed_limit
 from slimjax.bounds._pdhg import Formulation, lagrangian
 from slimjax.bounds._threshold import host_fields
@@ -64,8 +65,7 @@ def build(batch, aggregation: str = "max") -> dict:
     lat, fb, pat, w, tr = host_fields(batch, aggregation)
     B, U, N, L, E = lat.shape
     M, K = pat.shape[-2:]
-    earlier = np.tril(np.ones((K, K), bool), -1)
-    dup = ((pat[..., :, None] == pat[..., None, :]) & earlier).any(-1)
+    dup = repeated_member(np.asarray(pat))
     gm = ~dup & (w > 0)[..., None]
     act = np.zeros((B, U, L, E))
     bi = np.arange(B)[:, None, None, None, None]

@@ -39,15 +39,14 @@ With ``aggregation="sum"`` every member is its own pattern (J separates per expe
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
+from slimjax._kernels import repeated_member
 from slimjax._storage import storage_cut
 from slimjax.bounds._pdhg import Formulation
 
@@ -123,8 +122,7 @@ def build(batch, aggregation: str = "max") -> dict:
     ui = np.arange(U)[None, :, None, None, None]
     li = np.arange(L)[None, None, :, None, None]
     s_mem = s[bi, ui, li, pat]  # [B, U, L, M, K, N+1]
-    earlier = np.tril(np.ones((K, K), bool), -1)
-    dup = ((pat[..., :, None] == pat[..., None, :]) & earlier).any(-1)  # [B, U, L, M, K]
+    dup = repeated_member(np.asarray(pat))  # [B, U, L, M, K]
     T = np.sort(s_mem.reshape(B, U, L, M, K * N1), axis=-1)
     new = np.concatenate([np.ones(T.shape[:-1] + (1,), bool), T[..., 1:] > T[..., :-1]], axis=-1)
     D = new.sum(-1)

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from slimjax._kernels import repeated_member
+
 __all__ = ["pattern_top", "scatter_e", "add_gain_layer", "drop_loss_layer", "second_best", "expert_frequency"]
 
 _NEG = -jnp.inf
@@ -26,8 +28,7 @@ def pattern_top(d_l: Float[Array, "U E"], pat_l: Int[Array, "U M K"], k: int = 3
     """
     K = pat_l.shape[-1]
     vals = jnp.take_along_axis(d_l[:, None, :], pat_l, axis=-1)  # [U, M, K]
-    earlier = jnp.tril(jnp.ones((K, K), bool), -1)  # [k, k'] True when k' < k
-    dup = ((pat_l[..., :, None] == pat_l[..., None, :]) & earlier).any(-1)
+    dup = repeated_member(pat_l)
     vals = jnp.where(dup, _NEG, vals)
     ids = pat_l
     if K < k:

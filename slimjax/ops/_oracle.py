@@ -40,6 +40,8 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int, Shaped
 
+from slimjax._kernels import repeated_member
+
 __all__ = ["pattern_prep", "exact_oracle", "greedy_oracle", "modular_oracle", "EXACT_MAX_E"]
 
 #: The largest E the exact oracle accepts (its table has L·2^E entries).
@@ -50,9 +52,7 @@ Select = Callable[[Array], Array]
 
 def pattern_prep(patterns: Int[Array, "U L M K"], weight: Float[Array, "U L M"], traffic: Float[Array, "U"]):
     """``tw [U, L, M]`` = traffic·weight and ``dup bool [U, L, M, K]`` (position repeats an earlier id)."""
-    K = patterns.shape[-1]
-    earlier = jnp.tril(jnp.ones((K, K), bool), -1)
-    dup = ((patterns[..., :, None] == patterns[..., None, :]) & earlier).any(-1)
+    dup = repeated_member(patterns)
     tw = traffic[:, None, None] * weight
     return tw, dup
 
