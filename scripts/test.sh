@@ -20,4 +20,7 @@ export WANDB_MODE=offline WANDB_SILENT=true
 marker="not slow and not gpu"
 if [ "${1:-}" = "--slow" ]; then marker="not gpu"; shift; fi
 workers=$(.venv/bin/python -c 'import os; print(min(4, os.cpu_count() or 1))')
-exec .venv/bin/python -m pytest -m "$marker" -n "$workers" --dist loadfile "$@"
+# --dist worksteal: each worker starts on a contiguous half of the tests (a file's tests share their
+# compiled programs) and the idle one takes work from the other's end. Not loadfile: with xdist 3.8
+# a crashed worker under loadfile/loadscope can leave the run waiting forever (pytest-xdist #784, #1378).
+exec .venv/bin/python -m pytest -m "$marker" -n "$workers" --dist worksteal "$@"

@@ -23,6 +23,8 @@ import dataclasses
 import io
 import json
 import os
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import ArrayLike, Bool
 
-__all__ = ["FORMAT_VERSION", "atomic_write", "export_placement", "load", "placement_frame", "save"]
+__all__ = ["FORMAT_VERSION", "HELD_SIGNALS", "atomic_write", "export_placement", "load", "placement_frame", "save", "signals_held"]
 
 #: Version of the file format written by :func:`save` (a reader refuses newer versions).
 FORMAT_VERSION = 1
@@ -44,7 +46,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
     Yields a temporary path in the same folder (same suffix, so writers that infer the format from
     it work); on leaving the block without an exception it is renamed over ``path``
-    (``os.replace``, atomic on POSIX and Windows); on an exception (or Ctrl-C) it is removed.
+    (``os.replace``, atomic on POSIX and Windows); on an exception it is removed. Ctrl-C or SIGTERM
+    during the block is held until the file is in place (:func:`signals_held`), then takes effect.
 
     Examples:
       >>> with atomic_write("/tmp/table.csv") as tmp:
@@ -53,13 +56,54 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    with signals_held():
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+
+#: the signals :func:`signals_held` holds: Ctrl-C and a scheduler's stop
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then deliver them to the handlers
+    that were in place (Python's own raises ``KeyboardInterrupt``).
+
+    A write that a signal interrupts half-way leaves objects behind whose clean-up fails later
+    (a ``zipfile.ZipFile`` over a closed file prints a traceback when it is collected); held, the
+    signal takes effect right after the file is complete. Only the main thread receives signals:
+    elsewhere, and for a handler installed outside Python, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for s in HELD_SIGNALS:
+        old = signal.getsignal(s)
+        if old is None:  # installed outside Python: cannot be restored, so not held
+            continue
+        previous[s] = old
+        signal.signal(s, lambda signum, frame: held.append(signum))
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+        for s in dict.fromkeys(held):
+            old = previous[s]
+            if callable(old):
+                old(s, None)
+            elif old == signal.SIG_DFL:
+                if s == signal.SIGINT:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), s)  # the default action (SIGTERM: end the process)
 
 
 def _meta(kind: str, **extra) -> dict:

@@ -71,3 +71,15 @@ def shared_dir():
     if not os.path.isdir(os.path.join(path, "traces")):
         pytest.skip(f"../shared/traces not found at {path} (set SLIMJAX_SHARED); real-trace tests skipped")
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled_programs_per_module():
+    """Drop the compiled programs after each test module. A worker runs hundreds of modules' worth
+    of programs; kept, they grew each worker past 5 GB on a full run (2026-12-06), and the two
+    crashes seen in full runs were inside XLA's compiler late in the run."""
+    yield
+    from slimjax._compile import clear_cache
+
+    clear_cache()
+    jax.clear_caches()

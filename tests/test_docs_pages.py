@@ -18,9 +18,21 @@ from tests.test_docs import PAGES, python_blocks
 SLOW_PAGES = {"docs/dynamic.md", "docs/load.md"}
 
 
+@pytest.fixture
+def solver_names():
+    """The solver names as they were before the page ran (docs/extending.md registers its own
+    solver; a later test on the same worker must not see it)."""
+    from slimjax.solvers import _methods
+
+    saved = dict(_methods.methods())
+    yield
+    _methods._NAMED.clear()
+    _methods._NAMED.update(saved)
+
+
 @pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PAGES else p
                                   for p in PAGES if python_blocks(p)])
-def test_code_blocks_run(page, tmp_path, monkeypatch):
+def test_code_blocks_run(page, tmp_path, monkeypatch, solver_names):
     monkeypatch.chdir(tmp_path)
     module = types.ModuleType("handbook_" + re.sub(r"\W", "_", page))  # a real module: dataclasses need one
     monkeypatch.setitem(sys.modules, module.__name__, module)
