@@ -6,7 +6,9 @@
 * no private name (``_x``) imported from another package: what a package needs from another is a
   public name of the package that owns it. Core is the root package's modules
   (``slimjax._instance``, ``_storage``, ``_kernels``, ...): their modules are imported by every
-  package, their private names are not.
+  package, their private names are not;
+* another package's names come through its ``__init__`` (``from slimjax.ops import x``, not
+  ``from slimjax.ops._gains import x``).
 """
 
 from __future__ import annotations
@@ -113,6 +115,19 @@ def test_no_private_name_across_packages():
             if name is not None and name.startswith("_") and not name.startswith("__") and not (PKG.joinpath(*module.split(".")[1:], name + ".py")).exists():
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {module}.{name}")
     assert not bad, "private names imported across packages:\n" + "\n".join(bad)
+
+
+def test_other_packages_names_come_through_their_init():
+    """A package's modules are its own: another package imports ``from slimjax.ops import x``,
+    never ``from slimjax.ops._gains import x`` (the ``__init__`` is the package's interface)."""
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        here = _package(_module_name(path))
+        for module, _, line in _imports(path):
+            parts = module.split(".")
+            if len(parts) >= 3 and _package(module) not in (here, "core") and parts[2].startswith("_"):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {module}")
+    assert not bad, "modules of another package imported directly:\n" + "\n".join(sorted(set(bad)))
 
 
 @pytest.mark.parametrize("package", sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").exists() and p.name != "conf"))

@@ -45,11 +45,11 @@ from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance
 from slimjax._objective import expert_latency_from, objective_from_d
-from slimjax.ops._fill import priority_fill
-from slimjax.ops._gains import add_gain_layer, drop_loss_layer, expert_frequency, pattern_top, second_best
-from slimjax.ops._maxconv import capacity_dp
-from slimjax.ops._oracle import exact_oracle, greedy_oracle, pattern_prep
-from slimjax.ops._order import node_orders
+from slimjax.ops import priority_fill
+from slimjax.ops import add_gain_layer, drop_loss_layer, expert_frequency, pattern_top, second_best
+from slimjax.ops import capacity_dp
+from slimjax.ops import exact_oracle, greedy_oracle, pattern_prep
+from slimjax.ops import node_orders
 
 __all__ = ["WindowConfig", "window_solve", "net_objective", "moved_units"]
 

@@ -30,7 +30,7 @@ from slimjax.dynamic._myopic import WindowConfig, window_solve
 from slimjax.dynamic._objects import Policy, Status, as_policy
 from slimjax.dynamic._policies import PolicyConfig, timeline_policy
 from slimjax.dynamic._timeline import Timeline, timeline
-from slimjax.ops._grid import capacity_grid
+from slimjax.ops import capacity_grid
 
 __all__ = ["DynamicResult", "deploy", "run", "sample_tokens", "window_config"]
 

@@ -7,6 +7,7 @@ from slimjax.ops._gains import add_gain_layer as add_gain_layer
 from slimjax.ops._gains import drop_loss_layer as drop_loss_layer
 from slimjax.ops._gains import expert_frequency as expert_frequency
 from slimjax.ops._gains import pattern_top as pattern_top
+from slimjax.ops._gains import scatter_e as scatter_e
 from slimjax.ops._gains import second_best as second_best
 from slimjax.ops._grid import Grid as Grid
 from slimjax.ops._grid import bucket_units as bucket_units
@@ -26,7 +27,10 @@ from slimjax.ops._order import ORDERS as ORDERS
 from slimjax.ops._order import node_orders as node_orders
 from slimjax.ops._order import node_speed as node_speed
 from slimjax.ops._patterns import _merge_numpy as merge_patterns_host
+from slimjax.ops._patterns import merge_codes_fn as merge_codes_fn
 from slimjax.ops._patterns import merge_patterns as merge_patterns
+from slimjax.ops._patterns import merged_size as merged_size
+from slimjax.ops._patterns import with_patterns as with_patterns
 from slimjax.ops._projection import project_storage as project_storage
 
 __all__ = [
@@ -46,14 +50,18 @@ __all__ = [
     "greedy_oracle",
     "masks_by_size",
     "maxplus_conv",
+    "merge_codes_fn",
     "merge_patterns",
     "merge_patterns_host",
+    "merged_size",
     "node_orders",
     "node_speed",
     "pattern_prep",
     "pattern_top",
     "priority_fill",
     "project_storage",
+    "scatter_e",
     "second_best",
     "upper_envelope",
+    "with_patterns",
 ]

@@ -18,7 +18,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 from slimjax._instance import Instance
 from slimjax._objective import Placement
 from slimjax.queueing._model import _activation_one, _assignment_one, _share, utilization_from
-from slimjax.ops._fill import priority_fill
+from slimjax.ops import priority_fill
 
 __all__ = ["rate_for_load", "reference_placement"]
 

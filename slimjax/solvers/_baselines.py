@@ -31,10 +31,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance
-from slimjax.ops._fill import priority_fill
-from slimjax.ops._order import node_orders
+from slimjax.ops import priority_fill
+from slimjax.ops import node_orders
 from slimjax.solvers._greedy import greedy_batch
-from slimjax.ops._gains import expert_frequency
+from slimjax.ops import expert_frequency
 from slimjax.solvers._base import Solver
 
 __all__ = ["Random", "Popularity", "LayerUniform", "EPLB", "CoactivationBlind", "baseline_batch", "eplb_instance", "popularity_instance", "random_instance"]

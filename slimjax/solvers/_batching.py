@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from slimjax._instance import Instance
 from slimjax._memory import ACCELERATOR_SHARE, CPU_BUDGET_MB, chunk_size_for, memory_budget_bytes
-from slimjax.ops._grid import Grid
+from slimjax.ops import Grid
 from slimjax.solvers._buckets import bucket
 
 __all__ = ["ACCELERATOR_SHARE", "CPU_BUDGET_MB", "CHUNK_PROGRAM", "batch_mesh", "chunk_size_for", "memory_budget_bytes", "run"]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slimjax._instance import Instance
-from slimjax.ops._grid import bucket_units
+from slimjax.ops import bucket_units
 
 __all__ = ["bucket", "pad_patterns"]
 

@@ -43,7 +43,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int
 
 from slimjax._instance import Instance
-from slimjax.ops._gains import add_gain_layer, expert_frequency, pattern_top
+from slimjax.ops import add_gain_layer, expert_frequency, pattern_top
 from slimjax.solvers._base import Prepared, Solver, check_int, document_options, option
 __all__ = ["Greedy", "enumeration_starts", "greedy_batch", "greedy_instance"]
 

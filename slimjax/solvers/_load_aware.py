@@ -70,7 +70,7 @@ from slimjax import _storage as storage
 from slimjax._instance import Instance
 from slimjax._kernels import activation, assignment_from, assignment_share, loaded_expert_latency_from, utilization_from
 from slimjax._objective import objective_from_d
-from slimjax.ops._grid import capacity_grid
+from slimjax.ops import capacity_grid
 from slimjax.solvers import _batching
 from slimjax.solvers import _load_moves as _moves
 from slimjax.solvers._base import Solver, Status, check_float, check_int, document_options, option

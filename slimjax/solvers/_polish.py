@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from slimjax._instance import Instance
-from slimjax.ops._gains import add_gain_layer, drop_loss_layer, expert_frequency, pattern_top, second_best, scatter_e
+from slimjax.ops import add_gain_layer, drop_loss_layer, expert_frequency, pattern_top, second_best, scatter_e
 from slimjax.solvers._base import Solver, check_int, document_options, option
 __all__ = ["Polish", "polish_batch", "polish_instance"]
 

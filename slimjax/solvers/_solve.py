@@ -25,8 +25,8 @@ from slimjax._kernels import load_terms
 from slimjax._keys import as_key
 from slimjax._memory import instance_bytes
 from slimjax._objective import AGGREGATIONS, check_placement, objective_from_d
-from slimjax.ops._grid import capacity_grid
-from slimjax.ops._patterns import merge_codes_fn, merged_size, with_patterns
+from slimjax.ops import capacity_grid
+from slimjax.ops import merge_codes_fn, merged_size, with_patterns
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solution, Solver, Status
 from slimjax.solvers._buckets import bucket, pad_patterns
@@ -115,7 +115,7 @@ def _merge(batch: Instance, clock: Clock, budget: float) -> Instance:
         return batch
     E, Mp, on_device = plan
     if not on_device:  # very large E^K: the host path
-        from slimjax.ops._patterns import merge_patterns
+        from slimjax.ops import merge_patterns
 
         return merge_patterns(batch)
     U, N, L, E, M, K = batch.shape

@@ -47,11 +47,11 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Int
 
 from slimjax._instance import Instance
-from slimjax.ops._grid import bucket_units
-from slimjax.ops._maxconv import BACKENDS, capacity_dp
+from slimjax.ops import bucket_units
+from slimjax.ops import BACKENDS, capacity_dp
 from slimjax._objective import AGGREGATIONS, expert_latency_from, objective_from_d
-from slimjax.ops._order import ORDERS, node_orders
-from slimjax.ops._oracle import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
+from slimjax.ops import ORDERS, node_orders
+from slimjax.ops import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
 from slimjax.solvers._base import Prepared, Solver, check_choice, check_float, check_int, document_options, option
 __all__ = ["Successive", "SuccessiveConfig", "successive_instance", "successive_batch"]
 
