@@ -319,7 +319,7 @@ def test_never_worse_than_the_previous_load_aware_solver(load, method):
         np.asarray(sol.objective), TODAY[load, method])
 
 
-@pytest.mark.parametrize("model", ["phi3_5_moe", "olmoe_1b_7b"])
+@pytest.mark.parametrize("model", [pytest.param("phi3_5_moe", marks=pytest.mark.slow), "olmoe_1b_7b"])
 def test_every_load_aware_program_within_a_small_memory_budget(model):
     """With a small ``memory_budget_mb`` every program of the load-aware wrapper (repair, polish,
     evaluations, loaded latencies, node reduction) runs in chunks whose XLA footprint

@@ -58,7 +58,15 @@ def _check_large(name: str, batch, solvers) -> None:
         assert_same_solutions(batch, x, x_rec, J, J_rec, rtol=1e-6)
 
 
-@pytest.mark.parametrize("case", GENERATED, ids=[c[0] for c in GENERATED])
+#: the default run keeps one single-user and one multi-user case; --slow runs all of them
+DEFAULT_GENERATED = ("dsv3_gen", "olmoe_users")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c if c[0] in DEFAULT_GENERATED else pytest.param(c, marks=pytest.mark.slow) for c in GENERATED],
+    ids=[c[0] for c in GENERATED],
+)
 def test_large_generated_solutions_equal_the_recorded_ones(case):
     name, model, network, routing, n, solvers = case
     _check_large(name, generated_batch(model, network, routing, n), solvers)
@@ -66,7 +74,8 @@ def test_large_generated_solutions_equal_the_recorded_ones(case):
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=pytest.mark.slow) if c[0] == "deepseek_v2_lite" else c for c in REALISTIC],
+    # the default run keeps the smallest real trace (qwen); --slow runs the other two
+    [c if c[0] == "qwen" else pytest.param(c, marks=pytest.mark.slow) for c in REALISTIC],
     ids=[c[0] for c in REALISTIC],
 )
 def test_realistic_solutions_equal_the_recorded_ones(case):
