@@ -179,6 +179,74 @@ def _tolerance(J: Array) -> Array:
     return 64 * jnp.finfo(J.dtype).eps * (jnp.abs(J) + jnp.finfo(J.dtype).tiny)
 
 
+def _layer_eval(lat, fb, pat, w, tr, freq, aggregation, k, x, l):
+    """Layer l under x: its J, float table [N, 2E+2] (add, drop, swap/pair gain), int table [N, 4] (their ids)."""
+    lat_l, fb_l, pat_l, w_l, x_l = lat[:, :, l, :], fb[:, l], pat[:, l], w[:, l], x[:, l]
+    d_l = jnp.minimum(fb_l, jnp.where(x_l[None], lat_l, jnp.inf).min(axis=1))  # [U, E]
+    member = jnp.take_along_axis(d_l[:, None, :], pat_l, axis=-1)  # [U, M, K]
+    pl = member.max(-1) if aggregation == "max" else member.sum(-1)
+    J_l = (tr[:, None] * w_l * pl).sum()
+    add, drop, sg, si, sj, qg, qa, qb = _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq[:, l], tr,
+                                                     aggregation, k)
+    F = jnp.concatenate([add, drop, sg[:, None], qg[:, None]], axis=-1)
+    I = jnp.stack([jnp.asarray(v, jnp.int32) for v in (si, sj, qa, qb)], axis=-1)
+    return J_l, F, I
+
+
+def _cross_layer_swaps(x, add, drop, used, su, cu):
+    """Best drop of layer li plus best add of layer lj per node: gains [N, L, L], drop ids, add ids [N, L]."""
+    L = x.shape[1]
+    best_add = jnp.where(x, _NEG, add)
+    ba_e = jnp.argmax(best_add, -1)  # [N, L]
+    ba = best_add.max(-1)
+    cheap = jnp.where(x, -drop, _NEG)
+    cd_e = jnp.argmax(cheap, -1)
+    cd = cheap.max(-1)  # -loss
+    fit2 = (used[:, None, None] - su[None, :, None] + su[None, None, :]) <= cu[:, None, None]  # [N, li, lj]
+    ok = fit2 & ~jnp.eye(L, dtype=bool)[None] & (cd > _NEG)[:, :, None] & (ba > _NEG)[:, None, :]
+    pair = jnp.where(ok, cd[:, :, None] + ba[:, None, :], _NEG)
+    return pair, cd_e, ba_e
+
+
+def _propose(x, F, I, su, cu):
+    """The best move under the tables: x after it, its estimated gain and the two layers it touches."""
+    N, L, E = x.shape
+    add, drop, sg, qg = F[..., :E], F[..., E : 2 * E], F[..., 2 * E], F[..., 2 * E + 1]
+    si, sj, qa, qb = I[..., 0], I[..., 1], I[..., 2], I[..., 3]
+    used = jnp.einsum("nle,l->n", x.astype(jnp.int32), su)
+    # adds that fit
+    fits = (used[:, None] + su[None, :]) <= cu[:, None]  # [N, L]
+    add_s = jnp.where(~x & fits[:, :, None], add, _NEG)
+    a_flat = jnp.argmax(add_s.reshape(-1))
+    an, al, ae = jnp.unravel_index(a_flat, (N, L, E))
+    # same-layer swaps (size-neutral)
+    s_flat = jnp.argmax(sg.reshape(-1))
+    sn, sl = jnp.unravel_index(s_flat, (N, L))
+    # cross-layer swaps: the cheapest drop of layer li and the best add of layer lj on one
+    # node (exact: J separates per layer)
+    pair, cd_e, ba_e = _cross_layer_swaps(x, add, drop, used, su, cu)
+    p_flat = jnp.argmax(pair.reshape(-1))
+    pn, pli, plj = jnp.unravel_index(p_flat, (N, L, L))
+    # pair adds inside one layer (co-activated experts whose single gains are 0)
+    qg = jnp.where(((used[:, None] + 2 * su[None, :]) <= cu[:, None]), qg, _NEG)  # [N, L]
+    q_flat = jnp.argmax(qg.reshape(-1))
+    qn, ql = jnp.unravel_index(q_flat, (N, L))
+    # the four moves as (gain, node, layer 1, expert 1, value 1, layer 2, expert 2, value 2)
+    gains = jnp.stack([add_s.reshape(-1)[a_flat], sg.reshape(-1)[s_flat], pair.reshape(-1)[p_flat],
+                       qg.reshape(-1)[q_flat]])
+    i32 = lambda *v: jnp.stack([jnp.asarray(a, jnp.int32) for a in v])  # noqa: E731
+    node = i32(an, sn, pn, qn)
+    l1 = i32(al, sl, pli, ql)
+    e1 = i32(ae, si[sn, sl], cd_e[pn, pli], qa[qn, ql])
+    l2 = i32(al, sl, plj, ql)
+    e2 = i32(ae, sj[sn, sl], ba_e[pn, plj], qb[qn, ql])
+    v1 = jnp.array([True, False, False, True])
+    which = jnp.argmax(gains)
+    n = node[which]
+    x_new = x.at[n, l1[which], e1[which]].set(v1[which]).at[n, l2[which], e2[which]].set(True)
+    return x_new, gains[which], l1[which], l2[which]
+
+
 def polish_instance(
     inst: Instance,
     size_units: Int[ArrayLike, "L"],
@@ -214,65 +282,7 @@ def polish_instance(
     lat, fb, pat, w, tr = inst.latency, inst.fallback, inst.patterns, inst.weight, inst.traffic
     freq = expert_frequency(pat, w, E, distinct=False) if aggregation == "sum" else jnp.zeros(fb.shape, fb.dtype)
 
-    def layer_eval(x, l):
-        """Layer l under x: its J, float table [N, 2E+2] (add, drop, swap gain, pair gain) and
-        int table [N, 4] (swap drop id, swap add id, pair ids)."""
-        lat_l, fb_l, pat_l, w_l, x_l = lat[:, :, l, :], fb[:, l], pat[:, l], w[:, l], x[:, l]
-        d_l = jnp.minimum(fb_l, jnp.where(x_l[None], lat_l, jnp.inf).min(axis=1))  # [U, E]
-        member = jnp.take_along_axis(d_l[:, None, :], pat_l, axis=-1)  # [U, M, K]
-        pl = member.max(-1) if aggregation == "max" else member.sum(-1)
-        J_l = (tr[:, None] * w_l * pl).sum()
-        add, drop, sg, si, sj, qg, qa, qb = _layer_moves(lat_l, fb_l, d_l, x_l, pat_l, w_l, freq[:, l], tr,
-                                                         aggregation, k)
-        F = jnp.concatenate([add, drop, sg[:, None], qg[:, None]], axis=-1)
-        I = jnp.stack([jnp.asarray(v, jnp.int32) for v in (si, sj, qa, qb)], axis=-1)
-        return J_l, F, I
-
-    def propose(x, F, I):
-        """The best move under the current tables: two point updates of x, the estimated gain
-        and the (one or two) layers it touches."""
-        add, drop, sg, qg = F[..., :E], F[..., E : 2 * E], F[..., 2 * E], F[..., 2 * E + 1]
-        si, sj, qa, qb = I[..., 0], I[..., 1], I[..., 2], I[..., 3]
-        used = jnp.einsum("nle,l->n", x.astype(jnp.int32), su)
-        # adds that fit
-        fits = (used[:, None] + su[None, :]) <= cu[:, None]  # [N, L]
-        add_s = jnp.where(~x & fits[:, :, None], add, _NEG)
-        a_flat = jnp.argmax(add_s.reshape(-1))
-        an, al, ae = jnp.unravel_index(a_flat, (N, L, E))
-        # same-layer swaps (size-neutral)
-        s_flat = jnp.argmax(sg.reshape(-1))
-        sn, sl = jnp.unravel_index(s_flat, (N, L))
-        # cross-layer swaps: the cheapest drop of layer li and the best add of layer lj on one
-        # node (exact: J separates per layer)
-        best_add = jnp.where(x, _NEG, add)
-        ba_e = jnp.argmax(best_add, -1)  # [N, L]
-        ba = best_add.max(-1)
-        cheap = jnp.where(x, -drop, _NEG)
-        cd_e = jnp.argmax(cheap, -1)
-        cd = cheap.max(-1)  # -loss
-        fit2 = (used[:, None, None] - su[None, :, None] + su[None, None, :]) <= cu[:, None, None]  # [N, li, lj]
-        ok = fit2 & ~jnp.eye(L, dtype=bool)[None] & (cd > _NEG)[:, :, None] & (ba > _NEG)[:, None, :]
-        pair = jnp.where(ok, cd[:, :, None] + ba[:, None, :], _NEG)
-        p_flat = jnp.argmax(pair.reshape(-1))
-        pn, pli, plj = jnp.unravel_index(p_flat, (N, L, L))
-        # pair adds inside one layer (co-activated experts whose single gains are 0)
-        qg = jnp.where(((used[:, None] + 2 * su[None, :]) <= cu[:, None]), qg, _NEG)  # [N, L]
-        q_flat = jnp.argmax(qg.reshape(-1))
-        qn, ql = jnp.unravel_index(q_flat, (N, L))
-        # the four moves as (gain, node, layer 1, expert 1, value 1, layer 2, expert 2, value 2)
-        gains = jnp.stack([add_s.reshape(-1)[a_flat], sg.reshape(-1)[s_flat], pair.reshape(-1)[p_flat],
-                           qg.reshape(-1)[q_flat]])
-        i32 = lambda *v: jnp.stack([jnp.asarray(a, jnp.int32) for a in v])  # noqa: E731
-        node = i32(an, sn, pn, qn)
-        l1 = i32(al, sl, pli, ql)
-        e1 = i32(ae, si[sn, sl], cd_e[pn, pli], qa[qn, ql])
-        l2 = i32(al, sl, plj, ql)
-        e2 = i32(ae, sj[sn, sl], ba_e[pn, plj], qb[qn, ql])
-        v1 = jnp.array([True, False, False, True])
-        which = jnp.argmax(gains)
-        n = node[which]
-        x_new = x.at[n, l1[which], e1[which]].set(v1[which]).at[n, l2[which], e2[which]].set(True)
-        return x_new, gains[which], l1[which], l2[which]
+    layer_eval = partial(_layer_eval, lat, fb, pat, w, tr, freq, aggregation, k)
 
     # One loop, one copy of the layer evaluation: the first ``n_init`` trips fill the tables two
     # layers at a time, every later trip proposes the best move and re-evaluates the two layers
@@ -289,7 +299,7 @@ def polish_instance(
         i, x, J_l, F, I, moves, _ = c
         filling = i < n_init
         J = J_l.sum()
-        x_new, g, l1, l2 = propose(x, F, I)
+        x_new, g, l1, l2 = _propose(x, F, I, su, cu)
         ls = jnp.where(filling, init_ls[jnp.minimum(i, n_init - 1)], jnp.stack([l1, l2])[:P])
         x_eval = jnp.where(filling, x, x_new)
         J2, F2, I2 = jax.vmap(layer_eval, in_axes=(None, 0))(x_eval, ls)
