@@ -142,6 +142,87 @@ def _union_plan(inst, s, cap, cfg: SuccessiveConfig, K: int):
     return lat_g, qg, place
 
 
+def _candidates(inst, cap, cfg: SuccessiveConfig, key):
+    """The candidates: node orders int [C, N], union-first flags (C) and restart tabu masks bool [C, N, L, E]."""
+    N, L, E = inst.latency.shape[1:]
+    named = node_orders(inst.latency, inst.traffic, cap)
+    C0 = len(cfg.orders)
+    R = cfg.restarts
+    orders = jnp.stack(
+        [named[o] if isinstance(o, str) else jnp.asarray(o, jnp.int32) for o in cfg.orders]
+        + [named[o] if isinstance(o, str) else jnp.asarray(o, jnp.int32) for o in (cfg.orders * R)[:R]]
+    )  # [C, N]
+    C = C0 + R
+    unions = tuple(cfg.unions) + (False,) * R
+    if R > 0:
+        keys = jax.random.split(key, R)
+        rand = jax.vmap(lambda k: jax.random.bernoulli(k, cfg.tabu, (N, L, E)))(keys)
+        tabu = jnp.concatenate([jnp.zeros((C0, N, L, E), bool), rand])
+    else:
+        tabu = jnp.zeros((C, 1, 1, 1), bool)  # never read
+    return orders, unions, tabu
+
+
+def _schedule(orders, has_union: bool, revisit: int):
+    """The steps of every candidate: kinds int [T] (shared), nodes int [C, T] (each one's order), step ids [T]."""
+    C, N = orders.shape
+    kinds = [_UNION] * has_union + [_PASS] * N + [_REVISIT] * (N * revisit)
+    first_pass = int(has_union)
+    nodes = jnp.concatenate([jnp.zeros((C, first_pass), jnp.int32)] + [orders] * (1 + revisit), axis=1)  # [C, T]
+    return jnp.asarray(kinds, jnp.int32), nodes, jnp.arange(len(kinds), dtype=jnp.int32)
+
+
+def _step(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int, tabu_c, q_union_c, carry, xs):
+    """One step of a candidate's scan (union node, pass or revisit): oracle, capacity DP and commit."""
+    lat, fb = inst.latency, inst.fallback
+    has_union = union is not None
+    x, J = carry
+    t, kind, n = xs
+    is_pass = kind == _PASS
+    keep = x[n] & is_pass  # a pass adds to what the node holds; a revisit re-chooses it
+    others = x.at[n].set(keep)
+    d = expert_latency_from(lat, fb, others)
+    row = jnp.take(lat, n, axis=1)  # [U, L, E]
+    if has_union:
+        lat_g, place = union
+        row = jnp.where(kind == _UNION, lat_g, row)
+    newp = jnp.minimum(d, row)
+    if cfg.restarts > 0:
+        newp = jnp.where(tabu_c[n][None] & is_pass, d, newp)
+    q = jnp.where(is_pass, cap[n] - (keep.astype(jnp.int32) * s[:, None]).sum(), cap[n])
+    if has_union:
+        q = jnp.where(kind == _UNION, q_union_c, q)
+    g, select = oracle(d, newp, q)
+    res = capacity_dp(g, s, q, Qmax=Qdp, backend=cfg.maxconv)
+    chosen = select(res.counts)  # [L, E]
+    x_new = x.at[n].set(keep | chosen)
+    if cfg.revisit > 0:  # revisits keep a response only when J drops
+        J_new = objective_from_d(inst, jnp.where(chosen[None], newp, d), cfg.aggregation)
+        better = (kind != _REVISIT) | (J_new < J)
+        x_new = jnp.where(better, x_new, x)
+        J = jnp.where(better, J_new, J)
+    if has_union:  # the union's chosen set is split over the small nodes (first step only)
+        x_new = lax.cond(t == 0, lambda: place(chosen), lambda: x_new)
+    return (x_new, J), (res.value, res.bound)
+
+
+def _run_candidate(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int, C: int, kinds, steps,
+                   nodes_c, tabu_c, q_union_c):
+    """One candidate: the scan over its schedule; (x, J, node gain [N], node bound [N])."""
+    N, L, E = inst.latency.shape[1:]
+    lat, fb = inst.latency, inst.fallback
+    first_pass = int(union is not None)
+    body = partial(_step, inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c)
+    init = (jnp.zeros((N, L, E), bool), jnp.zeros((), fb.dtype))
+    (x, J), (vals, bounds) = lax.scan(body, init, (steps, kinds, nodes_c))
+    if cfg.revisit == 0 and C > 1:
+        J = objective_from_d(inst, expert_latency_from(lat, fb, x), cfg.aggregation)
+    order = nodes_c[first_pass : first_pass + N]
+    gain = jnp.zeros((N,), vals.dtype).at[order].set(vals[first_pass : first_pass + N])
+    bound = jnp.zeros((N,), vals.dtype).at[order].set(bounds[first_pass : first_pass + N])
+    return x, J, gain, bound
+
+
 def successive_instance(
     inst: Instance,
     size_units: Int[ArrayLike, "L"],
@@ -169,86 +250,27 @@ def successive_instance(
     Returns:
       (placement bool [N, L, E], info dict of arrays; see the module docstring).
     """
-    U, N, L, E = inst.latency.shape
     K = inst.patterns.shape[-1]
     if key is None:
         key = jax.random.key(0)
-    lat, fb = inst.latency, inst.fallback
     s = jnp.asarray(size_units, jnp.int32)
     cap = jnp.minimum(jnp.asarray(capacity_units, jnp.int32), cfg.Qmax)
     tw, dup = pattern_prep(inst.patterns, inst.weight, inst.traffic)
     oracle = _oracle_fn(cfg, inst.patterns, tw, dup, s)
-    named = node_orders(lat, inst.traffic, cap)
-    C0 = len(cfg.orders)
-    R = cfg.restarts
-    orders = jnp.stack(
-        [named[o] if isinstance(o, str) else jnp.asarray(o, jnp.int32) for o in cfg.orders]
-        + [named[o] if isinstance(o, str) else jnp.asarray(o, jnp.int32) for o in (cfg.orders * R)[:R]]
-    )  # [C, N]
-    C = C0 + R
-    unions = tuple(cfg.unions) + (False,) * R
+    orders, unions, tabu = _candidates(inst, cap, cfg, key)
+    C = orders.shape[0]
     has_union = any(unions)
     Qdp = max(cfg.Qmax, cfg.Qunion) if has_union else cfg.Qmax
-    if R > 0:
-        keys = jax.random.split(key, R)
-        rand = jax.vmap(lambda k: jax.random.bernoulli(k, cfg.tabu, (N, L, E)))(keys)
-        tabu = jnp.concatenate([jnp.zeros((C0, N, L, E), bool), rand])
-    else:
-        tabu = jnp.zeros((C, 1, 1, 1), bool)  # never read
     if has_union:
         lat_g, qg, place = _union_plan(inst, s, cap, cfg, K)
+        union = (lat_g, place)
         q_union = jnp.where(jnp.asarray(unions), qg, 0)  # [C]: 0 = the step is a no-op
     else:
-        lat_g, q_union = None, jnp.zeros((C,), jnp.int32)
+        union, q_union = None, jnp.zeros((C,), jnp.int32)
 
     # The schedule: kinds are the same for every candidate, nodes follow each candidate's order.
-    kinds = [_UNION] * has_union + [_PASS] * N + [_REVISIT] * (N * cfg.revisit)
-    T = len(kinds)
-    first_pass = int(has_union)
-    nodes = jnp.concatenate([jnp.zeros((C, first_pass), jnp.int32)] + [orders] * (1 + cfg.revisit), axis=1)  # [C, T]
-    kinds = jnp.asarray(kinds, jnp.int32)
-    steps = jnp.arange(T, dtype=jnp.int32)
-    track_J = cfg.revisit > 0  # revisits keep a response only when J drops
-
-    def run(nodes_c, tabu_c, q_union_c):
-        def body(carry, xs):
-            x, J = carry
-            t, kind, n = xs
-            is_pass = kind == _PASS
-            keep = x[n] & is_pass  # a pass adds to what the node holds; a revisit re-chooses it
-            others = x.at[n].set(keep)
-            d = expert_latency_from(lat, fb, others)
-            row = jnp.take(lat, n, axis=1)  # [U, L, E]
-            if has_union:
-                row = jnp.where(kind == _UNION, lat_g, row)
-            newp = jnp.minimum(d, row)
-            if R > 0:
-                newp = jnp.where(tabu_c[n][None] & is_pass, d, newp)
-            q = jnp.where(is_pass, cap[n] - (keep.astype(jnp.int32) * s[:, None]).sum(), cap[n])
-            if has_union:
-                q = jnp.where(kind == _UNION, q_union_c, q)
-            g, select = oracle(d, newp, q)
-            res = capacity_dp(g, s, q, Qmax=Qdp, backend=cfg.maxconv)
-            chosen = select(res.counts)  # [L, E]
-            x_new = x.at[n].set(keep | chosen)
-            if track_J:
-                J_new = objective_from_d(inst, jnp.where(chosen[None], newp, d), cfg.aggregation)
-                better = (kind != _REVISIT) | (J_new < J)
-                x_new = jnp.where(better, x_new, x)
-                J = jnp.where(better, J_new, J)
-            if has_union:  # the union's chosen set is split over the small nodes (first step only)
-                x_new = lax.cond(t == 0, lambda: place(chosen), lambda: x_new)
-            return (x_new, J), (res.value, res.bound)
-
-        init = (jnp.zeros((N, L, E), bool), jnp.zeros((), fb.dtype))
-        (x, J), (vals, bounds) = lax.scan(body, init, (steps, kinds, nodes_c))
-        if not track_J and C > 1:
-            J = objective_from_d(inst, expert_latency_from(lat, fb, x), cfg.aggregation)
-        order = nodes_c[first_pass : first_pass + N]
-        gain = jnp.zeros((N,), vals.dtype).at[order].set(vals[first_pass : first_pass + N])
-        bound = jnp.zeros((N,), vals.dtype).at[order].set(bounds[first_pass : first_pass + N])
-        return x, J, gain, bound
-
+    kinds, nodes, steps = _schedule(orders, has_union, cfg.revisit)
+    run = partial(_run_candidate, inst, s, cap, cfg, oracle, union, Qdp, C, kinds, steps)
     if C == 1:
         x, J, gain, bound = run(nodes[0], tabu[0], q_union[0])
         best = jnp.int32(0)
