@@ -134,23 +134,8 @@ def _combine_status(a, b):
                     np.where((a == Status.OPTIMAL) | (b == Status.OPTIMAL), Status.OPTIMAL, Status.FEASIBLE)).astype(np.int8)
 
 
-def _run(
-    batch: Instance,
-    solver: Solver,
-    label: str,
-    keys,
-    *,
-    capacity_unit,
-    aggregation: str,
-    chunk_size,
-    memory_budget_mb,
-    progress,
-    throw: bool,
-    merge_patterns: bool,
-    clock: Clock,
-    t0: float,
-    bucket_shapes: bool = True,
-) -> Solution:
+def _check_run_options(aggregation: str, throw, bucket_shapes, progress) -> None:
+    """Raise ValueError on an invalid execution option of :func:`_run`."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation: must be one of {AGGREGATIONS}, got {aggregation!r}")
     if not isinstance(throw, bool):
@@ -159,19 +144,25 @@ def _run(
         raise ValueError(f"bucket_shapes: must be a bool, got {bucket_shapes!r}")
     if progress is not None and not isinstance(progress, bool) and not callable(progress):
         raise ValueError(f"progress: must be None, a bool or a callable progress(done, total), got {progress!r}")
-    budget = _batching.memory_budget_bytes(memory_budget_mb)
-    _batching.chunk_size_for(1.0, 1, chunk_size, memory_budget_mb)  # validates chunk_size
-    grid = capacity_grid(batch, capacity_unit)
+
+
+def _working_batch(batch: Instance, stages, merge_patterns: bool, bucket_shapes: bool, clock: Clock,
+                   budget: float) -> Instance:
+    """The batch the stages solve: patterns merged (if asked) and padded to a bucket (all-JAX chains)."""
     work = _merge(batch, clock, budget) if merge_patterns else batch
-    stages = solver.stages()
     if bucket_shapes and all(st.jax_native for st in stages):
         M = work.shape[4]
         if not merge_patterns or merged_size(batch) is None:  # M is the data's (not fixed by E, K)
             work = pad_patterns(work, bucket(M))
+    return work
+
+
+def _run_chain(stages, work: Instance, grid, keys, B: int, *, aggregation: str, chunk_size, memory_budget_mb,
+               progress, clock: Clock, budget: float, bucket_shapes: bool):
+    """Every stage of the chain in turn, each from the last one's placement; (x, status [B], info)."""
     x = None
     status = None
     info: dict[str, np.ndarray] = {}
-    B = batch.batch_shape[0]
     for i, stage in enumerate(stages):
         if stage.jax_native:
             prepared = stage.prepare(work, grid, aggregation)
@@ -189,11 +180,12 @@ def _run(
         status = _combine_status(status, np.asarray(sstatus, np.int8))
         prefix = "" if i == 0 else f"{stage.name}."
         info.update({prefix + k: np.asarray(v) for k, v in sinfo.items()})
-    x = np.asarray(x)
-    if x.dtype != bool or x.shape != batch.latency.shape[:1] + batch.latency.shape[2:]:
-        raise RuntimeError(f"{label}: returned a placement of dtype {x.dtype} and shape {x.shape} (a solver bug)")
-    used = _used(batch, x)
-    fits = _fits(batch, used).all(-1)
+    return x, status, info
+
+
+def _score(batch: Instance, solver: Solver, x: np.ndarray, aggregation: str, budget: float, clock: Clock,
+           bucket_shapes: bool):
+    """J and total (float64 [B]) of the placements on ``batch`` itself (J_load for load=True)."""
     U, N, L, E, M, K = batch.shape
     eval_bytes = 3 * instance_bytes(batch.shape) + 8.0 * U * L * M * K  # masked latencies + pattern gathers
     scored = pad_patterns(batch, bucket(M)) if bucket_shapes else batch  # zero-weight patterns add 0 to J
@@ -206,6 +198,11 @@ def _run(
         cap = np.asarray(solver.max_utilization, batch.latency.dtype)
         J = np.asarray(call(_LOAD_OBJECTIVE, (aggregation,), (batch, x, cap), clock), np.float64)
         total = J + base
+    return J, total
+
+
+def _mark_failures(label: str, B: int, status, fits, J, total, throw: bool):
+    """Raise on failed instances (``throw``), else mark them FAILED with NaN objectives; (status, J, total)."""
     failed = (status == Status.FAILED) | ~fits | ~np.isfinite(J)
     if failed.any():
         bad = np.flatnonzero(failed)
@@ -224,6 +221,43 @@ def _run(
         status = np.where(failed, Status.FAILED, status).astype(np.int8)
         J = np.where(failed, np.nan, J)
         total = np.where(failed, np.nan, total)
+    return status, J, total
+
+
+def _run(
+    batch: Instance,
+    solver: Solver,
+    label: str,
+    keys,
+    *,
+    capacity_unit,
+    aggregation: str,
+    chunk_size,
+    memory_budget_mb,
+    progress,
+    throw: bool,
+    merge_patterns: bool,
+    clock: Clock,
+    t0: float,
+    bucket_shapes: bool = True,
+) -> Solution:
+    _check_run_options(aggregation, throw, bucket_shapes, progress)
+    budget = _batching.memory_budget_bytes(memory_budget_mb)
+    _batching.chunk_size_for(1.0, 1, chunk_size, memory_budget_mb)  # validates chunk_size
+    grid = capacity_grid(batch, capacity_unit)
+    stages = solver.stages()
+    work = _working_batch(batch, stages, merge_patterns, bucket_shapes, clock, budget)
+    B = batch.batch_shape[0]
+    x, status, info = _run_chain(stages, work, grid, keys, B, aggregation=aggregation, chunk_size=chunk_size,
+                                 memory_budget_mb=memory_budget_mb, progress=progress, clock=clock, budget=budget,
+                                 bucket_shapes=bucket_shapes)
+    x = np.asarray(x)
+    if x.dtype != bool or x.shape != batch.latency.shape[:1] + batch.latency.shape[2:]:
+        raise RuntimeError(f"{label}: returned a placement of dtype {x.dtype} and shape {x.shape} (a solver bug)")
+    used = _used(batch, x)
+    fits = _fits(batch, used).all(-1)
+    J, total = _score(batch, solver, x, aggregation, budget, clock, bucket_shapes)
+    status, J, total = _mark_failures(label, B, status, fits, J, total, throw)
     seconds = max(time.perf_counter() - t0 - clock.compile_seconds, 0.0)
     return Solution(x, J, total, used, status, info, label, seconds, clock.compile_seconds)
 
