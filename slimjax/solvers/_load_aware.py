@@ -525,7 +525,6 @@ class LoadAware(Solver):
         status = np.full(B, Status.FEASIBLE, np.int8)
         blind = None
         nodes = _storage_nodes(batch)  # moves only there, on the batch reduced to these nodes
-        idx = np.asarray(nodes)
         ev = _eval_bytes(batch.shape)
         red = None
         for it in range(self.load_iterations + 1):
@@ -542,16 +541,7 @@ class LoadAware(Solver):
             x_prev = x
             status = np.where(st == Status.FAILED, Status.FAILED, status).astype(np.int8)
             x = np.asarray(x, bool)
-            j, rho_t, _ = _chunked(_evaluate_batch, (aggregation,), (batch, x, cap), ev, budget, clock)
-            removed = np.zeros(B, np.int64)
-            if (np.asarray(rho_t) >= thr).any():  # else nothing to repair
-                if red is None:
-                    red = _chunked(_take_nodes, (nodes,), (batch,), ev, budget, clock) if len(nodes) < N else batch
-                xr, removed = _chunked(_repair_batch, (aggregation,), (red, np.ascontiguousarray(x[:, idx]), cap),
-                                       _move_bytes(red.shape), budget, clock)
-                x = _embed(x, nodes, xr)
-                j, _, _ = _chunked(_evaluate_batch, (aggregation,), (batch, x, cap), ev, budget, clock)
-            j, removed = np.asarray(j, np.float64), np.asarray(removed, np.int64)
+            x, j, rho_t, removed, red = _repaired(batch, x, nodes, red, cap, thr, aggregation, ev, budget, clock)
             if it == 0:
                 best_x, best_j, blind = x, j, j.copy()
                 best_rep = removed
@@ -564,14 +554,8 @@ class LoadAware(Solver):
             upd = _compile.call(_estimate_update, (), (rho_hat, lam, np.asarray(rho_t), np.asarray(self.max_utilization, dt), np.asarray(self.load_damping, dt),
                                                        np.asarray(self.load_price, dt)), clock)
             rho_hat, lam = (np.asarray(a) for a in upd)
-        moves = np.zeros(B, np.int64)
-        if self.load_polish > 0:
-            if red is None:
-                red = _chunked(_take_nodes, (nodes,), (batch,), ev, budget, clock) if len(nodes) < N else batch
-            su, cu = _grid_room(batch, grid, nodes)
-            px, moves = _polish_chunked(aggregation, int(self.load_polish), red, np.ascontiguousarray(best_x[:, idx]), cap,
-                                        su, cu, budget, clock)
-            best_x = _embed(best_x, nodes, px)
+        best_x, moves = _polish_best(batch, grid, best_x, nodes, red, cap, aggregation, int(self.load_polish), ev,
+                                     budget, clock)
         j, rho, j0 = _chunked(_evaluate_batch, (aggregation,), (batch, np.asarray(best_x, bool), cap), ev, budget, clock)
         info = {
             "load_objective": np.asarray(j, np.float64),
@@ -583,6 +567,44 @@ class LoadAware(Solver):
             "polish_moves": np.asarray(moves, np.int64),
         }
         return np.asarray(best_x, bool), info, status
+
+
+def _reduced_once(red, batch: Instance, nodes: tuple, ev: float, budget: float, clock):
+    """``red`` if built, else the batch on the storage ``nodes`` only (the batch itself when that is all)."""
+    if red is not None:
+        return red
+    if len(nodes) == batch.latency.shape[2]:
+        return batch
+    return _chunked(_take_nodes, (nodes,), (batch,), ev, budget, clock)
+
+
+def _repaired(batch: Instance, x, nodes: tuple, red, cap, thr: float, aggregation, ev: float, budget: float, clock):
+    """An iterate, repaired where a node is at the cap; (x, J_load [B], unrepaired rho [B, N], removed [B], red)."""
+    B = batch.latency.shape[0]
+    idx = np.asarray(nodes)
+    j, rho_t, _ = _chunked(_evaluate_batch, (aggregation,), (batch, x, cap), ev, budget, clock)
+    removed = np.zeros(B, np.int64)
+    if (np.asarray(rho_t) >= thr).any():  # else nothing to repair
+        red = _reduced_once(red, batch, nodes, ev, budget, clock)
+        xr, removed = _chunked(_repair_batch, (aggregation,), (red, np.ascontiguousarray(x[:, idx]), cap),
+                               _move_bytes(red.shape), budget, clock)
+        x = _embed(x, nodes, xr)
+        j, _, _ = _chunked(_evaluate_batch, (aggregation,), (batch, x, cap), ev, budget, clock)
+    j, removed = np.asarray(j, np.float64), np.asarray(removed, np.int64)
+    return x, j, rho_t, removed, red
+
+
+def _polish_best(batch: Instance, grid, best_x, nodes: tuple, red, cap, aggregation, rounds: int, ev: float,
+                 budget: float, clock):
+    """The J_load polish (step 3; none when ``rounds`` is 0) of the kept placement; (x, moves [B])."""
+    moves = np.zeros(batch.latency.shape[0], np.int64)
+    if rounds > 0:
+        red = _reduced_once(red, batch, nodes, ev, budget, clock)
+        su, cu = _grid_room(batch, grid, nodes)
+        part = np.ascontiguousarray(best_x[:, np.asarray(nodes)])
+        px, moves = _polish_chunked(aggregation, rounds, red, part, cap, su, cu, budget, clock)
+        best_x = _embed(best_x, nodes, px)
+    return best_x, moves
 
 
 def _run_stages(stages, work: Instance, grid, keys, aggregation, start, clock, budget: float):
