@@ -228,31 +228,18 @@ def _distinct_activation(pat, w):
     return p
 
 
-def _build(inst_np: dict, aggregation: str, max_utilization=None):
-    """The MILP of one instance (NumPy fields, float64). Returns (model, x column index [N, L, E] or -1, offset).
-
-    With ``max_utilization`` (the load cap; needs ``service`` and ``rate`` in ``inst_np``) the
-    assignment is forced to be the fastest cached copy (ties to the lowest index, as the load
-    model) and every node's utilisation, linear in it, is kept below the cap.
-    """
-    lat, fb = inst_np["latency"], inst_np["fallback"]
-    size, cap = inst_np["size"], inst_np["capacity"]
-    pat, w, tr = inst_np["patterns"], inst_np["weight"], inst_np["traffic"]
-    U, N, L, E = lat.shape
-    M, K = pat.shape[2:]
-    # activation probability of each expert per (u, l)
+def _activation_counts(pat, w, E: int):
+    """a[u, l, e] = Σ_m w[u, l, m] · (times e occurs in pattern m), NumPy float64 [U, L, E]."""
+    U, L, K = pat.shape[0], pat.shape[1], pat.shape[3]
     act = np.zeros((U, L, E))
     for k in range(K):
         np.add.at(act, (np.arange(U)[:, None, None], np.arange(L)[None, :, None], pat[..., k]), w)
-    if max_utilization is not None:  # a user without traffic still loads the nodes it uses
-        useful = (lat < fb[:, None]) & (act[:, None] > 0)
-    act *= tr[:, None, None]
-    if max_utilization is None:
-        useful = (lat < fb[:, None]) & (act[:, None] > 0)  # [U, N, L, E]
-    mdl = _highs.Model()  # the model builder shared with the HiGHS bounds
-    has_x = useful.any(0)  # [N, L, E]
-    xcol = np.full((N, L, E), -1, np.int64)
-    xcol[has_x] = mdl.cols(int(has_x.sum()), integer=True)
+    return act
+
+
+def _assignment_rows(mdl, useful, xcol):
+    """Columns a[u, n, l, e] (-1 where not useful) with rows a <= x and Σ_n a <= 1; (acol, nonzero(useful))."""
+    U, N, L, E = useful.shape
     # assignment variables a[u, n, l, e] <= x[n, l, e]; sum_n a <= 1
     acol = np.full((U, N, L, E), -1, np.int64)
     acol[useful] = mdl.cols(int(useful.sum()))
@@ -265,7 +252,12 @@ def _build(inst_np: dict, aggregation: str, max_utilization=None):
     assign = np.full((U, L, E), -1, np.int64)
     assign[any_a] = mdl.rows(len(au), -np.inf, 1.0)
     mdl.coef(assign[uu, ll, ee], acol[uu, nn, ll, ee], 1.0)
-    # storage
+    return acol, (uu, nn, ll, ee)
+
+
+def _storage_rows(mdl, size, cap, has_x, xcol) -> None:
+    """One storage row per node: the storage contract in units of the smallest size, less a margin."""
+    N = xcol.shape[0]
     xn, xl, xe = np.nonzero(has_x)
     # The storage contract (slimjax._storage) in units of the smallest size, less a margin above
     # HiGHS's feasibility tolerance (_HIGHS_FEAS_TOL on the row activity), so that what HiGHS accepts the
@@ -274,22 +266,24 @@ def _build(inst_np: dict, aggregation: str, max_utilization=None):
     lim = storage.limit(size, cap) / unit
     store = mdl.rows(N, -np.inf, np.maximum(lim - _HIGHS_TOL, 0.0))
     mdl.coef(store[xn], xcol[xn, xl, xe], size[xl, xe] / unit)
-    if max_utilization is not None:
-        _load_rows(mdl, inst_np, useful, xcol, acol, float(max_utilization))
-    saving = np.where(useful, fb[:, None] - np.where(np.isfinite(lat), lat, 0.0), 0.0)  # [U, N, L, E]
-    offset = 0.0
-    if aggregation == "sum":
-        # J = Σ act·t = Σ act·fb − Σ act·saving·a  (act counts repeated ids; recompute with multiplicity)
-        mult = np.zeros((U, L, E))
-        for k in range(K):
-            np.add.at(mult, (np.arange(U)[:, None, None], np.arange(L)[None, :, None], pat[..., k]), w)
-        mult *= tr[:, None, None]
-        offset = float((mult * fb).sum())
-        cost = np.zeros(mdl.ncol)
-        np.add.at(cost, acol[uu, nn, ll, ee], -(mult[uu, ll, ee] * saving[uu, nn, ll, ee]))
-        mdl.cost = [cost]
-        return mdl, xcol, offset
-    # "max": one y per distinct member set per (u, l)
+
+
+def _sum_objective(mdl, pat, w, tr, fb, saving, acol, nz) -> float:
+    """"sum": the cost −act·saving on the assignment columns; returns the constant Σ act·fb."""
+    uu, nn, ll, ee = nz
+    # J = Σ act·t = Σ act·fb − Σ act·saving·a  (act counts repeated ids; recompute with multiplicity)
+    mult = _activation_counts(pat, w, fb.shape[-1])
+    mult *= tr[:, None, None]
+    offset = float((mult * fb).sum())
+    cost = np.zeros(mdl.ncol)
+    np.add.at(cost, acol[uu, nn, ll, ee], -(mult[uu, ll, ee] * saving[uu, nn, ll, ee]))
+    mdl.cost = [cost]
+    return offset
+
+
+def _max_objective(mdl, pat, w, tr, fb, useful, saving, acol) -> None:
+    """"max": one y per distinct member set per (u, l), with y + Σ_n saving·a ≥ fb for each member."""
+    U, L, M = pat.shape[:3]
     cost_x = np.zeros(mdl.ncol)
     mdl.cost = [cost_x]
     sets: dict = {}
@@ -310,7 +304,40 @@ def _build(inst_np: dict, aggregation: str, max_utilization=None):
             ns = np.nonzero(useful[u, :, l, e])[0]
             if len(ns):
                 mdl.coef(np.repeat(r, len(ns)), acol[u, ns, l, e], saving[u, ns, l, e])
-    return mdl, xcol, offset
+
+
+def _build(inst_np: dict, aggregation: str, max_utilization=None):
+    """The MILP of one instance (NumPy fields, float64). Returns (model, x column index [N, L, E] or -1, offset).
+
+    With ``max_utilization`` (the load cap; needs ``service`` and ``rate`` in ``inst_np``) the
+    assignment is forced to be the fastest cached copy (ties to the lowest index, as the load
+    model) and every node's utilisation, linear in it, is kept below the cap.
+    """
+    lat, fb = inst_np["latency"], inst_np["fallback"]
+    size, cap = inst_np["size"], inst_np["capacity"]
+    pat, w, tr = inst_np["patterns"], inst_np["weight"], inst_np["traffic"]
+    N, L, E = lat.shape[1:]
+    # activation probability of each expert per (u, l)
+    act = _activation_counts(pat, w, E)
+    if max_utilization is not None:  # a user without traffic still loads the nodes it uses
+        useful = (lat < fb[:, None]) & (act[:, None] > 0)
+    act *= tr[:, None, None]
+    if max_utilization is None:
+        useful = (lat < fb[:, None]) & (act[:, None] > 0)  # [U, N, L, E]
+    mdl = _highs.Model()  # the model builder shared with the HiGHS bounds
+    has_x = useful.any(0)  # [N, L, E]
+    xcol = np.full((N, L, E), -1, np.int64)
+    xcol[has_x] = mdl.cols(int(has_x.sum()), integer=True)
+    acol, nz = _assignment_rows(mdl, useful, xcol)
+    _storage_rows(mdl, size, cap, has_x, xcol)
+    if max_utilization is not None:
+        _load_rows(mdl, inst_np, useful, xcol, acol, float(max_utilization))
+    saving = np.where(useful, fb[:, None] - np.where(np.isfinite(lat), lat, 0.0), 0.0)  # [U, N, L, E]
+    if aggregation == "sum":
+        return mdl, xcol, _sum_objective(mdl, pat, w, tr, fb, saving, acol, nz)
+    # "max": one y per distinct member set per (u, l)
+    _max_objective(mdl, pat, w, tr, fb, useful, saving, acol)
+    return mdl, xcol, 0.0
 
 
 def _load_rows(mdl, inst_np, useful, xcol, acol, max_utilization):
