@@ -73,13 +73,32 @@ def shared_dir():
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compiled_programs_per_module():
-    """Drop the compiled programs after each test module. A worker runs hundreds of modules' worth
-    of programs; kept, they grew each worker past 5 GB on a full run (2026-12-06), and the two
-    crashes seen in full runs were inside XLA's compiler late in the run."""
-    yield
-    from slimjax._compile import clear_cache
+#: a worker drops its compiled programs after a module once its resident memory has grown by this
+#: much since it last dropped them (freed memory is not always returned to the system, so the
+#: growth is what is measured, not the level)
+CLEAR_AFTER_GROWTH_BYTES = 1 << 30
+_after_last_clear = [0]
 
-    clear_cache()
-    jax.clear_caches()
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None  # not Linux: unknown
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled_programs_bounded():
+    """Drop the compiled programs after a test module once the worker's memory has grown by
+    :data:`CLEAR_AFTER_GROWTH_BYTES`. Kept for a whole run, they grew each worker past 5 GB (2026-12-06),
+    and the two crashes seen in full runs were inside XLA's compiler late in the run; dropped after
+    every module, programs that later modules share would compile again."""
+    yield
+    rss = _resident_bytes()
+    if rss is None or rss > _after_last_clear[0] + CLEAR_AFTER_GROWTH_BYTES:
+        from slimjax._compile import clear_cache
+
+        clear_cache()
+        jax.clear_caches()
+        _after_last_clear[0] = _resident_bytes() or 0

@@ -183,6 +183,7 @@ def test_two_processes_equal_one(tmp_path, one_process):
     assert app.is_complete(tmp_path / "two", cfg)  # the same config hash: a rerun would skip it
 
 
+@pytest.mark.slow  # two more processes; the default run keeps test_two_processes_equal_one
 def test_processes_with_different_memory_budgets_agree_on_one_layout(tmp_path, one_process):
     """Process 1's memory budget holds one instance per chunk, process 0's the whole batch. Each
     used to cut the batch by its own budget (process 0: 2 chunks of 2, process 1: 4 chunks of 1),

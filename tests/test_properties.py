@@ -238,6 +238,7 @@ def test_every_solver_feasible_and_consistent(case):
     check_solvers(insts, aggregation, solvers=FAST_SOLVERS)
 
 
+@pytest.mark.slow  # the default run checks load-feasibility in tests/test_load_aware.py::test_never_load_infeasible
 @settings(DEFAULT, max_examples=5)
 @given(tiny_batches(FAST_SHAPES[:1], load=True, size=4))
 def test_load_aware_solvers_feasible(case):
