@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -201,6 +202,177 @@ def exact_oracle(
     return g, select
 
 
+class _Members(NamedTuple):
+    """The greedy chain's fixed data: the pattern members position-major ([K] lists of [U, L, M] slabs)."""
+
+    improv: Array  # [L, E]: this node makes the expert faster for some user
+    new_k: list  # the members' latencies if cached here (0 at repeated positions)
+    old_k: list  # the members' current latencies (0 at repeated positions)
+    pat_k: list  # the members' expert ids
+    dup_k: list  # the position repeats an earlier id
+    fix_k: list  # addable: not repeated and made faster by this node for the pattern's user
+    flat_k: list  # the members' flat indices l·E + e into an [L, E] table
+    lidx3: Array  # [U, L, M] the layer index
+    p0: Array  # [U, L, M] the patterns' current latencies
+
+
+def _greedy_members(d, newp, patterns, dup) -> _Members:
+    """The members' latencies, ids and flags position-major, as :class:`_Members`."""
+    L, E = patterns.shape[1], d.shape[-1]
+    improv = (newp < d).any(0)  # [L, E]: this node makes the expert faster for some user
+    # Pattern members position-major ([K] lists of [U, L, M] slabs): every per-pattern max, argmax
+    # and count over the K members is then K - 1 elementwise steps (vectorised) instead of a
+    # reduction over a short minor axis; the values are the same (max/argmax/any are exact).
+    improv_u = _members((newp < d).astype(jnp.int32), patterns) > 0  # [U, L, M, K]
+    new4 = jnp.where(dup, 0, _members(newp, patterns))
+    old4 = jnp.where(dup, 0, _members(d, patterns))
+    lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], patterns.shape)
+    lidx3 = lidx[..., 0]  # [U, L, M]
+    p0 = old4.max(-1)
+    pos = lambda a: list(jnp.moveaxis(a, -1, 0))  # noqa: E731 (materialised position-major, outside the loop)
+    new_k, old_k, pat_k, dup_k = pos(new4), pos(old4), pos(patterns), pos(dup)
+    fix_k = [~dk & iu for dk, iu in zip(dup_k, pos(improv_u))]  # addable unless already in the set
+    flat_k = pos((lidx * E + patterns))
+    return _Members(improv, new_k, old_k, pat_k, dup_k, fix_k, flat_k, lidx3, p0)
+
+
+def _members_now(inS: Bool[Array, "L E"], m: _Members) -> tuple[list, list]:
+    """``(in_s, cur)``, [K] of [U, L, M]: each member in the set, its latency (``newp`` on the set, else ``d``)."""
+    flat = inS.reshape(-1)
+    in_s = [flat[f] for f in m.flat_k]
+    return in_s, [jnp.where(i, nw, od) for i, nw, od in zip(in_s, m.new_k, m.old_k)]
+
+
+def _set_gain(tw, p0, curP, inS, cost) -> Float[Array, "L"]:
+    """The exact (net) gain of the set per layer, from the patterns' latencies ``curP`` under it."""
+    gain = (tw * (p0 - curP)).sum(axis=(0, 2))
+    if cost is not None:
+        gain = gain - jnp.where(inS, cost, 0).sum(-1)
+    return gain
+
+
+def _slowest_member(cur: list, m: _Members) -> tuple[Array, ...]:
+    """Per pattern: its latency ``curP``, slowest member ``i1``, ``top2`` and i1's new latency, id, dup flag."""
+    # one pass over the members: the slowest (first among ties, as argmax) i1, its new latency,
+    # id and dup flag, and the largest other value top2 (>= 0, as a max with a 0 at i1)
+    curP, i1, top2 = cur[0], jnp.zeros(cur[0].shape, jnp.int32), jnp.zeros_like(cur[0])
+    new1, e1, dup1 = m.new_k[0], m.pat_k[0], m.dup_k[0]
+    for k in range(1, len(cur)):
+        gt = cur[k] > curP
+        top2 = jnp.where(gt, curP, jnp.maximum(top2, cur[k]))
+        curP = jnp.where(gt, cur[k], curP)
+        i1 = jnp.where(gt, k, i1)
+        new1 = jnp.where(gt, m.new_k[k], new1)
+        e1 = jnp.where(gt, m.pat_k[k], e1)
+        dup1 = jnp.where(gt, m.dup_k[k], dup1)
+    return curP, i1, top2, new1, e1, dup1
+
+
+def _single_gains(tw, slowest, lidx3, E: int, dt, cost) -> tuple[Array, Array]:
+    """``drop1 [U, L, M]`` and the exact (net) single-expert gains ``single [L, E]``."""
+    curP, _, top2, new1, e1, dup1 = slowest
+    L = lidx3.shape[1]
+    # Adding a member lowers the pattern's latency only when it is the (first) slowest member i1
+    # (every member's new latency is <= the pattern's), so each pattern contributes to one expert:
+    # curP - max(its new latency, the other members' max).
+    drop1 = jnp.where(dup1, 0, curP - jnp.maximum(new1, top2))  # [U, L, M]
+    idx1 = (lidx3 * E + e1).reshape(-1)
+    single = jnp.zeros((L * E,), dt).at[idx1].add((tw * drop1).reshape(-1)).reshape(L, E)
+    if cost is not None:
+        single = single - cost  # net single gains (a completion's estimate sums its members' net gains)
+    return drop1, single
+
+
+def _completion_scores(tw, m: _Members, in_s, cur, slowest, drop1, single, dt) -> tuple[list, Array]:
+    """Pattern completions: the members each adds ``A`` ([K] of [U, L, M]), its estimated gain per expert ``r_c``."""
+    curP, i1 = slowest[0], slowest[1]
+    A = [f & ~i for f, i in zip(m.fix_k, in_s)]  # [K] of [U, L, M]
+    size_a = sum(a.astype(jnp.int32) for a in A)
+    full = jnp.where(A[0], m.new_k[0], cur[0])
+    a1 = A[0] & (i1 == 0)
+    for k in range(1, len(A)):
+        full = jnp.maximum(full, jnp.where(A[k], m.new_k[k], cur[k]))
+        a1 = a1 | (A[k] & (i1 == k))
+    own = tw * ((curP - full) - jnp.where(a1, drop1, 0))
+    # rounded on its own, as in the [..., K].sum(-1) form: LLVM would contract the product into the
+    # sum below (an FMA, est off in the last bit, which can flip a near-tie of the ranking); a
+    # select (never taken: own is finite) between them prevents the contraction
+    own = jnp.where(own == own, own, 0.0)
+    sflat = single.reshape(-1)
+    est = _minor_sum([jnp.where(a, sflat[f], 0) for a, f in zip(A, m.flat_k)]) + own
+    r_c = jnp.where(size_a > 0, est / jnp.maximum(size_a, 1).astype(dt), -jnp.inf)  # [U, L, M]
+    return A, r_c
+
+
+def _greedy_choice(inS, improv, single, A, r_c, patterns, active) -> tuple[Array, Array]:
+    """One greedy step's choice: ``add [L, E]``, the best candidate per added expert if positive, and ``go [L]``."""
+    U, L, M = patterns.shape[:3]
+    E = inS.shape[-1]
+    r_s = jnp.where(~inS & improv, single, -jnp.inf)  # [L, E]
+    cand = jnp.concatenate([r_s, jnp.moveaxis(r_c, 0, 1).reshape(L, U * M)], axis=-1)
+    best = jnp.argmax(cand, axis=-1)
+    go = (jnp.take_along_axis(cand, best[:, None], axis=-1)[:, 0] > 0) & active
+    is_single = best < E
+    ci = jnp.maximum(best - E, 0)
+    cu, cm = ci // M, ci % M
+    ar = jnp.arange(L)
+    a_sel = jnp.stack([a[cu, ar, cm] for a in A], axis=-1)  # [L, K]
+    p_sel = patterns[cu, ar, cm]  # [L, K]
+    comp = (jax.nn.one_hot(p_sel, E, dtype=jnp.int32) * a_sel[..., None]).max(-2) > 0  # [L, E]
+    add = jnp.where(is_single[:, None], jax.nn.one_hot(best, E, dtype=bool), comp) & go[:, None]
+    return add, go
+
+
+def _greedy_step(m: _Members, patterns, tw, lim, cost, state):
+    """One greedy step: the candidate scores on the current set, the best one added, the set's gain/size at ``t``."""
+    t, active, inS, s0, added_at, gains, sizes = state
+    dt = s0.dtype
+    E = inS.shape[-1]
+    in_s, cur = _members_now(inS, m)
+    slowest = _slowest_member(cur, m)
+    gain_now = _set_gain(tw, m.p0, slowest[0], inS, cost)  # [L] exact gain of the current set
+    size_now = inS.sum(-1).astype(jnp.int32)
+    drop1, single = _single_gains(tw, slowest, m.lidx3, E, dt, cost)
+    A, r_c = _completion_scores(tw, m, in_s, cur, slowest, drop1, single, dt)
+    add, go = _greedy_choice(inS, m.improv, single, A, r_c, patterns, active)
+    inS = inS | add
+    s0 = jnp.where(t == 0, single, s0)
+    added_at = jnp.where(add, t + 1, added_at)  # the state after step t holds the experts added in steps < t
+    gains = lax.dynamic_update_index_in_dim(gains, gain_now, t, 0)
+    sizes = lax.dynamic_update_index_in_dim(sizes, size_now, t, 0)
+    active = go & (inS.sum(-1) < lim)
+    return (t + 1, active, inS, s0, added_at, gains, sizes)
+
+
+def _chain_curve(gains, sizes, c, cost) -> tuple[Array, Array]:
+    """``(g, t_of_c)`` [L, E+1]: the best (net) gain of a chain state of size <= c, and that state's step."""
+    if cost is None:
+        gains = lax.cummax(gains, axis=1)  # exact gains are non-decreasing already; guard float noise
+        t_of_c = (sizes[:, None, :] <= c[None, :, None]).sum(-1) - 1  # [L, E+1] largest t with size_t ≤ c
+        g = jnp.take_along_axis(gains, t_of_c, axis=-1)
+    else:  # net gains can fall along the chain: the best state of size ≤ c (the first among ties)
+        vals = jnp.where(sizes[:, None, :] <= c[None, :, None], gains[:, None, :], -jnp.inf)  # [L, E+1, T+1]
+        t_of_c = jnp.argmax(vals, axis=-1).astype(jnp.int32)
+        g = jnp.take_along_axis(vals, t_of_c[..., None], axis=-1)[..., 0]
+    g = g.at[:, 0].set(0.0)
+    return g, t_of_c
+
+
+def _single_repair(g, c, improv, singles0) -> tuple[Array, Array, Array]:
+    """The repair: every ``g[c >= 1]`` at least the best single expert's (``use1``: where that expert ``one`` wins)."""
+    E = improv.shape[-1]
+    # The chain may jump past small sizes (a completion adds several experts at once), so a node
+    # holding fewer experts than a pattern would get nothing: every c >= 1 is at least the best
+    # single expert (its exact gain against d). Still non-decreasing; used only when strictly better.
+    s0 = jnp.where(improv, singles0, -jnp.inf)  # [L, E]
+    best_e = jnp.argmax(s0, axis=-1).astype(jnp.int32)  # [L]
+    best_v = jnp.take_along_axis(s0, best_e[:, None], axis=-1)  # [L, 1]
+    use1 = (c[None, :] >= 1) & (best_v > g)  # [L, E+1]
+    g = jnp.where(use1, best_v, g)
+    one = jax.nn.one_hot(best_e, E, dtype=bool)  # [L, E]
+    return g, use1, one
+
+
 def greedy_oracle(
     d: Float[Array, "U L E"],
     newp: Float[Array, "U L E"],
@@ -238,128 +410,25 @@ def greedy_oracle(
     """
     if aggregation == "sum":
         return modular_oracle(d, newp, patterns, tw, item_cost)
-    U, L, M, K = patterns.shape
-    E = d.shape[-1]
+    L, E = patterns.shape[1], d.shape[-1]
     T = E if steps is None else max(1, min(int(steps), E))
     dt = d.dtype
-    improv = (newp < d).any(0)  # [L, E]: this node makes the expert faster for some user
-    # Pattern members position-major ([K] lists of [U, L, M] slabs): every per-pattern max, argmax
-    # and count over the K members is then K - 1 elementwise steps (vectorised) instead of a
-    # reduction over a short minor axis; the values are the same (max/argmax/any are exact).
-    improv_u = _members((newp < d).astype(jnp.int32), patterns) > 0  # [U, L, M, K]
-    new4 = jnp.where(dup, 0, _members(newp, patterns))
-    old4 = jnp.where(dup, 0, _members(d, patterns))
-    lidx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :, None, None], patterns.shape)
-    lidx3 = lidx[..., 0]  # [U, L, M]
-    p0 = old4.max(-1)
-    pos = lambda a: list(jnp.moveaxis(a, -1, 0))  # noqa: E731 (materialised position-major, outside the loop)
-    new_k, old_k, pat_k, dup_k = pos(new4), pos(old4), pos(patterns), pos(dup)
-    fix_k = [~dk & iu for dk, iu in zip(dup_k, pos(improv_u))]  # addable unless already in the set
-    flat_k = pos((lidx * E + patterns))
-
-    def members_now(inS):
-        """``in_s`` and ``cur`` ([K] of [U, L, M]): membership and latency of each pattern member
-        given the set (the current latencies are ``newp`` on the set and ``d`` elsewhere)."""
-        flat = inS.reshape(-1)
-        in_s = [flat[f] for f in flat_k]
-        return in_s, [jnp.where(i, nw, od) for i, nw, od in zip(in_s, new_k, old_k)]
-
+    m = _greedy_members(d, newp, patterns, dup)
     lim = jnp.full((L,), E, jnp.int32) if limit is None else jnp.minimum(jnp.asarray(limit, jnp.int32), E)
     cost = None if item_cost is None else jnp.asarray(item_cost, dt)
-
-    def step(state):
-        t, active, inS, s0, added_at, gains, sizes = state
-        in_s, cur = members_now(inS)
-        # one pass over the members: the slowest (first among ties, as argmax) i1, its new latency,
-        # id and dup flag, and the largest other value top2 (>= 0, as a max with a 0 at i1)
-        curP, i1, top2, new1, e1 = cur[0], jnp.zeros(cur[0].shape, jnp.int32), jnp.zeros_like(cur[0]), new_k[0], pat_k[0]
-        dup1 = dup_k[0]
-        for k in range(1, K):
-            gt = cur[k] > curP
-            top2 = jnp.where(gt, curP, jnp.maximum(top2, cur[k]))
-            curP = jnp.where(gt, cur[k], curP)
-            i1 = jnp.where(gt, k, i1)
-            new1 = jnp.where(gt, new_k[k], new1)
-            e1 = jnp.where(gt, pat_k[k], e1)
-            dup1 = jnp.where(gt, dup_k[k], dup1)
-        gain_now = (tw * (p0 - curP)).sum(axis=(0, 2))  # [L] exact gain of the current set
-        if cost is not None:
-            gain_now = gain_now - jnp.where(inS, cost, 0).sum(-1)
-        size_now = inS.sum(-1).astype(jnp.int32)
-        # Exact single-expert gains. Adding a member lowers the pattern's latency only when it is
-        # the (first) slowest member i1 (every member's new latency is <= the pattern's), so each
-        # pattern contributes to one expert: curP - max(its new latency, the other members' max).
-        drop1 = jnp.where(dup1, 0, curP - jnp.maximum(new1, top2))  # [U, L, M]
-        idx1 = (lidx3 * E + e1).reshape(-1)
-        single = jnp.zeros((L * E,), dt).at[idx1].add((tw * drop1).reshape(-1)).reshape(L, E)
-        if cost is not None:
-            single = single - cost  # net single gains (a completion's estimate sums its members' net gains)
-        # pattern completions
-        A = [f & ~i for f, i in zip(fix_k, in_s)]  # [K] of [U, L, M]
-        size_a = sum(a.astype(jnp.int32) for a in A)
-        full = jnp.where(A[0], new_k[0], cur[0])
-        a1 = A[0] & (i1 == 0)
-        for k in range(1, K):
-            full = jnp.maximum(full, jnp.where(A[k], new_k[k], cur[k]))
-            a1 = a1 | (A[k] & (i1 == k))
-        own = tw * ((curP - full) - jnp.where(a1, drop1, 0))
-        # rounded on its own, as in the [..., K].sum(-1) form: LLVM would contract the product into the
-        # sum below (an FMA, est off in the last bit, which can flip a near-tie of the ranking); a
-        # select (never taken: own is finite) between them prevents the contraction
-        own = jnp.where(own == own, own, 0.0)
-        sflat = single.reshape(-1)
-        est = _minor_sum([jnp.where(a, sflat[f], 0) for a, f in zip(A, flat_k)]) + own
-        r_c = jnp.where(size_a > 0, est / jnp.maximum(size_a, 1).astype(dt), -jnp.inf)  # [U, L, M]
-        r_s = jnp.where(~inS & improv, single, -jnp.inf)  # [L, E]
-        cand = jnp.concatenate([r_s, jnp.moveaxis(r_c, 0, 1).reshape(L, U * M)], axis=-1)
-        best = jnp.argmax(cand, axis=-1)
-        go = (jnp.take_along_axis(cand, best[:, None], axis=-1)[:, 0] > 0) & active
-        is_single = best < E
-        ci = jnp.maximum(best - E, 0)
-        cu, cm = ci // M, ci % M
-        ar = jnp.arange(L)
-        a_sel = jnp.stack([a[cu, ar, cm] for a in A], axis=-1)  # [L, K]
-        p_sel = patterns[cu, ar, cm]  # [L, K]
-        comp = (jax.nn.one_hot(p_sel, E, dtype=jnp.int32) * a_sel[..., None]).max(-2) > 0  # [L, E]
-        add = jnp.where(is_single[:, None], jax.nn.one_hot(best, E, dtype=bool), comp) & go[:, None]
-        inS = inS | add
-        s0 = jnp.where(t == 0, single, s0)
-        added_at = jnp.where(add, t + 1, added_at)  # the state after step t holds the experts added in steps < t
-        gains = lax.dynamic_update_index_in_dim(gains, gain_now, t, 0)
-        sizes = lax.dynamic_update_index_in_dim(sizes, size_now, t, 0)
-        active = go & (inS.sum(-1) < lim)
-        return (t + 1, active, inS, s0, added_at, gains, sizes)
-
+    step = functools.partial(_greedy_step, m, patterns, tw, lim, cost)
     # Rows of steps that never run keep size E + 1 (> any count), so they are never selected.
     init = (jnp.int32(0), lim > 0, jnp.zeros((L, E), bool), jnp.zeros((L, E), dt),
             jnp.full((L, E), T + 1, jnp.int32), jnp.zeros((T + 1, L), dt), jnp.full((T + 1, L), E + 1, jnp.int32))
     t_end, _, inS, singles0, added_at, gains, sizes = lax.while_loop(
         lambda st: (st[0] < T) & st[1].any(), step, init)  # singles0: gains vs d
-    pT = functools.reduce(jnp.maximum, members_now(inS)[1])
-    gain_end = (tw * (p0 - pT)).sum(axis=(0, 2))
-    if cost is not None:
-        gain_end = gain_end - jnp.where(inS, cost, 0).sum(-1)
+    pT = functools.reduce(jnp.maximum, _members_now(inS, m)[1])
+    gain_end = _set_gain(tw, m.p0, pT, inS, cost)
     gains = lax.dynamic_update_index_in_dim(gains, gain_end, t_end, 0).T  # [L, T+1]
     sizes = lax.dynamic_update_index_in_dim(sizes, inS.sum(-1).astype(jnp.int32), t_end, 0).T  # [L, T+1]
     c = jnp.arange(E + 1, dtype=jnp.int32)
-    if cost is None:
-        gains = lax.cummax(gains, axis=1)  # exact gains are non-decreasing already; guard float noise
-        t_of_c = (sizes[:, None, :] <= c[None, :, None]).sum(-1) - 1  # [L, E+1] largest t with size_t ≤ c
-        g = jnp.take_along_axis(gains, t_of_c, axis=-1)
-    else:  # net gains can fall along the chain: the best state of size ≤ c (the first among ties)
-        vals = jnp.where(sizes[:, None, :] <= c[None, :, None], gains[:, None, :], -jnp.inf)  # [L, E+1, T+1]
-        t_of_c = jnp.argmax(vals, axis=-1).astype(jnp.int32)
-        g = jnp.take_along_axis(vals, t_of_c[..., None], axis=-1)[..., 0]
-    g = g.at[:, 0].set(0.0)
-    # The chain may jump past small sizes (a completion adds several experts at once), so a node
-    # holding fewer experts than a pattern would get nothing: every c >= 1 is at least the best
-    # single expert (its exact gain against d). Still non-decreasing; used only when strictly better.
-    s0 = jnp.where(improv, singles0, -jnp.inf)  # [L, E]
-    best_e = jnp.argmax(s0, axis=-1).astype(jnp.int32)  # [L]
-    best_v = jnp.take_along_axis(s0, best_e[:, None], axis=-1)  # [L, 1]
-    use1 = (c[None, :] >= 1) & (best_v > g)  # [L, E+1]
-    g = jnp.where(use1, best_v, g)
-    one = jax.nn.one_hot(best_e, E, dtype=bool)  # [L, E]
+    g, t_of_c = _chain_curve(gains, sizes, c, cost)
+    g, use1, one = _single_repair(g, c, m.improv, singles0)
 
     def select(counts):
         t = jnp.take_along_axis(t_of_c, counts[:, None], axis=-1)  # [L, 1]
