@@ -222,13 +222,9 @@ def _envelope_values(g, on, nxt):
     return jnp.where(on, g, jnp.where(has, lin, g[prev]))
 
 
-def _hull(g, s, Q) -> DPResult:
-    g = jnp.asarray(g)
-    L, C1 = g.shape
-    dt = g.dtype
-    s = jnp.asarray(s, jnp.int32)
-    Q = jnp.maximum(jnp.asarray(Q, jnp.int32), 0)
-    cmax = jnp.minimum(Q // jnp.maximum(s, 1), C1 - 1)  # [L]
+def _hull_segments(g, s, cmax) -> tuple[Array, ...]:
+    """Envelope segments per layer: ``on``, ``nxt``, end ``nxc``, gain, length (units), usable [L, C1]; ``c``."""
+    C1 = g.shape[1]
     tol = _tol(g)
     on, nxt = jax.vmap(upper_envelope, in_axes=(0, 0, None))(g, cmax, tol)  # [L, C1]
     c = jnp.arange(C1, dtype=jnp.int32)[None, :]
@@ -237,7 +233,13 @@ def _hull(g, s, Q) -> DPResult:
     seg_gain = jnp.take_along_axis(g, nxc, axis=1) - g  # [L, C1]
     seg_len = (nxc - c) * s[:, None]  # units
     seg_ok = on & has_next & (seg_gain > 0)
-    slope = seg_gain / jnp.maximum(seg_len, 1).astype(dt)
+    return on, nxt, nxc, seg_gain, seg_len, seg_ok, c
+
+
+def _sorted_segments(seg_gain, seg_len, seg_ok) -> tuple[Array, ...]:
+    """Segments by decreasing gain per unit: ``layer``, usable, length, gain (flat), ``rank [L, C1]``, ``pos``."""
+    L, C1 = seg_gain.shape
+    slope = seg_gain / jnp.maximum(seg_len, 1).astype(seg_gain.dtype)
     # Float noise must never reorder one layer's segments: make slopes non-increasing in c.
     slope = _running(jnp.minimum, jnp.where(seg_ok, slope, jnp.inf), axis=1)
     key = jnp.where(seg_ok, -slope, jnp.inf).reshape(-1)
@@ -252,16 +254,25 @@ def _hull(g, s, Q) -> DPResult:
     # then row minima in the [L, C1] layout (a gather and a reduction instead of a scatter-min,
     # which XLA's CPU backend runs element by element).
     rank = jnp.zeros(S, jnp.int32).at[perm].set(pos).reshape(L, C1)
+    return layer, ok_s, len_s, gain_s, rank, pos
 
-    # LP bound: the sorted prefix that fits plus a fraction of the first one that does not.
+
+def _lp_bound(ok_s, len_s, gain_s, Q) -> Float[Array, ""]:
+    """LP bound: the sorted prefix that fits plus a fraction of the first one that does not."""
+    dt = gain_s.dtype
     cum = _prefix_sum(len_s)
     full = ok_s & (cum <= Q)
     brk = ok_s & (cum > Q)
     has_brk = brk.any()
     b = jnp.argmax(brk)
     frac = (Q - (cum[b] - len_s[b])).astype(dt) / jnp.maximum(len_s[b], 1).astype(dt)
-    lp = jnp.where(full, gain_s, 0).sum() + jnp.where(has_brk, frac * gain_s[b], 0)
+    return jnp.where(full, gain_s, 0).sum() + jnp.where(has_brk, frac * gain_s[b], 0)
 
+
+def _skip_greedy(layer, ok_s, len_s, rank, pos, Q) -> Bool[Array, "S"]:
+    """The sorted segments the skip-greedy takes (bool, flat in sorted order)."""
+    L, C1 = rank.shape
+    S = L * C1
     # Skip-greedy: take segments in order while they fit; a segment that does not fit is skipped
     # and closes its layer (later segments of that layer would not be contiguous). Done in rounds
     # from the last position p0 with r units left: every live segment longer than r can never fit,
@@ -291,11 +302,12 @@ def _hull(g, s, Q) -> DPResult:
 
     init = (jnp.int32(0), jnp.zeros(S, bool), jnp.zeros(L, bool), Q, jnp.int32(-1), jnp.bool_(False))
     _, taken, _, _, _, _ = lax.while_loop(cond, body, init)
-    taken_layout = taken[rank]
-    counts = jnp.where(taken_layout, nxc, 0).max(axis=1).astype(jnp.int32)
-    value = jnp.take_along_axis(g, counts[:, None], axis=1)[:, 0].sum()
+    return taken
 
-    # The best single-layer point (guarantees >= OPT/2 together with the LP argument).
+
+def _or_best_single(g, c, cmax, value, counts) -> tuple[Array, Array]:
+    """``(value, counts)`` or, where strictly better, the best single-layer point (>= OPT/2 with the LP bound)."""
+    L = g.shape[0]
     usable = c <= cmax[:, None]
     gs = jnp.where(usable, g, -jnp.inf)
     best_c = jnp.argmax(gs, axis=1).astype(jnp.int32)
@@ -305,6 +317,24 @@ def _hull(g, s, Q) -> DPResult:
     use_single = single > value
     counts = jnp.where(use_single, jnp.zeros(L, jnp.int32).at[bl].set(best_c[bl]), counts)
     value = jnp.where(use_single, single, value)
+    return value, counts
+
+
+def _hull(g, s, Q) -> DPResult:
+    """The ``hull`` backend (see the module docstring)."""
+    g = jnp.asarray(g)
+    C1 = g.shape[1]
+    s = jnp.asarray(s, jnp.int32)
+    Q = jnp.maximum(jnp.asarray(Q, jnp.int32), 0)
+    cmax = jnp.minimum(Q // jnp.maximum(s, 1), C1 - 1)  # [L]
+    on, nxt, nxc, seg_gain, seg_len, seg_ok, c = _hull_segments(g, s, cmax)
+    layer, ok_s, len_s, gain_s, rank, pos = _sorted_segments(seg_gain, seg_len, seg_ok)
+    lp = _lp_bound(ok_s, len_s, gain_s, Q)
+    taken = _skip_greedy(layer, ok_s, len_s, rank, pos, Q)
+    taken_layout = taken[rank]
+    counts = jnp.where(taken_layout, nxc, 0).max(axis=1).astype(jnp.int32)
+    value = jnp.take_along_axis(g, counts[:, None], axis=1)[:, 0].sum()
+    value, counts = _or_best_single(g, c, cmax, value, counts)
     env = jax.vmap(_envelope_values)(g, on, nxt)
     return DPResult(value, counts, jnp.maximum(lp, value), env)
 
@@ -396,24 +426,9 @@ def _fptas_chunk(P: int) -> int:
     return -(-max(1, -(-P // 4)) // 8) * 8
 
 
-def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: float, Qmax: int | None) -> DPResult:
-    """The ``fptas`` backend (see the module docstring): exact when ``Qmax + 1 <= P``, else the
-    layer DP over ``P = fptas_levels(L, eps, Qmax)`` rounded-profit levels. Returns a
-    :class:`DPResult` with ``table`` int32 [P] (or ``dense``'s [Qmax+1] where exact)."""
-    L, C1 = g.shape
-    P = fptas_levels(L, eps, Qmax)
-    if Qmax is not None and Qmax + 1 <= P:
-        # The capacity axis is the smaller table: solve exactly (cheaper than the profit DP).
-        return _exact(g, s, Q, Qmax)
-    dt = g.dtype
-    Q = jnp.maximum(Q, 0)
-    if Qmax is not None:
-        Q = jnp.minimum(Q, Qmax)
-    base = g[:, :1]
-    h = g - base  # the profit of c items over taking none (c = 0 is always feasible)
-    c = jnp.arange(C1, dtype=jnp.int32)
-    ok = ((c[None, :] * s[:, None]) <= Q) & (h >= 0)  # a choice with h < 0 is beaten by c = 0
-    ok = ok.at[:, 0].set(True)
+def _fptas_scale(h, s, Q, ok, eps: float, P: int) -> tuple[Array, Array, Array]:
+    """The profit scale ``(ub, n_use, delta)``: the Lagrangian bound, the most layers used, the rounding unit."""
+    dt = h.dtype
     ub, lb = _dual_bound(h, s, Q, ok)  # lb <= OPT <= ub <= 2·OPT
     # The scale: a solution loses < delta per layer it uses, at most n_use layers (the most whose
     # smallest sizes fit in Q). delta = ub / (P − 1) loses <= eps·ub/2 <= eps·OPT whatever lb is;
@@ -423,6 +438,12 @@ def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: 
     # (1 − 2^-12): lb is the value of a choice, often one count, whose profit would otherwise be an
     # exact multiple of delta, where floor() would depend on the last bit of the division.
     delta = jnp.maximum(delta, (eps * (1 - 2.0**-12) * lb / jnp.maximum(n_use, 1)).astype(dt))
+    return ub, n_use, delta
+
+
+def _fptas_round(h, ok, ub, delta, P: int) -> tuple[Array, Array, Array]:
+    """Rounded-down profit levels ``pi`` [L, C1], their remainders ``frac``, the highest reachable ``live`` [L]."""
+    dt = h.dtype
     pi = jnp.clip(jnp.floor(h / delta), 0, P - 1).astype(jnp.int32)  # [L, C1] rounded-down profit
     pi = jnp.where(ok, pi, 0)
     frac = jnp.where(ok, h - pi.astype(dt) * delta, 0)  # in [0, delta)
@@ -431,9 +452,14 @@ def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: 
     # fills only the blocks of levels up to `live[l]`; the rest stay "none fits".
     top = jnp.minimum(jnp.floor(ub / delta).astype(jnp.int32) + 1, P - 1)
     live = jnp.minimum(jnp.cumsum(pi.max(axis=1)), top)  # [L]
+    return pi, frac, live
+
+
+def _fptas_forward(pi, ok, s, live, inf, P: int) -> tuple[Array, Array, Array]:
+    """The layer DP over rounded profit: fewest units per level ``W [PP]``, ``prev`` tables, levels ``p``."""
+    C1 = pi.shape[1]
     CH = _fptas_chunk(P)
     PP = -(-P // CH) * CH
-    inf = Q + 1  # "no solution of this profit fits"
     p = jnp.arange(PP, dtype=jnp.int32)
     W0 = jnp.where(p == 0, 0, inf)
     block = jnp.arange(CH, dtype=jnp.int32)
@@ -459,6 +485,11 @@ def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: 
         return Wn.reshape(PP), W
 
     W, prev = lax.scan(step, W0, (pi, ok, s, live))  # W [PP]: min units of rounded profit exactly p
+    return W, prev, p
+
+
+def _fptas_backtrack(W, prev, p, pi, ok, h, s, c, Q, inf) -> tuple[Array, Array]:
+    """``(pstar, counts)``: the highest level that fits and its counts (ties: largest true profit, then smallest)."""
     feasible = W <= Q
     pstar = jnp.max(jnp.where(feasible, p, 0)).astype(jnp.int32)
 
@@ -473,6 +504,32 @@ def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: 
         return (nxt, Wp[nxt]), cl
 
     _, counts = lax.scan(back, (pstar, W[pstar]), (prev, pi, ok, h, s), reverse=True)
+    return pstar, counts
+
+
+def _fptas(g: Float[Array, "L C1"], s: Int[Array, "L"], Q: Int[Array, ""], eps: float, Qmax: int | None) -> DPResult:
+    """The ``fptas`` backend (see the module docstring): exact when ``Qmax + 1 <= P``, else the
+    layer DP over ``P = fptas_levels(L, eps, Qmax)`` rounded-profit levels. Returns a
+    :class:`DPResult` with ``table`` int32 [P] (or ``dense``'s [Qmax+1] where exact)."""
+    L, C1 = g.shape
+    P = fptas_levels(L, eps, Qmax)
+    if Qmax is not None and Qmax + 1 <= P:
+        # The capacity axis is the smaller table: solve exactly (cheaper than the profit DP).
+        return _exact(g, s, Q, Qmax)
+    dt = g.dtype
+    Q = jnp.maximum(Q, 0)
+    if Qmax is not None:
+        Q = jnp.minimum(Q, Qmax)
+    base = g[:, :1]
+    h = g - base  # the profit of c items over taking none (c = 0 is always feasible)
+    c = jnp.arange(C1, dtype=jnp.int32)
+    ok = ((c[None, :] * s[:, None]) <= Q) & (h >= 0)  # a choice with h < 0 is beaten by c = 0
+    ok = ok.at[:, 0].set(True)
+    ub, n_use, delta = _fptas_scale(h, s, Q, ok, eps, P)
+    pi, frac, live = _fptas_round(h, ok, ub, delta, P)
+    inf = Q + 1  # "no solution of this profit fits"
+    W, prev, p = _fptas_forward(pi, ok, s, live, inf, P)
+    pstar, counts = _fptas_backtrack(W, prev, p, pi, ok, h, s, c, Q, inf)
     value = jnp.take_along_axis(g, counts[:, None], axis=1)[:, 0].sum()
     # OPT's rounded profit is <= pstar, and OPT rounds down by at most the largest frac of each
     # layer it uses: at most n_use layers.
