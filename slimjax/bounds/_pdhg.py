@@ -175,9 +175,8 @@ def _select(done, old, new):
     return _tmap(lambda a, b: jnp.where(done, a, b), old, new)
 
 
-def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_rtol, target, total_iters, data,
-               st: PDHGState) -> PDHGState:
-    """``check_every`` PDHG steps of one instance, then the restart / bound / stopping check."""
+def _iterate(form: Formulation, check_every: int, data, st: PDHGState) -> tuple:
+    """``check_every`` preconditioned PDHG steps from ``st``: ``(v, y, Kᵀy, Σv, Σy)`` after them."""
     tau, sigma = st.tau, st.sigma
     c, q, hi = form.cost(data), form.rhs(data), form.upper(data)
     eta = jnp.asarray(0.999, st.omega.dtype)
@@ -193,10 +192,11 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
         kty1 = form.KT(data, y1)
         return v1, y1, kty1, _tmap(jnp.add, vs, v1), _tmap(jnp.add, ys, y1)
 
-    v, y, kty, vs, ys = lax.fori_loop(0, check_every, step, (st.v, st.y, st.kty, st.v_sum, st.y_sum))
-    n = st.n_avg + check_every
-    va = _tmap(lambda a: a / n, vs)
-    ya = _tmap(lambda a: a / n, ys)
+    return lax.fori_loop(0, check_every, step, (st.v, st.y, st.kty, st.v_sum, st.y_sum))
+
+
+def _assess_pair(form: Formulation, data, v, y, va, ya) -> tuple:
+    """(KKT error [2], bound [2], Kᵀy [2, ...]) of the current (index 0) and average (1) iterates."""
 
     def assess(vv, yy):  # (KKT error, bound, Kᵀy) of one candidate
         kk = form.KT(data, yy)
@@ -205,18 +205,18 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
 
     pair_v = _tmap(lambda a, b: jnp.stack([a, b]), v, va)
     pair_y = _tmap(lambda a, b: jnp.stack([a, b]), y, ya)
-    errs, bnds, ktys = jax.vmap(assess)(pair_v, pair_y)  # over (current, average)
-    pick = lambda t, i: _tmap(lambda a: a[i], t)  # noqa: E731
-    use_avg = errs[1] < errs[0]
-    err_c = jnp.where(use_avg, errs[1], errs[0])
-    vc = _select(use_avg, va, v)
-    yc = _select(use_avg, ya, y)
-    ktyc = _select(use_avg, pick(ktys, 1), kty)
-    since = st.since_restart + check_every
-    iters = st.iters + check_every
-    restart = ((err_c <= 0.2 * st.err_restart)
-               | ((err_c <= 0.8 * st.err_restart) & (err_c > st.err_prev))
-               | (since >= 0.36 * iters))
+    return jax.vmap(assess)(pair_v, pair_y)  # over (current, average)
+
+
+def _restart_decision(err_c, since, iters, st: PDHGState):
+    """Restart (PDLP): error <= 0.2x the last restart's, or <= 0.8x and rising, or a long run since it."""
+    return ((err_c <= 0.2 * st.err_restart)
+            | ((err_c <= 0.8 * st.err_restart) & (err_c > st.err_prev))
+            | (since >= 0.36 * iters))
+
+
+def _primal_weight(restart, vc, yc, st: PDHGState):
+    """The primal weight ω after the check (updated only at a restart)."""
     # Primal weight (PDLP): ω ← exp(½ log(Δy/Δv) + ½ log ω) at a restart that moved both.
     dv = jnp.sqrt(_sq(_tmap(jnp.subtract, vc, st.v_restart)))
     dy = jnp.sqrt(_sq(_tmap(jnp.subtract, yc, st.y_restart)))
@@ -224,14 +224,23 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
     ok = restart & (dv > 1e-10) & (dy > 1e-10)
     omega = jnp.where(ok, jnp.exp(0.5 * jnp.log(jnp.maximum(dy, tiny) / jnp.maximum(dv, tiny))
                                   + 0.5 * jnp.log(st.omega)), st.omega)
-    omega = jnp.clip(omega, OMEGA_MIN, OMEGA_MAX)
-    # Best dual point so far by the formulation's bound (valid at any y ≥ 0).
+    return jnp.clip(omega, OMEGA_MIN, OMEGA_MAX)
+
+
+def _best_dual(bnds, y, ya, st: PDHGState):
+    """The best dual point so far by the formulation's bound (valid at any y ≥ 0): (bound, y)."""
     better_avg = bnds[1] > bnds[0]
     b_new = jnp.maximum(bnds[0], bnds[1])
     y_new = _select(better_avg, ya, y)
     improve = b_new > st.best_bound
     best_bound = jnp.where(improve, b_new, st.best_bound)
     best_y = _select(improve, y_new, st.best_y)
+    return best_bound, best_y
+
+
+def _stop_status(form: Formulation, data, patience: int, rtol, stall_rtol, target, vc, err_c, best_bound,
+                 st: PDHGState):
+    """The stopping check: ``(status, gap, stall_ref, stall_count)`` of the instance."""
     # Stall: the best bound rose by less than stall_rtol (relative) over the last `patience` checks.
     moved = best_bound > st.stall_ref + stall_rtol * jnp.maximum(jnp.abs(st.stall_ref), 1e-30)
     stall_ref = jnp.where(moved, best_bound, st.stall_ref)
@@ -239,8 +248,6 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
     # A stall counts only once the LP's relative KKT error is ≤ rtol: before that the bound can pause
     # for a while and then move again after a restart.
     status = jnp.where((stall_count >= patience) & (err_c <= rtol), STATUS_CONVERGED, STATUS_RUNNING)
-    # Dominated: a nearly feasible primal point already has an objective below the best bound known
-    # (e.g. one from another method passed as the start), so this LP cannot give a better bound.
     # Optimal: the bound is within rtol of a feasible point's objective (a true LP gap).
     # Dominated: a feasible point of this LP is already below the best bound known (e.g. one from
     # another method passed as the start), so this LP cannot give a better bound.
@@ -250,12 +257,37 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_r
     status = jnp.where(gap_c <= rtol, STATUS_OPTIMAL, status)
     status = jnp.where(dominated, STATUS_DOMINATED, status)
     status = jnp.where(best_bound >= target, STATUS_TARGET, status)
+    return status, gap_c, stall_ref, stall_count
+
+
+def _chunk_one(form: Formulation, check_every: int, patience: int, rtol, stall_rtol, target, total_iters, data,
+               st: PDHGState) -> PDHGState:
+    """``check_every`` PDHG steps of one instance, then the restart / bound / stopping check."""
+    v, y, kty, vs, ys = _iterate(form, check_every, data, st)
+    n = st.n_avg + check_every
+    va = _tmap(lambda a: a / n, vs)
+    ya = _tmap(lambda a: a / n, ys)
+    errs, bnds, ktys = _assess_pair(form, data, v, y, va, ya)
+    pick = lambda t, i: _tmap(lambda a: a[i], t)  # noqa: E731
+    # the restart candidate: the average or the current iterate, whichever has the smaller KKT error
+    use_avg = errs[1] < errs[0]
+    err_c = jnp.where(use_avg, errs[1], errs[0])
+    vc = _select(use_avg, va, v)
+    yc = _select(use_avg, ya, y)
+    ktyc = _select(use_avg, pick(ktys, 1), kty)
+    since = st.since_restart + check_every
+    iters = st.iters + check_every
+    restart = _restart_decision(err_c, since, iters, st)
+    omega = _primal_weight(restart, vc, yc, st)
+    best_bound, best_y = _best_dual(bnds, y, ya, st)
+    status, gap_c, stall_ref, stall_count = _stop_status(form, data, patience, rtol, stall_rtol, target, vc, err_c,
+                                                         best_bound, st)
     zero = jnp.zeros((), jnp.int32)
     new = PDHGState(
         v=_select(restart, vc, v),
         y=_select(restart, yc, y),
-        tau=tau,
-        sigma=sigma,
+        tau=st.tau,
+        sigma=st.sigma,
         kty=_select(restart, ktyc, kty),
         v_sum=_select(restart, _tmap(jnp.zeros_like, vs), vs),
         y_sum=_select(restart, _tmap(jnp.zeros_like, ys), ys),
