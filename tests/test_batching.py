@@ -23,7 +23,9 @@ def small_batch(n=7, **kw):
 
 
 @pytest.mark.parametrize("name,sizes", [
-    ("successive-best", (3,)),  # random restarts: each instance's key goes with it into its chunk
+    # random restarts: each instance's key goes with it into its chunk (--slow; the default run
+    # chunks the deterministic solver)
+    pytest.param("successive-best", (3,), marks=pytest.mark.slow),
     ("successive", (1, 4)),  # cheap to compile: more chunk sizes
 ])
 def test_chunked_equals_unchunked(name, sizes):

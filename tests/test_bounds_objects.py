@@ -153,7 +153,8 @@ def test_warm_start_from_a_placement_is_valid(small):
 # -- chunking to the memory budget ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model, method", [("phi3_5_moe", Levels()), ("olmoe_1b_7b", ThresholdLP(max_iters=64))],
+@pytest.mark.parametrize("model, method", [pytest.param("phi3_5_moe", Levels(), marks=pytest.mark.slow),
+                                           ("olmoe_1b_7b", ThresholdLP(max_iters=64))],
                          ids=["phi3_5_moe-levels", "olmoe-threshold"])
 def test_every_bound_program_within_a_small_budget(model, method):
     """Multi-user instances: with a small budget every compiled bound program's XLA footprint

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 CHILD = textwrap.dedent(
@@ -75,6 +77,7 @@ def test_second_process_loads_the_solve_from_the_cache(tmp_path):
     assert abs(off["J"] - first["J"]) <= 1e-6 * abs(off["J"])
 
 
+@pytest.mark.slow  # three more processes; the default run keeps the second-process test
 def test_cache_off_and_the_users_own_directory(tmp_path):
     ours, theirs, in_code = (str(tmp_path / n) for n in ("ours", "theirs", "in_code"))
     off = _child({"SLIMJAX_CACHE": "0", "SLIMJAX_CACHE_DIR": ours})

@@ -137,7 +137,7 @@ def _ctrl_c_deliverable() -> None:
 def test_ctrl_c_prints_one_line_and_rerun_resumes_without_losing_a_chunk(tmp_path, env):
     """SIGINT mid-run: one line, no traceback, exit 130, finished chunks kept; rerunning the same
     command finishes the run and recomputes no finished chunk."""
-    n = 600  # enough chunks that the run cannot finish between the poll that sees two parts and the signal
+    n = 250  # enough chunks that the run cannot finish between the poll that sees two parts and the signal
     args = [*TINY, f"batch_size={n}", "stream.chunk=1", "solvers=[popularity]", "output.figures=false"]
     proc = subprocess.Popen([*command(), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_deliverable)

@@ -304,7 +304,8 @@ TODAY = {
 }
 
 
-@pytest.mark.parametrize("load,method", sorted(TODAY))
+@pytest.mark.parametrize("load,method", [(load, m) if m == "greedy" else pytest.param(load, m, marks=pytest.mark.slow)
+                                         for load, m in sorted(TODAY)])  # the default run: greedy
 def test_never_worse_than_the_previous_load_aware_solver(load, method):
     net = dict(multi_user=True, traffic_alpha=2.0, device_storage_gb=0.01, server_storage_gb=(16.0, 40.0),
                area_m=300.0, range_m=300.0, users=12, servers=3, load=load)

@@ -56,7 +56,7 @@ SOLVERS = ("successive", "successive-fast", "successive-best", "greedy", "popula
 #: rounding, a baseline, the exact references)
 FAST_SOLVERS = ("successive", "successive-best", "greedy", "relaxed", "popularity", "brute-force", "milp")
 
-DEFAULT = settings(max_examples=12, deadline=None, derandomize=True, database=None,
+DEFAULT = settings(max_examples=8, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SLOW = settings(max_examples=800, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -58,8 +58,8 @@ def _check_large(name: str, batch, solvers) -> None:
         assert_same_solutions(batch, x, x_rec, J, J_rec, rtol=1e-6)
 
 
-#: the default run keeps one single-user and one multi-user case; --slow runs all of them
-DEFAULT_GENERATED = ("dsv3_gen", "olmoe_users")
+#: the default run keeps the multi-user case; --slow runs all of them
+DEFAULT_GENERATED = ("olmoe_users",)
 
 
 @pytest.mark.parametrize(
