@@ -629,6 +629,8 @@ def main(argv=None) -> int:
         res.update(parts[p]())
         res[f"peak_rss_mb_after_{p}"] = peak_rss_mb()
         log(f"    part {p}: {time.perf_counter() - t0:.1f}s wall, peak RSS so far {peak_rss_mb():.0f} MB")
+        if args.json:  # the parts done so far survive an interrupted run (rewritten in full at the end)
+            _write_json(args.json, {**res, "parts_done": args.parts[: args.parts.index(p) + 1]})
     res["peak_rss_mb"] = peak_rss_mb()
     log("\n| figure | value | target | met |\n|---|---|---|---|")
     met_all = True
@@ -647,11 +649,17 @@ def main(argv=None) -> int:
         for path in write_plots(res, args.plots):
             log(f"wrote {path}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=str)
+        _write_json(args.json, res)
         log(f"wrote {args.json}")
     return 0
+
+
+def _write_json(path: str, res: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=2, default=str)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
