@@ -169,6 +169,28 @@ _WARM_DOC = ("start the cache from the deployment x_0's device rows (True) or em
              "first touch misses)")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Forecasting(Policy):
+    """The options shared by the policies that solve a forecast of window t (:class:`Resolve`,
+    :class:`Incremental`, :class:`LFU`); validated by :meth:`Policy.validate`."""
+
+    budget: Any = option(None, _BUDGET_DOC)
+    forecast: str = option("last", _FORECAST_DOC)
+    ema_alpha: float = option(0.5, _ALPHA_DOC)
+    ema_horizon: int = option(4, _HORIZON_DOC)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Priced(Policy):
+    """``budget`` then ``penalty``: a base of :class:`Incremental` only to keep its field order
+    (``budget, penalty, forecast, ema_alpha, ema_horizon, bisect``). A dataclass orders the
+    fields of its bases from the last base in the MRO to the first, a field seen again keeping
+    its first place: ``Incremental(_Forecasting, _Priced)`` gets ``_Priced``'s first."""
+
+    budget: Any = option(None, _BUDGET_DOC)
+    penalty: Any = option(0.0, _PENALTY_DOC)
+
+
 @document_options
 @dataclasses.dataclass(frozen=True)
 class Static(Policy):
@@ -179,47 +201,34 @@ class Static(Policy):
 
 @document_options
 @dataclasses.dataclass(frozen=True)
-class Resolve(Policy):
+class Resolve(_Forecasting):
     """The forecast of window t solved from scratch, ignoring migration. With a budget, the new
     copies of the from-scratch solution are admitted by their value in it (the J their removal
     would cost) while the node's budget allows; then held copies are kept while storage remains."""
 
     name: ClassVar[str] = "resolve"
-    budget: Any = option(None, _BUDGET_DOC)
-    forecast: str = option("last", _FORECAST_DOC)
-    ema_alpha: float = option(0.5, _ALPHA_DOC)
-    ema_horizon: int = option(4, _HORIZON_DOC)
 
 
 @document_options
 @dataclasses.dataclass(frozen=True)
-class Incremental(Policy):
+class Incremental(_Forecasting, _Priced):
     """The forecast of window t solved from ``x_{t-1}`` with migration priced: keeping a copy is
     free, adding one costs ``(penalty + μ_n)·size``; the budget by a Lagrangian bisection on μ_n
     plus a repair (:func:`~slimjax.dynamic.window_solve`)."""
 
     name: ClassVar[str] = "incremental"
-    budget: Any = option(None, _BUDGET_DOC)
-    penalty: Any = option(0.0, _PENALTY_DOC)
-    forecast: str = option("last", _FORECAST_DOC)
-    ema_alpha: float = option(0.5, _ALPHA_DOC)
-    ema_horizon: int = option(4, _HORIZON_DOC)
     bisect: int = option(12, _BISECT_DOC)
 
 
 @document_options
 @dataclasses.dataclass(frozen=True)
-class LFU(Policy):
+class LFU(_Forecasting):
     """Window-level popularity re-placement: the most frequently activated helpful experts of the
     forecast on the fastest nodes (the ``popularity`` solver's rule). With a budget, new copies
     are admitted by frequency while the budget allows, then held copies kept. (The per-token LFU
     cache is :class:`TokenLFU`.)"""
 
     name: ClassVar[str] = "lfu"
-    budget: Any = option(None, _BUDGET_DOC)
-    forecast: str = option("last", _FORECAST_DOC)
-    ema_alpha: float = option(0.5, _ALPHA_DOC)
-    ema_horizon: int = option(4, _HORIZON_DOC)
 
 
 @document_options
