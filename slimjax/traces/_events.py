@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from slimjax.traces._assemble import Records, assemble
+from slimjax.traces._jsonl import _is_id_list, _is_int, _json_value
 from slimjax.traces._sources import reject_unknown
 from slimjax.traces._trace import Trace
 
@@ -33,10 +34,6 @@ _LLAMACPP_PREFIX = re.compile(r"^\s*EXPERT\|")
 
 def is_vllm_event(obj: Any) -> bool:
     return isinstance(obj, dict) and "layer_idx" in obj and "indices" in obj
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def load_vllm_events(
@@ -79,10 +76,7 @@ def load_vllm_events(
         for lineno, ln in enumerate(text.splitlines(), 1):
             if not ln.strip():
                 continue
-            try:
-                events.append(json.loads(ln))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+            events.append(_json_value(path, lineno, ln))
     layer, token, values, widths, entry, row = [], [], [], [], [], []
     seen: dict[int, int] = {}
     for i, ev in enumerate(events):
@@ -95,7 +89,7 @@ def load_vllm_events(
             raise ValueError(f"{path}: entry {i}: 'indices' must be a [T, K] list, got {type(idx).__name__}")
         n = seen.get(lay, 0)
         for j, ids in enumerate(idx):
-            if not isinstance(ids, list) or not ids or not all(_is_int(v) for v in ids):
+            if not _is_id_list(ids):
                 raise ValueError(f"{path}: entry {i} row {j}: expected a non-empty list of integer ids, got {ids!r}")
             layer.append(lay)
             token.append(n + j)

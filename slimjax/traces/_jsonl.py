@@ -48,6 +48,35 @@ class _Rows:
 
 
 # --------------------------------------------------------------------------------------------
+# Row checks (shared with the moe-policylang and vLLM-event readers)
+# --------------------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    """A JSON integer (``True``/``False`` are not)?"""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_id_list(v: Any) -> bool:
+    """A non-empty JSON list of integers (one row's expert ids)?"""
+    return isinstance(v, list) and bool(v) and all(_is_int(x) for x in v)
+
+
+def _json_value(path: str, lineno: int, text: str) -> Any:
+    """One line's JSON value; malformed JSON raises ``file:line``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+
+
+def _json_object(path: str, lineno: int, text: str) -> dict:
+    """One line's JSON object; malformed JSON or another JSON value raises ``file:line``."""
+    obj = _json_value(path, lineno, text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
 # Readers
 # --------------------------------------------------------------------------------------------
 def _read_lines(path: str) -> _Rows:
@@ -60,12 +89,7 @@ def _read_lines(path: str) -> _Rows:
                 s = text.strip()
                 if not s:
                     continue
-                try:
-                    obj = json.loads(s)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                obj = _json_object(path, lineno, s)
                 kind = obj.get("type", "route")
                 if kind == "meta":
                     meta.update(obj)
@@ -76,13 +100,12 @@ def _read_lines(path: str) -> _Rows:
                 if key is None:
                     raise ValueError(f"{path}:{lineno}: route row without expert ids (one of {list(_ID_KEYS)})")
                 ids = obj[key]
-                if not isinstance(ids, list) or not ids or not all(
-                        isinstance(v, int) and not isinstance(v, bool) for v in ids):
+                if not _is_id_list(ids):
                     raise ValueError(f"{path}:{lineno}: '{key}' must be a non-empty list of integers, got {ids!r}")
                 if any(v < 0 for v in ids):
                     raise ValueError(f"{path}:{lineno}: negative expert id in {ids}")
                 lay = obj.get("layer", meta["layers_logged"][0] if meta.get("layers_logged") else 0)
-                if not isinstance(lay, int) or isinstance(lay, bool):
+                if not _is_int(lay):
                     raise ValueError(f"{path}:{lineno}: 'layer' must be an integer, got {lay!r}")
                 line.append(lineno)
                 layer.append(lay)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from slimjax.traces._assemble import Records, assemble
-from slimjax.traces._jsonl import _nonblank_lines
+from slimjax.traces._jsonl import _is_id_list, _is_int, _json_object, _nonblank_lines
 from slimjax.traces._sources import reject_unknown
 from slimjax.traces._trace import Trace
 
@@ -37,10 +37,6 @@ __all__ = ["load_policylang_jsonl", "load_policylang_parquet", "write_policylang
 _PHASE_KEYS = ("ph", "phase")
 _DOMAIN_KEYS = ("domain", "domain_tag", "dom")
 _HEADER_KEYS = ("model_name", "num_layers", "num_experts", "top_k", "num_entries", "records_full_softmax")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def is_policylang_row(obj: Any) -> bool:
@@ -88,19 +84,14 @@ def _read_lines(path: str) -> _Rows:
                 s = text.strip()
                 if not s:
                     continue
-                try:
-                    obj = json.loads(s)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                obj = _json_object(path, lineno, s)
                 if "e" not in obj:
                     if not lines and not header and any(k in obj for k in _HEADER_KEYS):
                         header, header_line = obj, lineno
                         continue
                     raise ValueError(f"{path}:{lineno}: a record without expert ids 'e'")
                 e = obj["e"]
-                if not isinstance(e, list) or not e or not all(_is_int(v) for v in e):
+                if not _is_id_list(e):
                     raise ValueError(f"{path}:{lineno}: 'e' must be a non-empty list of integers, got {e!r}")
                 for k in ("l", "t"):
                     if not _is_int(obj.get(k)):
