@@ -46,7 +46,7 @@ from jaxtyping import Array, Float, Int
 
 from slimjax.generate._models import ModelPreset, get_model
 from slimjax.generate._network import uniform_pool
-from slimjax.generate._routing import RoutingConfig, gumbel, routing_shapes, top_k_indices
+from slimjax.generate._routing import RoutingConfig, _latent_router, gumbel, routing_shapes, top_k_indices
 from slimjax.traces import Trace
 
 __all__ = [
@@ -194,15 +194,13 @@ def _core(key, params, *, T, w, L, E, K, rd, C, noisy, dtype):
     r = uniform_pool(key, shapes, dtype, normal=("W", "b", "centres", "mix", "z"))
     x = uniform_pool(jax.random.fold_in(key, 1), {"switch": (T,), "src": (T, L), "slot": (T, L, K)}, dtype)
     # the latent router (as routing.latent_logits, with the task chain of the drift)
-    W = r["W"] / jnp.linalg.norm(r["W"], axis=1, keepdims=True)  # [L, r, E]
-    b = params["skew"] * r["b"]  # [L, E]
-    cdf = jnp.cumsum(jax.nn.softmax(params["task_spread"] * r["mix"], axis=-1), axis=-1)  # [1, C]
-    fresh = jnp.minimum((r["task"][:, :, None] > cdf[:, None, :]).sum(-1), C - 1)[0]  # [T] a task per token
+    W, b, fresh = _latent_router(r, params["skew"], params["task_spread"], C)  # [r, L·E], [L, E], [1, T]
+    fresh = fresh[0]  # [T] a task per token
     t_idx = jnp.arange(T)
     switch = (x["switch"] < params["drift"]) | (t_idx == 0)
     task = fresh[jax.lax.cummax(jnp.where(switch, t_idx, 0))]  # the task drawn at the last switch
     z = r["centres"][task] + params["cluster_spread"] * r["z"][0]  # [T, r]
-    logits = (z @ W.transpose(1, 0, 2).reshape(rd, L * E)).reshape(T, L, E) + b[None]
+    logits = (z @ W).reshape(T, L, E) + b[None]
     if noisy:
         logits = logits + params["temperature"] * gumbel(r["gumbel"][0].transpose(1, 0, 2))
     rank = (K - jnp.arange(K)).astype(dtype)  # slot 0 of the source stays first

@@ -106,17 +106,25 @@ def gumbel(u: Array) -> Array:
     return -jnp.log(-jnp.log(u))
 
 
-def latent_logits(r: dict, cfg: RoutingConfig, U: int, L: int, E: int) -> Array:
-    rd, C = cfg.latent_dim, cfg.clusters
+def _latent_router(r: dict, skew: Any, task_spread: Any, C: int) -> tuple[Array, Array, Array]:
+    """The latent router's parts from the pool ``r``: ``(W, b, task)`` with ``W`` the routers'
+    unit columns as one ``[r, L·E]`` matrix, ``b`` the bias ``[L, E]`` and ``task`` the task of
+    each (user, token) ``[U, M]`` (inverse CDF of the user's task mix). Shared with the
+    locality generator (same draws, same arithmetic)."""
+    L, rd, E = r["W"].shape
     W = r["W"] / jnp.linalg.norm(r["W"], axis=1, keepdims=True)  # [L, r, E] unit columns
-    b = cfg.skew * r["b"]  # [L, E]
-    centres = r["centres"]  # [C, r]
-    logmix = cfg.task_spread * r["mix"]  # [U, C] log task weights
+    b = skew * r["b"]  # [L, E]
+    logmix = task_spread * r["mix"]  # [U, C] log task weights
     cdf = jnp.cumsum(jax.nn.softmax(logmix, axis=-1), axis=-1)  # [U, C]
     task = jnp.minimum((r["task"][:, :, None] > cdf[:, None, :]).sum(-1), C - 1)  # [U, M] inverse CDF
-    z = centres[task] + cfg.cluster_spread * r["z"]  # [U, M, r]
+    return W.transpose(1, 0, 2).reshape(rd, L * E), b, task
+
+
+def latent_logits(r: dict, cfg: RoutingConfig, U: int, L: int, E: int) -> Array:
+    W, b, task = _latent_router(r, cfg.skew, cfg.task_spread, cfg.clusters)
+    z = r["centres"][task] + cfg.cluster_spread * r["z"]  # [U, M, r]
     M = z.shape[1]
-    zw = (z.reshape(U * M, rd) @ W.transpose(1, 0, 2).reshape(rd, L * E)).reshape(U, M, L, E)  # one GEMM
+    zw = (z.reshape(U * M, cfg.latent_dim) @ W).reshape(U, M, L, E)  # one GEMM
     return zw.transpose(0, 2, 1, 3) + b[None, :, None, :]  # [U, L, M, E]
 
 
