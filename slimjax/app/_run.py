@@ -319,24 +319,10 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run_dynamic(cfg: DictConfig, out: Path) -> dict:
+    from slimjax.app._caching import _resume_or_run
     from slimjax.app._dynamic import run_dynamic
 
-    rep = Reporter(make_console())
-    digest = config_hash(cfg)
-    if cfg.get("resume", True) and is_complete(out, digest=digest):
-        rep.line(f"resume: {out} already holds complete results for this config; skipped", style="dim")
-        summary = pd.read_csv(out / SUMMARY)
-        return {"output_dir": str(out), "skipped": True, "best": None, "files": {"results": out / R.RESULTS},
-                "summary": {r["solver"]: {k: v for k, v in r.items() if k != "solver"} for r in summary.to_dict("records")}}
-    try:
-        (out / MARKER).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out / "config.yaml") as tmp:
-            tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        return run_dynamic(cfg, out, rep, digest)
-    except BaseException:
-        _cleanup(out)
-        raise
+    return _resume_or_run(cfg, out, Reporter(make_console()), config_hash(cfg), run_dynamic, lambda: _cleanup(out))
 
 
 def _run_whole(cfg, plan, src: BatchSource, k_solve, out: Path, rep: Reporter):
