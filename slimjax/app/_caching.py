@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from slimjax._io import atomic_write
 from slimjax.app._batch import _network
 from slimjax.app._config import plain, sweep_name
-from slimjax.app._hash import MARKER, code_fingerprint, config_hash, content_digest, is_complete
+from slimjax.app._hash import MARKER, code_fingerprint, config_hash, content_digest, resume_or_run
 
 __all__ = ["CACHE_POLICIES", "run_caching", "run_caching_point"]
 
@@ -431,26 +431,6 @@ def _held(out: Path) -> bool:
     return out.is_dir() and any(p.name != ".hydra" and p.suffix != ".log" for p in out.iterdir())
 
 
-def _resume_or_run(cfg: DictConfig, out: Path, rep, digest: str, work, cleanup) -> dict:
-    """A one-process experiment (dynamic, caching): skip it when ``out`` holds complete results for
-    ``digest`` (with ``resume``), else write ``config.yaml`` and return ``work(cfg, out, rep, digest)``;
-    on a failure ``cleanup()`` runs before the error propagates."""
-    if cfg.get("resume", True) and is_complete(out, digest=digest):
-        rep.line(f"resume: {out} already holds complete results for this config; skipped", style="dim")
-        summary = pd.read_csv(out / "summary.csv")
-        return {"output_dir": str(out), "skipped": True, "best": None, "files": {"results": out / "results.parquet"},
-                "summary": {r["solver"]: {k: v for k, v in r.items() if k != "solver"} for r in summary.to_dict("records")}}
-    try:
-        (out / MARKER).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out / "config.yaml") as tmp:
-            tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        return work(cfg, out, rep, digest)
-    except BaseException:
-        cleanup()
-        raise
-
-
 def run_caching_point(cfg: DictConfig, out: Path) -> dict:
     """``slimjax experiment=caching``: resume, run; a failed run leaves no directory it made."""
     from slimjax.app._progress import Reporter, make_console
@@ -465,4 +445,4 @@ def run_caching_point(cfg: DictConfig, out: Path) -> dict:
         cleanup()
         raise ValueError("distributed: experiment=caching runs its whole study in one process; set distributed=false "
                          "and spread studies over processes as a multirun (`slimjax -m experiment=caching seed=0,1`)")
-    return _resume_or_run(cfg, out, Reporter(make_console()), _digest(cfg), run_caching, cleanup)
+    return resume_or_run(cfg, out, Reporter(make_console()), _digest(cfg), run_caching, cleanup)

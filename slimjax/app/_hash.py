@@ -27,17 +27,23 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
+from slimjax._io import atomic_write
 from slimjax.app._config import plain
+from slimjax.app._results import RESULTS
 
-__all__ = ["EXCLUDED", "MARKER", "code_fingerprint", "config_hash", "content_digest", "is_complete", "read_marker",
-           "source_hash"]
+__all__ = ["EXCLUDED", "MARKER", "SUMMARY", "code_fingerprint", "config_hash", "content_digest", "is_complete",
+           "read_marker", "resume_or_run", "source_hash"]
 
 #: the completion marker, written last
 MARKER = ".complete.json"
+#: the summary table of a run directory
+SUMMARY = "summary.csv"
 #: top-level config keys that never change results
 EXCLUDED = ("resume", "warmup", "paths", "output", "collect", "hydra", "logger", "stream", "distributed",
             "coordinator")
@@ -176,3 +182,23 @@ def is_complete(out_dir: Path | str, cfg: DictConfig | None = None, *, digest: s
     if cfg is None and digest is None:
         return True
     return meta.get("config_hash") == (digest if digest is not None else config_hash(cfg))
+
+
+def resume_or_run(cfg: DictConfig, out: Path, rep: Any, digest: str, work: Callable, cleanup: Callable) -> dict:
+    """Run a one-process experiment (dynamic, caching): skip it when ``out`` holds complete results for
+    ``digest`` (with ``resume``), else write ``config.yaml`` and return ``work(cfg, out, rep, digest)``;
+    on a failure ``cleanup()`` runs before the error propagates."""
+    if cfg.get("resume", True) and is_complete(out, digest=digest):
+        rep.line(f"resume: {out} already holds complete results for this config; skipped", style="dim")
+        summary = pd.read_csv(out / SUMMARY)
+        return {"output_dir": str(out), "skipped": True, "best": None, "files": {"results": out / RESULTS},
+                "summary": {r["solver"]: {k: v for k, v in r.items() if k != "solver"} for r in summary.to_dict("records")}}
+    try:
+        (out / MARKER).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "config.yaml") as tmp:
+            tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        return work(cfg, out, rep, digest)
+    except BaseException:
+        cleanup()
+        raise

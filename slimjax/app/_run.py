@@ -38,7 +38,7 @@ from slimjax.app import _results as R
 from slimjax.app._batch import BatchSource
 from slimjax.app._config import output_dir_for, plain, preflight, sweep_name
 from slimjax.app._evaluate import evaluate
-from slimjax.app._hash import MARKER, code_fingerprint, config_hash, is_complete, read_marker
+from slimjax.app._hash import MARKER, SUMMARY, code_fingerprint, config_hash, is_complete, read_marker, resume_or_run
 from slimjax.app._progress import Reporter, make_console
 from slimjax.app._solve import solve_rows
 from slimjax.app._summary import print_summary, summarize, summarize_dataset
@@ -46,7 +46,6 @@ from slimjax.app._summary import print_summary, summarize, summarize_dataset
 __all__ = ["SUMMARY", "run"]
 
 log = logging.getLogger("slimjax")
-SUMMARY = "summary.csv"
 #: what a run directory holds before any result (a failed run's folder holding only these is removed)
 _BOOKKEEPING = (".hydra", "config.yaml", ".stream.json")
 #: share of the memory budget for a chunk's own data (the rest is the solver's working memory)
@@ -319,10 +318,9 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run_dynamic(cfg: DictConfig, out: Path) -> dict:
-    from slimjax.app._caching import _resume_or_run
     from slimjax.app._dynamic import run_dynamic
 
-    return _resume_or_run(cfg, out, Reporter(make_console()), config_hash(cfg), run_dynamic, lambda: _cleanup(out))
+    return resume_or_run(cfg, out, Reporter(make_console()), config_hash(cfg), run_dynamic, lambda: _cleanup(out))
 
 
 def _run_whole(cfg, plan, src: BatchSource, k_solve, out: Path, rep: Reporter):
