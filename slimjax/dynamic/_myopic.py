@@ -45,11 +45,19 @@ from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance
 from slimjax._objective import expert_latency_from, objective_from_d
-from slimjax.ops import priority_fill
-from slimjax.ops import add_gain_layer, drop_loss_layer, expert_frequency, pattern_top, second_best
-from slimjax.ops import capacity_dp
-from slimjax.ops import exact_oracle, greedy_oracle, pattern_prep
-from slimjax.ops import node_orders
+from slimjax.ops import (
+    add_gain_layer,
+    capacity_dp,
+    drop_loss_layer,
+    exact_oracle,
+    expert_frequency,
+    greedy_oracle,
+    node_orders,
+    pattern_prep,
+    pattern_top,
+    priority_fill,
+    second_best,
+)
 
 __all__ = ["WindowConfig", "window_solve", "net_objective", "moved_units"]
 

@@ -36,8 +36,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance
 from slimjax.dynamic._myopic import WindowConfig, _move_gains, window_solve
-from slimjax.ops import expert_frequency
-from slimjax.ops import node_orders
+from slimjax.ops import expert_frequency, node_orders
 
 __all__ = ["PolicyConfig", "timeline_policy", "forecast_window", "lfu_placement"]
 

@@ -31,11 +31,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from slimjax._instance import Instance
-from slimjax.ops import priority_fill
-from slimjax.ops import node_orders
-from slimjax.solvers._greedy import greedy_batch
-from slimjax.ops import expert_frequency
+from slimjax.ops import expert_frequency, node_orders, priority_fill
 from slimjax.solvers._base import Solver
+from slimjax.solvers._greedy import greedy_batch
 
 __all__ = ["Random", "Popularity", "LayerUniform", "EPLB", "CoactivationBlind", "baseline_batch", "eplb_instance", "popularity_instance", "random_instance"]
 

@@ -41,9 +41,7 @@ import numpy as np
 from slimjax import _storage as storage
 from slimjax._instance import Instance
 from slimjax._objective import expert_latency_from, multilinear_eval, multilinear_plan, objective_from_d
-from slimjax.ops import priority_fill
-from slimjax.ops import Grid
-from slimjax.ops import project_storage
+from slimjax.ops import Grid, priority_fill, project_storage
 from slimjax.solvers._base import Prepared, Solver, check_choice, check_float, check_int, document_options, option
 
 __all__ = ["Relaxed", "SCHEDULES", "relax"]

@@ -25,8 +25,7 @@ from slimjax._kernels import load_terms
 from slimjax._keys import as_key
 from slimjax._memory import instance_bytes
 from slimjax._objective import AGGREGATIONS, check_placement, objective_from_d
-from slimjax.ops import capacity_grid
-from slimjax.ops import merge_codes_fn, merged_size, with_patterns
+from slimjax.ops import capacity_grid, merge_codes_fn, merged_size, with_patterns
 from slimjax.solvers import _batching
 from slimjax.solvers._base import Solution, Solver, Status
 from slimjax.solvers._buckets import bucket, pad_patterns

@@ -47,12 +47,20 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Int
 
 from slimjax._instance import Instance
-from slimjax.ops import bucket_units
-from slimjax.ops import BACKENDS, capacity_dp
 from slimjax._objective import AGGREGATIONS, expert_latency_from, objective_from_d
-from slimjax.ops import ORDERS, node_orders
-from slimjax.ops import EXACT_MAX_E, exact_oracle, greedy_oracle, pattern_prep
+from slimjax.ops import (
+    BACKENDS,
+    EXACT_MAX_E,
+    ORDERS,
+    bucket_units,
+    capacity_dp,
+    exact_oracle,
+    greedy_oracle,
+    node_orders,
+    pattern_prep,
+)
 from slimjax.solvers._base import Prepared, Solver, check_choice, check_float, check_int, document_options, option
+
 __all__ = ["Successive", "SuccessiveConfig", "successive_instance", "successive_batch"]
 
 ORACLES = ("auto", "exact", "greedy")
