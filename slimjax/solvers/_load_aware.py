@@ -140,14 +140,17 @@ def _flip(x, c):
 def _repair_one(inst: Instance, x, cap, aggregation):
     """Remove copies from over-cap nodes until every ``rho[n] < cap`` (see the module docstring).
 
-    Each step scores every removal at once (:func:`slimjax.solvers._load_moves.moves`: the exact
+    A step scores every removal at once (:func:`slimjax.solvers._load_moves.moves`: the exact
     utilisation change, an estimated J_load change) and keeps those with the least total over-cap
-    utilisation left. When that removal is unique, it is made and the next ones follow without
-    rescoring (a run of up to :data:`_RUN` removals): removing (n, l, e) changes only the
-    utilisation changes of expert (l, e)'s copies (one column, :func:`removal_column`), so the run
-    makes exactly the removals of one step at a time. On a tie, the clipped J_load decides,
-    evaluated exactly for the :data:`EXACT` tied removals with the best estimate (all of them
-    when there are no more)."""
+    utilisation left; on a tie, the clipped J_load decides, evaluated exactly for the
+    :data:`EXACT` tied removals with the best estimate (all of them when there are no more).
+    The removals then follow without rescoring (a run): removing (n, l, e) changes only the
+    utilisation changes of expert (l, e)'s copies (one column, :func:`removal_column`), so the
+    utilisation changes stay exact, and a tie of at most :data:`EXACT` removals is decided
+    exactly as above (all of them evaluated, so the stale estimate does not matter). The run
+    stops at a tie of more (the next step rescores) or when no node is over the cap. Ties are
+    evaluated under ``lax.cond``: the batch is mapped, not vmapped, so the exact evaluations run
+    only on the steps that have a tie."""
     N, L, E = x.shape
     p = activation(inst.patterns, inst.weight, inst.latency.shape[-1])
     thr = cap * (1 - 1e-6)  # strictly below the cap, with room for float rounding across programs
@@ -166,6 +169,16 @@ def _repair_one(inst: Instance, x, cap, aggregation):
         tie = allowed & (ex <= best_ex + 1e-12 * (1 + best_ex))
         return allowed, ex, tie
 
+    def exact(xx, c):
+        xc = _flip(xx, c)
+        return _j_at(inst, xc, jnp.minimum(_rho(inst, xc, p), _CLIP), aggregation)
+
+    def choose_tie(xx, tie, dj):
+        # the clipped J_load of the best tied removals by the estimate decides
+        _, idx = jax.lax.top_k(-jnp.where(tie, dj.reshape(-1), jnp.inf), k)
+        jc = jnp.where(tie[idx], jax.vmap(lambda c: exact(xx, c))(idx), jnp.inf)
+        return idx[jnp.argmin(jc)].astype(jnp.int32)
+
     def cond(state):
         xx, removed, go = state
         return go & (removed < N * L * E)
@@ -173,45 +186,31 @@ def _repair_one(inst: Instance, x, cap, aggregation):
     def body(state):
         xx, removed, _ = state
         mv = _moves.moves(*arrays, xx, _CLIP, aggregation, adds=False)
-        allowed, ex, tie = pick(xx, mv.rho, mv.drho)
-        some = allowed.any()  # else nothing to remove here (a copy outside the nodes): stop
-        # a tie: the clipped J_load of the best tied removals by the estimate decides
-        _, idx = jax.lax.top_k(-jnp.where(tie, mv.dj.reshape(-1), jnp.inf), k)
 
-        def exact(c):
-            xc = _flip(xx, c)
-            return _j_at(inst, xc, jnp.minimum(_rho(inst, xc, p), _CLIP), aggregation)
-
-        jc = jnp.where(tie[idx], jax.vmap(exact)(idx), jnp.inf)
-        x_tie = _flip(xx, idx[jnp.argmin(jc)])
-
-        # no tie: a run of unique best removals, one column of drho updated after each
         def rcond(r):
-            return r[4] & (r[3] < _RUN)
+            return r[5]
 
         def rbody(r):
-            x2, rho2, d2, cnt, _ = r
+            x2, rho2, d2, cnt, fresh, _ = r
             al, ex2, tie2 = pick(x2, rho2, d2)
-            go = (tie2.sum() == 1) & (rho2 >= thr).any() & al.any()
-            c = jnp.argmin(ex2)
+            nt = tie2.sum()
+            # dj is fresh on the run's first step; later a tie is decided only if all of it is evaluated
+            go = (rho2 >= thr).any() & al.any() & (fresh | (nt <= k)) & (removed + cnt < N * L * E)
+            c = jax.lax.cond(go & (nt > 1), lambda: choose_tie(x2, tie2, mv.dj),
+                             lambda: jnp.argmin(ex2).astype(jnp.int32))
             n, l, e = c // (L * E), (c // E) % L, c % E
             x3 = _flip(x2, c)
             col = _moves.removal_column(inst.latency[:, :, l, e], inst.fallback[:, l, e], w[:, :, l, e], x3[:, l, e])
             return (jnp.where(go, x3, x2), jnp.where(go, rho2 + d2[n, l, e], rho2),
-                    jnp.where(go, d2.at[:, l, e, :].set(col), d2), cnt + go.astype(jnp.int32), go)
+                    jnp.where(go, d2.at[:, l, e, :].set(col), d2), cnt + go.astype(jnp.int32), jnp.bool_(False), go)
 
-        x_run, _, _, cnt, _ = jax.lax.while_loop(rcond, rbody, (xx, mv.rho, mv.drho, jnp.int32(0), tie.sum() == 1))
-        single = tie.sum() == 1
-        nx = jnp.where(some, jnp.where(single, x_run, x_tie), xx)
-        step = jnp.where(single, cnt, 1)
-        return nx, jnp.where(some, removed + step, N * L * E), some & over(nx)
+        nx, _, _, cnt, _, _ = jax.lax.while_loop(rcond, rbody, (xx, mv.rho, mv.drho, jnp.int32(0), jnp.bool_(True),
+                                                                jnp.bool_(True)))
+        some = cnt > 0  # else nothing to remove here (a copy outside the nodes): stop
+        return nx, jnp.where(some, removed + cnt, N * L * E), some & over(nx)
 
     x, removed, _ = jax.lax.while_loop(cond, body, (x, jnp.int32(0), over(x)))
     return x, removed
-
-
-#: unique best removals made in a run without rescoring every removal
-_RUN = 64
 
 
 def _polish_one(inst: Instance, x, cap, su, cu, aggregation, rounds, moves0):
@@ -271,7 +270,9 @@ def _polish_full_one(inst: Instance, x, cap, su, cu, aggregation, moves, rounds,
 
 @partial(jax.jit, static_argnums=(0,))
 def _repair_batch(aggregation, batch, x, cap):
-    return jax.vmap(lambda i, xi, c: _repair_one(i, xi, c, aggregation))(batch, x, cap)
+    # mapped, not vmapped: each instance runs its own removals, and the exact tie-breaks of the
+    # run only on its steps with a tie (lax.cond; under vmap both branches would run every step)
+    return jax.lax.map(lambda a: _repair_one(a[0], a[1], a[2], aggregation), (batch, x, cap))
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -292,6 +293,8 @@ def _polish_chunked(aggregation, rounds, red, x, cap, su, cu, budget, clock):
     per = _move_bytes(red.shape)
     while True:
         x, moves = _chunked(_polish_batch, (aggregation, rounds), (red, x, cap, su, cu, moves), per, budget, clock)
+        if (np.asarray(moves) >= rounds).all():  # the exhaustive round could not move: skip it
+            return x, moves
         mb = _full_map_batch(red.shape, budget)
         x, moves, better = _chunked(_polish_full_batch, (aggregation, rounds, mb), (red, x, cap, su, cu, moves),
                                     _full_bytes(red.shape, mb), budget, clock)
