@@ -294,6 +294,30 @@ def test_flip_scores_against_the_reference(aggregation):
     assert np.corrcoef(est, exact_dj.reshape(-1))[0, 1] > 0.9
 
 
+@pytest.mark.parametrize("aggregation", ["max", "sum"])
+def test_removal_jloads_equal_the_clipped_jload_from_scratch(aggregation):
+    """The repair's exact tie-break (``removal_jloads``: members gathered once, each removal a
+    re-weighting) equals the clipped J_load of the placement without the copy, from scratch."""
+    import jax.numpy as jnp
+
+    from slimjax.queueing import activation_probability
+    from slimjax.solvers._load_aware import _CLIP, _flip, _j_at, _rho
+    from slimjax.solvers._load_moves import moves, removal_jloads
+
+    inst = random_load_instance(12, U=3, N=3, L=2, E=5, M=6, K=3, peak=1.6)
+    rng = np.random.default_rng(1)
+    x = rng.random(inst.latency.shape[1:]) < 0.6
+    p = activation_probability(inst)
+    mv = moves(inst.latency, inst.fallback, inst.service, inst.rate, p, inst.patterns, inst.weight, inst.traffic, x,
+               _CLIP, aggregation, adds=False)
+    cands = jnp.asarray(np.flatnonzero(x.reshape(-1)), jnp.int32)
+    got = removal_jloads(inst.latency, inst.fallback, inst.service, inst.patterns, inst.weight, inst.traffic, jnp.asarray(x),
+                         mv.rho, mv.drho, cands, _CLIP, aggregation)
+    want = [float(_j_at(inst, xc, jnp.minimum(_rho(inst, xc, p), _CLIP), aggregation))
+            for xc in (_flip(jnp.asarray(x), c) for c in cands)]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+
+
 # J_load of LoadAware before the scored flips (commit ec10287: every flip re-evaluated from scratch)
 # on generated multi-user instances (12 users, 3 servers, mixtral sizes, 3 layers, seed 3):
 # [load, method] -> J_load of the 3 instances (load_iterations=2, load_polish=8)

@@ -137,7 +137,7 @@ def greedy_instance(
     return x, val, steps
 
 
-@partial(jax.jit, static_argnames=("aggregation", "surrogate"))
+@partial(jax.jit, static_argnames=("aggregation", "surrogate", "uniform"))
 def greedy_batch(
     batch: Instance,
     size_units: Int[Array, "B L"],
@@ -147,10 +147,15 @@ def greedy_batch(
     aggregation: str = "max",
     surrogate: bool = False,
     start: Bool[Array, "B N L E"] | None = None,
+    uniform: bool = False,
 ):
     """Both greedy rules from every start, on every instance; the best run per instance.
 
     ``start`` (optional, per instance) is added to every start (the greedy completes it).
+    ``uniform`` (static): every instance's size units are equal across layers and a power of
+    two, so cost-benefit divides every gain by the same number, exactly, and makes the same
+    choices as plain gain: only one run per start (reported as rule 0, which the better-of-two
+    returns on equal values).
 
     Returns:
       placement bool [B, N, L, E], value [B], rule int32 [B] (0 cost-benefit, 1 plain),
@@ -163,6 +168,10 @@ def greedy_batch(
 
         S = starts.shape[0]
         own = starts if x0 is None else starts | x0[None]
+        if uniform:
+            xs, vals, steps = jax.vmap(lambda s: run(s, jnp.bool_(False)))(own)
+            b = jnp.argmin(vals)
+            return xs[b], vals[b], jnp.int32(0), b.astype(jnp.int32), steps[b]
         st = jnp.concatenate([own, own])
         ratio = jnp.concatenate([jnp.ones(S, bool), jnp.zeros(S, bool)])
         xs, vals, steps = jax.vmap(run)(st, ratio)
@@ -240,12 +249,16 @@ class Greedy(Solver):
     def prepare(self, batch, grid, aggregation):
         N, L, E = batch.latency.shape[-3:]
         starts = enumeration_starts(N, L, E, self.p, int(self.enum_budget))
-        return Prepared(static=(aggregation, len(starts)), shared=jnp.asarray(starts))
+        su = np.asarray(grid.size_units)
+        # equal sizes across layers, a power of two (so dividing by it is exact, ties included):
+        # the two rules make the same choices, run one (greedy_batch's ``uniform``)
+        uniform = bool((su == su[..., :1]).all() and (su > 0).all() and ((su & (su - 1)) == 0).all())
+        return Prepared(static=(aggregation, len(starts), uniform), shared=jnp.asarray(starts))
 
     def chunk(self, static, shared, batch, size_units, capacity_units, per_instance, keys, start):
-        aggregation, _ = static
+        aggregation, _, uniform = static
         x, val, rule, st, steps = greedy_batch(batch, size_units, capacity_units, shared, aggregation=aggregation,
-                                               start=start)
+                                               start=start, uniform=uniform)
         return x, {"rule": rule, "start": st, "steps": steps}
 
     def bytes_per_instance(self, shape, static) -> float:

@@ -169,15 +169,12 @@ def _repair_one(inst: Instance, x, cap, aggregation):
         tie = allowed & (ex <= best_ex + 1e-12 * (1 + best_ex))
         return allowed, ex, tie
 
-    def exact(xx, c):
-        xc = _flip(xx, c)
-        return _j_at(inst, xc, jnp.minimum(_rho(inst, xc, p), _CLIP), aggregation)
-
-    def choose_tie(xx, tie, dj):
-        # the clipped J_load of the best tied removals by the estimate decides
+    def choose_tie(xx, rho, drho, tie, dj):
+        # the clipped J_load of the best tied removals by the estimate decides (exact: removal_jloads)
         _, idx = jax.lax.top_k(-jnp.where(tie, dj.reshape(-1), jnp.inf), k)
-        jc = jnp.where(tie[idx], jax.vmap(lambda c: exact(xx, c))(idx), jnp.inf)
-        return idx[jnp.argmin(jc)].astype(jnp.int32)
+        jc = _moves.removal_jloads(inst.latency, inst.fallback, inst.service, inst.patterns, inst.weight, inst.traffic,
+                                   xx, rho, drho, idx, _CLIP, aggregation)
+        return idx[jnp.argmin(jnp.where(tie[idx], jc, jnp.inf))].astype(jnp.int32)
 
     def cond(state):
         xx, removed, go = state
@@ -196,7 +193,7 @@ def _repair_one(inst: Instance, x, cap, aggregation):
             nt = tie2.sum()
             # dj is fresh on the run's first step; later a tie is decided only if all of it is evaluated
             go = (rho2 >= thr).any() & al.any() & (fresh | (nt <= k)) & (removed + cnt < N * L * E)
-            c = jax.lax.cond(go & (nt > 1), lambda: choose_tie(x2, tie2, mv.dj),
+            c = jax.lax.cond(go & (nt > 1), lambda: choose_tie(x2, rho2, d2, tie2, mv.dj),
                              lambda: jnp.argmin(ex2).astype(jnp.int32))
             n, l, e = c // (L * E), (c // E) % L, c % E
             x3 = _flip(x2, c)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from slimjax.ops import drop_loss_layer, pattern_top
 
-__all__ = ["EXACT", "Moves", "moves", "removal_column", "wait_factor"]
+__all__ = ["EXACT", "Moves", "moves", "removal_column", "removal_jloads", "wait_factor"]
 
 #: flips evaluated exactly (J_load from scratch) per repair or polish step
 EXACT = 8
@@ -145,3 +145,42 @@ def moves(lat, fb, service, rate, p, patterns, weight, traffic, x, clip, aggrega
     fq = wait_factor(rho[None, None, None] + drho, clip)  # [N, L, E, N]
     queue = ((fq - f) * G).sum(-1)
     return Moves(rho=rho, drho=drho, dj=direct + queue)
+
+
+def removal_jloads(lat, fb, service, patterns, weight, traffic, x, rho, drho, cands, clip, aggregation: str):
+    """The clipped J_load (waits at ``min(rho, clip)``) after removing each copy ``cands`` [C]
+    (flat indices into ``x`` [N, L, E], copies of ``x``) — exact, as J_load from scratch, for
+    ``rho`` [N] the utilisation of ``x`` and ``drho`` [N, L, E, N] its removal changes (exact).
+
+    The pattern members' holders, fastest and second-fastest, are gathered once for all
+    candidates; a candidate then only re-weights the waits (``rho + drho[c]``) and moves the
+    users of its own (l, e) whose holder it was to their second-fastest: O(U·L·M·K) elementwise
+    per candidate, no assignment and no gather of its own."""
+    U, N, L, E = lat.shape
+    dt = lat.dtype
+    a, _, bt, a2, bt2 = _state(lat, fb, x)
+    svc = jnp.concatenate([service, jnp.zeros((1, L, E), dt)])  # [N + 1, L, E]; the fallback: no wait
+    ll = jnp.arange(L)[None, :, None]
+    ee = jnp.arange(E)[None, None, :]
+    base = jnp.where(a < N, bt, fb)
+    sv = svc[a, ll, ee]  # [U, L, E]
+    base2 = jnp.where(a2 < N, bt2, fb)
+    sv2 = svc[a2, ll, ee]
+
+    def members(v):  # [U, L, E] -> [U, L, M, K]
+        return jnp.take_along_axis(v[:, :, None, :], patterns, axis=-1)
+
+    Bp, Sp, Np, B2p, S2p, N2p = (members(v) for v in (base, sv, a, base2, sv2, a2))
+    wt = traffic[:, None, None] * weight  # [U, L, M]
+    C = cands.shape[0]
+    n, l, e = cands // (L * E), (cands // E) % L, cands % E
+    F = jnp.concatenate([wait_factor(rho[None] + drho[n, l, e], clip), jnp.zeros((C, 1), dt)], axis=1)  # [C, N + 1]
+    # the waits at every member for every candidate: one-hot of the holder times F (a small matmul, no gather)
+    W = jnp.einsum("ulmkj,cj->culmk", jax.nn.one_hot(Np, N + 1, dtype=dt), F)
+    W2 = jnp.einsum("ulmkj,cj->culmk", jax.nn.one_hot(N2p, N + 1, dtype=dt), F)
+    lay = jnp.arange(L)[None, :, None, None]
+    moved = ((patterns[None] == e[:, None, None, None, None]) & (lay[None] == l[:, None, None, None, None])
+             & (Np[None] == n[:, None, None, None, None]))  # [C, U, L, M, K]
+    d = jnp.where(moved, B2p[None] + S2p[None] * W2, Bp[None] + Sp[None] * W)
+    pl = d.max(-1) if aggregation == "max" else d.sum(-1)
+    return (wt[None] * pl).sum((1, 2, 3))
