@@ -380,10 +380,11 @@ def _first_order(batch, host, form: str, m, aggregation, upper, target_gap, budg
     data64 = mod.build(host, "max")
     dt = _dtype(m.dtype, batch)
     tgt = _targets(upper, target_gap, B)
+    known = np.full(B, np.inf) if target_gap is None else upper  # gap_rtol's reference (None: run on)
     start = np.full(B, -np.inf) if start is None else np.asarray(start, np.float64)
     done0 = np.zeros(B, bool) if skip is None else np.asarray(skip, bool).copy()
     done0 |= start >= tgt  # certified to the target by another bound: not iterated
-    solver = pdhg.PDHG(mod.FORMULATION, int(m.check_every), int(m.patience))
+    solver = pdhg.PDHG(mod.FORMULATION, int(m.check_every), int(m.patience), halpern=getattr(mod, "HALPERN", False))
     est = mod.bytes_per_instance(data64, np.dtype(dt).itemsize)
     chunks = _Chunks(np.flatnonzero(~done0), est, budget)
     dual = np.full(B, -np.inf)
@@ -399,7 +400,8 @@ def _first_order(batch, host, form: str, m, aggregation, upper, target_gap, budg
             continue
         one = {k: v[idx] for k, v in data64.items()}
         data = mod.to_device(one, dt)
-        ctl = pdhg.Controls(jnp.asarray(tgt[idx], dt), *scalars)
+        ctl = pdhg.Controls(jnp.asarray(tgt[idx], dt), *scalars, upper=jnp.asarray(known[idx], dt),
+                            gap_rtol=jnp.asarray(m.gap_rtol, dt))
         warm = placement is not None and hasattr(mod, "start_from")
         x = jnp.asarray(placement[idx], dt) if warm else None
         st, own = _call(pdhg.INIT_PROGRAM, (solver, mod.start_from if warm else None),
@@ -491,7 +493,9 @@ def lower_bound(
       method: a bound method object, or its name (:data:`METHODS`).
       aggregation: "max" or "sum".
       upper: optional float [B], known objective values (e.g. J of a solution); with
-        ``target_gap`` an instance stops once its bound reaches ``upper / (1 + target_gap)``.
+        ``target_gap`` an instance stops once its bound reaches ``upper / (1 + target_gap)``, and
+        the PDHG methods also stop once a feasible LP point shows that the bound cannot rise by more
+        than ``gap_rtol`` (a method option, default 0.05) of its gap to ``upper``.
       target_gap: relative gap at which to stop (None: never stop on the gap).
       merge: merge identical patterns first (J unchanged; smaller LPs).
       memory_budget_mb: working memory of one compiled program in MB, or ``"auto"`` (as
@@ -598,8 +602,9 @@ def certify(batch: Instance, solution: Any, method: str | BoundMethod = "auto", 
         bool [B, N, L, E], or objective values float [B] (taken as given).
       method: the bound method, an object or its name (:func:`lower_bound`).
       aggregation: "max" or "sum".
-      target_gap: stop each instance once its gap is certified below this (None: run to
-        convergence); the certified gap is then at most about this.
+      target_gap: stop each instance once its gap is certified below this, or (PDHG methods) once
+        the LP cannot shrink it by more than the method's ``gap_rtol`` (default 5 %) of itself
+        (None: run to convergence); the certified gap is then at most about this.
       bound: a precomputed :class:`Bound` of ``batch`` (skips the bound computation).
       **options: passed to :func:`lower_bound` (``merge``, ``memory_budget_mb``, a named method's options).
 

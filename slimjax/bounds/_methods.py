@@ -37,6 +37,9 @@ class BoundStatus(enum.IntEnum):
     EXACT = 5  #: ``Trivial``: the value is exact for what it is (J with every expert everywhere)
     ITERATION_LIMIT = 6  #: PDHG stopped at ``max_iters``
     TIME_LIMIT = 7  #: stopped at ``time_limit`` (HiGHS: then the trivial bound)
+    #: PDHG: a feasible LP point shows the bound cannot rise by more than ``gap_rtol`` of the gap to
+    #: the known objective (``upper``): the certificate is within that fraction of the LP's best
+    SUFFICIENT = 8
 
 
 #: the status names (``Bound.status_names``): the words the string statuses of 1.x used
@@ -127,6 +130,9 @@ _PDHG_DOCS = dict(
     patience="checks without progress before an instance stops (integer >= 1)",
     time_limit="seconds for the whole batch (checked between runs of 16 checks), or None",
     dtype="PDHG iteration precision (None: the instance's); the certified value is float64",
+    gap_rtol="with a known objective (`upper`, e.g. certify's J): stop once a feasible LP point shows the bound "
+             "cannot rise by more than this fraction of the gap to it (the certified gap can then shrink by at most "
+             "this fraction of itself), in [0, 1); 0: run to the other rules",
 )
 
 
@@ -139,11 +145,13 @@ class _PDHGOptions(BoundMethod):
     patience: int = option(8, _PDHG_DOCS["patience"])
     time_limit: Any = option(None, _PDHG_DOCS["time_limit"])
     dtype: Any = option(None, _PDHG_DOCS["dtype"])
+    gap_rtol: float = option(0.05, _PDHG_DOCS["gap_rtol"])
 
     def validate(self) -> None:
         for k in ("max_iters", "check_every", "patience"):
             _int(k, getattr(self, k))
         _unit("rtol", self.rtol)
+        _unit("gap_rtol", self.gap_rtol)
         _unit("stall_rtol", self.stall_rtol)
         _seconds("time_limit", self.time_limit)
         _dtype(self.dtype)
@@ -233,7 +241,7 @@ _BY_NAME = {c.name: c for c in _CLASSES}
 
 #: every keyword option of the 1.x string form ``lower_bound(batch, "name", **options)``
 LEGACY_OPTIONS = ("max_iters", "check_every", "rtol", "stall_rtol", "patience", "time_limit", "dtype", "threads",
-                  "max_levels")
+                  "max_levels", "gap_rtol")
 
 
 def as_method(method, options: dict | None = None) -> BoundMethod:

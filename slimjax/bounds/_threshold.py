@@ -87,6 +87,14 @@ def _sum_patterns(patterns: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray,
     return p, w
 
 
+def _interval_count(n: int) -> int:
+    """The interval axis for ``n`` intervals: the smallest ``2^k`` or ``3·2^k`` that is ≥ n (few
+    distinct shapes, so nearby data share a compiled program, with at most 1/3 of it padding: every
+    padded interval costs as much per PDHG step as a real one)."""
+    p = 1 << max(0, n - 1).bit_length()  # the power of two ≥ n
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
+
+
 def host_fields(batch, aggregation: str = "max") -> tuple[np.ndarray, ...]:
     """``(latency, fallback, patterns, weight, traffic)`` of a batch as host float64 (int64
     patterns), the patterns split into one-expert patterns for ``aggregation="sum"``: what every
@@ -107,7 +115,8 @@ def build(batch, aggregation: str = "max") -> dict:
     ``batch``: a batch (Instance or the float64 host copy of ``lower_bound``, with patterns
     merged in float64); zero-weight patterns are inactive. Returns a dict of NumPy arrays with the fields of :class:`ThresholdData` (leading
     axis B); the interval axis I is the largest number of intervals over the batch rounded up to a power of
-    two, at least 4 (the extra intervals have Δ = 0 and no rows), so that nearby data share a compiled program.
+    two or three times one (the extra intervals have Δ = 0 and no rows), so that nearby data share a compiled
+    program.
     """
     lat, fb, pat, w, tr = host_fields(batch, aggregation)
     B, U, N, L, E = lat.shape
@@ -127,7 +136,7 @@ def build(batch, aggregation: str = "max") -> dict:
     new = np.concatenate([np.ones(T.shape[:-1] + (1,), bool), T[..., 1:] > T[..., :-1]], axis=-1)
     D = new.sum(-1)
     I0 = max(int(D.max()) - 1, 1)
-    I = max(4, 1 << (I0 - 1).bit_length())  # a power of two ≥ 4: nearby data share one compiled program
+    I = _interval_count(I0)  # nearby data share one compiled program
     tc = np.sort(np.where(new, T, np.inf), axis=-1)[..., : I0 + 1]
     tc = np.where(np.isfinite(tc), tc, T[..., -1:])  # pad with the largest value (Δ = 0)
     tc = np.concatenate([tc, np.repeat(tc[..., -1:], I - I0, axis=-1)], axis=-1)  # inactive intervals
@@ -298,6 +307,9 @@ def start_from(d: ThresholdData, x):
 
 FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal, initial_primal,
                           initial_dual)
+#: PDHG scheme (:class:`slimjax.bounds._pdhg.PDHG`): reflected restarted Halpern (on the real-trace
+#: deepseek_v2_lite instance 1,472 iterations against 3,712 for the averaged scheme)
+HALPERN = True
 
 
 # -- the certified value (host, float64) -------------------------------------------------------
