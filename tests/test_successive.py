@@ -349,3 +349,59 @@ def test_greedy_oracle_limit_stops_early_and_keeps_feasible_sizes():
         counts = jnp.minimum(jnp.full((3,), c, jnp.int32), limit)
         np.testing.assert_array_equal(np.asarray(sel_lim(counts)), np.asarray(sel_full(counts)))
     assert g_full[:, -1].max() > g_lim[:, -1].max()  # the limited chain really stopped early
+
+
+# -- the fast paths of large instances equal the plain ones ---------------------------------------------
+
+
+@pytest.mark.parametrize("oracle", ["greedy", "exact"])
+def test_sequential_candidates_equal_vmapped(oracle):
+    """``sequential`` (candidates one after another, twins and unchanged revisits skipped) gives the
+    placement and info of the side-by-side candidates, bit for bit: with twin orders, the union
+    candidate, restarts (tabu) and two revisit rounds."""
+    import jax.numpy as jnp
+
+    insts = [random_instance(400 + s, U=2, N=3, L=3, E=6, M=7, K=3) for s in range(4)]
+    insts.append(_below_k_instance(0))
+    for inst in insts:
+        batch = slimjax.stack([inst])
+        grid = slimjax.ops.capacity_grid(batch)
+        base = succ.SuccessiveConfig(Qmax=bucket_units(grid.max_units), orders=("fastest-first", "given", "given",
+                                     "fastest-first"), unions=(False, False, False, True), oracle=oracle,
+                                     maxconv="dense", aggregation="max", revisit=2, restarts=2,
+                                     Qunion=bucket_units(2 * grid.max_units))
+        keys = jnp.stack([jax.random.key(7)])
+        args = (batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32))
+        x0, i0 = succ.successive_batch(*args, base, keys)
+        x1, i1 = succ.successive_batch(*args, base._replace(sequential=True), keys)
+        np.testing.assert_array_equal(np.asarray(x0), np.asarray(x1))
+        for k in i0:
+            np.testing.assert_array_equal(np.asarray(i0[k]), np.asarray(i1[k]))
+
+
+def test_sequential_is_chosen_for_large_pattern_counts():
+    shape_small, shape_large = (1, 3, 4, 16, 100, 4), (1, 3, 26, 64, 7345, 6)
+    grid = slimjax.ops.capacity_grid(random_instance(1, U=1, N=3, L=4, E=16, M=10, K=4))
+    assert not BEST_NO_POLISH.config(shape_small, grid, "max").sequential
+    assert BEST_NO_POLISH.config(shape_large, grid, "max").sequential
+    assert not slimjax.solvers.Successive().config(shape_large, grid, "max").sequential  # one candidate
+
+
+@pytest.mark.parametrize("E", [8, 40, 64, 100, 200])
+def test_greedy_oracle_bitmask_equals_gathers(E, monkeypatch):
+    """The greedy chain reads its set as per-layer bit masks (E <= 128) or by gathers: same curves and sets."""
+    import jax.numpy as jnp
+
+    from slimjax.ops import _oracle
+    inst = random_instance(500 + E, U=2, N=2, L=3, E=E, M=40, K=4)
+    d = np.asarray(inst.fallback)
+    newp = np.minimum(d, np.asarray(inst.latency)[:, 0])
+    tw, dup = _oracle.pattern_prep(inst.patterns, inst.weight, inst.traffic)
+    args = (jnp.asarray(d), jnp.asarray(newp), inst.patterns, tw, dup, "max")
+    g1, s1 = _oracle.greedy_oracle(*args)
+    monkeypatch.setattr(_oracle, "BITMASK_MAX_WORDS", 0)
+    g0, s0 = _oracle.greedy_oracle(*args)
+    np.testing.assert_array_equal(np.asarray(g1), np.asarray(g0))
+    for c in (1, 3, E // 2, E):
+        counts = jnp.full((3,), c, jnp.int32)
+        np.testing.assert_array_equal(np.asarray(s1(counts)), np.asarray(s0(counts)))

@@ -47,6 +47,8 @@ __all__ = ["pattern_prep", "exact_oracle", "greedy_oracle", "modular_oracle", "E
 
 #: The largest E the exact oracle accepts (its table has L·2^E entries).
 EXACT_MAX_E = 16
+#: Up to this many 32-bit words per layer (E <= 128) the greedy chain reads its set as bit masks.
+BITMASK_MAX_WORDS = 4
 
 Select = Callable[[Array], Array]
 
@@ -73,6 +75,14 @@ def _minor_sum(slabs: list) -> Array:
         h = len(v) // 2
         v = [v[i] + v[i + h] for i in range(h)]
     return v[0]
+
+
+def _first_max(v: Float[Array, "... n"], top: Float[Array, "..."]) -> Int[Array, "..."]:
+    """``jnp.argmax(v, -1)`` given ``top = v.max(-1)`` (the first index attaining it), as two plain
+    reductions: XLA CPU's variadic (value, index) reduce of ``argmax`` is several times slower.
+    The same index when ``v`` has no NaN (the scores here never do)."""
+    n = v.shape[-1]
+    return jnp.where(v == top[..., None], jnp.arange(n, dtype=jnp.int32), n).min(-1)
 
 
 def _members(v: Shaped[Array, "U L E"], patterns: Int[Array, "U L M K"]) -> Shaped[Array, "U L M K"]:
@@ -214,6 +224,8 @@ class _Members(NamedTuple):
     flat_k: list  # the members' flat indices l·E + e into an [L, E] table
     lidx3: Array  # [U, L, M] the layer index
     p0: Array  # [U, L, M] the patterns' current latencies
+    word_k: list  # the members' word (e // 32) of the per-layer bit mask, or [] (gathers instead)
+    bit_k: list  # the members' bit (e % 32) in that word, uint32
 
 
 def _greedy_members(d, newp, patterns, dup) -> _Members:
@@ -233,13 +245,30 @@ def _greedy_members(d, newp, patterns, dup) -> _Members:
     new_k, old_k, pat_k, dup_k = pos(new4), pos(old4), pos(patterns), pos(dup)
     fix_k = [~dk & iu for dk, iu in zip(dup_k, pos(improv_u))]  # addable unless already in the set
     flat_k = pos((lidx * E + patterns))
-    return _Members(improv, new_k, old_k, pat_k, dup_k, fix_k, flat_k, lidx3, p0)
+    if E <= 32 * BITMASK_MAX_WORDS:
+        word_k = [p >> 5 for p in pat_k]
+        bit_k = [(p & 31).astype(jnp.uint32) for p in pat_k]
+    else:
+        word_k, bit_k = [], []
+    return _Members(improv, new_k, old_k, pat_k, dup_k, fix_k, flat_k, lidx3, p0, word_k, bit_k)
 
 
 def _members_now(inS: Bool[Array, "L E"], m: _Members) -> tuple[list, list]:
     """``(in_s, cur)``, [K] of [U, L, M]: each member in the set, its latency (``newp`` on the set, else ``d``)."""
-    flat = inS.reshape(-1)
-    in_s = [flat[f] for f in m.flat_k]
+    if m.word_k:  # the set as W uint32 words per layer: a member's flag is a shift, not a gather
+        L, E = inS.shape
+        W = -(-E // 32)
+        bits = jnp.pad(inS, ((0, 0), (0, 32 * W - E))).reshape(L, W, 32).astype(jnp.uint32)
+        words = (bits << jnp.arange(32, dtype=jnp.uint32)).sum(-1, dtype=jnp.uint32)  # [L, W], exact
+        in_s = []
+        for wk, bk in zip(m.word_k, m.bit_k):
+            word = jnp.broadcast_to(words[None, :, None, 0], wk.shape)
+            for j in range(1, W):
+                word = jnp.where(wk == j, words[None, :, None, j], word)
+            in_s.append(((word >> bk) & 1) > 0)
+    else:
+        flat = inS.reshape(-1)
+        in_s = [flat[f] for f in m.flat_k]
     return in_s, [jnp.where(i, nw, od) for i, nw, od in zip(in_s, m.new_k, m.old_k)]
 
 
@@ -310,8 +339,9 @@ def _greedy_choice(inS, improv, single, A, r_c, patterns, active) -> tuple[Array
     E = inS.shape[-1]
     r_s = jnp.where(~inS & improv, single, -jnp.inf)  # [L, E]
     cand = jnp.concatenate([r_s, jnp.moveaxis(r_c, 0, 1).reshape(L, U * M)], axis=-1)
-    best = jnp.argmax(cand, axis=-1)
-    go = (jnp.take_along_axis(cand, best[:, None], axis=-1)[:, 0] > 0) & active
+    top = cand.max(axis=-1)
+    best = _first_max(cand, top)
+    go = (top > 0) & active
     is_single = best < E
     ci = jnp.maximum(best - E, 0)
     cu, cm = ci // M, ci % M

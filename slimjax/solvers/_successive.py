@@ -86,6 +86,18 @@ class SuccessiveConfig(NamedTuple):
     restarts: int = 0  # extra candidates: a first pass with random experts forbidden, then revisit
     tabu: float = 0.25  # share of (node, layer, expert) forbidden in a restart's first pass
     Qunion: int = 0  # DP table size of the union-first virtual node (sum of the small capacities)
+    sequential: bool = False  # candidates one after another (twins skipped) instead of side by side
+
+
+#: pattern members U·L·M·K from which the candidates run one after another (see :func:`successive_instance`)
+SEQUENTIAL_MIN_MEMBERS = 2**17
+
+
+def _maybe(pred, fn, default):
+    """``fn()`` when ``pred`` else ``default``, as a ``while_loop`` of 0 or 1 trips: unlike ``lax.cond``
+    it stays a branch under ``vmap`` (the trip runs only when some lane needs it)."""
+    out = lax.while_loop(lambda c: c[0], lambda c: (jnp.zeros((), bool), fn()), (jnp.asarray(pred), default))
+    return out[1]
 
 
 def _oracle_fn(cfg: SuccessiveConfig, patterns, tw, dup, s):
@@ -182,6 +194,36 @@ def _schedule(orders, has_union: bool, revisit: int):
 
 def _step(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int, tabu_c, q_union_c, carry, xs):
     """One step of a candidate's scan (union node, pass or revisit): oracle, capacity DP and commit."""
+    if cfg.sequential:
+        return _step_skipping(inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c, carry, xs)
+    return _step_core(inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c, carry, xs)
+
+
+def _step_skipping(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int, tabu_c, q_union_c, carry, xs):
+    """:func:`_step` that skips a revisit whose inputs equal those of the node's last evaluation.
+
+    ``ver`` counts the steps that changed (x, J); ``last[n]`` is ``ver`` after node n's last plain
+    evaluation (a revisit, or a pass that started from an empty node without tabu), else -1. A
+    revisit of n with ``last[n] == ver`` sees the same d, newp and capacity as that evaluation, so
+    it would choose the same set and get the same J: x is unchanged and J does not drop.
+    """
+    x, J, ver, last = carry
+    t, kind, n = xs
+    skip = (kind == _REVISIT) & (last[n] == ver)
+    zero = jnp.zeros((), inst.fallback.dtype)
+    (x_new, J_new), (val, bnd) = _maybe(
+        ~skip, lambda: _step_core(inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c, (x, J), xs),
+        ((x, J), (zero, zero)))
+    changed = (x_new != x).any() | (J_new != J)
+    ver_new = ver + changed.astype(jnp.int32)
+    keep = x[n] & (kind == _PASS)
+    tabu_on = tabu_c[n].any() if cfg.restarts > 0 else jnp.zeros((), bool)
+    plain = (kind == _REVISIT) | ((kind == _PASS) & ~keep.any() & ~tabu_on)
+    last = jnp.where(skip, last, last.at[n].set(jnp.where(plain, ver_new, -1)))
+    return (x_new, J_new, ver_new, last), (val, bnd)
+
+
+def _step_core(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int, tabu_c, q_union_c, carry, xs):
     lat, fb = inst.latency, inst.fallback
     has_union = union is not None
     x, J = carry
@@ -222,7 +264,9 @@ def _run_candidate(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int,
     first_pass = int(union is not None)
     body = partial(_step, inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c)
     init = (jnp.zeros((N, L, E), bool), jnp.zeros((), fb.dtype))
-    (x, J), (vals, bounds) = lax.scan(body, init, (steps, kinds, nodes_c))
+    if cfg.sequential:
+        init = init + (jnp.int32(0), jnp.full((N,), -1, jnp.int32))
+    (x, J, *_), (vals, bounds) = lax.scan(body, init, (steps, kinds, nodes_c))
     if cfg.revisit == 0 and C > 1:
         J = objective_from_d(inst, expert_latency_from(lat, fb, x), cfg.aggregation)
     order = nodes_c[first_pass : first_pass + N]
@@ -283,7 +327,10 @@ def successive_instance(
         x, J, gain, bound = run(nodes[0], tabu[0], q_union[0])
         best = jnp.int32(0)
     else:
-        xs, Js, gains, bounds = jax.vmap(run)(nodes, tabu, q_union)
+        if cfg.sequential:
+            xs, Js, gains, bounds = _run_sequential(run, nodes, tabu, q_union, inst.fallback.dtype)
+        else:
+            xs, Js, gains, bounds = jax.vmap(run)(nodes, tabu, q_union)
         best = jnp.argmin(Js).astype(jnp.int32)
         x, J, gain, bound = xs[best], Js[best], gains[best], bounds[best]
     info = {
@@ -294,6 +341,25 @@ def successive_instance(
         "node_gap": jnp.maximum(bound - gain, 0),
     }
     return x, info
+
+
+def _run_sequential(run, nodes, tabu, q_union, dt):
+    """The candidates one after another; a twin of an earlier one (same order, union capacity and
+    tabu mask: the same computation) is skipped and gets J = inf, so ``argmin`` keeps the earlier."""
+    C, N = nodes.shape
+    same = (nodes[:, None] == nodes[None]).all(-1) & (q_union[:, None] == q_union[None])
+    same = same & (tabu[:, None] == tabu[None]).reshape(C, C, -1).all(-1)
+    twin = (same & jnp.tril(jnp.ones((C, C), bool), -1)).any(-1)
+    shapes = jax.eval_shape(run, nodes[0], tabu[0], q_union[0])
+    none = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    none = (none[0], jnp.full((), jnp.inf, dt), none[2], none[3])
+
+    def body(i, acc):
+        out = _maybe(~twin[i], lambda: run(nodes[i], tabu[i], q_union[i]), none)
+        return jax.tree.map(lambda a, o: a.at[i].set(o), acc, out)
+
+    acc = jax.tree.map(lambda a: jnp.zeros((C,) + a.shape, a.dtype), none)
+    return lax.fori_loop(0, C, body, acc)
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -411,6 +477,7 @@ class Successive(Solver):
                 raise ValueError(f"{name}: an explicit order must be a permutation of 0..{N - 1}, got {ids}")
             return ids
 
+        restarts = _resolve_auto(self.restarts, "restarts", self.order, shape)
         if self.order == "best-of":
             orders = tuple(perm(o, "best_of") for o in self.best_of)
             unions = (self.union_first == "on",) * len(orders)
@@ -428,9 +495,10 @@ class Successive(Solver):
             maxconv=self.maxconv,
             aggregation=aggregation,
             revisit=_resolve_auto(self.revisit, "revisit", self.order, shape),
-            restarts=_resolve_auto(self.restarts, "restarts", self.order, shape),
+            restarts=restarts,
             tabu=float(self.tabu),
             Qunion=_union_units(grid, K) if any(unions) else 0,
+            sequential=len(orders) + restarts > 1 and U * L * M * K >= SEQUENTIAL_MIN_MEMBERS,
         )
 
     def prepare(self, batch, grid, aggregation):
