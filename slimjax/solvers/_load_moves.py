@@ -175,12 +175,11 @@ def removal_jloads(lat, fb, service, patterns, weight, traffic, x, rho, drho, ca
     C = cands.shape[0]
     n, l, e = cands // (L * E), (cands // E) % L, cands % E
     F = jnp.concatenate([wait_factor(rho[None] + drho[n, l, e], clip), jnp.zeros((C, 1), dt)], axis=1)  # [C, N + 1]
-    # the waits at every member for every candidate: one-hot of the holder times F (a small matmul, no gather)
-    W = jnp.einsum("ulmkj,cj->culmk", jax.nn.one_hot(Np, N + 1, dtype=dt), F)
-    W2 = jnp.einsum("ulmkj,cj->culmk", jax.nn.one_hot(N2p, N + 1, dtype=dt), F)
-    lay = jnp.arange(L)[None, :, None, None]
-    moved = ((patterns[None] == e[:, None, None, None, None]) & (lay[None] == l[:, None, None, None, None])
-             & (Np[None] == n[:, None, None, None, None]))  # [C, U, L, M, K]
-    d = jnp.where(moved, B2p[None] + S2p[None] * W2, Bp[None] + Sp[None] * W)
-    pl = d.max(-1) if aggregation == "max" else d.sum(-1)
-    return (wt[None] * pl).sum((1, 2, 3))
+    # the candidates last (contiguous): rows of the small wait table gathered by each member's holder
+    Ft = F.T  # [N + 1, C]
+    W, W2 = Ft[Np], Ft[N2p]  # [U, L, M, K, C]
+    lay = jnp.arange(L)[None, :, None, None, None]
+    moved = (patterns[..., None] == e) & (lay == l) & (Np[..., None] == n)
+    d = jnp.where(moved, B2p[..., None] + S2p[..., None] * W2, Bp[..., None] + Sp[..., None] * W)
+    pl = d.max(-2) if aggregation == "max" else d.sum(-2)  # [U, L, M, C]
+    return (wt[..., None] * pl).sum((0, 1, 2))  # summed as J from scratch (an einsum rounds differently)
