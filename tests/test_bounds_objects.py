@@ -170,3 +170,48 @@ def test_every_bound_program_within_a_small_budget(model, method):
     assert 0 < small.peak_bytes <= budget_mb * 2**20, (small.peak_bytes / 2**20, budget_mb)
     assert whole.peak_bytes > budget_mb * 2**20  # the check above is not vacuous
     np.testing.assert_allclose(small.value, whole.value, rtol=1e-4)
+
+
+# -- the PDHG schemes and the certificate-relative stop ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_halpern_and_averaged_schemes_reach_the_same_lp(small):
+    """The threshold LP by the reflected Halpern scheme (its default) and by PDLP's averaged scheme:
+    the same LP value (the in-loop bound, the LP's own dual function; the float64 value with exact
+    knapsacks may differ between two optimal duals where sizes differ), both certified values valid."""
+    d64 = _threshold.build(_api.host_batch(small))
+    data = _threshold.to_device(d64, jnp.float32)
+    B = len(small)
+    ctl = _pdhg.Controls(jnp.full(B, jnp.inf), jnp.float32(1e-6), jnp.float32(1e-7), jnp.int32(4096))
+    vals, lp = {}, {}
+    for halpern in (True, False):
+        solver = _pdhg.PDHG(_threshold.FORMULATION, check_every=32, patience=8, halpern=halpern)
+        st = jax.jit(lambda d, s, c, sv=solver: sv.run(d, s, c, 128))(data, solver.init(data, jnp.full(B, -jnp.inf)),
+                                                                       ctl)
+        ys = jax.tree_util.tree_map(np.asarray, st.best_y)
+        vals[halpern] = _threshold.dual_value64(d64, ys)
+        lp[halpern] = np.asarray(st.best_bound, np.float64)
+    assert _threshold.HALPERN
+    np.testing.assert_allclose(lp[True], lp[False], rtol=1e-4)
+    J = _api.objective64(small, np.asarray(slimjax.solve_batch(small, "successive").placement))
+    assert (vals[True] <= J * (1 + VALID_RTOL)).all() and (vals[False] <= J * (1 + VALID_RTOL)).all()
+
+
+def test_gap_rtol_stops_early_and_stays_valid(small):
+    """certify with the certificate-relative stop (``gap_rtol``): a valid bound, at most the
+    iterations of running on (``gap_rtol=0``), status ``sufficient`` where it stopped on it;
+    ``gap_rtol`` is validated and needs ``target_gap``. (Its promise concerns the LP's own value;
+    the float64 value with exact knapsacks can rise further where sizes differ, as on these.)"""
+    x = np.asarray(slimjax.solve_batch(small, "successive").placement)
+    J = _api.objective64(small, x)
+    on = certify(small, x, ThresholdLP(gap_rtol=0.0, max_iters=1024))
+    stop = certify(small, x, ThresholdLP(gap_rtol=0.25, max_iters=1024))
+    assert (stop.lower <= J * (1 + VALID_RTOL)).all()
+    assert (stop.bound.iterations <= on.bound.iterations).all()
+    suff = stop.status == BoundStatus.SUFFICIENT
+    assert suff.any() and (stop.status_names[suff] == "sufficient").all()
+    free = lower_bound(small, ThresholdLP(gap_rtol=0.25, max_iters=1024), upper=J)  # no target_gap: run on
+    assert not (free.status == BoundStatus.SUFFICIENT).any()
+    with pytest.raises(ValueError, match="gap_rtol"):
+        ThresholdLP(gap_rtol=1.5)

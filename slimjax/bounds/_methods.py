@@ -130,9 +130,10 @@ _PDHG_DOCS = dict(
     patience="checks without progress before an instance stops (integer >= 1)",
     time_limit="seconds for the whole batch (checked between runs of 16 checks), or None",
     dtype="PDHG iteration precision (None: the instance's); the certified value is float64",
-    gap_rtol="with a known objective (`upper`, e.g. certify's J): stop once a feasible LP point shows the bound "
-             "cannot rise by more than this fraction of the gap to it (the certified gap can then shrink by at most "
-             "this fraction of itself), in [0, 1); 0: run to the other rules",
+    gap_rtol="with a known objective (`upper`, e.g. certify's J) and a target_gap: stop once a feasible LP point "
+             "shows the LP's bound cannot rise by more than this fraction of its gap to it (exact where the sizes "
+             "are equal; elsewhere the float64 value with exact knapsacks may still have risen further), in [0, 1); "
+             "0: run to the other rules",
 )
 
 
