@@ -20,7 +20,7 @@ as in PDLP (Applegate et al. 2021). Two schemes (``PDHG.halpern``): the reflecte
 Halpern scheme of cuPDLPx (Lu & Yang 2024, 2025) — with ``T`` one PDHG step and ``z⁰`` the last
 restart point, ``z^{k+1} = (k+1)/(k+2)·(2·T(z^k) − z^k) + 1/(k+2)·z⁰``, restart candidate
 ``T(z^k)``, no averages — used by the threshold LP (on the real-trace deepseek_v2_lite instance
-1,472 iterations to a sufficient certificate against 3,712 for the averaged scheme; on a 4-layer
+1,792 iterations to a sufficient certificate against 3,712 for the averaged scheme; on a 4-layer
 slice 2,176 against more than 3,840 to a 1e-5 LP gap); and PDLP's plain steps with restarts to
 the average or the current iterate, used by the assignment LP (where Halpern hit the iteration
 cap on a test instance). Iterations run in
