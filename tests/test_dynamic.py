@@ -460,9 +460,11 @@ def test_budget_attempts_stop_when_the_budget_does_not_bind():
         cfg = dynamic.window_config(LIGHT, inst.shape, grid, "max", budgeted=True, bisect=3, migration=True)
         cfg = cfg._replace(stop_early=stop)
         got = {}
+        count: list = []  # one list for the one program of this cfg (the budget is its argument)
+        run = jax.jit(lambda b, cfg=cfg, count=count: choose(cfg, b, count))
         for b in (0, 1, 100):
-            count: list = []
-            got[b] = np.asarray(jax.jit(lambda b, cfg=cfg, count=count: choose(cfg, b, count))(jnp.int32(b)))
+            count.clear()
+            got[b] = np.asarray(run(jnp.int32(b)))
             jax.effects_barrier()
             # budget 100 never binds (μ = 0 fits); 0 and 1 bind for these new copies
             assert len(count) == (1 if (stop and b == 100) else 2 + 3), (stop, b, len(count))
