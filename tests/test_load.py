@@ -378,8 +378,8 @@ def test_generator_jitter_keeps_latency_above_service():
     from slimjax.generate import NetworkConfig, get_model, sample_network
 
     model = get_model(dict(name="mixtral_8x7b", layers=2))
-    net = sample_network(jax.random.key(1), model, NetworkConfig(users=3, servers=2, multi_user=True, load=0.4,
-                                                                 jitter=0.3))
+    cfg = NetworkConfig(users=3, servers=2, multi_user=True, load=0.4, jitter=0.3)
+    net = jax.jit(lambda k: sample_network(k, model, cfg))(jax.random.key(1))  # one program, not one per op
     lat, svc = np.asarray(net.latency), np.asarray(net.service)
     fin = np.isfinite(lat)
     assert (lat[fin] >= np.broadcast_to(svc[None], lat.shape)[fin]).all()

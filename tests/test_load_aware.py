@@ -274,8 +274,10 @@ def test_flip_scores_against_the_reference(aggregation):
     N, L, E = inst.latency.shape[1:]
     rng = np.random.default_rng(0)
     x = rng.random((N, L, E)) < 0.5
-    mv = moves(inst.latency, inst.fallback, inst.service, inst.rate, activation_probability(inst), inst.patterns, inst.weight,
-               inst.traffic, x, 0.999, aggregation)
+    p = activation_probability(inst)
+    mv = jax.jit(  # compiled as in the solver (op by op, each primitive would compile on its own)
+        lambda x: moves(inst.latency, inst.fallback, inst.service, inst.rate, p, inst.patterns, inst.weight,
+                        inst.traffic, x, 0.999, aggregation))(x)
     rho = utilization_ref(inst, x)
     np.testing.assert_allclose(np.asarray(mv.rho), rho, rtol=1e-5, atol=1e-6)
     exact_dj = np.empty((N, L, E))
@@ -308,13 +310,18 @@ def test_removal_jloads_equal_the_clipped_jload_from_scratch(aggregation):
     rng = np.random.default_rng(1)
     x = rng.random(inst.latency.shape[1:]) < 0.6
     p = activation_probability(inst)
-    mv = moves(inst.latency, inst.fallback, inst.service, inst.rate, p, inst.patterns, inst.weight, inst.traffic, x,
-               _CLIP, aggregation, adds=False)
     cands = jnp.asarray(np.flatnonzero(x.reshape(-1)), jnp.int32)
-    got = removal_jloads(inst.latency, inst.fallback, inst.service, inst.patterns, inst.weight, inst.traffic, jnp.asarray(x),
-                         mv.rho, mv.drho, cands, _CLIP, aggregation)
-    want = [float(_j_at(inst, xc, jnp.minimum(_rho(inst, xc, p), _CLIP), aggregation))
-            for xc in (_flip(jnp.asarray(x), c) for c in cands)]
+
+    @jax.jit  # compiled as in the solver (op by op, each primitive would compile on its own)
+    def jloads(x):
+        mv = moves(inst.latency, inst.fallback, inst.service, inst.rate, p, inst.patterns, inst.weight, inst.traffic, x,
+                   _CLIP, aggregation, adds=False)
+        return removal_jloads(inst.latency, inst.fallback, inst.service, inst.patterns, inst.weight, inst.traffic, x,
+                              mv.rho, mv.drho, cands, _CLIP, aggregation)
+
+    got = jloads(jnp.asarray(x))
+    from_scratch = jax.jit(lambda xc: _j_at(inst, xc, jnp.minimum(_rho(inst, xc, p), _CLIP), aggregation))  # one program
+    want = [float(from_scratch(_flip(jnp.asarray(x), c))) for c in cands]
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
 
 
