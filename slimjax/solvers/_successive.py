@@ -194,7 +194,7 @@ def _schedule(orders, has_union: bool, revisit: int):
 
 def _step(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int, tabu_c, q_union_c, carry, xs):
     """One step of a candidate's scan (union node, pass or revisit): oracle, capacity DP and commit."""
-    if cfg.sequential:
+    if cfg.sequential and cfg.revisit > 0:
         return _step_skipping(inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c, carry, xs)
     return _step_core(inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c, carry, xs)
 
@@ -264,7 +264,7 @@ def _run_candidate(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int,
     first_pass = int(union is not None)
     body = partial(_step, inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c)
     init = (jnp.zeros((N, L, E), bool), jnp.zeros((), fb.dtype))
-    if cfg.sequential:
+    if cfg.sequential and cfg.revisit > 0:
         init = init + (jnp.int32(0), jnp.full((N,), -1, jnp.int32))
     (x, J, *_), (vals, bounds) = lax.scan(body, init, (steps, kinds, nodes_c))
     if cfg.revisit == 0 and C > 1:
