@@ -354,23 +354,23 @@ def test_greedy_oracle_limit_stops_early_and_keeps_feasible_sizes():
 # -- the fast paths of large instances equal the plain ones ---------------------------------------------
 
 
-@pytest.mark.parametrize("oracle", ["greedy", "exact"])
+@pytest.mark.parametrize("oracle", ["greedy", pytest.param("exact", marks=pytest.mark.slow)])  # default: the one large instances use
 def test_sequential_candidates_equal_vmapped(oracle):
     """``sequential`` (candidates one after another, twins and unchanged revisits skipped) gives the
     placement and info of the side-by-side candidates, bit for bit: with twin orders, the union
-    candidate, restarts (tabu) and two revisit rounds."""
+    candidate, restarts (tabu) and two revisit rounds. Two batches (four random instances, three
+    below-K ones): one program per batch shape and path."""
     import jax.numpy as jnp
 
-    insts = [random_instance(400 + s, U=2, N=3, L=3, E=6, M=7, K=3) for s in range(4)]
-    insts.append(_below_k_instance(0))
-    for inst in insts:
-        batch = slimjax.stack([inst])
+    batches = (slimjax.stack([random_instance(400 + s, U=2, N=3, L=3, E=6, M=7, K=3) for s in range(4)]),
+               slimjax.stack([_below_k_instance(s) for s in range(3)]))
+    for batch in batches:
         grid = slimjax.ops.capacity_grid(batch)
         base = succ.SuccessiveConfig(Qmax=bucket_units(grid.max_units), orders=("fastest-first", "given", "given",
                                      "fastest-first"), unions=(False, False, False, True), oracle=oracle,
                                      maxconv="dense", aggregation="max", revisit=2, restarts=2,
                                      Qunion=bucket_units(2 * grid.max_units))
-        keys = jnp.stack([jax.random.key(7)])
+        keys = jax.random.split(jax.random.key(7), len(batch))
         args = (batch, jnp.asarray(grid.size_units, jnp.int32), jnp.asarray(grid.capacity_units, jnp.int32))
         x0, i0 = succ.successive_batch(*args, base, keys)
         x1, i1 = succ.successive_batch(*args, base._replace(sequential=True), keys)
@@ -387,7 +387,9 @@ def test_sequential_is_chosen_for_large_pattern_counts():
     assert not slimjax.solvers.Successive().config(shape_large, grid, "max").sequential  # one candidate
 
 
-@pytest.mark.parametrize("E", [8, 40, 64, 100, 200])
+#: default: one 32-bit word (E = 8) and four, the last one partly used (E = 100); --slow also two
+#: words, exactly full words and the gathers of E > 128 against themselves
+@pytest.mark.parametrize("E", [e if e in (8, 100) else pytest.param(e, marks=pytest.mark.slow) for e in (8, 40, 64, 100, 200)])
 def test_greedy_oracle_bitmask_equals_gathers(E, monkeypatch):
     """The greedy chain reads its set as per-layer bit masks (E <= 128) or by gathers: same curves and sets."""
     import jax.numpy as jnp
