@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
   # setuptools >= 77 reads the SPDX license field when a wheel is built without isolation (slow test)
-  .venv/bin/python -m pip install -q --no-compile --upgrade pip "setuptools>=77"
+  .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"
 fi
 extras=${1:-}
 stamp=".venv/.slimjax-installed${extras:+-$extras}"
@@ -24,8 +24,8 @@ covered() {
 ok=0
 for st in "$stamp" .venv/.slimjax-installed*; do if covered "$st"; then ok=1; break; fi; done
 if [ "$ok" = 0 ]; then
-  # --no-compile: no .pyc for every file of every package at install time (Python writes one for
-  # each module the first time it is imported); on 2 cores this took ~20 s of CPU for these extras
-  .venv/bin/python -m pip install -q --no-compile "${pins[@]}" -e ".${extras:+[$extras]}"
+  # not --no-compile: where PYTHONDONTWRITEBYTECODE is set (as here) no .pyc would ever be written,
+  # and every process (each test subprocess) would compile jax, hydra, torch... from source again
+  .venv/bin/python -m pip install -q "${pins[@]}" -e ".${extras:+[$extras]}"
   touch "$stamp"
 fi

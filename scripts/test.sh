@@ -10,9 +10,7 @@ if [ ! -f .venv/.slimjax-traces ] && [ "${SLIMJAX_SKIP_TORCH:-0}" != 1 ]; then
   # multi-GB CUDA build); where it cannot be installed the recorder tests skip with a reason.
   pins=()
   if [ "${SLIMJAX_UNPINNED:-0}" != 1 ] && [ -f constraints.txt ]; then pins=(-c constraints.txt); fi
-  # --no-compile as in _setup.sh (torch and transformers: ~25 s of CPU for .pyc files never imported)
-  if .venv/bin/python -m pip install -q --no-compile "${pins[@]}" "torch==2.13.0" \
-     && .venv/bin/python -m pip install -q --no-compile "${pins[@]}" "transformers>=4.45"; then
+  if .venv/bin/python -m pip install -q "${pins[@]}" "torch==2.13.0" && .venv/bin/python -m pip install -q "${pins[@]}" "transformers>=4.45"; then
     touch .venv/.slimjax-traces
   else
     echo "note: torch/transformers not installed; the trace-recorder tests will be skipped"
