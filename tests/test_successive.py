@@ -407,3 +407,35 @@ def test_greedy_oracle_bitmask_equals_gathers(E, monkeypatch):
     for c in (1, 3, E // 2, E):
         counts = jnp.full((3,), c, jnp.int32)
         np.testing.assert_array_equal(np.asarray(s1(counts)), np.asarray(s0(counts)))
+
+
+def _callers_of(hlo: str, op: str) -> set:
+    """Names of the computations of a compiled HLO text that call a fused computation containing ``op``."""
+    comps, name = {}, None
+    for line in hlo.splitlines():
+        head = line.split(" (", 1)[0]
+        if line and not line.startswith(" ") and "{" in line and "(" in line:
+            name = head.split()[-1].lstrip("%")
+            comps[name] = []
+        elif name is not None:
+            comps[name].append(line)
+    with_op = {c for c, body in comps.items() if any(f" {op}(" in b for b in body)}
+    return {c for c, body in comps.items() for b in body for f in with_op if f"calls=%{f}" in b or f"calls=%{f}," in b}
+
+
+def test_maybe_skips_under_vmap():
+    """``_maybe`` keeps its body inside the loop under ``vmap`` (the predicate batched): XLA's
+    while-loop-invariant code motion must not hoist it into the caller, where it would run whatever
+    the predicate (skipped candidates and revisits ran all the same before the barrier)."""
+    import jax.numpy as jnp
+
+    def f(pred, x):
+        return succ._maybe(pred, lambda y: jnp.cos(y) * 3.0, x, (x,))
+
+    hlo = jax.jit(jax.vmap(f)).lower(jnp.array([False, True]), jnp.ones((2, 64))).compile().as_text()
+    callers = _callers_of(hlo, "cosine")
+    assert callers, "no fused cosine found in the compiled program"
+    entry = [ln.split()[1].lstrip("%") for ln in hlo.splitlines() if ln.startswith("ENTRY")]
+    assert not set(entry) & callers, f"the body was hoisted out of the loop into {callers}"
+    np.testing.assert_allclose(np.asarray(jax.vmap(f)(jnp.array([False, True]), jnp.ones((2, 3)))),
+                               np.array([[1.0] * 3, [np.cos(1.0) * 3.0] * 3]), rtol=1e-6)

@@ -93,11 +93,22 @@ class SuccessiveConfig(NamedTuple):
 SEQUENTIAL_MIN_MEMBERS = 2**17
 
 
-def _maybe(pred, fn, default):
-    """``fn()`` when ``pred`` else ``default``, as a ``while_loop`` of 0 or 1 trips: unlike ``lax.cond``
-    it stays a branch under ``vmap`` (the trip runs only when some lane needs it)."""
-    out = lax.while_loop(lambda c: c[0], lambda c: (jnp.zeros((), bool), fn()), (jnp.asarray(pred), default))
-    return out[1]
+def _maybe(pred, fn, default, args):
+    """``fn(*args)`` when ``pred`` else ``default``, as a ``while_loop`` of 0 or 1 trips: unlike
+    ``lax.cond`` it stays a branch under ``vmap`` (the trip runs only when some lane needs it).
+
+    ``args`` enter the body through an optimization barrier together with the loop's predicate, so
+    that what ``fn`` computes depends on the loop carry. Otherwise everything in the body depends
+    only on values fixed during the loop, and XLA's while-loop-invariant code motion hoists it out
+    of the loop, where it runs whatever ``pred`` is (the vmapped programs did: every skipped
+    candidate and revisit ran all the same).
+    """
+
+    def body(c):
+        _, a = lax.optimization_barrier((c[0], args))
+        return jnp.zeros((), bool), fn(*a)
+
+    return lax.while_loop(lambda c: c[0], body, (jnp.asarray(pred), default))[1]
 
 
 def _oracle_fn(cfg: SuccessiveConfig, patterns, tw, dup, s):
@@ -212,8 +223,8 @@ def _step_skipping(inst, s, cap, cfg: SuccessiveConfig, oracle, union, Qdp: int,
     skip = (kind == _REVISIT) & (last[n] == ver)
     zero = jnp.zeros((), inst.fallback.dtype)
     (x_new, J_new), (val, bnd) = _maybe(
-        ~skip, lambda: _step_core(inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c, (x, J), xs),
-        ((x, J), (zero, zero)))
+        ~skip, lambda x_, J_, xs_: _step_core(inst, s, cap, cfg, oracle, union, Qdp, tabu_c, q_union_c, (x_, J_), xs_),
+        ((x, J), (zero, zero)), (x, J, xs))
     changed = (x_new != x).any() | (J_new != J)
     ver_new = ver + changed.astype(jnp.int32)
     keep = x[n] & (kind == _PASS)
@@ -355,7 +366,7 @@ def _run_sequential(run, nodes, tabu, q_union, dt):
     none = (none[0], jnp.full((), jnp.inf, dt), none[2], none[3])
 
     def body(i, acc):
-        out = _maybe(~twin[i], lambda: run(nodes[i], tabu[i], q_union[i]), none)
+        out = _maybe(~twin[i], run, none, (nodes[i], tabu[i], q_union[i]))
         return jax.tree.map(lambda a, o: a.at[i].set(o), acc, out)
 
     acc = jax.tree.map(lambda a: jnp.zeros((C,) + a.shape, a.dtype), none)
