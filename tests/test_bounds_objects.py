@@ -215,3 +215,27 @@ def test_gap_rtol_stops_early_and_stays_valid(small):
     assert not (free.status == BoundStatus.SUFFICIENT).any()
     with pytest.raises(ValueError, match="gap_rtol"):
         ThresholdLP(gap_rtol=1.5)
+
+
+def test_initial_primal_weight_scale(small):
+    """``PDHG.omega_scale`` multiplies PDLP's initial primal weight ``‖c‖/‖q‖`` (nothing else in
+    the initial state changes), and the bound the threshold LP reaches from a scaled start is valid."""
+    d64 = _threshold.build(_api.host_batch(small))
+    data = _threshold.to_device(d64, jnp.float32)
+    B = len(small)
+    one = _pdhg.PDHG(_threshold.FORMULATION).init(data, jnp.full(B, -jnp.inf))
+    scale = 100.0
+    big = _pdhg.PDHG(_threshold.FORMULATION, omega_scale=scale).init(data, jnp.full(B, -jnp.inf))
+    want = np.clip(np.asarray(one.omega, np.float64) * scale, _pdhg.OMEGA_MIN, _pdhg.OMEGA_MAX)
+    np.testing.assert_allclose(np.asarray(big.omega), want, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(one._replace(omega=big.omega)), jax.tree_util.tree_leaves(big)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = np.asarray(slimjax.solve_batch(small, "successive").placement)
+    J = _api.objective64(small, x)
+    old = _threshold.OMEGA_SCALE
+    try:
+        _threshold.OMEGA_SCALE = scale
+        lb = lower_bound(small, ThresholdLP(max_iters=256))
+    finally:
+        _threshold.OMEGA_SCALE = old
+    assert (lb.value <= J * (1 + VALID_RTOL)).all()

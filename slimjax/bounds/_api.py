@@ -384,7 +384,8 @@ def _first_order(batch, host, form: str, m, aggregation, upper, target_gap, budg
     start = np.full(B, -np.inf) if start is None else np.asarray(start, np.float64)
     done0 = np.zeros(B, bool) if skip is None else np.asarray(skip, bool).copy()
     done0 |= start >= tgt  # certified to the target by another bound: not iterated
-    solver = pdhg.PDHG(mod.FORMULATION, int(m.check_every), int(m.patience), halpern=getattr(mod, "HALPERN", False))
+    solver = pdhg.PDHG(mod.FORMULATION, int(m.check_every), int(m.patience), halpern=getattr(mod, "HALPERN", False),
+                       omega_scale=float(getattr(mod, "OMEGA_SCALE", 1.0)))
     est = mod.bytes_per_instance(data64, np.dtype(dt).itemsize)
     chunks = _Chunks(np.flatnonzero(~done0), est, budget)
     dual = np.full(B, -np.inf)

@@ -374,9 +374,9 @@ def _chunk_one(form: Formulation, check_every: int, patience: int, halpern: bool
     return new
 
 
-def _init_one(form: Formulation, halpern: bool, d, b0, start=None):
+def _init_one(form: Formulation, halpern: bool, omega_scale: float, d, b0, start=None):
     """The state of one instance from ``start`` = (v0, y0) or the formulation's starts (y0
-    projected onto y ≥ 0)."""
+    projected onto y ≥ 0); the initial primal weight is ``omega_scale`` times PDLP's."""
     v, y = (form.initial_primal(d), form.initial_dual(d)) if start is None else start
     y = _tmap(lambda a: jnp.maximum(a, 0), y)
     kty = form.KT(d, y)
@@ -385,7 +385,7 @@ def _init_one(form: Formulation, halpern: bool, d, b0, start=None):
     zero = jnp.zeros((), jnp.int32)
     # PDLP's initial primal weight ‖c‖/‖q‖ (1 when either is 0).
     nc, nq = jnp.sqrt(_sq(form.cost(d))), jnp.sqrt(_sq(form.rhs(d)))
-    omega = jnp.where((nc > 0) & (nq > 0), nc / jnp.where(nq > 0, nq, 1), 1.0)
+    omega = jnp.where((nc > 0) & (nq > 0), nc / jnp.where(nq > 0, nq, 1), 1.0) * omega_scale
     omega = jnp.clip(omega, OMEGA_MIN, OMEGA_MAX).astype(err.dtype)
     tau, sigma = _steps(form, d)
     sums = ((), ()) if halpern else (_tmap(jnp.zeros_like, v), _tmap(jnp.zeros_like, y))
@@ -406,19 +406,22 @@ class PDHG:
         PDHG steps with PDLP's averages (the restart candidate is the average or the current
         iterate). The threshold LP uses Halpern (about half the iterations on the real-trace
         instances); the assignment LP the averages (Halpern hit the iteration cap there).
+      omega_scale: the initial primal weight ω₀ is this times PDLP's ``‖c‖/‖q‖`` (restarts then
+        adapt it as before).
     """
 
     form: Formulation
     check_every: int = 64
     patience: int = 8
     halpern: bool = True
+    omega_scale: float = 1.0
 
     def init(self, data, bound0: Float[Array, "B"], start=None) -> PDHGState:
         """The batched initial state; ``bound0`` [B] is a bound already known (−inf: none);
         ``start``: optional batched (v0, y0) (default: the formulation's starts)."""
         if start is None:
-            return jax.vmap(partial(_init_one, self.form, self.halpern))(data, bound0)
-        return jax.vmap(partial(_init_one, self.form, self.halpern))(data, bound0, start)
+            return jax.vmap(partial(_init_one, self.form, self.halpern, self.omega_scale))(data, bound0)
+        return jax.vmap(partial(_init_one, self.form, self.halpern, self.omega_scale))(data, bound0, start)
 
     def active(self, state: PDHGState, controls: Controls) -> Bool[Array, "B"]:
         """bool [B]: the instance still iterates (running and below its iteration cap)."""

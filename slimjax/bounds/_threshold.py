@@ -310,6 +310,10 @@ FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _
 #: PDHG scheme (:class:`slimjax.bounds._pdhg.PDHG`): reflected restarted Halpern (on the real-trace
 #: deepseek_v2_lite instance 1,792 iterations against 3,712 for the averaged scheme)
 HALPERN = True
+#: initial primal weight: this times PDLP's ‖c‖/‖q‖ (:attr:`slimjax.bounds._pdhg.PDHG.omega_scale`).
+#: Left at 1: ×100 cut the real-trace deepseek_v2_lite certificate from 1,792 to 1,280 iterations
+#: but needed more on 5 of the 7 other instances measured (experiments/certificates/README.md)
+OMEGA_SCALE = 1.0
 
 
 # -- the certified value (host, float64) -------------------------------------------------------
