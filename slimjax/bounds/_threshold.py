@@ -312,7 +312,7 @@ FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _
 HALPERN = True
 #: initial primal weight: this times PDLP's ‖c‖/‖q‖ (:attr:`slimjax.bounds._pdhg.PDHG.omega_scale`).
 #: Left at 1: ×100 cut the real-trace deepseek_v2_lite certificate from 1,792 to 1,280 iterations
-#: but needed more on 5 of the 7 other instances measured (experiments/certificates/README.md)
+#: but needed more on 5 of the 6 other instances measured (experiments/certificates/README.md)
 OMEGA_SCALE = 1.0
 
 
