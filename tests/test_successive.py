@@ -409,6 +409,35 @@ def test_greedy_oracle_bitmask_equals_gathers(E, monkeypatch):
         np.testing.assert_array_equal(np.asarray(s1(counts)), np.asarray(s0(counts)))
 
 
+@pytest.mark.parametrize("E", [8, 200])  # bit masks (set flags) and gathers (E > 128)
+def test_greedy_oracle_vmapped_equals_one_by_one(E):
+    """The chain's flat gather and scatter (their own vmap rules: the batch flattened into one 1-D
+    index) give, vmapped once and twice, bit for bit the curves and sets of one instance at a time."""
+    import jax
+    import jax.numpy as jnp
+
+    from slimjax.ops import _oracle
+    insts = [random_instance(700 + E + i, U=2, N=2, L=3, E=E, M=40, K=4) for i in range(4)]
+    d = jnp.stack([jnp.asarray(i.fallback) for i in insts])
+    newp = jnp.minimum(d, jnp.stack([jnp.asarray(i.latency)[:, 0] for i in insts]))
+    pat = jnp.stack([i.patterns for i in insts])
+    tw, dup = jax.vmap(_oracle.pattern_prep)(pat, jnp.stack([i.weight for i in insts]), jnp.stack([i.traffic for i in insts]))
+    counts = jnp.asarray([1, E // 3, E], jnp.int32)
+
+    def one(d, newp, pat, tw, dup):
+        g, select = _oracle.greedy_oracle(d, newp, pat, tw, dup, "max")
+        return g, select(counts)
+
+    ref = [jax.jit(one)(d[b], newp[b], pat[b], tw[b], dup[b]) for b in range(4)]
+    args = (d, newp, pat, tw, dup)
+    g1, x1 = jax.jit(jax.vmap(one))(*args)
+    g2, x2 = jax.jit(jax.vmap(jax.vmap(one)))(*jax.tree.map(lambda a: a.reshape((2, 2) + a.shape[1:]), args))
+    for b in range(4):
+        for g, x in ((g1[b], x1[b]), (g2[b // 2, b % 2], x2[b // 2, b % 2])):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(ref[b][0]))
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(ref[b][1]))
+
+
 def _callers_of(hlo: str, op: str) -> set:
     """Names of the computations of a compiled HLO text that call a fused computation containing ``op``."""
     comps, name = {}, None

@@ -77,6 +77,61 @@ def _minor_sum(slabs: list) -> Array:
     return v[0]
 
 
+def _flat_batching() -> bool:
+    """Whether :func:`_take_flat` and :func:`_scatter_add_flat` flatten a vmapped batch (the CPU
+    backend; elsewhere the default batching rules, whose programs are unchanged)."""
+    return jax.default_backend() == "cpu"
+
+
+@jax.custom_batching.custom_vmap
+def _take_flat_cpu(table, idx):
+    return table[idx]
+
+
+@_take_flat_cpu.def_vmap
+def _take_flat_vmap(axis_size, in_batched, table, idx):
+    table_b, idx_b = in_batched
+    if not table_b:
+        return _take_flat_cpu(table, idx), idx_b
+    P = table.shape[-1]
+    if not idx_b:
+        idx = jnp.broadcast_to(idx, (axis_size,) + idx.shape)
+    off = (jnp.arange(axis_size, dtype=idx.dtype) * P).reshape((axis_size,) + (1,) * (idx.ndim - 1))
+    return _take_flat_cpu(table.reshape(-1), idx + off), True
+
+
+def _take_flat(table: Shaped[Array, "P"], idx: Int[Array, "..."]) -> Array:
+    """``table[idx]`` for a 1-D ``table``. Under ``vmap`` (the solvers map the oracle over
+    instances and candidates) the CPU form flattens the batched table and adds the offsets to
+    ``idx``, so the gather stays one-dimensional: the default batching rule gives an [..., 2] index
+    (8 bytes per pattern member read in every chain step, and a 2-D address per element). The same
+    values either way."""
+    return _take_flat_cpu(table, idx) if _flat_batching() else table[idx]
+
+
+def _scatter_add_flat(P: int, idx: Int[Array, "n"], vals: Shaped[Array, "n"]) -> Array:
+    """``zeros(P).at[idx].add(vals)``, whose batched CPU form is one 1-D scatter over the flattened
+    batch (as :func:`_take_flat`). The updates keep their order (batch-major), so every entry adds
+    the same values in the same order as the default batching rule's scatter."""
+    if not _flat_batching():
+        return jnp.zeros((P,), vals.dtype).at[idx].add(vals)
+
+    @jax.custom_batching.custom_vmap
+    def scatter(idx, vals):
+        return jnp.zeros((P,), vals.dtype).at[idx].add(vals)
+
+    @scatter.def_vmap
+    def _(axis_size, in_batched, idx, vals):
+        idx_b, vals_b = in_batched
+        idx = idx if idx_b else jnp.broadcast_to(idx, (axis_size,) + idx.shape)
+        vals = vals if vals_b else jnp.broadcast_to(vals, (axis_size,) + vals.shape)
+        off = (jnp.arange(axis_size, dtype=idx.dtype) * P).reshape((axis_size,) + (1,) * (idx.ndim - 1))
+        out = _scatter_add_flat(P * axis_size, (idx + off).reshape(-1), vals.reshape(-1))
+        return out.reshape(axis_size, P), True
+
+    return scatter(idx, vals)
+
+
 def _first_max(v: Float[Array, "... n"], top: Float[Array, "..."]) -> Int[Array, "..."]:
     """``jnp.argmax(v, -1)`` given ``top = v.max(-1)`` (the first index attaining it), as two plain
     reductions: XLA CPU's variadic (value, index) reduce of ``argmax`` is several times slower.
@@ -253,8 +308,8 @@ def _greedy_members(d, newp, patterns, dup) -> _Members:
     return _Members(improv, new_k, old_k, pat_k, dup_k, fix_k, flat_k, lidx3, p0, word_k, bit_k)
 
 
-def _members_now(inS: Bool[Array, "L E"], m: _Members) -> tuple[list, list]:
-    """``(in_s, cur)``, [K] of [U, L, M]: each member in the set, its latency (``newp`` on the set, else ``d``)."""
+def _member_flags(inS: Bool[Array, "L E"], m: _Members) -> list:
+    """[K] of [U, L, M]: whether each member's expert is in the set ``inS``."""
     if m.word_k:  # the set as W uint32 words per layer: a member's flag is a shift, not a gather
         L, E = inS.shape
         W = -(-E // 32)
@@ -266,10 +321,22 @@ def _members_now(inS: Bool[Array, "L E"], m: _Members) -> tuple[list, list]:
             for j in range(1, W):
                 word = jnp.where(wk == j, words[None, :, None, j], word)
             in_s.append(((word >> bk) & 1) > 0)
-    else:
-        flat = inS.reshape(-1)
-        in_s = [flat[f] for f in m.flat_k]
-    return in_s, [jnp.where(i, nw, od) for i, nw, od in zip(in_s, m.new_k, m.old_k)]
+        return in_s
+    flat = inS.reshape(-1)
+    return [_take_flat(flat, f) for f in m.flat_k]
+
+
+def _members_grow(add: Bool[Array, "L E"], m: _Members, signed: list) -> list:
+    """The carried member state (see :func:`_signed_members`) after the experts ``add`` join the
+    set: a member whose expert was added gets its ``newp`` latency (and is no longer addable)."""
+    return [jnp.where(a, nw, c) for a, nw, c in zip(_member_flags(add, m), m.new_k, signed)]
+
+
+def _signed_members(signed: list) -> tuple[list, list]:
+    """``(cur, A)`` from the carried state: each member's latency under the set ``cur = |signed|``
+    and ``A = signed < 0`` (addable: made faster by this node and not in the set yet). Exact: an
+    addable member's latency is > its ``newp`` >= 0, so the sign is free to carry the flag."""
+    return [jnp.abs(c) for c in signed], [c < 0 for c in signed]
 
 
 def _set_gain(tw, p0, curP, inS, cost) -> Float[Array, "L"]:
@@ -306,16 +373,15 @@ def _single_gains(tw, slowest, lidx3, E: int, dt, cost) -> tuple[Array, Array]:
     # curP - max(its new latency, the other members' max).
     drop1 = jnp.where(dup1, 0, curP - jnp.maximum(new1, top2))  # [U, L, M]
     idx1 = (lidx3 * E + e1).reshape(-1)
-    single = jnp.zeros((L * E,), dt).at[idx1].add((tw * drop1).reshape(-1)).reshape(L, E)
+    single = _scatter_add_flat(L * E, idx1, (tw * drop1).reshape(-1)).reshape(L, E)
     if cost is not None:
         single = single - cost  # net single gains (a completion's estimate sums its members' net gains)
     return drop1, single
 
 
-def _completion_scores(tw, m: _Members, in_s, cur, slowest, drop1, single, dt) -> tuple[list, Array]:
-    """Pattern completions: the members each adds ``A`` ([K] of [U, L, M]), its estimated gain per expert ``r_c``."""
+def _completion_scores(tw, m: _Members, A, cur, slowest, drop1, single, dt) -> Array:
+    """Pattern completions (the members each adds: ``A``, [K] of [U, L, M]): the estimated gain per expert ``r_c``."""
     curP, i1 = slowest[0], slowest[1]
-    A = [f & ~i for f, i in zip(m.fix_k, in_s)]  # [K] of [U, L, M]
     size_a = sum(a.astype(jnp.int32) for a in A)
     full = jnp.where(A[0], m.new_k[0], cur[0])
     a1 = A[0] & (i1 == 0)
@@ -328,9 +394,9 @@ def _completion_scores(tw, m: _Members, in_s, cur, slowest, drop1, single, dt) -
     # select (never taken: own is finite) between them prevents the contraction
     own = jnp.where(own == own, own, 0.0)
     sflat = single.reshape(-1)
-    est = _minor_sum([jnp.where(a, sflat[f], 0) for a, f in zip(A, m.flat_k)]) + own
+    est = _minor_sum([jnp.where(a, _take_flat(sflat, f), 0) for a, f in zip(A, m.flat_k)]) + own
     r_c = jnp.where(size_a > 0, est / jnp.maximum(size_a, 1).astype(dt), -jnp.inf)  # [U, L, M]
-    return A, r_c
+    return r_c
 
 
 def _greedy_choice(inS, improv, single, A, r_c, patterns, active) -> tuple[Array, Array]:
@@ -355,23 +421,30 @@ def _greedy_choice(inS, improv, single, A, r_c, patterns, active) -> tuple[Array
 
 def _greedy_step(m: _Members, patterns, tw, lim, cost, state):
     """One greedy step: the candidate scores on the current set, the best one added, the set's gain/size at ``t``."""
-    t, active, inS, s0, added_at, gains, sizes = state
+    t, active, inS, s0, added_at, gains, sizes, signed = state
     dt = s0.dtype
     E = inS.shape[-1]
-    in_s, cur = _members_now(inS, m)
+    # Each member's latency under the set and whether it is addable are carried from step to step
+    # (one signed float per member, :func:`_signed_members`), updated from the experts each step
+    # adds: XLA's CPU backend has no multi-output loop fusion, so every consumer of a value
+    # computed from the set (the slowest member, the single gains' scatter, the completion scores)
+    # recomputes it, and reading the members' latencies, ids and set flags in each of those passes
+    # was most of the chain's time. The values are the same selects of the same latencies.
+    cur, A = _signed_members(signed)
     slowest = _slowest_member(cur, m)
     gain_now = _set_gain(tw, m.p0, slowest[0], inS, cost)  # [L] exact gain of the current set
     size_now = inS.sum(-1).astype(jnp.int32)
     drop1, single = _single_gains(tw, slowest, m.lidx3, E, dt, cost)
-    A, r_c = _completion_scores(tw, m, in_s, cur, slowest, drop1, single, dt)
+    r_c = _completion_scores(tw, m, A, cur, slowest, drop1, single, dt)
     add, go = _greedy_choice(inS, m.improv, single, A, r_c, patterns, active)
     inS = inS | add
+    signed = _members_grow(add, m, signed)
     s0 = jnp.where(t == 0, single, s0)
     added_at = jnp.where(add, t + 1, added_at)  # the state after step t holds the experts added in steps < t
     gains = lax.dynamic_update_index_in_dim(gains, gain_now, t, 0)
     sizes = lax.dynamic_update_index_in_dim(sizes, size_now, t, 0)
     active = go & (inS.sum(-1) < lim)
-    return (t + 1, active, inS, s0, added_at, gains, sizes)
+    return (t + 1, active, inS, s0, added_at, gains, sizes, signed)
 
 
 def _chain_curve(gains, sizes, c, cost) -> tuple[Array, Array]:
@@ -449,10 +522,11 @@ def greedy_oracle(
     step = functools.partial(_greedy_step, m, patterns, tw, lim, cost)
     # Rows of steps that never run keep size E + 1 (> any count), so they are never selected.
     init = (jnp.int32(0), lim > 0, jnp.zeros((L, E), bool), jnp.zeros((L, E), dt),
-            jnp.full((L, E), T + 1, jnp.int32), jnp.zeros((T + 1, L), dt), jnp.full((T + 1, L), E + 1, jnp.int32))
-    t_end, _, inS, singles0, added_at, gains, sizes = lax.while_loop(
+            jnp.full((L, E), T + 1, jnp.int32), jnp.zeros((T + 1, L), dt), jnp.full((T + 1, L), E + 1, jnp.int32),
+            [jnp.where(f, -o, o) for f, o in zip(m.fix_k, m.old_k)])  # the empty set: all at d
+    t_end, _, inS, singles0, added_at, gains, sizes, signed = lax.while_loop(
         lambda st: (st[0] < T) & st[1].any(), step, init)  # singles0: gains vs d
-    pT = functools.reduce(jnp.maximum, _members_now(inS, m)[1])
+    pT = functools.reduce(jnp.maximum, _signed_members(signed)[0])
     gain_end = _set_gain(tw, m.p0, pT, inS, cost)
     gains = lax.dynamic_update_index_in_dim(gains, gain_end, t_end, 0).T  # [L, T+1]
     sizes = lax.dynamic_update_index_in_dim(sizes, inS.sum(-1).astype(jnp.int32), t_end, 0).T  # [L, T+1]
