@@ -212,6 +212,10 @@ def test_operators_adjoint_weak_duality_jit_eager(tiny, mod):
     rand = lambda tree, scale=1.0: jax.tree_util.tree_map(  # noqa: E731
         lambda a: jnp.asarray(scale * rng.random((len(batch),) + a.shape), jnp.float32), tree)
     v, y = rand(F.upper(d0)), rand(F.rhs(d0), 0.1)
+    if mod is _threshold:
+        # the threshold LP's K and Kᵀ are adjoint on the dual points PDHG visits: 0 on the rows that
+        # do not exist (their step σ is 0 and they start at 0; K reads F = 1 there, see _threshold._K)
+        y = (y[0] * data.act, y[1])
 
     @jax.jit
     def checks(data, v, y):
@@ -227,6 +231,33 @@ def test_operators_adjoint_weak_duality_jit_eager(tiny, mod):
     for f, arg in ((F.K, v0), (F.KT, y0)):
         for e, j in zip(jax.tree_util.tree_leaves(f(d0, arg)), jax.tree_util.tree_leaves(jax.jit(f)(d0, arg))):
             np.testing.assert_allclose(np.asarray(e), np.asarray(j), rtol=1e-5, atol=1e-6)
+
+
+def test_threshold_regular_layout_matches_general(tiny):
+    """Where every row of the threshold LP has speed rank i + 1 at interval i (node-wise
+    latencies), the device data keeps one index per member (``slot``) instead of one per row:
+    its F(x) and Kᵀμ equal the general layout's, and its bound is valid and equals the batch's
+    (which takes the general layout: the tiny batch as a whole is not regular)."""
+    batch, opt, bounds, _ = tiny
+    assert _threshold.build(host_batch(batch))["slot"].shape[-1] == 0
+    regular = [i for i in range(len(batch)) if _threshold.build(host_batch(batch[i : i + 1]))["slot"].shape[-1]]
+    assert regular
+    rng = np.random.default_rng(1)
+    for i in regular[:4]:
+        d64 = _threshold.build(host_batch(batch[i : i + 1]))
+        gen = dict(d64, slot=np.zeros(d64["slot"].shape[:-1] + (0,), np.int32))
+        dr, dg = (jax.tree_util.tree_map(lambda a: a[0], _threshold.to_device(d, jnp.float32)) for d in (d64, gen))
+        assert dr.fidx.shape[-1] == 0 and dg.fidx.shape[-1] > 0
+        U, L, E, N = dr.xgather.shape
+        x = jnp.asarray(rng.random((N, L, E)), jnp.float32)
+        act = np.asarray(dr.act) > 0
+        np.testing.assert_allclose(np.asarray(_threshold._F(dr, x))[act], np.asarray(_threshold._F(dg, x))[act],
+                                   rtol=1e-6)
+        mu = jnp.asarray(rng.random(act.shape) * act, jnp.float32)
+        np.testing.assert_allclose(np.asarray(_threshold._r(dr, mu)), np.asarray(_threshold._r(dg, mu)), rtol=1e-6)
+        one = lower_bound(batch[i], "threshold")
+        assert one.value <= opt[i] * (1 + VALID_RTOL)
+        np.testing.assert_allclose(one.value, bounds["threshold"].value[i], rtol=1e-5)
 
 
 def test_in_loop_bound_matches_float64_value(tiny):

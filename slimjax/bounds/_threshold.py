@@ -60,8 +60,15 @@ DP_MAX_WORK = 5e7
 class ThresholdData(NamedTuple):
     """Per-instance arrays of the threshold LP (batched: a leading axis B).
 
-    fidx: int32 [U, L, M, K, I] flat index (u, l, e_k, rank) into [U, L, E, N+1].
+    fidx: int32 [U, L, M, K, I] flat index (u, l, e_k, rank) into [U, L, E, N+1]; inactive rows
+      hold the spare index U·L·E·(N+1) (where ``_F`` reads 1 and ``_r``'s scatter lands apart).
     act: float [U, L, M, K, I] 1 where the member row ``z_p ≤ F_pk(x)`` exists.
+    slot: int32 [U, L, M, K] flat index (u, l, e_k) into [U, L, E] (the spare index U·L·E for a
+      repeated member) where the LP is *regular* — every row with c_p > 0 of a distinct member has
+      speed rank i + 1 at interval i (node-wise latencies, e.g. every generated or trace-built
+      instance with one network), else [U, L, M, 0]. On the device a regular LP keeps ``slot`` and
+      an empty fidx [U, L, M, K, 0]: the gather of F and the scatter of Kᵀμ then move a row of I
+      values per member (one index each) instead of one value per row.
     c: float [U, L, M, I] gain weight of each pattern-interval.
     xgather: int32 [U, L, E, N] flat index into x [N·L·E] of the node at each speed rank.
     rgather: int32 [U, N, L, E] flat index into [U, L, E, N] of each node's speed rank.
@@ -77,6 +84,7 @@ class ThresholdData(NamedTuple):
     s_hat: Float[Array, "L"]
     q_hat: Float[Array, "N"]
     j0: Float[Array, ""]
+    slot: Int[Array, "U L M K"]
 
 
 def _sum_patterns(patterns: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +161,7 @@ def build(batch, aggregation: str = "max") -> dict:
     rk = np.minimum(rank, N)
     ue = ((np.arange(U)[:, None, None] * L + np.arange(L)[None, :, None]) * E)  # [U, L, 1]
     fidx = ((ue[None, :, :, :, None, None] + pat[..., None]) * N1 + rk)  # [B, U, L, M, K, I]
+    fidx = np.where(act, fidx, U * L * E * N1)  # inactive rows: the spare slot (see _F, _r)
     nodes = perm[..., :N]  # [B, U, L, E, N]
     xgather = (nodes * L + np.arange(L)[None, None, :, None, None]) * E + np.arange(E)[None, None, None, :, None]
     rg = (ue[..., None] + np.arange(E)[None, None, :, None]) * N + pos  # [B, U, L, E, N]
@@ -160,17 +169,49 @@ def build(batch, aggregation: str = "max") -> dict:
     s_hat, q_hat = storage_cut(batch.size, batch.capacity)  # valid for every placement slimjax.feasible accepts
     if U * L * E * N1 >= 2**31 or N * L * E >= 2**31:
         raise ValueError("instance: too large for int32 indices of the threshold LP")
+    live = ~dup[..., None] & (w > 0)[..., None, None] & (c > 0)[..., None, :]  # [B, U, L, M, K, I]
+    regular = bool(np.all((rank == np.arange(1, I + 1)) | ~live))
+    if regular:
+        slot = np.where(dup, U * L * E, (ue[None, :, :, :, None] + pat)).astype(np.int32)
+    else:
+        slot = np.zeros((B, U, L, M, 0), np.int32)
     return dict(fidx=fidx.astype(np.int32), act=act.astype(np.float64), c=c, xgather=xgather.astype(np.int32),
-                rgather=rgather.astype(np.int32), s_hat=s_hat, q_hat=q_hat, j0=j0)
+                rgather=rgather.astype(np.int32), s_hat=s_hat, q_hat=q_hat, j0=j0, slot=slot)
 
 
 def to_device(data: dict, dtype) -> ThresholdData:
-    """The float fields cast to ``dtype`` (the iteration precision) as JAX arrays."""
-    return ThresholdData(**{k: jnp.asarray(v, jnp.int32 if k in ("fidx", "xgather", "rgather") else dtype)
+    """The float fields cast to ``dtype`` (the iteration precision) as JAX arrays; a regular LP
+    (``slot`` not empty) leaves ``fidx`` empty (see :class:`ThresholdData`)."""
+    data = dict(data)
+    if data["slot"].shape[-1]:
+        data["fidx"] = np.zeros(data["fidx"].shape[:-1] + (0,), np.int32)
+    return ThresholdData(**{k: jnp.asarray(v, jnp.int32 if k in ("fidx", "xgather", "rgather", "slot") else dtype)
                             for k, v in data.items()})
 
 
+def _regular(d: ThresholdData) -> bool:
+    return d.fidx.shape[-1] == 0
+
+
 # -- operators (one instance) ------------------------------------------------------------------
+
+
+def _sum_k(a):
+    """Σ over the member axis (axis 3) of a [U, L, M, K, I] array as K slice additions: XLA CPU's
+    reduction over that non-minor axis of 3.4 M rows took 45-170 ms where this takes ~2 ms
+    (measured on the real-trace deepseek_v2_lite LP, 2 cores)."""
+    out = a[:, :, :, 0, :]
+    for k in range(1, a.shape[3]):
+        out = out + a[:, :, :, k, :]
+    return out
+
+
+def _min_k(a):
+    """min over the member axis (axis 3), as :func:`_sum_k`."""
+    out = a[:, :, :, 0, :]
+    for k in range(1, a.shape[3]):
+        out = jnp.minimum(out, a[:, :, :, k, :])
+    return out
 
 
 def _F(d: ThresholdData, x):
@@ -178,40 +219,62 @@ def _F(d: ThresholdData, x):
     U, L, E, N = d.xgather.shape
     xs = x.reshape(-1)[d.xgather]  # [U, L, E, N]
     cum = jnp.concatenate([jnp.zeros(xs.shape[:-1] + (1,), xs.dtype), jnp.cumsum(xs, axis=-1)], axis=-1)
-    return cum.reshape(-1)[d.fidx]
+    if _regular(d):  # interval i reads rank i + 1 of the member's row of prefix sums
+        I = d.c.shape[-1]
+        tab = cum.reshape(U * L * E, N + 1)[:, 1:]
+        tab = jnp.concatenate([tab, jnp.ones((U * L * E, max(I - N, 0)), xs.dtype)], axis=1)[:, :I]
+        tab = jnp.concatenate([tab, jnp.ones((1, I), xs.dtype)])  # the spare slot (repeated members)
+        return tab[d.slot]  # [U, L, M, K, I]
+    one = jnp.ones((1,), xs.dtype)  # the spare slot of the inactive rows: F = 1 ≥ z, never binding
+    return jnp.concatenate([cum.reshape(-1), one])[d.fidx]
 
 
 def _r(d: ThresholdData, mu):
     """r[n,l,e] = Σ of μ over the member rows whose node set contains n."""
     U, L, E, N = d.xgather.shape
-    H = jnp.zeros((U * L * E * (N + 1),), mu.dtype).at[d.fidx.reshape(-1)].add(mu.reshape(-1))
-    H = H.reshape(U, L, E, N + 1)
+    if _regular(d):  # interval i is rank i + 1: one scatter of a row of I values per member
+        I = mu.shape[-1]
+        H2 = jnp.zeros((U * L * E + 1, I), mu.dtype).at[d.slot.reshape(-1)].add(mu.reshape(-1, I))
+        H2 = jnp.concatenate([H2[:-1, :N], jnp.zeros((U * L * E, max(N - I, 0)), mu.dtype)], axis=1)
+        H = jnp.concatenate([jnp.zeros((U * L * E, 1), mu.dtype), H2], axis=1).reshape(U, L, E, N + 1)
+    else:
+        S = U * L * E * (N + 1)
+        H = jnp.zeros((S + 1,), mu.dtype).at[d.fidx.reshape(-1)].add(mu.reshape(-1))
+        H = H[:S].reshape(U, L, E, N + 1)  # the spare slot (inactive rows) dropped
     tail = jnp.cumsum(H[..., ::-1], axis=-1)[..., ::-1]  # Σ_{r ≥ j}
     R = tail[..., 1:]  # Σ_{r > j}: the rows whose node set holds the node of rank j
     return R.reshape(-1)[d.rgather].sum(0)  # [N, L, E]
 
 
-def _K(d: ThresholdData, v, sign=-1.0):
+def _K(d: ThresholdData, v):
+    """The member rows ``z_p − F_pk(x)`` and the storage rows. An inactive row reads F = 1 (the
+    spare slot), so it is ``z_p − 1 ≤ 0``, redundant with ``z ≤ 1``; its step σ is 0 (``_Kabs``
+    has no entry there), so its multiplier stays at its start, 0 (no mask pass per step)."""
     x, z = v
-    mu_rows = d.act * (z[:, :, :, None, :] + sign * _F(d, x))
+    mu_rows = z[:, :, :, None, :] - _F(d, x)
     lam_rows = jnp.einsum("nle,l->n", x, d.s_hat)
     return mu_rows, lam_rows
 
 
-def _KT(d: ThresholdData, y, sign=-1.0):
+def _KT(d: ThresholdData, y):
+    """Kᵀy for a y that is 0 on the inactive rows (every iterate: they start at 0 and σ = 0 there);
+    their scatter lands in the spare slot in any case."""
     mu, lam = y
-    mua = d.act * mu
-    zc = mua.sum(3)
-    xc = sign * _r(d, mua) + lam[:, None, None] * d.s_hat[None, :, None]
+    zc = _sum_k(mu)
+    xc = -_r(d, mu) + lam[:, None, None] * d.s_hat[None, :, None]
     return xc, zc
 
 
 def _Kabs(d, v):
-    return _K(d, v, 1.0)
+    x, z = v
+    mu_rows = d.act * (z[:, :, :, None, :] + _F(d, x))
+    return mu_rows, jnp.einsum("nle,l->n", x, d.s_hat)
 
 
 def _KTabs(d, y):
-    return _KT(d, y, 1.0)
+    mu, lam = y
+    mua = d.act * mu
+    return _r(d, mua) + lam[:, None, None] * d.s_hat[None, :, None], _sum_k(mua)
 
 
 def _cost(d: ThresholdData):
@@ -258,11 +321,10 @@ def _bound(d: ThresholdData, y, kty=None):
     """g(μ) with the fractional-knapsack upper bound (≈ the LP's λ-optimal value), in the data's dtype."""
     mu, _ = y
     mu = jnp.maximum(mu, 0) * d.act
-    tot = mu.sum(3)
+    tot = _sum_k(mu)
     scale = jnp.where(tot > d.c, d.c / jnp.where(tot > 0, tot, 1), 1.0)
-    mu = mu * scale[:, :, :, None, :]
-    zterm = (d.c - mu.sum(3)).sum()
-    r = jnp.maximum(_r(d, mu), 0)
+    zterm = jnp.maximum(d.c - tot, 0).sum()  # Σ_p (c_p − Σ_k of the scaled μ_pk)
+    r = jnp.maximum(_r(d, mu * scale[:, :, :, None, :]), 0)
     return d.j0 - zterm - _frac_knap(r, d.s_hat, d.q_hat).sum()
 
 
@@ -273,7 +335,7 @@ def _primal(d: ThresholdData, v):
     x = jnp.clip(x, 0, 1)
     used = jnp.einsum("nle,l->n", x, d.s_hat)
     x = x * jnp.where(used > d.q_hat, d.q_hat / jnp.where(used > 0, used, 1), 1.0)[:, None, None]
-    F = jnp.where(d.act > 0, _F(d, x), jnp.inf).min(3)
+    F = _min_k(jnp.where(d.act > 0, _F(d, x), jnp.inf))
     z = jnp.clip(F, 0, 1)
     return d.j0 - (d.c * z).sum()
 
@@ -281,7 +343,7 @@ def _primal(d: ThresholdData, v):
 def initial_dual(d: ThresholdData):
     """A start for the dual: each pattern-interval's weight split equally over its member rows
     (the bound of replacing max by the mean of the members), λ = 0."""
-    n = d.act.sum(3, keepdims=True)
+    n = _sum_k(d.act)[:, :, :, None, :]
     mu = d.act * (d.c[:, :, :, None, :] / jnp.where(n > 0, n, 1))
     return mu, jnp.zeros_like(d.q_hat)
 
@@ -298,9 +360,9 @@ def start_from(d: ThresholdData, x):
     faster than t_i), the complementary-slackness guess; λ = 0."""
     x = jnp.clip(x.astype(d.c.dtype), 0, 1)
     F = jnp.where(d.act > 0, _F(d, x), jnp.inf)
-    z = jnp.clip(F.min(3), 0, 1)  # [U, L, M, I]
+    z = jnp.clip(_min_k(F), 0, 1)  # [U, L, M, I]
     bind = (d.act > 0) & (F <= z[:, :, :, None, :])
-    n = bind.sum(3, keepdims=True)
+    n = _sum_k(bind.astype(d.c.dtype))[:, :, :, None, :]
     mu = jnp.where(bind, d.c[:, :, :, None, :] / jnp.maximum(n, 1), 0.0).astype(d.c.dtype)
     return (x, jnp.where(d.c > 0, z, 0.0)), (mu, jnp.zeros_like(d.q_hat))
 
@@ -403,7 +465,8 @@ def dual_value64(data: dict, dual) -> np.ndarray:
     mu = np.minimum(mu, c[:, :, :, :, None, :])  # guards the scaling's rounding
     zterm = np.maximum(c - mu.sum(4), 0).sum(axis=(1, 2, 3, 4))
     size_h = U * L * E * (N + 1)
-    flat = data["fidx"].reshape(B, -1).astype(np.int64) + (np.arange(B) * size_h)[:, None]
+    fidx = np.minimum(data["fidx"].reshape(B, -1).astype(np.int64), size_h - 1)  # spare slot: μ = 0 there
+    flat = fidx + (np.arange(B) * size_h)[:, None]
     H = np.bincount(flat.reshape(-1), weights=mu.reshape(-1), minlength=B * size_h).reshape(B, U, L, E, N + 1)
     R = np.cumsum(H[..., ::-1], axis=-1)[..., ::-1][..., 1:].reshape(B, -1)  # [B, U·L·E·N]
     r = np.take_along_axis(R, data["rgather"].reshape(B, -1).astype(np.int64), axis=1).reshape(B, U, N, L, E).sum(1)
