@@ -86,6 +86,9 @@ def test_legacy_options_of_other_methods_are_ignored_but_checked(small):
     (lambda: AssignmentLP(time_limit=-1), "time_limit"),
     (lambda: HighsLP(threads=0), "threads"),
     (lambda: Auto(patience=True), "patience"),
+    (lambda: ThresholdLP(coarse_patterns=0), "coarse_patterns: must be an integer >= 1"),
+    (lambda: Auto(coarse_patterns=2.5), "coarse_patterns"),
+    (lambda: ThresholdLP(coarse_iters=None), "coarse_iters: must be an integer >= 1"),
     (lambda: as_method("simplex"), "method: unknown bound method"),
 ])
 def test_validation_names_the_field(make, msg):
@@ -239,3 +242,46 @@ def test_initial_primal_weight_scale(small):
     finally:
         _threshold.OMEGA_SCALE = old
     assert (lb.value <= J * (1 + VALID_RTOL)).all()
+
+
+def test_coarse_warm_start_is_valid_and_runs(monkeypatch):
+    """``ThresholdLP.coarse_patterns``: where every layer has at least ``COARSE_MIN_RATIO`` times
+    that many patterns, the full LP starts from a coarse LP's solution (the coarse start is built
+    exactly once per chunk); the bound stays valid and reaches the LP optimum as without it; the
+    kept patterns carry the coarse multipliers divided by the weight scale."""
+    batch = slimjax.stack([random_instance(seed=700 + s, U=1, N=2, L=2, E=8, M=40, K=3) for s in range(2)])
+    host = _api.host_batch(batch)
+    assert host.weight.shape[-1] >= 8 * 4
+    x = np.asarray(slimjax.solve_batch(batch, "successive").placement)
+    J = _api.objective64(batch, x)
+    calls = []
+    real = _threshold.coarse_start
+    monkeypatch.setattr(_threshold, "coarse_start", lambda *a: calls.append(1) or real(*a))
+    m = ThresholdLP(max_iters=2048, coarse_patterns=4, coarse_iters=128)
+    on = lower_bound(batch, m, placement=x)
+    assert len(calls) == 1
+    off = lower_bound(batch, m.replace(coarse_patterns=None), placement=x)
+    assert len(calls) == 1  # off: not built
+    big = lower_bound(batch, m.replace(coarse_patterns=8), placement=x)  # 40 < 8 x 8: skipped
+    assert len(calls) == 1
+    np.testing.assert_array_equal(big.value, off.value)
+    assert (on.value <= J * (1 + VALID_RTOL)).all()
+    np.testing.assert_allclose(on.value, off.value, rtol=1e-3)
+    # the mapping of the coarse multipliers
+    chost, top, scale = _threshold.coarse_batch(host, 4)
+    np.testing.assert_allclose(chost.weight.sum(-1), host.weight.sum(-1))
+    d64 = _threshold.build(host)
+    c64 = _threshold.build(chost)
+    data = _threshold.to_device(d64, jnp.float32)
+    rng = np.random.default_rng(0)
+    muc = rng.random(c64["act"].shape).astype(np.float32) * c64["act"]
+    _, (mu, lam) = _threshold.coarse_start(data, d64["act"], jnp.asarray(x, jnp.float32), muc,
+                                       jnp.ones((2, 2), jnp.float32), top, scale)
+    mu = np.asarray(mu)
+    n = min(mu.shape[-1], muc.shape[-1])
+    for b in range(2):
+        for l in range(2):
+            got = mu[b, 0, l, top[b, 0, l], :, :n]
+            want = muc[b, 0, l, :, :, :n] / scale[b, 0, l] * d64["act"][b, 0, l, top[b, 0, l], :, :n]
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(lam), 1.0)

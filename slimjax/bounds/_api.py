@@ -39,6 +39,7 @@ from slimjax._memory import memory_budget_bytes
 from slimjax.bounds import _assignment, _highs_lp, _levels, _threshold
 from slimjax.bounds import _pdhg as pdhg
 from slimjax.bounds._methods import (
+    COARSE_MIN_RATIO,
     METHODS,
     STATUS_NAMES,
     AssignmentLP,
@@ -394,6 +395,12 @@ def _first_order(batch, host, form: str, m, aggregation, upper, target_gap, budg
     err, gap = np.full(B, np.nan), np.full(B, np.nan)
     t_start = time.perf_counter()  # the time limit counts the iterations only
     scalars = (jnp.asarray(m.rtol, dt), jnp.asarray(m.stall_rtol, dt), jnp.int32(m.max_iters))
+    warm = placement is not None and hasattr(mod, "start_from")
+    coarse = None  # the warm start from a coarse LP (ThresholdLP.coarse_patterns)
+    keep = getattr(m, "coarse_patterns", None)
+    if warm and keep is not None and host.weight.shape[-1] >= COARSE_MIN_RATIO * keep:
+        chost, top, scale = mod.coarse_batch(host, int(keep))
+        coarse = (mod.build(chost, "max"), top, scale)
     for part, idx in chunks:
         n = len(part)
         if m.time_limit is not None and time.perf_counter() - t_start >= m.time_limit:
@@ -403,10 +410,26 @@ def _first_order(batch, host, form: str, m, aggregation, upper, target_gap, budg
         data = mod.to_device(one, dt)
         ctl = pdhg.Controls(jnp.asarray(tgt[idx], dt), *scalars, upper=jnp.asarray(known[idx], dt),
                             gap_rtol=jnp.asarray(m.gap_rtol, dt))
-        warm = placement is not None and hasattr(mod, "start_from")
         x = jnp.asarray(placement[idx], dt) if warm else None
-        st, own = _call(pdhg.INIT_PROGRAM, (solver, mod.start_from if warm else None),
-                        (data, jnp.asarray(start[idx], dt), x), clock)
+        if coarse is not None:
+            c64, top, scale = coarse
+            cdata = mod.to_device({k: v[idx] for k, v in c64.items()}, dt)
+            cctl = ctl._replace(max_iters=jnp.int32(m.coarse_iters))
+            cst, own = _call(pdhg.INIT_PROGRAM, (solver, mod.start_from),
+                             (cdata, jnp.full(len(idx), -jnp.inf, dt), x), clock)
+            while True:
+                cst, own = _call(pdhg.RUN_PROGRAM, (solver, CHECKS_PER_RUN), (cdata, cst, cctl), clock)
+                chunks.record(own, len(idx))
+                if not ((np.asarray(cst.status) == pdhg.STATUS_RUNNING)
+                        & (np.asarray(cst.iters) < m.coarse_iters)).any():
+                    break
+            s0 = mod.coarse_start(data, one["act"], cst.v[0], cst.y[0], cst.y[1], top[idx], scale[idx])
+            del cdata, cst
+            st, own = _call(pdhg.INIT_PROGRAM, (solver, mod.given_start), (data, jnp.asarray(start[idx], dt), s0),
+                            clock)
+        else:
+            st, own = _call(pdhg.INIT_PROGRAM, (solver, mod.start_from if warm else None),
+                            (data, jnp.asarray(start[idx], dt), x), clock)
         chunks.record(own, len(idx))
         while True:
             st, own = _call(pdhg.RUN_PROGRAM, (solver, CHECKS_PER_RUN), (data, st, ctl), clock)
@@ -503,7 +526,9 @@ def lower_bound(
         :func:`slimjax.solve_batch`); the batch runs in chunks that fit it.
       placement: optional bool [B, N, L, E], a known placement (:func:`certify` passes the one
         it certifies): the threshold LP starts from it (its z, and the weights on the member rows
-        that bind at it) instead of from nothing. The value is valid either way.
+        that bind at it) instead of from nothing; on LPs with many patterns per layer it first
+        solves a coarse LP of the heaviest patterns from it and starts from that
+        (``ThresholdLP.coarse_patterns``). The value is valid either way.
       **options: with a method name, its options (``lower_bound(b, "levels", max_levels=16)`` is
         ``lower_bound(b, Levels(max_levels=16))``); the options of the 1.x signature that do not
         apply to the named method are ignored, as they were. With an object: options replaced

@@ -158,6 +158,26 @@ class _PDHGOptions(BoundMethod):
         _dtype(self.dtype)
 
 
+#: how much smaller than a layer's pattern count the coarse LP must be for the warm start to run
+COARSE_MIN_RATIO = 8
+
+_COARSE_DOCS = dict(
+    coarse_patterns=f"warm start of a large threshold LP when certifying a placement: where every layer has at least "
+                    f"{COARSE_MIN_RATIO}x this many patterns, first solve the LP of only each layer's "
+                    "`coarse_patterns` heaviest patterns (weights rescaled to the layer's total) from the placement, "
+                    "then start the full LP from its x, storage prices and member multipliers (the bound is the "
+                    "same function of the final dual point, so it stays valid; `iterations` counts the full LP's); "
+                    "integer >= 1, or None: off",
+    coarse_iters="PDHG iteration cap of that coarse LP (integer >= 1)",
+)
+
+
+def _coarse(m) -> None:
+    if m.coarse_patterns is not None:
+        _int("coarse_patterns", m.coarse_patterns)
+    _int("coarse_iters", m.coarse_iters)
+
+
 @document_options
 @dataclasses.dataclass(frozen=True)
 class ThresholdLP(_PDHGOptions):
@@ -166,6 +186,12 @@ class ThresholdLP(_PDHGOptions):
     per-node 0/1 knapsacks solved exactly, in float64. Any E."""
 
     name: ClassVar[str] = "threshold"
+    coarse_patterns: Any = option(512, _COARSE_DOCS["coarse_patterns"])
+    coarse_iters: int = option(512, _COARSE_DOCS["coarse_iters"])
+
+    def validate(self) -> None:
+        super().validate()
+        _coarse(self)
 
 
 @document_options
@@ -215,16 +241,19 @@ class Auto(_PDHGOptions):
 
     name: ClassVar[str] = "auto"
     max_levels: int = option(32, "the Levels grid size (see Levels)")
+    coarse_patterns: Any = option(512, _COARSE_DOCS["coarse_patterns"])
+    coarse_iters: int = option(512, _COARSE_DOCS["coarse_iters"])
 
     def validate(self) -> None:
         super().validate()
         _int("max_levels", self.max_levels)
+        _coarse(self)
 
     def levels(self) -> Levels:
         return Levels(max_levels=self.max_levels, dtype=self.dtype)
 
     def threshold(self) -> ThresholdLP:
-        return ThresholdLP(**{k: getattr(self, k) for k in _PDHG_DOCS})
+        return ThresholdLP(**{k: getattr(self, k) for k in (*_PDHG_DOCS, *_COARSE_DOCS)})
 
 
 @document_options

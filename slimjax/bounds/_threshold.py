@@ -367,6 +367,44 @@ def start_from(d: ThresholdData, x):
     return (x, jnp.where(d.c > 0, z, 0.0)), (mu, jnp.zeros_like(d.q_hat))
 
 
+def given_start(d: ThresholdData, s):
+    """The start ``s`` = ((x, z), (μ, λ)) as given (built by :func:`coarse_start`)."""
+    return s
+
+
+def coarse_batch(host, keep: int):
+    """The coarse copy of a host batch for the warm start (``ThresholdLP.coarse_patterns``): the
+    ``keep`` heaviest patterns of every (instance, user, layer), their weights scaled to the
+    layer's total. Returns ``(coarse host batch, top [B, U, L, keep] the kept pattern indices,
+    scale [B, U, L] the weight factor)``."""
+    w = host.weight
+    top = np.argsort(-w, axis=-1, kind="stable")[..., :keep]
+    wt = np.take_along_axis(w, top, -1)
+    tot = wt.sum(-1)
+    scale = np.where(tot > 0, w.sum(-1) / np.where(tot > 0, tot, 1), 1.0)
+    pat = np.take_along_axis(host.patterns, top[..., None], -2)
+    return host._replace(patterns=pat, weight=wt * scale[..., None]), top, scale
+
+
+def coarse_start(d: ThresholdData, act: np.ndarray, x, coarse_mu, lam, top: np.ndarray, scale: np.ndarray):
+    """The full LP's start from a solved coarse LP (batched): the coarse primal ``x``
+    [B, N, L, E], ``z = min(1, min_k F(x))``, on the kept patterns the coarse multipliers divided
+    by the weight scale (μ/c as in the coarse LP; 0 on rows the full LP lacks), elsewhere the
+    complementary-slackness guess at x (:func:`start_from`), and the coarse storage prices λ."""
+    import jax
+
+    (x, z), (mu, _) = jax.vmap(start_from)(d, x)
+    mu = np.array(mu)
+    muc = np.asarray(coarse_mu, mu.dtype)
+    n = min(mu.shape[-1], muc.shape[-1])
+    src = np.zeros(muc.shape[:-1] + (mu.shape[-1],), mu.dtype)
+    src[..., :n] = muc[..., :n] / scale[..., None, None, None].astype(mu.dtype)
+    idx = top[..., None, None]
+    src = src * np.take_along_axis(act, idx, axis=3).astype(mu.dtype)
+    np.put_along_axis(mu, np.broadcast_to(idx, src.shape), src, axis=3)
+    return (x, z), (jnp.asarray(mu), lam)
+
+
 FORMULATION = Formulation(_K, _KT, _Kabs, _KTabs, _cost, _rhs, _upper, _bound, _primal, initial_primal,
                           initial_dual)
 #: PDHG scheme (:class:`slimjax.bounds._pdhg.PDHG`): reflected restarted Halpern (on the real-trace
