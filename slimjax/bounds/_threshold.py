@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -391,8 +392,6 @@ def coarse_start(d: ThresholdData, act: np.ndarray, x, coarse_mu, lam, top: np.n
     [B, N, L, E], ``z = min(1, min_k F(x))``, on the kept patterns the coarse multipliers divided
     by the weight scale (μ/c as in the coarse LP; 0 on rows the full LP lacks), elsewhere the
     complementary-slackness guess at x (:func:`start_from`), and the coarse storage prices λ."""
-    import jax
-
     (x, z), (mu, _) = jax.vmap(start_from)(d, x)
     mu = np.array(mu)
     muc = np.asarray(coarse_mu, mu.dtype)
