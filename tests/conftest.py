@@ -6,6 +6,23 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # the suite leaves the per-user compilation cache alone (tests/test_cache.py turns it on in subprocesses)
 os.environ.setdefault("SLIMJAX_CACHE", "0")
 
+#: XLA flags of the test run, for every program the suite compiles (in this process, its xdist
+#: workers and the subprocesses that inherit the environment): LLVM's -O0, and XLA CPU's elemental
+#: fusion emitters (the option slimjax itself compiles E <= 16 programs with, slimjax._compile).
+#: Compiling is most of the suite's time and its programs run for milliseconds. Measured side by
+#: side on 2 cores (2026-12-07, the default run, 743 tests): worker time 1,371 -> 741 s, wall
+#: 702 -> 390 s. The flags change code generation only, not XLA's HLO passes (the memory-budget
+#: tests pass under them); floats can differ in the last bits (where one build contracts a
+#: multiply and an add into an FMA, say). Every test that compares floats from two programs allows
+#: for that; the regression records (tests/test_regression.py) were made with XLA's defaults and
+#: are checked with them, in a child process. Users, the benchmarks and the GPU check compile with
+#: XLA's defaults. ``SLIMJAX_TEST_XLA_OPT=default`` runs the whole suite with the defaults.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+if os.environ.get("SLIMJAX_TEST_XLA_OPT", "fast").strip().lower() != "default":
+    _flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in _flags:
+        os.environ["XLA_FLAGS"] = f"{_flags} {TEST_XLA_FLAGS}".strip()
+
 import jax  # noqa: E402
 import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
