@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (.venv with [dev,milp,docs], plus torch + transformers for the trace-recorder tests where a
 # CPU torch can be installed) and run the default test suite (not slow, not gpu).
-# `bash scripts/test.sh --slow` also runs the slow tests; other arguments go to pytest.
+# `bash scripts/test.sh --slow` also runs the slow tests, with XLA's default code generation; other
+# arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/_setup.sh dev,milp,docs
@@ -18,7 +19,9 @@ if [ ! -f .venv/.slimjax-traces ] && [ "${SLIMJAX_SKIP_TORCH:-0}" != 1 ]; then
 fi
 export WANDB_MODE=offline WANDB_SILENT=true
 marker="not slow and not gpu"
-if [ "${1:-}" = "--slow" ]; then marker="not gpu"; shift; fi
+# The default run compiles with XLA flags that generate code faster (tests/conftest.py); the full
+# run (--slow) compiles every program as users do (SLIMJAX_TEST_XLA_OPT=default).
+if [ "${1:-}" = "--slow" ]; then marker="not gpu"; export SLIMJAX_TEST_XLA_OPT=${SLIMJAX_TEST_XLA_OPT:-default}; shift; fi
 workers=$(.venv/bin/python -c 'import os; print(min(4, os.cpu_count() or 1))')
 # --dist worksteal: each worker starts on a contiguous half of the tests (a file's tests share their
 # compiled programs) and the idle one takes work from the other's end. Not loadfile: with xdist 3.8

@@ -16,7 +16,8 @@ os.environ.setdefault("SLIMJAX_CACHE", "0")
 #: multiply and an add into an FMA, say). Every test that compares floats from two programs allows
 #: for that; the regression records (tests/test_regression.py) were made with XLA's defaults and
 #: are checked with them, in a child process. Users, the benchmarks and the GPU check compile with
-#: XLA's defaults. ``SLIMJAX_TEST_XLA_OPT=default`` runs the whole suite with the defaults.
+#: XLA's defaults, and so does ``bash scripts/test.sh --slow`` (it sets ``SLIMJAX_TEST_XLA_OPT=default``,
+#: which turns these flags off for any run).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if os.environ.get("SLIMJAX_TEST_XLA_OPT", "fast").strip().lower() != "default":
     _flags = os.environ.get("XLA_FLAGS", "")
