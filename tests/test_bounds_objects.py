@@ -96,6 +96,16 @@ def test_validation_names_the_field(make, msg):
         make()
 
 
+def test_string_form_takes_the_methods_own_options():
+    """Options added after 1.x (the coarse warm start's) work with a name as with the object; an
+    option of no 1.x form and not the method's own is refused, naming the valid ones."""
+    assert as_method("auto", {"coarse_patterns": None}) == Auto(coarse_patterns=None)
+    assert as_method("threshold", {"coarse_iters": 64, "max_iters": 128}) == ThresholdLP(coarse_iters=64, max_iters=128)
+    assert as_method("levels", {"max_iters": 128}) == Levels()  # a 1.x option of another method: ignored
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['coarse_patterns'\] for bound 'levels'"):
+        as_method("levels", {"coarse_patterns": 4})
+
+
 def test_status_enum_and_names(small):
     r = lower_bound(small, ThresholdLP(max_iters=64))
     assert r.status.dtype == np.int8 and (r.status == BoundStatus.ITERATION_LIMIT).any()

@@ -277,9 +277,9 @@ LEGACY_OPTIONS = ("max_iters", "check_every", "rtol", "stall_rtol", "patience", 
 def as_method(method, options: dict | None = None) -> BoundMethod:
     """A :class:`BoundMethod` from an object or a name plus keyword options.
 
-    With a name, the keyword options of the 1.x form that do not apply to that method (e.g.
-    ``max_iters`` for ``"levels"``) are ignored, as they always were; an unknown option name is
-    refused. With an object, every option must belong to it.
+    With a name, the method's own options are taken, the keyword options of the 1.x form that do
+    not apply to that method (e.g. ``max_iters`` for ``"levels"``) are ignored, as they always were,
+    and any other option name is refused. With an object, every option must belong to it.
     """
     options = dict(options or {})
     if isinstance(method, BoundMethod):
@@ -288,11 +288,11 @@ def as_method(method, options: dict | None = None) -> BoundMethod:
         raise ValueError(f"method: unknown bound method {method!r}; valid methods are {METHODS} "
                          "or a slimjax.bounds method object")
     cls = _BY_NAME[method]
-    unknown = set(options) - set(LEGACY_OPTIONS)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(options) - set(LEGACY_OPTIONS) - fields  # the method's own options (coarse_*) are known
     if unknown:
         raise ValueError(f"options: unknown option(s) {sorted(unknown)} for bound {method!r}; "
-                         f"valid options are {sorted(f.name for f in dataclasses.fields(cls))}")
-    fields = {f.name for f in dataclasses.fields(cls)}
+                         f"valid options are {sorted(fields)}")
     mine = {k: v for k, v in options.items() if k in fields}
     # the 1.x form validated every option it was given, whichever method used it
     _check_legacy({k: v for k, v in options.items() if k not in fields})
