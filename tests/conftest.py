@@ -10,14 +10,15 @@ os.environ.setdefault("SLIMJAX_CACHE", "0")
 #: workers and the subprocesses that inherit the environment): LLVM's -O0, and XLA CPU's elemental
 #: fusion emitters (the option slimjax itself compiles E <= 16 programs with, slimjax._compile).
 #: Compiling is most of the suite's time and its programs run for milliseconds. Measured side by
-#: side on 2 cores (2026-12-07, the default run, 743 tests): worker time 1,371 -> 741 s, wall
-#: 702 -> 390 s. The flags change code generation only, not XLA's HLO passes (the memory-budget
-#: tests pass under them); floats can differ in the last bits (where one build contracts a
-#: multiply and an add into an FMA, say). Every test that compares floats from two programs allows
-#: for that; the regression records (tests/test_regression.py) were made with XLA's defaults and
-#: are checked with them, in a child process. Users, the benchmarks and the GPU check compile with
-#: XLA's defaults, and so does ``bash scripts/test.sh --slow`` (it sets ``SLIMJAX_TEST_XLA_OPT=default``,
-#: which turns these flags off for any run).
+#: side on 2 cores (2026-12-07, the default run, 743 tests): worker time 1,371 -> 741 s, wall 702 ->
+#: 390 s. The flags choose how XLA emits code (LLVM's optimisation level, the fusion emitter); the
+#: memory-budget tests, which read XLA's memory_analysis, pass under them. Floats can differ in the
+#: last bits (where one build contracts a multiply and an add into an FMA, say). Every test that
+#: compares floats from two programs allows for that; the regression records
+#: (tests/test_regression.py) were made with XLA's defaults and are checked with them, in a child
+#: process. Users, the benchmarks and the GPU check compile with XLA's defaults, and so does ``bash
+#: scripts/test.sh --slow`` (it sets ``SLIMJAX_TEST_XLA_OPT=default``, which turns these flags off
+#: for any run).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if os.environ.get("SLIMJAX_TEST_XLA_OPT", "fast").strip().lower() != "default":
     _flags = os.environ.get("XLA_FLAGS", "")
